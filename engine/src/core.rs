@@ -1,0 +1,404 @@
+//! One zone's state machine: events in, price snapshots out. No I/O, no clock: every
+//! method takes `now_ms`.
+
+use serde::Deserialize;
+
+use crate::event::{Event, EventKind, EventOutcome, RejectReason};
+use crate::expiring::{ExpiringSet, Full};
+use crate::fare::FareTable;
+use crate::policy::{PolicyInput, PolicyState, SurgePolicy};
+use crate::snapshot::{PriceSnapshot, SnapshotFields};
+use crate::window::{SlidingCounter, BUCKETS};
+use crate::zone::ZoneId;
+
+/// Per-zone limits and windows. Defaults are documented in `configs/engine.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZoneLimits {
+    /// A driver not seen (no `DriverAvailable`) for this long stops counting as supply.
+    /// Default 30,000 ms.
+    pub driver_ttl_ms: u64,
+    /// Most distinct available drivers tracked per zone; more are rejected. Default 2,048.
+    pub drivers_max: usize,
+    /// Length of the demand, quote and accepted-trip windows. Default 120,000 ms.
+    pub demand_window_ms: u64,
+    /// An event id seen again within this long is a duplicate. Default 60,000 ms.
+    pub dedupe_window_ms: u64,
+    /// Most event ids remembered per zone; events beyond are rejected (`dedupe_full`) until
+    /// the window slides, never applied twice. Default 8,192.
+    pub dedupe_ids_max: usize,
+    /// Previous fare tables kept per zone so `explain` can show the table a quote used.
+    /// Default 4.
+    pub fare_history_max: usize,
+}
+
+impl Default for ZoneLimits {
+    fn default() -> Self {
+        Self {
+            driver_ttl_ms: 30_000,
+            drivers_max: 2_048,
+            demand_window_ms: 120_000,
+            dedupe_window_ms: 60_000,
+            dedupe_ids_max: 8_192,
+            fare_history_max: 4,
+        }
+    }
+}
+
+impl ZoneLimits {
+    fn bucket_ms(&self) -> u64 {
+        (self.demand_window_ms / BUCKETS as u64).max(1)
+    }
+}
+
+/// A fare-table change refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FareChangeError {
+    /// Versions must increase so that quotes name tables unambiguously.
+    #[error("fare table version {proposed} is not newer than the current version {current}")]
+    StaleVersion {
+        /// The zone's current version.
+        current: u32,
+        /// The version offered.
+        proposed: u32,
+    },
+    /// The table breaks an invariant.
+    #[error(transparent)]
+    Invalid(#[from] crate::fare::FareError),
+}
+
+/// What changed at the last tick, to decide whether a new snapshot is worth publishing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Published {
+    multiplier_milli: u32,
+    target_milli: u32,
+    confidence_permille: u16,
+    supply: u32,
+    demand: u32,
+    quotes: u32,
+    neighbour_mean_milli: u32,
+    fare_version: u32,
+    policy_version: u32,
+}
+
+/// A zone's hot state and pricing state machine.
+#[derive(Clone, Debug)]
+pub struct ZoneCore {
+    zone: ZoneId,
+    fare: FareTable,
+    fare_history: Vec<FareTable>,
+    drivers: ExpiringSet,
+    dedupe: ExpiringSet,
+    demand: SlidingCounter,
+    quotes: SlidingCounter,
+    accepted: SlidingCounter,
+    policy: PolicyState,
+    version: u64,
+    last: Option<Published>,
+    last_event_ms: u64,
+}
+
+/// A read-only view of a zone's hot state, for admins and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HotState {
+    /// The zone.
+    pub zone: ZoneId,
+    /// Distinct available drivers.
+    pub drivers: usize,
+    /// Demand in the window.
+    pub demand: u32,
+    /// Quotes in the window.
+    pub quotes: u32,
+    /// Accepted trips in the window.
+    pub accepted: u32,
+    /// Event ids remembered for dedupe.
+    pub dedupe_ids: usize,
+    /// Current fare table.
+    pub fare: FareTable,
+    /// Published multiplier, thousandths.
+    pub multiplier_milli: u32,
+    /// Latest snapshot version.
+    pub version: u64,
+    /// Engine time of the last applied event.
+    pub last_event_ms: u64,
+}
+
+impl ZoneCore {
+    /// A fresh zone at `now_ms` with a fare table.
+    pub fn new(zone: ZoneId, fare: FareTable, now_ms: u64, limits: &ZoneLimits) -> Self {
+        let b = limits.bucket_ms();
+        Self {
+            zone,
+            fare,
+            fare_history: Vec::new(),
+            drivers: ExpiringSet::default(),
+            dedupe: ExpiringSet::default(),
+            demand: SlidingCounter::new(now_ms, b),
+            quotes: SlidingCounter::new(now_ms, b),
+            accepted: SlidingCounter::new(now_ms, b),
+            policy: PolicyState::default(),
+            version: 0,
+            last: None,
+            last_event_ms: now_ms,
+        }
+    }
+
+    /// The zone this core prices.
+    pub fn zone(&self) -> ZoneId {
+        self.zone
+    }
+
+    /// Applies one event, at most once per id within the dedupe window.
+    ///
+    /// The caller routes events to the right zone; an event for another zone is a bug.
+    pub fn apply(&mut self, ev: &Event, now_ms: u64, limits: &ZoneLimits) -> EventOutcome {
+        assert_eq!(ev.zone, self.zone, "event routed to the wrong zone");
+        self.dedupe.expire(now_ms, limits.dedupe_window_ms);
+        if self.dedupe.contains(ev.id) {
+            return EventOutcome::Duplicate;
+        }
+        if self.dedupe.len() >= limits.dedupe_ids_max {
+            return EventOutcome::Rejected(RejectReason::DedupeFull);
+        }
+        let b = limits.bucket_ms();
+        match ev.kind {
+            EventKind::DriverAvailable { driver } => {
+                self.drivers.expire(now_ms, limits.driver_ttl_ms);
+                if self.drivers.touch(driver, now_ms, limits.drivers_max) == Err(Full) {
+                    return EventOutcome::Rejected(RejectReason::DriversFull);
+                }
+            }
+            EventKind::DriverBusy { driver } | EventKind::DriverOffline { driver } => {
+                self.drivers.remove(driver);
+            }
+            EventKind::RiderDemand | EventKind::TripRequested => self.demand.add(now_ms, b, 1),
+            EventKind::TripAccepted => self.accepted.add(now_ms, b, 1),
+        }
+        // Room was checked above and the id is new, so this cannot fail.
+        let _ = self.dedupe.touch(ev.id, now_ms, usize::MAX);
+        self.last_event_ms = self.last_event_ms.max(now_ms);
+        EventOutcome::Applied
+    }
+
+    /// Replaces the fare table; the next tick publishes it.
+    pub fn set_fare(&mut self, fare: FareTable, limits: &ZoneLimits) -> Result<(), FareChangeError> {
+        let fare = fare.validate()?;
+        if fare.version <= self.fare.version {
+            return Err(FareChangeError::StaleVersion { current: self.fare.version, proposed: fare.version });
+        }
+        if limits.fare_history_max > 0 {
+            if self.fare_history.len() >= limits.fare_history_max {
+                self.fare_history.remove(0);
+            }
+            self.fare_history.push(self.fare);
+        }
+        self.fare = fare;
+        Ok(())
+    }
+
+    /// The fare table with a given version, if it is current or still in the history.
+    pub fn fare_version(&self, version: u32) -> Option<FareTable> {
+        if self.fare.version == version {
+            return Some(self.fare);
+        }
+        self.fare_history.iter().find(|f| f.version == version).copied()
+    }
+
+    /// One pricing tick. Returns a new snapshot when anything a quote or an audit would see
+    /// changed since the last one, else `None` (the previous snapshot stays current).
+    ///
+    /// `quotes` are the quotes issued since the previous tick; `neighbour_mean_milli` the mean
+    /// multiplier of the neighbours that have one.
+    pub fn tick(
+        &mut self,
+        now_ms: u64,
+        policy: &SurgePolicy,
+        limits: &ZoneLimits,
+        quotes: u32,
+        neighbour_mean_milli: Option<u32>,
+    ) -> Option<PriceSnapshot> {
+        let b = limits.bucket_ms();
+        self.drivers.expire(now_ms, limits.driver_ttl_ms);
+        self.dedupe.expire(now_ms, limits.dedupe_window_ms);
+        self.demand.advance(now_ms, b);
+        self.accepted.advance(now_ms, b);
+        self.quotes.add(now_ms, b, quotes);
+
+        let supply = u32::try_from(self.drivers.len()).unwrap_or(u32::MAX);
+        let input = PolicyInput {
+            demand: self.demand.total(),
+            quotes: self.quotes.total(),
+            supply,
+            neighbour_mean_milli,
+            fare_cap_milli: self.fare.surge_cap_milli,
+        };
+        let (state, out) = policy.step(&self.policy, &input);
+        self.policy = state;
+
+        let now = Published {
+            multiplier_milli: out.multiplier_milli,
+            target_milli: out.target_milli,
+            confidence_permille: out.confidence_permille,
+            supply,
+            demand: input.demand,
+            quotes: input.quotes,
+            neighbour_mean_milli: neighbour_mean_milli.unwrap_or(0),
+            fare_version: self.fare.version,
+            policy_version: policy.version,
+        };
+        if self.last == Some(now) {
+            return None;
+        }
+        self.last = Some(now);
+        self.version += 1;
+        Some(PriceSnapshot::seal(SnapshotFields {
+            zone: self.zone,
+            version: self.version,
+            multiplier_milli: now.multiplier_milli,
+            target_milli: now.target_milli,
+            fare: self.fare,
+            policy_version: now.policy_version,
+            confidence_permille: now.confidence_permille,
+            supply,
+            demand: now.demand,
+            quotes: now.quotes,
+            neighbour_mean_milli: now.neighbour_mean_milli,
+            computed_at_ms: now_ms,
+        }))
+    }
+
+    /// True when the zone saw no event for `idle_ms` and tracks no available driver, so it
+    /// can be passivated without losing anything a quote depends on.
+    pub fn is_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
+        self.drivers.is_empty() && now_ms.saturating_sub(self.last_event_ms) >= idle_ms
+    }
+
+    /// A view of the hot state.
+    pub fn hot_state(&self) -> HotState {
+        HotState {
+            zone: self.zone,
+            drivers: self.drivers.len(),
+            demand: self.demand.total(),
+            quotes: self.quotes.total(),
+            accepted: self.accepted.total(),
+            dedupe_ids: self.dedupe.len(),
+            fare: self.fare,
+            multiplier_milli: self.policy.published_milli,
+            version: self.version,
+            last_event_ms: self.last_event_ms,
+        }
+    }
+
+    /// The policy's internal state (for determinism checks and persistence).
+    pub fn policy_state(&self) -> PolicyState {
+        self.policy
+    }
+
+    /// Bytes this zone holds: the struct plus its heap allocations.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.drivers.heap_bytes()
+            + self.dedupe.heap_bytes()
+            + self.fare_history.capacity() * std::mem::size_of::<FareTable>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fare::Currency;
+
+    fn fare(version: u32) -> FareTable {
+        FareTable {
+            version,
+            base_minor: 200,
+            per_km_minor: 100,
+            per_min_minor: 20,
+            minimum_minor: 500,
+            surge_cap_milli: 3000,
+            currency: Currency::new("EUR").expect("valid"),
+        }
+    }
+
+    fn zone() -> ZoneId {
+        ZoneId::from_lat_lng(48.8584, 2.2945, 8).expect("valid")
+    }
+
+    fn ev(id: u64, kind: EventKind) -> Event {
+        Event { id, zone: zone(), kind }
+    }
+
+    #[test]
+    fn drivers_are_counted_once_and_expire_when_not_seen() {
+        let l = ZoneLimits::default();
+        let p = SurgePolicy::default();
+        let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
+        assert_eq!(z.apply(&ev(1, EventKind::DriverAvailable { driver: 7 }), 0, &l), EventOutcome::Applied);
+        assert_eq!(z.apply(&ev(2, EventKind::DriverAvailable { driver: 7 }), 10_000, &l), EventOutcome::Applied);
+        assert_eq!(z.apply(&ev(3, EventKind::DriverAvailable { driver: 8 }), 1_000, &l), EventOutcome::Applied);
+        assert_eq!(z.tick(20_000, &p, &l, 0, None).map(|s| s.supply), Some(2));
+        // Driver 8 last seen at 1 s expires at 31 s; driver 7 (seen at 10 s) at 40 s.
+        assert_eq!(z.tick(31_000, &p, &l, 0, None).map(|s| s.supply), Some(1));
+        assert_eq!(z.tick(40_000, &p, &l, 0, None).map(|s| s.supply), Some(0));
+    }
+
+    #[test]
+    fn busy_and_offline_drivers_leave_supply() {
+        let l = ZoneLimits::default();
+        let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
+        z.apply(&ev(1, EventKind::DriverAvailable { driver: 1 }), 0, &l);
+        z.apply(&ev(2, EventKind::DriverAvailable { driver: 2 }), 0, &l);
+        z.apply(&ev(3, EventKind::DriverBusy { driver: 1 }), 0, &l);
+        z.apply(&ev(4, EventKind::DriverOffline { driver: 2 }), 0, &l);
+        assert_eq!(z.hot_state().drivers, 0);
+    }
+
+    #[test]
+    fn a_zone_at_its_driver_limit_rejects_new_drivers() {
+        let l = ZoneLimits { drivers_max: 1, ..ZoneLimits::default() };
+        let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
+        z.apply(&ev(1, EventKind::DriverAvailable { driver: 1 }), 0, &l);
+        assert_eq!(
+            z.apply(&ev(2, EventKind::DriverAvailable { driver: 2 }), 0, &l),
+            EventOutcome::Rejected(RejectReason::DriversFull)
+        );
+        // The rejected id was not recorded: a retry once there is room is applied.
+        z.apply(&ev(3, EventKind::DriverOffline { driver: 1 }), 0, &l);
+        assert_eq!(z.apply(&ev(2, EventKind::DriverAvailable { driver: 2 }), 0, &l), EventOutcome::Applied);
+    }
+
+    #[test]
+    fn a_full_dedupe_window_rejects_rather_than_forgets() {
+        let l = ZoneLimits { dedupe_ids_max: 2, ..ZoneLimits::default() };
+        let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
+        z.apply(&ev(1, EventKind::RiderDemand), 0, &l);
+        z.apply(&ev(2, EventKind::RiderDemand), 0, &l);
+        assert_eq!(z.apply(&ev(3, EventKind::RiderDemand), 0, &l), EventOutcome::Rejected(RejectReason::DedupeFull));
+        assert_eq!(z.apply(&ev(1, EventKind::RiderDemand), 0, &l), EventOutcome::Duplicate);
+        // After the window slides, there is room again.
+        assert_eq!(z.apply(&ev(3, EventKind::RiderDemand), 60_000, &l), EventOutcome::Applied);
+    }
+
+    #[test]
+    fn fare_versions_must_increase_and_old_ones_stay_explainable() {
+        let l = ZoneLimits::default();
+        let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
+        assert_eq!(z.set_fare(fare(1), &l), Err(FareChangeError::StaleVersion { current: 1, proposed: 1 }));
+        z.set_fare(fare(2), &l).expect("newer");
+        assert_eq!(z.fare_version(1).map(|f| f.version), Some(1));
+        assert_eq!(z.fare_version(2).map(|f| f.version), Some(2));
+        let snap = z.tick(0, &SurgePolicy::default(), &l, 0, None).expect("first tick publishes");
+        assert_eq!(snap.fare.version, 2);
+    }
+
+    #[test]
+    fn an_unchanged_zone_publishes_nothing_new() {
+        let l = ZoneLimits::default();
+        let p = SurgePolicy::default();
+        let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
+        assert!(z.tick(0, &p, &l, 0, None).is_some());
+        assert!(z.tick(250, &p, &l, 0, None).is_none());
+        z.apply(&ev(1, EventKind::RiderDemand), 300, &l);
+        assert_eq!(z.tick(500, &p, &l, 0, None).map(|s| s.version), Some(2));
+    }
+}

@@ -1,0 +1,84 @@
+//! Events that change a zone's hot state, and what became of each.
+
+use crate::zone::ZoneId;
+
+/// One event from a driver or rider app. `id` is chosen by the sender and makes resends
+/// idempotent: an id seen again within the dedupe window is not applied twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Sender-chosen unique id (e.g. a random u64 or a per-device counter).
+    pub id: u64,
+    /// The zone the event happens in.
+    pub zone: ZoneId,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What happened in a zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A driver is free to take a ride here (sent again periodically as a heartbeat).
+    DriverAvailable {
+        /// Stable driver id.
+        driver: u64,
+    },
+    /// A driver started a trip: no longer available.
+    DriverBusy {
+        /// Stable driver id.
+        driver: u64,
+    },
+    /// A driver went offline.
+    DriverOffline {
+        /// Stable driver id.
+        driver: u64,
+    },
+    /// A rider opened the app or searched here: one unit of demand.
+    RiderDemand,
+    /// A rider requested a trip from here: one unit of demand.
+    TripRequested,
+    /// A driver accepted a trip from here.
+    TripAccepted,
+}
+
+/// What the engine did with one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Applied to the zone's state.
+    Applied,
+    /// Its id was already applied within the dedupe window; nothing changed.
+    Duplicate,
+    /// Not applied; the reason says why and whether a retry can succeed.
+    Rejected(RejectReason),
+}
+
+/// Why an event was not applied. Nothing is recorded for a rejected event, so its id may be
+/// sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The zone is not at the engine's H3 resolution.
+    WrongResolution,
+    /// The node holds its maximum number of zones (`zones_max`); retry later or elsewhere.
+    ZoneLimit,
+    /// The zone tracks its maximum number of available drivers (`drivers_max`).
+    DriversFull,
+    /// The zone's dedupe window holds `dedupe_ids_max` ids; retry after it slides.
+    DedupeFull,
+    /// The zone's shard mailbox is full (`mailbox_capacity`); retry with backoff.
+    Overloaded,
+    /// The engine is shutting down.
+    Stopped,
+}
+
+impl RejectReason {
+    /// A short stable name, for logs, metrics and wire error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WrongResolution => "wrong_resolution",
+            Self::ZoneLimit => "zone_limit",
+            Self::DriversFull => "drivers_full",
+            Self::DedupeFull => "dedupe_full",
+            Self::Overloaded => "overloaded",
+            Self::Stopped => "stopped",
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The actor shell: shard actors on actix arbiters, driven by a tokio-facing [`Engine`]
+//! handle.
+//!
+//! Threads: one `equilibrium-actors` thread runs the actix `System`; it starts one `Arbiter`
+//! (thread) per core and spreads the shard actors over them. Everything else (QUIC, Redis,
+//! tests) lives on tokio and reaches a shard with `Addr::try_send`, so the mailbox bound
+//! holds (`do_send` would ignore it). Replies come back on tokio oneshot channels.
+//!
+//! Each zone's state is owned by exactly one shard actor. Quotes never enter a mailbox:
+//! they read the [`SnapshotTable`] directly through the [`Quoter`].
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use actix::prelude::*;
+use arc_swap::ArcSwap;
+use tokio::sync::oneshot;
+
+use crate::clock::Clock;
+use crate::config::{ConfigError, EngineConfig};
+use crate::core::HotState;
+use crate::event::{Event, EventOutcome, RejectReason};
+use crate::explain::Explanation;
+use crate::fare::FareTable;
+use crate::policy::{PolicyError, SurgePolicy};
+use crate::quote::{QuoteKey, QuoteToken, Quoter, TokenError};
+use crate::shard::{FareSetError, Shard, ShardSettings, TickStats};
+use crate::snapshot::SnapshotTable;
+use crate::zone::ZoneId;
+
+/// Why the engine did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The actor thread could not start.
+    #[error("could not start the actor system: {0}")]
+    Spawn(String),
+}
+
+/// Why a batch of events was refused as a whole (individual events get an
+/// [`EventOutcome`] instead).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// More events than `actors.batch_events_max`; nothing was applied.
+    #[error("batch of {len} events exceeds the limit of {max}; nothing was applied")]
+    BatchTooLarge {
+        /// Events in the batch.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Why a request to a shard failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShellError {
+    /// The shard's mailbox is full; retry with backoff.
+    #[error("zone shard overloaded (mailbox full); retry later")]
+    Overloaded,
+    /// The engine is stopping.
+    #[error("engine is stopped")]
+    Stopped,
+}
+
+/// Why `explain` failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExplainError {
+    /// The token does not verify.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The owning shard could not answer.
+    #[error(transparent)]
+    Shell(#[from] ShellError),
+}
+
+/// Why `set_fare` failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SetFareError {
+    /// The change was refused.
+    #[error(transparent)]
+    Refused(#[from] FareSetError),
+    /// The zone is not at the engine's resolution.
+    #[error(transparent)]
+    Zone(#[from] crate::zone::ZoneError),
+    /// The owning shard could not answer.
+    #[error(transparent)]
+    Shell(#[from] ShellError),
+}
+
+/// Memory held by the shards' hot state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Live zones.
+    pub zones: usize,
+    /// Bytes the shards account for (maps and per-zone allocations).
+    pub shard_bytes: usize,
+    /// Bytes of the snapshot table's slots (fixed at start).
+    pub table_bytes: usize,
+}
+
+enum Command {
+    Apply { events: Vec<Event>, reply: oneshot::Sender<Vec<EventOutcome>> },
+    Tick { reply: oneshot::Sender<TickStats> },
+    SetFare { zone: ZoneId, fare: FareTable, reply: oneshot::Sender<Result<(), FareSetError>> },
+    FareVersion { zone: ZoneId, version: u32, reply: oneshot::Sender<Option<FareTable>> },
+    HotState { zone: ZoneId, reply: oneshot::Sender<Option<HotState>> },
+    SetPolicy { policy: Arc<SurgePolicy>, reply: oneshot::Sender<()> },
+    Memory { reply: oneshot::Sender<MemoryStats> },
+}
+
+impl Message for Command {
+    type Result = ();
+}
+
+struct ShardActor {
+    shard: Shard,
+    clock: Arc<dyn Clock>,
+    tick_interval_ms: u64,
+}
+
+impl Actor for ShardActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.tick_interval_ms > 0 {
+            ctx.run_interval(Duration::from_millis(self.tick_interval_ms), |act, _| {
+                let now = act.clock.now_ms();
+                act.shard.tick(now);
+            });
+        }
+    }
+}
+
+impl Handler<Command> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, cmd: Command, _: &mut Self::Context) {
+        let now = self.clock.now_ms();
+        // A dropped receiver means the caller gave up; nothing to do about it.
+        match cmd {
+            Command::Apply { events, reply } => {
+                let mut out = Vec::with_capacity(events.len());
+                self.shard.apply(&events, now, &mut out);
+                let _ = reply.send(out);
+            }
+            Command::Tick { reply } => {
+                let _ = reply.send(self.shard.tick(now));
+            }
+            Command::SetFare { zone, fare, reply } => {
+                let _ = reply.send(self.shard.set_fare(zone, fare, now));
+            }
+            Command::FareVersion { zone, version, reply } => {
+                let _ = reply.send(self.shard.fare_version(zone, version));
+            }
+            Command::HotState { zone, reply } => {
+                let _ = reply.send(self.shard.hot_state(zone));
+            }
+            Command::SetPolicy { policy, reply } => {
+                self.shard.set_policy(policy);
+                let _ = reply.send(());
+            }
+            Command::Memory { reply } => {
+                let _ = reply.send(MemoryStats {
+                    zones: self.shard.len(),
+                    shard_bytes: self.shard.bytes(),
+                    table_bytes: 0,
+                });
+            }
+        }
+    }
+}
+
+/// A running engine: the handle the node (and tests) use.
+#[derive(Debug)]
+pub struct Engine {
+    shards: Vec<Addr<ShardActor>>,
+    quoter: Arc<Quoter>,
+    table: Arc<SnapshotTable>,
+    policy: ArcSwap<SurgePolicy>,
+    config: EngineConfig,
+    clock: Arc<dyn Clock>,
+    system: Option<(actix_rt::System, JoinHandle<()>)>,
+}
+
+impl std::fmt::Debug for ShardActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardActor").field("zones", &self.shard.len()).finish()
+    }
+}
+
+impl Engine {
+    /// Starts the actor system with `config`, signing quotes with `key` and reading time from
+    /// `clock`.
+    pub fn start(config: EngineConfig, key: QuoteKey, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+        let config = config.validate()?;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let a = &config.actors;
+        let shard_n = if a.shards == 0 { cores } else { a.shards };
+        let arbiter_n = if a.arbiters == 0 { cores } else { a.arbiters }.min(shard_n);
+        // Neighbours are keyed too, so the table holds more keys than live zones.
+        let table = Arc::new(SnapshotTable::with_capacity(a.zones_max.saturating_mul(2)));
+        let zone_count = Arc::new(AtomicUsize::new(0));
+        let settings = Arc::new(ShardSettings {
+            limits: config.zone.clone(),
+            default_fare: config.default_fare.to_table().map_err(ConfigError::from)?,
+            zones_max: a.zones_max,
+            zone_idle_evict_ms: a.zone_idle_evict_ms,
+        });
+        let policy = Arc::new(config.policy.clone());
+        let start_ms = clock.now_ms();
+        let quoter = Arc::new(Quoter::new(
+            Arc::clone(&table),
+            key,
+            config.node_id,
+            start_ms << 12,
+            config.quotes.ttl_ms,
+        ));
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mailbox = a.mailbox_capacity;
+        let tick_ms = a.tick_interval_ms;
+        let (t2, c2, p2) = (Arc::clone(&table), Arc::clone(&clock), Arc::clone(&policy));
+        let thread = std::thread::Builder::new()
+            .name("equilibrium-actors".into())
+            .spawn(move || {
+                let runner = actix_rt::System::new();
+                let arbiters: Vec<actix_rt::Arbiter> = (0..arbiter_n).map(|_| actix_rt::Arbiter::new()).collect();
+                let addrs: Vec<Addr<ShardActor>> = (0..shard_n)
+                    .map(|i| {
+                        let shard = Shard::new(Arc::clone(&t2), Arc::clone(&zone_count), Arc::clone(&settings), Arc::clone(&p2));
+                        let clock = Arc::clone(&c2);
+                        ShardActor::start_in_arbiter(&arbiters[i % arbiter_n].handle(), move |ctx| {
+                            ctx.set_mailbox_capacity(mailbox);
+                            ShardActor { shard, clock, tick_interval_ms: tick_ms }
+                        })
+                    })
+                    .collect();
+                if tx.send((addrs, actix_rt::System::current())).is_err() {
+                    return;
+                }
+                runner.run().ok();
+                for arb in arbiters {
+                    arb.stop();
+                    arb.join().ok();
+                }
+            })
+            .map_err(|e| StartError::Spawn(e.to_string()))?;
+        let (shards, system) = rx.recv().map_err(|e| StartError::Spawn(e.to_string()))?;
+        Ok(Self {
+            shards,
+            quoter,
+            table,
+            policy: ArcSwap::new(policy),
+            config,
+            clock,
+            system: Some((system, thread)),
+        })
+    }
+
+    /// The quoter: call it from any thread; it never touches an actor.
+    pub fn quoter(&self) -> &Arc<Quoter> {
+        &self.quoter
+    }
+
+    /// The snapshot table.
+    pub fn table(&self) -> &Arc<SnapshotTable> {
+        &self.table
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The clock the engine reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    fn shard_of(&self, zone: ZoneId) -> usize {
+        ((zone.raw().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % self.shards.len() as u64) as usize
+    }
+
+    fn send(&self, shard: usize, cmd: Command) -> Result<(), ShellError> {
+        self.shards[shard].try_send(cmd).map_err(|e| match e {
+            SendError::Full(_) => ShellError::Overloaded,
+            SendError::Closed(_) => ShellError::Stopped,
+        })
+    }
+
+    async fn ask<T>(&self, shard: usize, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ShellError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(shard, make(tx))?;
+        rx.await.map_err(|_| ShellError::Stopped)
+    }
+
+    /// Applies a batch of events; one outcome per event, in order. Events for zones at another
+    /// resolution are rejected; a shard with a full mailbox rejects its events as
+    /// `overloaded` (nothing of those was applied, so they can be resent).
+    pub async fn apply_batch(&self, events: Vec<Event>) -> Result<Vec<EventOutcome>, IngestError> {
+        let max = self.config.actors.batch_events_max;
+        if events.len() > max {
+            return Err(IngestError::BatchTooLarge { len: events.len(), max });
+        }
+        let mut outcomes = vec![EventOutcome::Rejected(RejectReason::Stopped); events.len()];
+        let n = self.shards.len();
+        let mut groups: Vec<(Vec<Event>, Vec<u32>)> = (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+        for (i, ev) in events.into_iter().enumerate() {
+            if ev.zone.resolution() != self.config.resolution {
+                outcomes[i] = EventOutcome::Rejected(RejectReason::WrongResolution);
+                continue;
+            }
+            let g = &mut groups[self.shard_of(ev.zone)];
+            g.0.push(ev);
+            g.1.push(i as u32);
+        }
+        let mut waits = Vec::new();
+        for (shard, (evs, idx)) in groups.into_iter().enumerate() {
+            if evs.is_empty() {
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            match self.send(shard, Command::Apply { events: evs, reply: tx }) {
+                Ok(()) => waits.push((rx, idx)),
+                Err(e) => {
+                    let r = match e {
+                        ShellError::Overloaded => RejectReason::Overloaded,
+                        ShellError::Stopped => RejectReason::Stopped,
+                    };
+                    for i in idx {
+                        outcomes[i as usize] = EventOutcome::Rejected(r);
+                    }
+                }
+            }
+        }
+        for (rx, idx) in waits {
+            if let Ok(res) = rx.await {
+                for (o, i) in res.into_iter().zip(idx) {
+                    outcomes[i as usize] = o;
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Runs one tick on every shard now (besides the timer), and waits for all.
+    pub async fn tick_now(&self) -> Result<TickStats, ShellError> {
+        let mut rxs = Vec::with_capacity(self.shards.len());
+        for s in 0..self.shards.len() {
+            let (tx, rx) = oneshot::channel();
+            self.send(s, Command::Tick { reply: tx })?;
+            rxs.push(rx);
+        }
+        let mut total = TickStats::default();
+        for rx in rxs {
+            total += rx.await.map_err(|_| ShellError::Stopped)?;
+        }
+        Ok(total)
+    }
+
+    /// Changes a zone's fare table. The version must be newer than the zone's current one.
+    pub async fn set_fare(&self, zone: ZoneId, fare: FareTable) -> Result<(), SetFareError> {
+        zone.check_resolution(self.config.resolution)?;
+        self.ask(self.shard_of(zone), |reply| Command::SetFare { zone, fare, reply }).await??;
+        Ok(())
+    }
+
+    /// Replaces the surge policy on every shard. The version must change.
+    pub async fn set_policy(&self, policy: SurgePolicy) -> Result<(), PolicyChangeError> {
+        let policy = policy.validate()?;
+        let current = self.policy.load().version;
+        if policy.version <= current {
+            return Err(PolicyChangeError::StaleVersion { current, proposed: policy.version });
+        }
+        let policy = Arc::new(policy);
+        self.policy.store(Arc::clone(&policy));
+        for s in 0..self.shards.len() {
+            let p = Arc::clone(&policy);
+            self.ask(s, |reply| Command::SetPolicy { policy: p, reply }).await?;
+        }
+        Ok(())
+    }
+
+    /// The current surge policy.
+    pub fn policy(&self) -> Arc<SurgePolicy> {
+        self.policy.load_full()
+    }
+
+    /// A zone's hot state, if live on this node.
+    pub async fn hot_state(&self, zone: ZoneId) -> Result<Option<HotState>, ShellError> {
+        self.ask(self.shard_of(zone), |reply| Command::HotState { zone, reply }).await
+    }
+
+    /// Verifies a quote token and gathers the inputs behind its price.
+    pub async fn explain(&self, token: &[u8]) -> Result<Explanation, ExplainError> {
+        let t: QuoteToken = self.quoter.verify(token, self.clock.now_ms())?;
+        let (zone, version) = (t.zone, t.fare_version);
+        let fare = self.ask(self.shard_of(zone), |reply| Command::FareVersion { zone, version, reply }).await?;
+        Ok(Explanation::new(t, fare, Some((*self.policy.load_full()).clone())))
+    }
+
+    /// Memory held by hot state, summed over shards.
+    pub async fn memory(&self) -> Result<MemoryStats, ShellError> {
+        let mut total = MemoryStats { table_bytes: self.table.bytes(), ..MemoryStats::default() };
+        for s in 0..self.shards.len() {
+            let m = self.ask(s, |reply| Command::Memory { reply }).await?;
+            total.zones += m.zones;
+            total.shard_bytes += m.shard_bytes;
+        }
+        Ok(total)
+    }
+
+    /// Stops the actors and joins their threads. Called by `Drop` too.
+    pub fn shutdown(&mut self) {
+        if let Some((system, thread)) = self.system.take() {
+            system.stop();
+            thread.join().ok();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Why `set_policy` failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyChangeError {
+    /// A parameter is out of range.
+    #[error(transparent)]
+    Invalid(#[from] PolicyError),
+    /// Policy versions must increase so that quotes name policies unambiguously.
+    #[error("policy version {proposed} is not newer than the current version {current}")]
+    StaleVersion {
+        /// Current version.
+        current: u32,
+        /// Offered version.
+        proposed: u32,
+    },
+    /// A shard could not take it.
+    #[error(transparent)]
+    Shell(#[from] ShellError),
+}
