@@ -294,12 +294,13 @@ impl ZoneCore {
         self.policy
     }
 
-    /// Bytes this zone holds: the struct plus its heap allocations.
-    pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.drivers.heap_bytes()
-            + self.dedupe.heap_bytes()
-            + self.fare_history.capacity() * std::mem::size_of::<FareTable>()
+    /// Heap bytes this zone holds beyond its own struct: `(hot state, dedupe log)`.
+    ///
+    /// The dedupe log is reported apart: it grows with the event rate (one entry per event
+    /// id in the window), while the hot state grows only with the drivers present.
+    pub fn heap_bytes(&self) -> (usize, usize) {
+        let hot = self.drivers.heap_bytes() + self.fare_history.capacity() * std::mem::size_of::<FareTable>();
+        (hot, self.dedupe.heap_bytes())
     }
 }
 

@@ -31,8 +31,31 @@ pub struct ShardSettings {
 struct ZoneEntry {
     core: ZoneCore,
     slot: SlotIdx,
-    /// Slots of the adjacent zones (reserved at creation), for price blending.
+    /// Slots of the adjacent zones, for price blending; `None` until that neighbour has a
+    /// slot (it is looked up again every `NEIGHBOUR_RESOLVE_TICKS`).
     neighbours: [Option<SlotIdx>; 6],
+    /// How many neighbours the zone has (6, or 5 around a pentagon).
+    neighbours_len: u8,
+}
+
+/// Zones with a neighbour not yet in the table look it up again once per this many ticks
+/// (staggered by zone), so zones created next to them are blended in within seconds.
+const NEIGHBOUR_RESOLVE_TICKS: u64 = 64;
+
+impl ZoneEntry {
+    fn missing_neighbours(&self) -> bool {
+        self.neighbours[..usize::from(self.neighbours_len)].iter().any(Option::is_none)
+    }
+
+    fn resolve_neighbours(&mut self, table: &SnapshotTable) {
+        let nbs = self.core.zone().neighbours();
+        self.neighbours_len = nbs.len() as u8;
+        for (n, nb) in self.neighbours.iter_mut().zip(nbs.iter()) {
+            if n.is_none() {
+                *n = table.slot_of(nb);
+            }
+        }
+    }
 }
 
 /// Counts from one tick.
@@ -57,7 +80,8 @@ impl std::ops::AddAssign for TickStats {
 /// A set of zones owned by one actor.
 #[derive(Debug)]
 pub struct Shard {
-    zones: FixedMap<ZoneId, ZoneEntry>,
+    /// Boxed so the map's spare capacity costs a pointer per bucket, not a whole zone.
+    zones: FixedMap<ZoneId, Box<ZoneEntry>>,
     table: Arc<SnapshotTable>,
     zone_count: Arc<AtomicUsize>,
     settings: Arc<ShardSettings>,
@@ -66,6 +90,7 @@ pub struct Shard {
     /// so every zone blends with its neighbours' previous prices, whatever the order.
     pending: Vec<(SlotIdx, Arc<PriceSnapshot>)>,
     evict: Vec<ZoneId>,
+    ticks: u64,
 }
 
 impl Shard {
@@ -85,6 +110,7 @@ impl Shard {
             policy,
             pending: Vec::new(),
             evict: Vec::new(),
+            ticks: 0,
         }
     }
 
@@ -92,7 +118,7 @@ impl Shard {
         if !self.zones.contains_key(&zone) {
             self.create(zone, now_ms)?;
         }
-        self.zones.get_mut(&zone).ok_or(RejectReason::ZoneLimit)
+        self.zones.get_mut(&zone).map(|e| &mut **e).ok_or(RejectReason::ZoneLimit)
     }
 
     fn create(&mut self, zone: ZoneId, now_ms: u64) -> Result<(), RejectReason> {
@@ -104,17 +130,15 @@ impl Shard {
             self.zone_count.fetch_sub(1, Ordering::AcqRel);
             return Err(RejectReason::ZoneLimit);
         };
-        let mut neighbours = [None; 6];
-        for (n, nb) in neighbours.iter_mut().zip(zone.neighbours().iter()) {
-            *n = self.table.insert(nb).ok();
-        }
-        let mut core = ZoneCore::new(zone, self.settings.default_fare, now_ms, &self.settings.limits);
-        let mean = neighbour_mean(&self.table, &neighbours);
+        let core = ZoneCore::new(zone, self.settings.default_fare, now_ms, &self.settings.limits);
+        let mut e = ZoneEntry { core, slot, neighbours: [None; 6], neighbours_len: 0 };
+        e.resolve_neighbours(&self.table);
+        let mean = neighbour_mean(&self.table, &e.neighbours);
         // A new zone gets a price at once: quotes need not wait for the next tick.
-        if let Some(snap) = core.tick(now_ms, &self.policy, &self.settings.limits, 0, mean) {
+        if let Some(snap) = e.core.tick(now_ms, &self.policy, &self.settings.limits, 0, mean) {
             self.table.publish(slot, Arc::new(snap));
         }
-        self.zones.insert(zone, ZoneEntry { core, slot, neighbours });
+        self.zones.insert(zone, Box::new(e));
         Ok(())
     }
 
@@ -135,12 +159,16 @@ impl Shard {
     /// One pricing tick over every zone of the shard; passivates idle zones.
     pub fn tick(&mut self, now_ms: u64) -> TickStats {
         let mut stats = TickStats::default();
-        let (table, settings, policy) = (&self.table, &self.settings, &self.policy);
+        self.ticks += 1;
+        let (table, settings, policy, ticks) = (&self.table, &self.settings, &self.policy, self.ticks);
         for (zone, e) in self.zones.iter_mut() {
             stats.zones += 1;
             if e.core.is_idle(now_ms, settings.zone_idle_evict_ms) {
                 self.evict.push(*zone);
                 continue;
+            }
+            if (ticks + zone.raw()) % NEIGHBOUR_RESOLVE_TICKS == 0 && e.missing_neighbours() {
+                e.resolve_neighbours(table);
             }
             let quotes = table.take_quotes(e.slot);
             let mean = neighbour_mean(table, &e.neighbours);
@@ -198,10 +226,41 @@ impl Shard {
         self.zones.is_empty()
     }
 
-    /// Bytes of hot state: map buckets plus every zone's own allocations.
-    pub fn bytes(&self) -> usize {
-        self.zones.allocation_size()
-            + self.zones.values().map(|e| e.core.bytes() - std::mem::size_of::<ZoneCore>()).sum::<usize>()
+    /// Memory held by this shard's zones, counted structure by structure.
+    pub fn memory(&self) -> ShardMemory {
+        // A published snapshot is one Arc allocation: two counters plus the value.
+        let snapshot = std::mem::size_of::<PriceSnapshot>() + 2 * std::mem::size_of::<usize>();
+        let mut m = ShardMemory { zones: self.zones.len(), hot_bytes: self.zones.allocation_size(), ..ShardMemory::default() };
+        for e in self.zones.values() {
+            let (hot, dedupe) = e.core.heap_bytes();
+            m.hot_bytes += std::mem::size_of::<ZoneEntry>() + hot + snapshot;
+            m.dedupe_bytes += dedupe;
+            m.dedupe_ids += e.core.hot_state().dedupe_ids;
+        }
+        m
+    }
+}
+
+/// Memory held by a shard's zones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardMemory {
+    /// Live zones.
+    pub zones: usize,
+    /// Hot state: the zone map (with every zone's struct inline), drivers, fare history and
+    /// the published snapshot.
+    pub hot_bytes: usize,
+    /// The dedupe logs (event ids in the window).
+    pub dedupe_bytes: usize,
+    /// Event ids held in the dedupe logs.
+    pub dedupe_ids: usize,
+}
+
+impl std::ops::AddAssign for ShardMemory {
+    fn add_assign(&mut self, o: Self) {
+        self.zones += o.zones;
+        self.hot_bytes += o.hot_bytes;
+        self.dedupe_bytes += o.dedupe_bytes;
+        self.dedupe_ids += o.dedupe_ids;
     }
 }
 
@@ -227,4 +286,62 @@ pub enum FareSetError {
     /// The zone is not live and the node is at `zones_max`.
     #[error("zone limit reached; cannot create the zone to set its fare")]
     ZoneLimit,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EngineConfig;
+    use crate::event::EventKind;
+
+    fn shard(table: &Arc<SnapshotTable>) -> Shard {
+        let cfg = EngineConfig::default();
+        let settings = Arc::new(ShardSettings {
+            limits: cfg.zone.clone(),
+            default_fare: cfg.default_fare.to_table().expect("valid"),
+            zones_max: 1000,
+            zone_idle_evict_ms: cfg.actors.zone_idle_evict_ms,
+        });
+        Shard::new(Arc::clone(table), Arc::new(AtomicUsize::new(0)), settings, Arc::new(cfg.policy))
+    }
+
+    fn demand(zone: ZoneId, from_id: u64, n: u64) -> Vec<Event> {
+        (from_id..from_id + n).map(|id| Event { id, zone, kind: EventKind::RiderDemand }).collect()
+    }
+
+    #[test]
+    fn a_quiet_zone_next_to_a_surging_one_is_priced_above_one() {
+        let table = Arc::new(SnapshotTable::with_capacity(100));
+        let mut s = shard(&table);
+        let hot = ZoneId::from_lat_lng(48.8584, 2.2945, 8).expect("valid");
+        let quiet = hot.neighbours().iter().next().expect("has neighbours");
+        let far = ZoneId::from_lat_lng(48.95, 2.5, 8).expect("valid");
+        let mut out = Vec::new();
+        s.apply(&demand(hot, 0, 30), 0, &mut out);
+        s.apply(&demand(quiet, 100, 1), 0, &mut out);
+        s.apply(&demand(far, 200, 1), 0, &mut out);
+        for t in 1..60 {
+            s.tick(t * 250);
+        }
+        let price = |z: ZoneId| table.get(z).and_then(|g| g.as_ref().map(|s| s.multiplier_milli)).expect("priced");
+        assert!(price(hot) > 2000, "blending with quiet neighbours pulls the hot zone down a little: {}", price(hot));
+        assert!(price(quiet) > 1000, "neighbour of a surging zone stays at {}", price(quiet));
+        assert_eq!(price(far), 1000, "a zone with no surging neighbour is not affected");
+    }
+
+    #[test]
+    fn a_neighbour_created_later_is_blended_in_after_it_is_resolved() {
+        let table = Arc::new(SnapshotTable::with_capacity(100));
+        let mut s = shard(&table);
+        let quiet = ZoneId::from_lat_lng(48.8584, 2.2945, 8).expect("valid");
+        let hot = quiet.neighbours().iter().next().expect("has neighbours");
+        let mut out = Vec::new();
+        s.apply(&demand(quiet, 0, 1), 0, &mut out); // created first: its neighbour has no slot
+        s.apply(&demand(hot, 100, 30), 0, &mut out);
+        for t in 1..=(2 * NEIGHBOUR_RESOLVE_TICKS) {
+            s.tick(t * 250);
+        }
+        let m = table.get(quiet).and_then(|g| g.as_ref().map(|s| s.neighbour_mean_milli)).expect("priced");
+        assert!(m > 1000, "late neighbour never blended in");
+    }
 }

@@ -26,7 +26,7 @@ use crate::explain::Explanation;
 use crate::fare::FareTable;
 use crate::policy::{PolicyError, SurgePolicy};
 use crate::quote::{QuoteKey, QuoteToken, Quoter, TokenError};
-use crate::shard::{FareSetError, Shard, ShardSettings, TickStats};
+use crate::shard::{FareSetError, Shard, ShardMemory, ShardSettings, TickStats};
 use crate::snapshot::SnapshotTable;
 use crate::zone::ZoneId;
 
@@ -91,14 +91,12 @@ pub enum SetFareError {
     Shell(#[from] ShellError),
 }
 
-/// Memory held by the shards' hot state.
+/// Memory held by the engine: the shards' zones plus the snapshot table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryStats {
-    /// Live zones.
-    pub zones: usize,
-    /// Bytes the shards account for (maps and per-zone allocations).
-    pub shard_bytes: usize,
-    /// Bytes of the snapshot table's slots (fixed at start).
+    /// The zones, summed over shards.
+    pub shards: ShardMemory,
+    /// Bytes of the snapshot table's slots (allocated once at start).
     pub table_bytes: usize,
 }
 
@@ -109,7 +107,7 @@ enum Command {
     FareVersion { zone: ZoneId, version: u32, reply: oneshot::Sender<Option<FareTable>> },
     HotState { zone: ZoneId, reply: oneshot::Sender<Option<HotState>> },
     SetPolicy { policy: Arc<SurgePolicy>, reply: oneshot::Sender<()> },
-    Memory { reply: oneshot::Sender<MemoryStats> },
+    Memory { reply: oneshot::Sender<ShardMemory> },
 }
 
 impl Message for Command {
@@ -164,11 +162,7 @@ impl Handler<Command> for ShardActor {
                 let _ = reply.send(());
             }
             Command::Memory { reply } => {
-                let _ = reply.send(MemoryStats {
-                    zones: self.shard.len(),
-                    shard_bytes: self.shard.bytes(),
-                    table_bytes: 0,
-                });
+                let _ = reply.send(self.shard.memory());
             }
         }
     }
@@ -201,7 +195,7 @@ impl Engine {
         let a = &config.actors;
         let shard_n = if a.shards == 0 { cores } else { a.shards };
         let arbiter_n = if a.arbiters == 0 { cores } else { a.arbiters }.min(shard_n);
-        // Neighbours are keyed too, so the table holds more keys than live zones.
+        // A zone keeps its slot after passivation, so leave room for zones coming and going.
         let table = Arc::new(SnapshotTable::with_capacity(a.zones_max.saturating_mul(2)));
         let zone_count = Arc::new(AtomicUsize::new(0));
         let settings = Arc::new(ShardSettings {
@@ -407,9 +401,7 @@ impl Engine {
     pub async fn memory(&self) -> Result<MemoryStats, ShellError> {
         let mut total = MemoryStats { table_bytes: self.table.bytes(), ..MemoryStats::default() };
         for s in 0..self.shards.len() {
-            let m = self.ask(s, |reply| Command::Memory { reply }).await?;
-            total.zones += m.zones;
-            total.shard_bytes += m.shard_bytes;
+            total.shards += self.ask(s, |reply| Command::Memory { reply }).await?;
         }
         Ok(total)
     }
