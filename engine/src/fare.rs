@@ -42,6 +42,11 @@ impl Currency {
         }
     }
 
+    /// Bytes that came from a validated `Currency` of this process (no re-validation).
+    pub(crate) const fn from_trusted(b: [u8; 3]) -> Self {
+        Self(b)
+    }
+
     /// The three ASCII bytes.
     pub const fn bytes(self) -> [u8; 3] {
         self.0
@@ -158,10 +163,29 @@ const PRE_DENOM: u128 = 60_000;
 /// Denominator of the exact surged amount (multiplier in thousandths).
 const DENOM: u128 = PRE_DENOM * MILLI as u128;
 
-/// The fare formula on validated inputs. Exact rational arithmetic in `u128`, one rounding
-/// (half up) at the end. Allocation-free; used on the quote path.
+/// The fare formula on validated inputs. Exact rational arithmetic, one rounding (half up)
+/// at the end. Allocation-free; used on the quote path.
+///
+/// Realistic fares fit in `u64` all the way (division by a constant there compiles to a
+/// multiply and a shift); only extreme tables fall back to the slower `u128` path, which
+/// computes the same value.
 #[inline]
 pub(crate) fn fare_minor(t: &FareTable, trip: Trip, multiplier_milli: u32) -> u64 {
+    // Every term below fits u64: u32 · 60_000, u32 · 1_000_000 · 60, u32 · 86_400 · 1000.
+    let base = u64::from(t.base_minor) * PRE_DENOM as u64;
+    let dist = u64::from(t.per_km_minor) * u64::from(trip.distance_m) * 60;
+    let time = u64::from(t.per_min_minor) * u64::from(trip.duration_s) * 1000;
+    let minimum = u64::from(t.minimum_minor) * PRE_DENOM as u64;
+    let pre = base.checked_add(dist).and_then(|x| x.checked_add(time)).map(|x| x.max(minimum));
+    match pre.and_then(|p| p.checked_mul(u64::from(multiplier_milli))).and_then(|s| s.checked_add(DENOM as u64 / 2)) {
+        Some(scaled) => scaled / DENOM as u64,
+        None => fare_minor_wide(t, trip, multiplier_milli),
+    }
+}
+
+/// The same formula in `u128`, for tables whose products overflow `u64`.
+#[cold]
+fn fare_minor_wide(t: &FareTable, trip: Trip, multiplier_milli: u32) -> u64 {
     let base = u128::from(t.base_minor) * PRE_DENOM;
     let dist = u128::from(t.per_km_minor) * u128::from(trip.distance_m) * 60;
     let time = u128::from(t.per_min_minor) * u128::from(trip.duration_s) * 1000;
@@ -233,6 +257,15 @@ mod tests {
             ..table()
         };
         assert_eq!(t.fare(trip(500, 30), 1000), Ok(1));
+    }
+
+    #[test]
+    fn the_fast_and_wide_paths_agree() {
+        let t = table();
+        for (d, s, m) in [(0, 0, 1000), (5000, 600, 1500), (1_000_000, 86_400, 3000), (123_457, 9_876, 2_345)] {
+            let trip = Trip { distance_m: d, duration_s: s };
+            assert_eq!(fare_minor(&t, trip, m), fare_minor_wide(&t, trip, m));
+        }
     }
 
     #[test]

@@ -343,9 +343,7 @@ impl Quoter {
     #[inline]
     pub fn price(&self, zone: ZoneId, trip: Trip) -> Result<Price, QuoteError> {
         let trip = trip.validate()?;
-        let slot = self.table.slot_of(zone).ok_or(QuoteError::UnknownZone(zone))?;
-        let guard = self.table.load(slot);
-        let snap = guard.as_ref().ok_or(QuoteError::UnknownZone(zone))?;
+        let snap = self.table.get(zone).ok_or(QuoteError::UnknownZone(zone))?;
         Ok(Price {
             amount_minor: fare_minor(&snap.fare, trip, snap.multiplier_milli),
             currency: snap.fare.currency,
@@ -366,8 +364,7 @@ impl Quoter {
     ) -> Result<QuoteToken, QuoteError> {
         let trip = trip.validate()?;
         let slot = self.table.slot_of(zone).ok_or(QuoteError::UnknownZone(zone))?;
-        let guard = self.table.load(slot);
-        let snap = guard.as_ref().ok_or(QuoteError::UnknownZone(zone))?;
+        let snap = self.table.load(slot).ok_or(QuoteError::UnknownZone(zone))?;
         debug_assert!(snap.is_intact() && snap.zone == zone);
         let token = QuoteToken {
             quote_id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -389,7 +386,6 @@ impl Quoter {
             confidence_permille: snap.confidence_permille,
             key_id: self.key.id,
         };
-        drop(guard);
         token.sign_into(&self.key, out);
         self.table.note_quote(slot);
         Ok(token)

@@ -36,7 +36,15 @@ struct ZoneEntry {
     neighbours: [Option<SlotIdx>; 6],
     /// How many neighbours the zone has (6, or 5 around a pentagon).
     neighbours_len: u8,
+    /// The neighbours' mean multiplier as last read (see `NEIGHBOUR_READ_TICKS`).
+    neighbour_mean: Option<u32>,
 }
+
+/// A zone reads its neighbours' prices once per this many ticks (staggered by zone) and
+/// reuses the mean in between: neighbours usually live far apart in the table, and reading
+/// six of them every tick was most of a tick's cost. At 250 ms ticks the blend lags by at
+/// most a second.
+const NEIGHBOUR_READ_TICKS: u64 = 4;
 
 /// Zones with a neighbour not yet in the table look it up again once per this many ticks
 /// (staggered by zone), so zones created next to them are blended in within seconds.
@@ -80,15 +88,20 @@ impl std::ops::AddAssign for TickStats {
 /// A set of zones owned by one actor.
 #[derive(Debug)]
 pub struct Shard {
-    /// Boxed so the map's spare capacity costs a pointer per bucket, not a whole zone.
-    zones: FixedMap<ZoneId, Box<ZoneEntry>>,
+    /// The zones, in creation order: the tick walks them in allocation order, which the
+    /// hardware prefetcher follows. Boxed so spare capacity costs a pointer, not a zone.
+    zones: Vec<Box<ZoneEntry>>,
+    /// Zone → position in `zones`.
+    index: FixedMap<ZoneId, u32>,
     table: Arc<SnapshotTable>,
     zone_count: Arc<AtomicUsize>,
     settings: Arc<ShardSettings>,
     policy: Arc<SurgePolicy>,
-    /// Reused between ticks: snapshots computed this tick, published after all are computed
-    /// so every zone blends with its neighbours' previous prices, whatever the order.
-    pending: Vec<(SlotIdx, Arc<PriceSnapshot>)>,
+    /// Reused between ticks: slots published this tick with their new multiplier. Snapshots
+    /// are published as they are computed, but the multiplier that neighbours blend with is
+    /// exposed only after the whole tick, so every zone blends with its neighbours' previous
+    /// prices whatever the order.
+    pending: Vec<(SlotIdx, u32)>,
     evict: Vec<ZoneId>,
     ticks: u64,
 }
@@ -103,7 +116,8 @@ impl Shard {
         policy: Arc<SurgePolicy>,
     ) -> Self {
         Self {
-            zones: FixedMap::default(),
+            zones: Vec::new(),
+            index: FixedMap::default(),
             table,
             zone_count,
             settings,
@@ -115,13 +129,14 @@ impl Shard {
     }
 
     fn entry(&mut self, zone: ZoneId, now_ms: u64) -> Result<&mut ZoneEntry, RejectReason> {
-        if !self.zones.contains_key(&zone) {
-            self.create(zone, now_ms)?;
-        }
-        self.zones.get_mut(&zone).map(|e| &mut **e).ok_or(RejectReason::ZoneLimit)
+        let i = match self.index.get(&zone) {
+            Some(&i) => i,
+            None => self.create(zone, now_ms)?,
+        };
+        Ok(&mut self.zones[i as usize])
     }
 
-    fn create(&mut self, zone: ZoneId, now_ms: u64) -> Result<(), RejectReason> {
+    fn create(&mut self, zone: ZoneId, now_ms: u64) -> Result<u32, RejectReason> {
         if self.zone_count.fetch_add(1, Ordering::AcqRel) >= self.settings.zones_max {
             self.zone_count.fetch_sub(1, Ordering::AcqRel);
             return Err(RejectReason::ZoneLimit);
@@ -131,15 +146,18 @@ impl Shard {
             return Err(RejectReason::ZoneLimit);
         };
         let core = ZoneCore::new(zone, self.settings.default_fare, now_ms, &self.settings.limits);
-        let mut e = ZoneEntry { core, slot, neighbours: [None; 6], neighbours_len: 0 };
+        let mut e = ZoneEntry { core, slot, neighbours: [None; 6], neighbours_len: 0, neighbour_mean: None };
         e.resolve_neighbours(&self.table);
         let mean = neighbour_mean(&self.table, &e.neighbours);
+        e.neighbour_mean = mean;
         // A new zone gets a price at once: quotes need not wait for the next tick.
         if let Some(snap) = e.core.tick(now_ms, &self.policy, &self.settings.limits, 0, mean) {
-            self.table.publish(slot, Arc::new(snap));
+            self.table.publish(slot, &snap);
         }
-        self.zones.insert(zone, Box::new(e));
-        Ok(())
+        let i = self.zones.len() as u32;
+        self.zones.push(Box::new(e));
+        self.index.insert(zone, i);
+        Ok(i)
     }
 
     /// Applies a batch of events (all routed to this shard) at `now_ms`, appending one
@@ -161,35 +179,45 @@ impl Shard {
         let mut stats = TickStats::default();
         self.ticks += 1;
         let (table, settings, policy, ticks) = (&self.table, &self.settings, &self.policy, self.ticks);
-        for (zone, e) in self.zones.iter_mut() {
+        for e in self.zones.iter_mut() {
             stats.zones += 1;
+            let zone = e.core.zone();
             if e.core.is_idle(now_ms, settings.zone_idle_evict_ms) {
-                self.evict.push(*zone);
+                self.evict.push(zone);
                 continue;
             }
             if (ticks + zone.raw()) % NEIGHBOUR_RESOLVE_TICKS == 0 && e.missing_neighbours() {
                 e.resolve_neighbours(table);
             }
+            if (ticks + zone.raw()) % NEIGHBOUR_READ_TICKS == 0 {
+                e.neighbour_mean = neighbour_mean(table, &e.neighbours);
+            }
             let quotes = table.take_quotes(e.slot);
-            let mean = neighbour_mean(table, &e.neighbours);
-            match e.core.tick(now_ms, policy, &settings.limits, quotes, mean) {
-                Some(snap) => self.pending.push((e.slot, Arc::new(snap))),
+            match e.core.tick(now_ms, policy, &settings.limits, quotes, e.neighbour_mean) {
+                Some(snap) => {
+                    table.publish_snapshot(e.slot, &snap);
+                    self.pending.push((e.slot, snap.multiplier_milli));
+                }
                 None => table.touch(e.slot, now_ms),
             }
         }
         stats.published = self.pending.len();
-        for (slot, snap) in self.pending.drain(..) {
-            table.publish(slot, snap);
+        for (slot, m) in self.pending.drain(..) {
+            table.expose_multiplier(slot, m);
         }
         for zone in self.evict.drain(..) {
-            if let Some(e) = self.zones.remove(&zone) {
-                table.clear(e.slot);
-                self.zone_count.fetch_sub(1, Ordering::AcqRel);
-                stats.evicted += 1;
+            let Some(i) = self.index.remove(&zone) else { continue };
+            let e = self.zones.swap_remove(i as usize);
+            if let Some(moved) = self.zones.get(i as usize) {
+                self.index.insert(moved.core.zone(), i);
             }
+            table.clear(e.slot);
+            self.zone_count.fetch_sub(1, Ordering::AcqRel);
+            stats.evicted += 1;
         }
         if self.zones.capacity() > 4 * self.zones.len().max(64) {
             self.zones.shrink_to_fit();
+            self.index.shrink_to_fit();
         }
         stats
     }
@@ -203,12 +231,16 @@ impl Shard {
 
     /// The fare table of a zone at a version, if current or retained.
     pub fn fare_version(&self, zone: ZoneId, version: u32) -> Option<FareTable> {
-        self.zones.get(&zone).and_then(|e| e.core.fare_version(version))
+        self.get(zone).and_then(|e| e.core.fare_version(version))
     }
 
     /// A zone's hot state, if it is live here.
     pub fn hot_state(&self, zone: ZoneId) -> Option<HotState> {
-        self.zones.get(&zone).map(|e| e.core.hot_state())
+        self.get(zone).map(|e| e.core.hot_state())
+    }
+
+    fn get(&self, zone: ZoneId) -> Option<&ZoneEntry> {
+        self.index.get(&zone).map(|&i| &*self.zones[i as usize])
     }
 
     /// Replaces the surge policy; effective next tick.
@@ -228,12 +260,16 @@ impl Shard {
 
     /// Memory held by this shard's zones, counted structure by structure.
     pub fn memory(&self) -> ShardMemory {
-        // A published snapshot is one Arc allocation: two counters plus the value.
-        let snapshot = std::mem::size_of::<PriceSnapshot>() + 2 * std::mem::size_of::<usize>();
-        let mut m = ShardMemory { zones: self.zones.len(), hot_bytes: self.zones.allocation_size(), ..ShardMemory::default() };
-        for e in self.zones.values() {
+        let mut m = ShardMemory {
+            zones: self.zones.len(),
+            hot_bytes: self.index.allocation_size()
+                + self.zones.capacity() * std::mem::size_of::<Box<ZoneEntry>>()
+                + self.pending.capacity() * std::mem::size_of::<(SlotIdx, u32)>(),
+            ..ShardMemory::default()
+        };
+        for e in &self.zones {
             let (hot, dedupe) = e.core.heap_bytes();
-            m.hot_bytes += std::mem::size_of::<ZoneEntry>() + hot + snapshot;
+            m.hot_bytes += std::mem::size_of::<ZoneEntry>() + hot;
             m.dedupe_bytes += dedupe;
             m.dedupe_ids += e.core.hot_state().dedupe_ids;
         }
@@ -246,8 +282,8 @@ impl Shard {
 pub struct ShardMemory {
     /// Live zones.
     pub zones: usize,
-    /// Hot state: the zone map (with every zone's struct inline), drivers, fare history and
-    /// the published snapshot.
+    /// Hot state: the zone index and entries, drivers and fare history. (Published snapshots
+    /// live in the snapshot table, allocated once at start.)
     pub hot_bytes: usize,
     /// The dedupe logs (event ids in the window).
     pub dedupe_bytes: usize,
@@ -323,7 +359,7 @@ mod tests {
         for t in 1..60 {
             s.tick(t * 250);
         }
-        let price = |z: ZoneId| table.get(z).and_then(|g| g.as_ref().map(|s| s.multiplier_milli)).expect("priced");
+        let price = |z: ZoneId| table.get(z).map(|s| s.multiplier_milli).expect("priced");
         assert!(price(hot) > 2000, "blending with quiet neighbours pulls the hot zone down a little: {}", price(hot));
         assert!(price(quiet) > 1000, "neighbour of a surging zone stays at {}", price(quiet));
         assert_eq!(price(far), 1000, "a zone with no surging neighbour is not affected");
@@ -341,7 +377,7 @@ mod tests {
         for t in 1..=(2 * NEIGHBOUR_RESOLVE_TICKS) {
             s.tick(t * 250);
         }
-        let m = table.get(quiet).and_then(|g| g.as_ref().map(|s| s.neighbour_mean_milli)).expect("priced");
+        let m = table.get(quiet).map(|s| s.neighbour_mean_milli).expect("priced");
         assert!(m > 1000, "late neighbour never blended in");
     }
 }

@@ -2,26 +2,29 @@
 //!
 //! # The table
 //!
-//! A fixed-capacity open-addressing hash table (linear probing) of [`Slot`]s, allocated once.
-//! A slot's key is written once, by compare-and-swap, and never changes afterwards: a zone
-//! keeps its slot for the life of the process (an evicted zone's slot keeps its key with no
-//! snapshot). Readers therefore never see a slot change identity under them. Each slot holds
-//! an [`ArcSwapOption`] of the zone's latest snapshot: publishing is one atomic swap, reading
-//! is one atomic load that takes no lock, makes no mailbox round-trip and allocates nothing.
+//! Two arrays, allocated once at start:
 //!
-//! Capacity is fixed at construction (`slots_for(zones_max)`); inserting past half of it
-//! fails with [`TableFull`] so probe sequences stay short.
+//! - an open-addressing hash index (linear probing) of zone keys. A key is written once, by
+//!   compare-and-swap, and never changes afterwards: a zone keeps its slot for the life of the
+//!   process (an evicted zone's slot keeps its key with no snapshot), so readers never see a
+//!   slot change identity under them;
+//! - dense [`Slot`]s, one per keyed zone, each holding the zone's latest snapshot inline
+//!   behind a **sequence lock**: a writer makes the sequence odd, stores the words, makes it
+//!   even again; a reader copies the words and retries if the sequence moved. Readers take no
+//!   lock, never block a writer, send no message and allocate nothing; publishing allocates
+//!   nothing either (the earlier `Arc` + `arc-swap` design spent most of a tick in `malloc`
+//!   and in arc-swap's debt scan). Each snapshot also carries a checksum, which the
+//!   concurrency test verifies on every read.
+//!
+//! Capacity is fixed at construction; inserting past it fails with [`TableFull`].
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use arc_swap::{ArcSwapOption, Guard};
-
-use crate::fare::FareTable;
+use crate::fare::{Currency, FareTable};
 use crate::zone::ZoneId;
 
 /// The result of one tick of one zone: everything a quote needs, immutable once published.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PriceSnapshot {
     /// The zone priced.
     pub zone: ZoneId,
@@ -151,28 +154,30 @@ impl PriceSnapshot {
     }
 }
 
-/// Index of a slot in a [`SnapshotTable`]; stable for the life of the table.
+/// Index of a zone's slot in a [`SnapshotTable`]; stable for the life of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SlotIdx(u32);
 
-/// The table cannot take another zone (more than half its slots are keyed).
+/// The table cannot take another zone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("snapshot table is full ({slots} slots, at most {max} zones); raise zones_max")]
+#[error("snapshot table is full ({max} zones); raise zones_max")]
 pub struct TableFull {
-    /// Slots in the table.
-    pub slots: usize,
-    /// Keys it accepts.
+    /// Zones it holds.
     pub max: usize,
 }
 
 const EMPTY: u64 = 0;
+/// Words of an encoded snapshot.
+const WORDS: usize = 12;
 
+/// One zone's published snapshot behind a sequence lock. 128 bytes, two cache lines.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 struct Slot {
-    /// The zone's raw id, or `EMPTY`. Written once.
-    key: AtomicU64,
-    /// The latest snapshot, `None` before the first and after eviction.
-    snap: ArcSwapOption<PriceSnapshot>,
+    /// Even: stable; odd: a writer is storing. Starts at 0 (nothing published).
+    seq: AtomicU64,
+    /// The encoded snapshot; word 0 (the zone) is 0 when there is none.
+    words: [AtomicU64; WORDS],
     /// Engine time at which the owner last confirmed the snapshot current.
     fresh_at_ms: AtomicU64,
     /// Quotes issued since the owner's last tick (the tick takes and resets it).
@@ -181,21 +186,82 @@ struct Slot {
     multiplier_milli: AtomicU32,
 }
 
+fn encode(s: &PriceSnapshot) -> [u64; WORDS] {
+    let lo_hi = |lo: u32, hi: u32| u64::from(lo) | u64::from(hi) << 32;
+    let c = s.fare.currency.bytes();
+    [
+        s.zone.raw(),
+        s.version,
+        lo_hi(s.multiplier_milli, s.target_milli),
+        lo_hi(s.fare.version, s.fare.base_minor),
+        lo_hi(s.fare.per_km_minor, s.fare.per_min_minor),
+        lo_hi(s.fare.minimum_minor, s.fare.surge_cap_milli),
+        u64::from(c[0]) | u64::from(c[1]) << 8 | u64::from(c[2]) << 16 | u64::from(s.confidence_permille) << 24,
+        lo_hi(s.policy_version, s.supply),
+        lo_hi(s.demand, s.quotes),
+        u64::from(s.neighbour_mean_milli),
+        s.computed_at_ms,
+        s.check,
+    ]
+}
+
+/// Decodes words written by [`encode`]; `None` for an empty slot. The words come from this
+/// process's own writers, never from the network, so no field needs validating beyond that.
+fn decode(w: &[u64; WORDS]) -> Option<PriceSnapshot> {
+    let zone = ZoneId::from_raw_trusted(w[0])?;
+    let lo = |x: u64| x as u32;
+    let hi = |x: u64| (x >> 32) as u32;
+    Some(PriceSnapshot {
+        zone,
+        version: w[1],
+        multiplier_milli: lo(w[2]),
+        target_milli: hi(w[2]),
+        fare: FareTable {
+            version: lo(w[3]),
+            base_minor: hi(w[3]),
+            per_km_minor: lo(w[4]),
+            per_min_minor: hi(w[4]),
+            minimum_minor: lo(w[5]),
+            surge_cap_milli: hi(w[5]),
+            currency: Currency::from_trusted([w[6] as u8, (w[6] >> 8) as u8, (w[6] >> 16) as u8]),
+        },
+        policy_version: lo(w[7]),
+        confidence_permille: (w[6] >> 24) as u16,
+        supply: hi(w[7]),
+        demand: lo(w[8]),
+        quotes: hi(w[8]),
+        neighbour_mean_milli: lo(w[9]),
+        computed_at_ms: w[10],
+        check: w[11],
+    })
+}
+
 /// The node-wide map zone → latest price snapshot. See the module docs.
 #[derive(Debug)]
 pub struct SnapshotTable {
-    slots: Box<[Slot]>,
+    /// Hash index: zone key per position, `EMPTY` when free.
+    keys: Box<[AtomicU64]>,
+    /// Hash index: slot number for the key at the same position (valid once the key is set).
+    slot_of_key: Box<[AtomicU32]>,
     mask: usize,
-    keys_max: usize,
-    keys: AtomicUsize,
+    slots: Box<[Slot]>,
+    /// Slots handed out so far.
+    used: AtomicUsize,
 }
 
 impl SnapshotTable {
-    /// A table with room for at least `zones` keys.
+    /// A table for up to `zones` zones.
     pub fn with_capacity(zones: usize) -> Self {
-        let n = (zones.max(8) * 2).next_power_of_two();
-        let slots: Box<[Slot]> = (0..n).map(|_| Slot::default()).collect();
-        Self { slots, mask: n - 1, keys_max: n / 2, keys: AtomicUsize::new(0) }
+        let zones = zones.max(8);
+        // The hash index is at most half full, so probe sequences stay short.
+        let n = (zones * 2).next_power_of_two();
+        Self {
+            keys: (0..n).map(|_| AtomicU64::new(EMPTY)).collect(),
+            slot_of_key: (0..n).map(|_| AtomicU32::new(u32::MAX)).collect(),
+            mask: n - 1,
+            slots: (0..zones).map(|_| Slot::default()).collect(),
+            used: AtomicUsize::new(0),
+        }
     }
 
     #[inline]
@@ -204,14 +270,27 @@ impl SnapshotTable {
         (zone.raw().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & self.mask
     }
 
+    /// Waits until position `i`'s slot number is visible (a racing inserter sets the key
+    /// first, the slot number right after).
+    #[inline]
+    fn slot_at(&self, i: usize) -> SlotIdx {
+        loop {
+            let s = self.slot_of_key[i].load(Ordering::Acquire);
+            if s != u32::MAX {
+                return SlotIdx(s);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// The slot of a zone, if it has one.
     #[inline]
     pub fn slot_of(&self, zone: ZoneId) -> Option<SlotIdx> {
         let key = zone.raw();
         let mut i = self.home(zone);
-        for _ in 0..self.slots.len() {
-            match self.slots[i].key.load(Ordering::Acquire) {
-                k if k == key => return Some(SlotIdx(i as u32)),
+        for _ in 0..self.keys.len() {
+            match self.keys[i].load(Ordering::Acquire) {
+                k if k == key => return Some(self.slot_at(i)),
                 EMPTY => return None,
                 _ => i = (i + 1) & self.mask,
             }
@@ -219,54 +298,89 @@ impl SnapshotTable {
         None
     }
 
-    /// The slot of a zone, keying a new one if needed. Safe to call from several threads.
+    /// The slot of a zone, giving it one if needed. Safe to call from several threads.
+    ///
+    /// A slot number is reserved before the key is claimed, so a visible key always gets its
+    /// slot number. (Two threads inserting the *same* new zone at once would waste one slot;
+    /// zones have a single owner, so that does not happen in practice.)
     pub fn insert(&self, zone: ZoneId) -> Result<SlotIdx, TableFull> {
         let key = zone.raw();
         let mut i = self.home(zone);
-        for _ in 0..self.slots.len() {
-            let slot = &self.slots[i];
-            match slot.key.load(Ordering::Acquire) {
-                k if k == key => return Ok(SlotIdx(i as u32)),
+        let mut reserved: Option<u32> = None;
+        for _ in 0..self.keys.len() {
+            match self.keys[i].load(Ordering::Acquire) {
+                k if k == key => return Ok(self.slot_at(i)),
                 EMPTY => {
-                    if self.keys.fetch_add(1, Ordering::AcqRel) >= self.keys_max {
-                        self.keys.fetch_sub(1, Ordering::AcqRel);
-                        return Err(self.full());
-                    }
-                    match slot.key.compare_exchange(EMPTY, key, Ordering::AcqRel, Ordering::Acquire) {
-                        Ok(_) => return Ok(SlotIdx(i as u32)),
-                        Err(k) => {
-                            self.keys.fetch_sub(1, Ordering::AcqRel);
-                            if k == key {
-                                return Ok(SlotIdx(i as u32));
+                    let s = match reserved {
+                        Some(s) => s,
+                        None => {
+                            let s = self.used.fetch_add(1, Ordering::AcqRel);
+                            if s >= self.slots.len() {
+                                self.used.fetch_sub(1, Ordering::AcqRel);
+                                return Err(TableFull { max: self.slots.len() });
                             }
-                            i = (i + 1) & self.mask;
+                            reserved = Some(s as u32);
+                            s as u32
                         }
+                    };
+                    match self.keys[i].compare_exchange(EMPTY, key, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => {
+                            self.slot_of_key[i].store(s, Ordering::Release);
+                            return Ok(SlotIdx(s));
+                        }
+                        Err(k) if k == key => return Ok(self.slot_at(i)),
+                        Err(_) => i = (i + 1) & self.mask,
                     }
                 }
                 _ => i = (i + 1) & self.mask,
             }
         }
-        Err(self.full())
+        Err(TableFull { max: self.slots.len() })
     }
 
-    fn full(&self) -> TableFull {
-        TableFull { slots: self.slots.len(), max: self.keys_max }
-    }
-
-    /// Publishes a zone's new snapshot (one atomic swap).
-    pub fn publish(&self, idx: SlotIdx, snap: Arc<PriceSnapshot>) {
+    /// Stores `words` into a slot under its sequence lock. Writers of one slot may race
+    /// (the lock is taken by compare-and-swap); readers never wait for a writer to finish
+    /// other than by retrying their copy.
+    fn write(&self, idx: SlotIdx, words: &[u64; WORDS]) {
         let slot = &self.slots[idx.0 as usize];
-        debug_assert_eq!(slot.key.load(Ordering::Relaxed), snap.zone.raw());
-        slot.fresh_at_ms.store(snap.computed_at_ms, Ordering::Release);
-        slot.multiplier_milli.store(snap.multiplier_milli, Ordering::Release);
-        slot.snap.store(Some(snap));
+        let mut spins = 0u32;
+        let seq = loop {
+            let s = slot.seq.load(Ordering::Relaxed);
+            if s & 1 == 0 && slot.seq.compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                break s;
+            }
+            backoff(&mut spins);
+        };
+        fence(Ordering::Release);
+        for (w, v) in slot.words.iter().zip(words) {
+            w.store(*v, Ordering::Relaxed);
+        }
+        slot.seq.store(seq + 2, Ordering::Release);
+    }
+
+    /// Publishes a zone's new snapshot, for quotes and for neighbours. Allocation-free.
+    pub fn publish(&self, idx: SlotIdx, snap: &PriceSnapshot) {
+        self.publish_snapshot(idx, snap);
+        self.expose_multiplier(idx, snap.multiplier_milli);
+    }
+
+    /// Publishes a snapshot for quotes only; neighbours keep seeing the previous multiplier
+    /// until [`expose_multiplier`](Self::expose_multiplier) (a tick exposes all of its new
+    /// multipliers at once, after computing them all).
+    pub fn publish_snapshot(&self, idx: SlotIdx, snap: &PriceSnapshot) {
+        self.write(idx, &encode(snap));
+        self.slots[idx.0 as usize].fresh_at_ms.store(snap.computed_at_ms, Ordering::Release);
+    }
+
+    /// Makes a slot's multiplier visible to neighbours' blending.
+    pub fn expose_multiplier(&self, idx: SlotIdx, multiplier_milli: u32) {
+        self.slots[idx.0 as usize].multiplier_milli.store(multiplier_milli, Ordering::Release);
     }
 
     /// Removes a zone's snapshot (eviction); its slot stays keyed.
     pub fn clear(&self, idx: SlotIdx) {
-        let slot = &self.slots[idx.0 as usize];
-        slot.multiplier_milli.store(0, Ordering::Release);
-        slot.snap.store(None);
+        self.slots[idx.0 as usize].multiplier_milli.store(0, Ordering::Release);
+        self.write(idx, &[0; WORDS]);
     }
 
     /// Records that the owner confirmed the snapshot current at `now_ms`.
@@ -274,16 +388,32 @@ impl SnapshotTable {
         self.slots[idx.0 as usize].fresh_at_ms.store(now_ms, Ordering::Release);
     }
 
-    /// The latest snapshot in a slot. Lock-free, allocation-free.
+    /// A consistent copy of the latest snapshot in a slot, `None` if there is none.
+    /// Lock-free for readers, allocation-free.
     #[inline]
-    pub fn load(&self, idx: SlotIdx) -> Guard<Option<Arc<PriceSnapshot>>> {
-        self.slots[idx.0 as usize].snap.load()
+    pub fn load(&self, idx: SlotIdx) -> Option<PriceSnapshot> {
+        let slot = &self.slots[idx.0 as usize];
+        let mut spins = 0u32;
+        loop {
+            let before = slot.seq.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let mut w = [0u64; WORDS];
+                for (dst, src) in w.iter_mut().zip(&slot.words) {
+                    *dst = src.load(Ordering::Relaxed);
+                }
+                fence(Ordering::Acquire);
+                if slot.seq.load(Ordering::Relaxed) == before {
+                    return decode(&w);
+                }
+            }
+            backoff(&mut spins);
+        }
     }
 
-    /// The latest snapshot of a zone. Lock-free, allocation-free.
+    /// The latest snapshot of a zone, `None` if it has no slot or no snapshot.
     #[inline]
-    pub fn get(&self, zone: ZoneId) -> Option<Guard<Option<Arc<PriceSnapshot>>>> {
-        self.slot_of(zone).map(|i| self.load(i))
+    pub fn get(&self, zone: ZoneId) -> Option<PriceSnapshot> {
+        self.slot_of(zone).and_then(|i| self.load(i))
     }
 
     /// When the owner last confirmed this slot's snapshot current.
@@ -304,18 +434,37 @@ impl SnapshotTable {
     }
 
     /// Takes the quotes counted since the last call.
+    #[inline]
     pub fn take_quotes(&self, idx: SlotIdx) -> u32 {
-        self.slots[idx.0 as usize].quotes.swap(0, Ordering::Relaxed)
+        let q = &self.slots[idx.0 as usize].quotes;
+        // Most zones have none: read before writing, so idle zones cost no write.
+        if q.load(Ordering::Relaxed) == 0 {
+            0
+        } else {
+            q.swap(0, Ordering::Relaxed)
+        }
     }
 
-    /// Number of slots (fixed).
-    pub fn slots(&self) -> usize {
+    /// Zones the table can hold (fixed).
+    pub fn capacity(&self) -> usize {
         self.slots.len()
     }
 
-    /// Bytes held by the table itself (slots; snapshots are counted by their owners).
+    /// Bytes held by the table (index and slots; allocated once at start).
     pub fn bytes(&self) -> usize {
-        self.slots.len() * std::mem::size_of::<Slot>()
+        self.keys.len() * (std::mem::size_of::<AtomicU64>() + std::mem::size_of::<AtomicU32>())
+            + self.slots.len() * std::mem::size_of::<Slot>()
+    }
+}
+
+/// Spin briefly, then yield: a writer preempted mid-store must not be starved by readers.
+#[inline]
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
     }
 }
 
@@ -361,14 +510,14 @@ mod tests {
 
     #[test]
     fn a_full_table_refuses_new_zones_but_finds_old_ones() {
-        let t = SnapshotTable::with_capacity(8); // 16 slots, 8 keys
+        let t = SnapshotTable::with_capacity(8);
         let zones: Vec<ZoneId> = (0..9)
             .map(|i| ZoneId::from_lat_lng(10.0 + f64::from(i), 10.0, 8).expect("valid"))
             .collect();
         for z in &zones[..8] {
             t.insert(*z).expect("room");
         }
-        assert_eq!(t.insert(zones[8]), Err(TableFull { slots: 16, max: 8 }));
+        assert_eq!(t.insert(zones[8]), Err(TableFull { max: 8 }));
         for z in &zones[..8] {
             assert_eq!(t.insert(*z), Ok(t.slot_of(*z).expect("present")));
         }
@@ -380,12 +529,14 @@ mod tests {
         let t = SnapshotTable::with_capacity(8);
         let z = ZoneId::from_lat_lng(1.0, 1.0, 8).expect("valid");
         let i = t.insert(z).expect("room");
-        assert!(t.get(z).expect("keyed").is_none());
-        t.publish(i, Arc::new(PriceSnapshot::seal(fields(z, 7))));
-        assert_eq!(t.get(z).expect("keyed").as_ref().map(|s| s.version), Some(7));
+        assert_eq!(t.get(z), None);
+        let snap = PriceSnapshot::seal(fields(z, 7));
+        t.publish(i, &snap);
+        assert_eq!(t.get(z), Some(snap));
         assert_eq!(t.multiplier_milli(i), 1200);
         t.clear(i);
-        assert!(t.get(z).expect("keyed").is_none());
+        assert_eq!(t.get(z), None);
         assert_eq!(t.multiplier_milli(i), 0);
+        assert_eq!(t.slot_of(z), Some(i));
     }
 }

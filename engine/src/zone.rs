@@ -62,6 +62,12 @@ impl ZoneId {
         Ok(Self(u64::from(ll.to_cell(res))))
     }
 
+    /// A zone from an index this process validated earlier (e.g. stored in the snapshot
+    /// table); `None` for 0. Never use on untrusted input: it skips validation.
+    pub(crate) fn from_raw_trusted(raw: u64) -> Option<Self> {
+        (raw != 0).then_some(Self(raw))
+    }
+
     /// The raw 64-bit H3 index.
     pub const fn raw(self) -> u64 {
         self.0

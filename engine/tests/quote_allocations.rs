@@ -35,7 +35,7 @@ fn setup(zones: usize) -> (Quoter, Vec<ZoneId>) {
         let slot = table.insert(z).expect("room");
         table.publish(
             slot,
-            Arc::new(PriceSnapshot::seal(SnapshotFields {
+            &PriceSnapshot::seal(SnapshotFields {
                 zone: z,
                 version: 1,
                 multiplier_milli: 1000 + (i % 500),
@@ -48,7 +48,7 @@ fn setup(zones: usize) -> (Quoter, Vec<ZoneId>) {
                 quotes: 0,
                 neighbour_mean_milli: 0,
                 computed_at_ms: 0,
-            })),
+            }),
         );
         ids.push(z);
     }
