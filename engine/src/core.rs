@@ -8,7 +8,7 @@ use crate::expiring::{ExpiringSet, Full};
 use crate::fare::FareTable;
 use crate::policy::{PolicyInput, PolicyState, SurgePolicy};
 use crate::snapshot::{PriceSnapshot, SnapshotFields};
-use crate::window::{SlidingCounter, BUCKETS};
+use crate::window::{Counter, Windows, BUCKETS};
 use crate::zone::ZoneId;
 
 /// Per-zone limits and windows. Defaults are documented in `configs/engine.toml`.
@@ -89,9 +89,8 @@ pub struct ZoneCore {
     fare_history: Vec<FareTable>,
     drivers: ExpiringSet,
     dedupe: ExpiringSet,
-    demand: SlidingCounter,
-    quotes: SlidingCounter,
-    accepted: SlidingCounter,
+    /// Demand, quotes and accepted trips in the sliding window.
+    windows: Windows,
     policy: PolicyState,
     version: u64,
     last: Option<Published>,
@@ -133,9 +132,7 @@ impl ZoneCore {
             fare_history: Vec::new(),
             drivers: ExpiringSet::default(),
             dedupe: ExpiringSet::default(),
-            demand: SlidingCounter::new(now_ms, b),
-            quotes: SlidingCounter::new(now_ms, b),
-            accepted: SlidingCounter::new(now_ms, b),
+            windows: Windows::new(now_ms, b),
             policy: PolicyState::default(),
             version: 0,
             last: None,
@@ -171,8 +168,8 @@ impl ZoneCore {
             EventKind::DriverBusy { driver } | EventKind::DriverOffline { driver } => {
                 self.drivers.remove(driver);
             }
-            EventKind::RiderDemand | EventKind::TripRequested => self.demand.add(now_ms, b, 1),
-            EventKind::TripAccepted => self.accepted.add(now_ms, b, 1),
+            EventKind::RiderDemand | EventKind::TripRequested => self.windows.add(Counter::Demand, now_ms, b, 1),
+            EventKind::TripAccepted => self.windows.add(Counter::Accepted, now_ms, b, 1),
         }
         // Room was checked above and the id is new, so this cannot fail.
         let _ = self.dedupe.touch(ev.id, now_ms, usize::MAX);
@@ -220,14 +217,15 @@ impl ZoneCore {
         let b = limits.bucket_ms();
         self.drivers.expire(now_ms, limits.driver_ttl_ms);
         self.dedupe.expire(now_ms, limits.dedupe_window_ms);
-        self.demand.advance(now_ms, b);
-        self.accepted.advance(now_ms, b);
-        self.quotes.add(now_ms, b, quotes);
+        self.windows.advance(now_ms, b);
+        if quotes > 0 {
+            self.windows.add(Counter::Quotes, now_ms, b, quotes);
+        }
 
         let supply = u32::try_from(self.drivers.len()).unwrap_or(u32::MAX);
         let input = PolicyInput {
-            demand: self.demand.total(),
-            quotes: self.quotes.total(),
+            demand: self.windows.total(Counter::Demand),
+            quotes: self.windows.total(Counter::Quotes),
             supply,
             neighbour_mean_milli,
             fare_cap_milli: self.fare.surge_cap_milli,
@@ -278,9 +276,9 @@ impl ZoneCore {
         HotState {
             zone: self.zone,
             drivers: self.drivers.len(),
-            demand: self.demand.total(),
-            quotes: self.quotes.total(),
-            accepted: self.accepted.total(),
+            demand: self.windows.total(Counter::Demand),
+            quotes: self.windows.total(Counter::Quotes),
+            accepted: self.windows.total(Counter::Accepted),
             dedupe_ids: self.dedupe.len(),
             fare: self.fare,
             multiplier_milli: self.policy.published_milli,

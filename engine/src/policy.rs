@@ -210,14 +210,9 @@ impl SurgePolicy {
 
 /// Round to thousandths (half up) and clamp to `[1000, cap_milli]`.
 fn quantise(x: f64, cap_milli: u32) -> u32 {
-    let m = (x * f64::from(MILLI) + 0.5).floor();
-    if m.is_nan() || m < f64::from(MILLI) {
-        MILLI
-    } else if m > f64::from(cap_milli) {
-        cap_milli
-    } else {
-        m as u32
-    }
+    // Inputs are >= 1.0, so truncation is floor; `as` maps NaN to 0 and saturates.
+    let m = (x * f64::from(MILLI) + 0.5) as u64;
+    m.clamp(u64::from(MILLI), u64::from(cap_milli)) as u32
 }
 
 /// What the policy remembers between ticks for one zone.
