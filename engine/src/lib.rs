@@ -32,6 +32,7 @@ pub mod config;
 pub mod core;
 pub mod event;
 mod expiring;
+mod mac;
 pub mod explain;
 pub mod fare;
 pub mod policy;

@@ -40,9 +40,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ring::hmac;
-
 use crate::fare::{fare_minor, Currency, FareError, Trip};
+use crate::mac::HmacKey;
 use crate::snapshot::SnapshotTable;
 use crate::zone::ZoneId;
 
@@ -58,7 +57,7 @@ pub const KEY_LEN_MIN: usize = 16;
 #[derive(Clone)]
 pub struct QuoteKey {
     id: u16,
-    key: hmac::Key,
+    key: HmacKey,
 }
 
 impl std::fmt::Debug for QuoteKey {
@@ -84,7 +83,7 @@ impl QuoteKey {
         if secret.len() < KEY_LEN_MIN {
             return Err(KeyError::TooShort(secret.len()));
         }
-        Ok(Self { id, key: hmac::Key::new(hmac::HMAC_SHA256, secret) })
+        Ok(Self { id, key: HmacKey::new(secret) })
     }
 
     /// A key from a hex-encoded secret (as found in config files).
@@ -104,9 +103,9 @@ impl QuoteKey {
     }
 
     fn mac(&self, payload: &[u8]) -> [u8; MAC_LEN] {
-        let tag = hmac::sign(&self.key, payload);
+        let tag = self.key.mac(payload);
         let mut out = [0; MAC_LEN];
-        out.copy_from_slice(&tag.as_ref()[..MAC_LEN]);
+        out.copy_from_slice(&tag[..MAC_LEN]);
         out
     }
 }
