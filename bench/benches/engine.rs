@@ -25,9 +25,14 @@ fn quotes(c: &mut Criterion) {
     let quoter = Quoter::new(Arc::clone(&table), key(), 1, 0, 120_000);
     let mut rng = SmallRng::seed_from_u64(SEED);
     // A random visiting order, precomputed so the RNG is not measured.
-    let order: Vec<usize> = (0..1 << 20).map(|_| rng.random_range(0..zones.len())).collect();
+    let order: Vec<usize> = (0..1 << 20)
+        .map(|_| rng.random_range(0..zones.len()))
+        .collect();
     let mask = order.len() - 1;
-    let trip = Trip { distance_m: 4_200, duration_s: 780 };
+    let trip = Trip {
+        distance_m: 4_200,
+        duration_s: 780,
+    };
 
     let mut g = c.benchmark_group("quote");
     g.throughput(Throughput::Elements(1));
@@ -42,7 +47,10 @@ fn quotes(c: &mut Criterion) {
     g.bench_function("signed, random zone of 100k", |b| {
         b.iter(|| {
             i = (i + 1) & mask;
-            quoter.quote(zones[order[i]], trip, NOW, &mut buf).expect("quoted").amount_minor
+            quoter
+                .quote(zones[order[i]], trip, NOW, &mut buf)
+                .expect("quoted")
+                .amount_minor
         })
     });
     g.finish();
@@ -51,7 +59,10 @@ fn quotes(c: &mut Criterion) {
 fn tick(c: &mut Criterion) {
     let zones = city_zones(ZONES);
     let (mut shard, table) = populated_shard(&zones, NOW);
-    let slots: Vec<_> = zones.iter().map(|z| table.slot_of(*z).expect("keyed")).collect();
+    let slots: Vec<_> = zones
+        .iter()
+        .map(|z| table.slot_of(*z).expect("keyed"))
+        .collect();
     let mut now = NOW;
     shard.tick(now);
 
@@ -93,7 +104,10 @@ fn ingest(c: &mut Criterion) {
     cfg.actors.zones_max = 20_000;
     let engine = Arc::new(Engine::start(cfg, key(), Arc::new(SystemClock)).expect("engine starts"));
     let zones = city_zones(10_000);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut rng = SmallRng::seed_from_u64(SEED);
     let mut next_id = 1u64;
 
@@ -116,20 +130,32 @@ fn ingest(c: &mut Criterion) {
                 let mut not_applied = 0usize;
                 for batch in batches {
                     if inflight.len() == IN_FLIGHT {
-                        let h: tokio::task::JoinHandle<_> = inflight.pop_front().expect("non-empty");
+                        let h: tokio::task::JoinHandle<_> =
+                            inflight.pop_front().expect("non-empty");
                         not_applied += h.await.expect("task");
                     }
                     let e = Arc::clone(&engine);
                     inflight.push_back(tokio::spawn(async move {
                         let out = e.apply_batch(batch).await.expect("batch within limits");
-                        out.iter().filter(|o| !matches!(o, EventOutcome::Applied | EventOutcome::Rejected(engine::RejectReason::DriversFull))).count()
+                        out.iter()
+                            .filter(|o| {
+                                !matches!(
+                                    o,
+                                    EventOutcome::Applied
+                                        | EventOutcome::Rejected(engine::RejectReason::DriversFull)
+                                )
+                            })
+                            .count()
                     }));
                 }
                 for h in inflight {
                     not_applied += h.await.expect("task");
                 }
                 let elapsed = start.elapsed();
-                assert_eq!(not_applied, 0, "events were rejected: the figure would flatter the engine");
+                assert_eq!(
+                    not_applied, 0,
+                    "events were rejected: the figure would flatter the engine"
+                );
                 elapsed
             })
         })

@@ -48,7 +48,12 @@ pub fn populated_shard(zones: &[ZoneId], now_ms: u64) -> (Shard, Arc<SnapshotTab
         zones_max: zones.len(),
         zone_idle_evict_ms: cfg.actors.zone_idle_evict_ms,
     });
-    let mut shard = Shard::new(Arc::clone(&table), Arc::new(AtomicUsize::new(0)), settings, Arc::new(cfg.policy));
+    let mut shard = Shard::new(
+        Arc::clone(&table),
+        Arc::new(AtomicUsize::new(0)),
+        settings,
+        Arc::new(cfg.policy),
+    );
     let mut rng = SmallRng::seed_from_u64(SEED);
     let mut out = Vec::new();
     let mut id = 0u64;
@@ -56,11 +61,21 @@ pub fn populated_shard(zones: &[ZoneId], now_ms: u64) -> (Shard, Arc<SnapshotTab
         let mut batch = Vec::new();
         for _ in 0..rng.random_range(1..6) {
             id += 1;
-            batch.push(Event { id, zone: *z, kind: EventKind::DriverAvailable { driver: rng.random() } });
+            batch.push(Event {
+                id,
+                zone: *z,
+                kind: EventKind::DriverAvailable {
+                    driver: rng.random(),
+                },
+            });
         }
         for _ in 0..rng.random_range(0..12) {
             id += 1;
-            batch.push(Event { id, zone: *z, kind: EventKind::RiderDemand });
+            batch.push(Event {
+                id,
+                zone: *z,
+                kind: EventKind::RiderDemand,
+            });
         }
         shard.apply(&batch, now_ms, &mut out);
         out.clear();
@@ -74,13 +89,21 @@ pub fn random_events(rng: &mut SmallRng, zones: &[ZoneId], first_id: u64, n: usi
         .map(|i| {
             let zone = zones[rng.random_range(0..zones.len())];
             let kind = match rng.random_range(0..10) {
-                0..=3 => EventKind::DriverAvailable { driver: rng.random_range(0..50_000) },
-                4 => EventKind::DriverBusy { driver: rng.random_range(0..50_000) },
+                0..=3 => EventKind::DriverAvailable {
+                    driver: rng.random_range(0..50_000),
+                },
+                4 => EventKind::DriverBusy {
+                    driver: rng.random_range(0..50_000),
+                },
                 5..=7 => EventKind::RiderDemand,
                 8 => EventKind::TripRequested,
                 _ => EventKind::TripAccepted,
             };
-            Event { id: first_id + i, zone, kind }
+            Event {
+                id: first_id + i,
+                zone,
+                kind,
+            }
         })
         .collect()
 }

@@ -167,7 +167,10 @@ pub enum ConfigError {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field, reason: reason.into() }
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
 }
 
 impl EngineConfig {
@@ -182,7 +185,10 @@ impl EngineConfig {
         self.policy.clone().validate()?;
         self.default_fare.to_table()?;
         if self.resolution > 15 {
-            return Err(invalid("resolution", format!("= {} is not an H3 resolution (0..=15)", self.resolution)));
+            return Err(invalid(
+                "resolution",
+                format!("= {} is not an H3 resolution (0..=15)", self.resolution),
+            ));
         }
         let a = &self.actors;
         if a.shards > 1024 {
@@ -198,7 +204,10 @@ impl EngineConfig {
             return Err(invalid("actors.zones_max", "must be within 1..=10,000,000"));
         }
         if a.batch_events_max == 0 || a.batch_events_max > 1_000_000 {
-            return Err(invalid("actors.batch_events_max", "must be within 1..=1,000,000"));
+            return Err(invalid(
+                "actors.batch_events_max",
+                "must be within 1..=1,000,000",
+            ));
         }
         let z = &self.zone;
         if a.zone_idle_evict_ms < z.dedupe_window_ms.max(z.driver_ttl_ms) {
@@ -211,7 +220,10 @@ impl EngineConfig {
             return Err(invalid("zone.demand_window_ms", "must be at least 12 ms"));
         }
         if z.drivers_max == 0 || z.dedupe_ids_max == 0 {
-            return Err(invalid("zone.drivers_max / zone.dedupe_ids_max", "must be at least 1"));
+            return Err(invalid(
+                "zone.drivers_max / zone.dedupe_ids_max",
+                "must be at least 1",
+            ));
         }
         if self.quotes.ttl_ms == 0 {
             return Err(invalid("quotes.ttl_ms", "must be at least 1"));
@@ -239,7 +251,8 @@ mod tests {
         assert!(e.to_string().contains("ewma_alpha"), "{e}");
         let e = EngineConfig::from_toml("[actors]\nzone_idle_evict_ms = 10").expect_err("relation");
         assert!(e.to_string().contains("zone_idle_evict_ms"), "{e}");
-        let e = EngineConfig::from_toml("[default_fare]\ncurrency = \"euro\"").expect_err("currency");
+        let e =
+            EngineConfig::from_toml("[default_fare]\ncurrency = \"euro\"").expect_err("currency");
         assert!(e.to_string().contains("currency"), "{e}");
     }
 }

@@ -168,7 +168,9 @@ impl ZoneCore {
             EventKind::DriverBusy { driver } | EventKind::DriverOffline { driver } => {
                 self.drivers.remove(driver);
             }
-            EventKind::RiderDemand | EventKind::TripRequested => self.windows.add(Counter::Demand, now_ms, b, 1),
+            EventKind::RiderDemand | EventKind::TripRequested => {
+                self.windows.add(Counter::Demand, now_ms, b, 1)
+            }
             EventKind::TripAccepted => self.windows.add(Counter::Accepted, now_ms, b, 1),
         }
         // Room was checked above and the id is new, so this cannot fail.
@@ -178,10 +180,17 @@ impl ZoneCore {
     }
 
     /// Replaces the fare table; the next tick publishes it.
-    pub fn set_fare(&mut self, fare: FareTable, limits: &ZoneLimits) -> Result<(), FareChangeError> {
+    pub fn set_fare(
+        &mut self,
+        fare: FareTable,
+        limits: &ZoneLimits,
+    ) -> Result<(), FareChangeError> {
         let fare = fare.validate()?;
         if fare.version <= self.fare.version {
-            return Err(FareChangeError::StaleVersion { current: self.fare.version, proposed: fare.version });
+            return Err(FareChangeError::StaleVersion {
+                current: self.fare.version,
+                proposed: fare.version,
+            });
         }
         if limits.fare_history_max > 0 {
             if self.fare_history.len() >= limits.fare_history_max {
@@ -198,7 +207,10 @@ impl ZoneCore {
         if self.fare.version == version {
             return Some(self.fare);
         }
-        self.fare_history.iter().find(|f| f.version == version).copied()
+        self.fare_history
+            .iter()
+            .find(|f| f.version == version)
+            .copied()
     }
 
     /// One pricing tick. Returns a new snapshot when anything a quote or an audit would see
@@ -297,7 +309,8 @@ impl ZoneCore {
     /// The dedupe log is reported apart: it grows with the event rate (one entry per event
     /// id in the window), while the hot state grows only with the drivers present.
     pub fn heap_bytes(&self) -> (usize, usize) {
-        let hot = self.drivers.heap_bytes() + self.fare_history.capacity() * std::mem::size_of::<FareTable>();
+        let hot = self.drivers.heap_bytes()
+            + self.fare_history.capacity() * std::mem::size_of::<FareTable>();
         (hot, self.dedupe.heap_bytes())
     }
 }
@@ -324,7 +337,11 @@ mod tests {
     }
 
     fn ev(id: u64, kind: EventKind) -> Event {
-        Event { id, zone: zone(), kind }
+        Event {
+            id,
+            zone: zone(),
+            kind,
+        }
     }
 
     #[test]
@@ -332,9 +349,18 @@ mod tests {
         let l = ZoneLimits::default();
         let p = SurgePolicy::default();
         let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
-        assert_eq!(z.apply(&ev(1, EventKind::DriverAvailable { driver: 7 }), 0, &l), EventOutcome::Applied);
-        assert_eq!(z.apply(&ev(2, EventKind::DriverAvailable { driver: 7 }), 10_000, &l), EventOutcome::Applied);
-        assert_eq!(z.apply(&ev(3, EventKind::DriverAvailable { driver: 8 }), 1_000, &l), EventOutcome::Applied);
+        assert_eq!(
+            z.apply(&ev(1, EventKind::DriverAvailable { driver: 7 }), 0, &l),
+            EventOutcome::Applied
+        );
+        assert_eq!(
+            z.apply(&ev(2, EventKind::DriverAvailable { driver: 7 }), 10_000, &l),
+            EventOutcome::Applied
+        );
+        assert_eq!(
+            z.apply(&ev(3, EventKind::DriverAvailable { driver: 8 }), 1_000, &l),
+            EventOutcome::Applied
+        );
         assert_eq!(z.tick(20_000, &p, &l, 0, None).map(|s| s.supply), Some(2));
         // Driver 8 last seen at 1 s expires at 31 s; driver 7 (seen at 10 s) at 40 s.
         assert_eq!(z.tick(31_000, &p, &l, 0, None).map(|s| s.supply), Some(1));
@@ -354,7 +380,10 @@ mod tests {
 
     #[test]
     fn a_zone_at_its_driver_limit_rejects_new_drivers() {
-        let l = ZoneLimits { drivers_max: 1, ..ZoneLimits::default() };
+        let l = ZoneLimits {
+            drivers_max: 1,
+            ..ZoneLimits::default()
+        };
         let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
         z.apply(&ev(1, EventKind::DriverAvailable { driver: 1 }), 0, &l);
         assert_eq!(
@@ -363,30 +392,53 @@ mod tests {
         );
         // The rejected id was not recorded: a retry once there is room is applied.
         z.apply(&ev(3, EventKind::DriverOffline { driver: 1 }), 0, &l);
-        assert_eq!(z.apply(&ev(2, EventKind::DriverAvailable { driver: 2 }), 0, &l), EventOutcome::Applied);
+        assert_eq!(
+            z.apply(&ev(2, EventKind::DriverAvailable { driver: 2 }), 0, &l),
+            EventOutcome::Applied
+        );
     }
 
     #[test]
     fn a_full_dedupe_window_rejects_rather_than_forgets() {
-        let l = ZoneLimits { dedupe_ids_max: 2, ..ZoneLimits::default() };
+        let l = ZoneLimits {
+            dedupe_ids_max: 2,
+            ..ZoneLimits::default()
+        };
         let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
         z.apply(&ev(1, EventKind::RiderDemand), 0, &l);
         z.apply(&ev(2, EventKind::RiderDemand), 0, &l);
-        assert_eq!(z.apply(&ev(3, EventKind::RiderDemand), 0, &l), EventOutcome::Rejected(RejectReason::DedupeFull));
-        assert_eq!(z.apply(&ev(1, EventKind::RiderDemand), 0, &l), EventOutcome::Duplicate);
+        assert_eq!(
+            z.apply(&ev(3, EventKind::RiderDemand), 0, &l),
+            EventOutcome::Rejected(RejectReason::DedupeFull)
+        );
+        assert_eq!(
+            z.apply(&ev(1, EventKind::RiderDemand), 0, &l),
+            EventOutcome::Duplicate
+        );
         // After the window slides, there is room again.
-        assert_eq!(z.apply(&ev(3, EventKind::RiderDemand), 60_000, &l), EventOutcome::Applied);
+        assert_eq!(
+            z.apply(&ev(3, EventKind::RiderDemand), 60_000, &l),
+            EventOutcome::Applied
+        );
     }
 
     #[test]
     fn fare_versions_must_increase_and_old_ones_stay_explainable() {
         let l = ZoneLimits::default();
         let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
-        assert_eq!(z.set_fare(fare(1), &l), Err(FareChangeError::StaleVersion { current: 1, proposed: 1 }));
+        assert_eq!(
+            z.set_fare(fare(1), &l),
+            Err(FareChangeError::StaleVersion {
+                current: 1,
+                proposed: 1
+            })
+        );
         z.set_fare(fare(2), &l).expect("newer");
         assert_eq!(z.fare_version(1).map(|f| f.version), Some(1));
         assert_eq!(z.fare_version(2).map(|f| f.version), Some(2));
-        let snap = z.tick(0, &SurgePolicy::default(), &l, 0, None).expect("first tick publishes");
+        let snap = z
+            .tick(0, &SurgePolicy::default(), &l, 0, None)
+            .expect("first tick publishes");
         assert_eq!(snap.fare.version, 2);
     }
 

@@ -34,7 +34,13 @@ impl Explanation {
                 / f64::from(token.supply.max(p.supply_floor))
         });
         let recomputed_minor = fare.map(|f| fare_minor(&f, token.trip, token.multiplier_milli));
-        Self { token, ratio, fare, policy, recomputed_minor }
+        Self {
+            token,
+            ratio,
+            fare,
+            policy,
+            recomputed_minor,
+        }
     }
 
     /// True when the fare table was available and reproduces the quoted amount exactly.
@@ -50,21 +56,46 @@ fn milli(m: u32) -> String {
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = &self.token;
-        writeln!(f, "quote {:#x} for zone {} ({} m, {} s)", t.quote_id, t.zone, t.trip.distance_m, t.trip.duration_s)?;
-        writeln!(f, "  amount      {} {} (minor units)", t.amount_minor, t.currency)?;
-        writeln!(f, "  multiplier  {}x from snapshot v{}", milli(t.multiplier_milli), t.snapshot_version)?;
+        writeln!(
+            f,
+            "quote {:#x} for zone {} ({} m, {} s)",
+            t.quote_id, t.zone, t.trip.distance_m, t.trip.duration_s
+        )?;
+        writeln!(
+            f,
+            "  amount      {} {} (minor units)",
+            t.amount_minor, t.currency
+        )?;
+        writeln!(
+            f,
+            "  multiplier  {}x from snapshot v{}",
+            milli(t.multiplier_milli),
+            t.snapshot_version
+        )?;
         writeln!(f, "  supply      {} available drivers", t.supply)?;
-        writeln!(f, "  demand      {} signals + {} quotes in window", t.demand, t.quotes)?;
+        writeln!(
+            f,
+            "  demand      {} signals + {} quotes in window",
+            t.demand, t.quotes
+        )?;
         if let Some(r) = self.ratio {
             writeln!(f, "  ratio       {r:.3}")?;
         }
-        writeln!(f, "  target      {}x before smoothing", milli(t.target_milli))?;
+        writeln!(
+            f,
+            "  target      {}x before smoothing",
+            milli(t.target_milli)
+        )?;
         if t.neighbour_mean_milli > 0 {
             writeln!(f, "  neighbours  {}x mean", milli(t.neighbour_mean_milli))?;
         } else {
             writeln!(f, "  neighbours  none priced")?;
         }
-        writeln!(f, "  confidence  {:.1}%", f64::from(t.confidence_permille) / 10.0)?;
+        writeln!(
+            f,
+            "  confidence  {:.1}%",
+            f64::from(t.confidence_permille) / 10.0
+        )?;
         match &self.policy {
             Some(p) => writeln!(
                 f,
@@ -103,11 +134,23 @@ impl fmt::Display for Explanation {
                     f64::from(t.trip.duration_s) / 60.0,
                     milli(t.multiplier_milli),
                     self.recomputed_minor.unwrap_or_default(),
-                    if self.reproduces() { "matches the quote" } else { "DOES NOT match the quote" }
+                    if self.reproduces() {
+                        "matches the quote"
+                    } else {
+                        "DOES NOT match the quote"
+                    }
                 )?;
             }
-            None => writeln!(f, "  fare table  v{} (no longer retained on this node)", t.fare_version)?,
+            None => writeln!(
+                f,
+                "  fare table  v{} (no longer retained on this node)",
+                t.fare_version
+            )?,
         }
-        writeln!(f, "  valid       {} → {} (ms since epoch)", t.issued_at_ms, t.expires_at_ms)
+        writeln!(
+            f,
+            "  valid       {} → {} (ms since epoch)",
+            t.issued_at_ms, t.expires_at_ms
+        )
     }
 }

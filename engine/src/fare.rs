@@ -38,7 +38,9 @@ impl Currency {
         if b.iter().all(u8::is_ascii_uppercase) {
             Ok(Self(b))
         } else {
-            Err(FareError::InvalidCurrency(String::from_utf8_lossy(&b).into_owned()))
+            Err(FareError::InvalidCurrency(
+                String::from_utf8_lossy(&b).into_owned(),
+            ))
         }
     }
 
@@ -176,8 +178,14 @@ pub(crate) fn fare_minor(t: &FareTable, trip: Trip, multiplier_milli: u32) -> u6
     let dist = u64::from(t.per_km_minor) * u64::from(trip.distance_m) * 60;
     let time = u64::from(t.per_min_minor) * u64::from(trip.duration_s) * 1000;
     let minimum = u64::from(t.minimum_minor) * PRE_DENOM as u64;
-    let pre = base.checked_add(dist).and_then(|x| x.checked_add(time)).map(|x| x.max(minimum));
-    match pre.and_then(|p| p.checked_mul(u64::from(multiplier_milli))).and_then(|s| s.checked_add(DENOM as u64 / 2)) {
+    let pre = base
+        .checked_add(dist)
+        .and_then(|x| x.checked_add(time))
+        .map(|x| x.max(minimum));
+    match pre
+        .and_then(|p| p.checked_mul(u64::from(multiplier_milli)))
+        .and_then(|s| s.checked_add(DENOM as u64 / 2))
+    {
         Some(scaled) => scaled / DENOM as u64,
         None => fare_minor_wide(t, trip, multiplier_milli),
     }
@@ -213,7 +221,10 @@ mod tests {
     }
 
     fn trip(distance_m: u32, duration_s: u32) -> Trip {
-        Trip { distance_m, duration_s }
+        Trip {
+            distance_m,
+            duration_s,
+        }
     }
 
     #[test]
@@ -231,17 +242,31 @@ mod tests {
 
     #[test]
     fn half_a_minor_unit_rounds_up_and_less_rounds_down() {
-        let t = FareTable { base_minor: 1, per_km_minor: 0, per_min_minor: 0, minimum_minor: 0, ..table() };
+        let t = FareTable {
+            base_minor: 1,
+            per_km_minor: 0,
+            per_min_minor: 0,
+            minimum_minor: 0,
+            ..table()
+        };
         // 1 × 1.5 = 1.5 → 2 ; 1 × 1.499 = 1.499 → 1 ; 1 × 2.5 = 2.5 → 3.
         assert_eq!(t.fare(trip(0, 0), 1500), Ok(2));
         assert_eq!(t.fare(trip(0, 0), 1499), Ok(1));
         assert_eq!(t.fare(trip(0, 0), 2500), Ok(3));
         // Distance alone: 1 cent/km over 500 m = 0.5 → 1; over 499 m = 0.499 → 0.
-        let d = FareTable { base_minor: 0, per_km_minor: 1, ..t };
+        let d = FareTable {
+            base_minor: 0,
+            per_km_minor: 1,
+            ..t
+        };
         assert_eq!(d.fare(trip(500, 0), 1000), Ok(1));
         assert_eq!(d.fare(trip(499, 0), 1000), Ok(0));
         // Time alone: 1 cent/min over 30 s = 0.5 → 1; 29 s → 0.
-        let m = FareTable { base_minor: 0, per_min_minor: 1, ..t };
+        let m = FareTable {
+            base_minor: 0,
+            per_min_minor: 1,
+            ..t
+        };
         assert_eq!(m.fare(trip(0, 30), 1000), Ok(1));
         assert_eq!(m.fare(trip(0, 29), 1000), Ok(0));
     }
@@ -262,8 +287,16 @@ mod tests {
     #[test]
     fn the_fast_and_wide_paths_agree() {
         let t = table();
-        for (d, s, m) in [(0, 0, 1000), (5000, 600, 1500), (1_000_000, 86_400, 3000), (123_457, 9_876, 2_345)] {
-            let trip = Trip { distance_m: d, duration_s: s };
+        for (d, s, m) in [
+            (0, 0, 1000),
+            (5000, 600, 1500),
+            (1_000_000, 86_400, 3000),
+            (123_457, 9_876, 2_345),
+        ] {
+            let trip = Trip {
+                distance_m: d,
+                duration_s: s,
+            };
             assert_eq!(fare_minor(&t, trip, m), fare_minor_wide(&t, trip, m));
         }
     }
@@ -278,16 +311,38 @@ mod tests {
             surge_cap_milli: u32::MAX,
             ..table()
         };
-        let f = t.fare(trip(TRIP_DISTANCE_M_MAX, TRIP_DURATION_S_MAX), 3000).expect("valid");
+        let f = t
+            .fare(trip(TRIP_DISTANCE_M_MAX, TRIP_DURATION_S_MAX), 3000)
+            .expect("valid");
         assert!(f > u64::from(u32::MAX));
     }
 
     #[test]
     fn oversized_trips_and_bad_tables_are_refused() {
-        assert_eq!(table().fare(trip(TRIP_DISTANCE_M_MAX + 1, 0), 1000), Err(FareError::DistanceTooLong(1_000_001)));
-        assert_eq!(table().fare(trip(0, 86_401), 1000), Err(FareError::DurationTooLong(86_401)));
-        assert_eq!(FareTable { surge_cap_milli: 999, ..table() }.validate(), Err(FareError::CapBelowOne(999)));
-        assert_eq!(FareTable { version: 0, ..table() }.validate(), Err(FareError::ZeroVersion));
+        assert_eq!(
+            table().fare(trip(TRIP_DISTANCE_M_MAX + 1, 0), 1000),
+            Err(FareError::DistanceTooLong(1_000_001))
+        );
+        assert_eq!(
+            table().fare(trip(0, 86_401), 1000),
+            Err(FareError::DurationTooLong(86_401))
+        );
+        assert_eq!(
+            FareTable {
+                surge_cap_milli: 999,
+                ..table()
+            }
+            .validate(),
+            Err(FareError::CapBelowOne(999))
+        );
+        assert_eq!(
+            FareTable {
+                version: 0,
+                ..table()
+            }
+            .validate(),
+            Err(FareError::ZeroVersion)
+        );
         assert!(Currency::new("eur").is_err());
         assert!(Currency::new("EURO").is_err());
     }

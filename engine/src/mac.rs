@@ -11,7 +11,14 @@ use sha2::{Digest, Sha256};
 
 const BLOCK: usize = 64;
 const IV: [u32; 8] = [
-    0x6a09_e667, 0xbb67_ae85, 0x3c6e_f372, 0xa54f_f53a, 0x510e_527f, 0x9b05_688c, 0x1f83_d9ab, 0x5be0_cd19,
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
 ];
 
 /// An HMAC-SHA256 key, reduced to the states after its padded inner and outer blocks.
@@ -93,7 +100,10 @@ mod tests {
     #[test]
     fn rfc4231_case_1_short_key() {
         let k = HmacKey::new(&[0x0b; 20]);
-        assert_eq!(hex(&k.mac(b"Hi There")), "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+        assert_eq!(
+            hex(&k.mac(b"Hi There")),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
     }
 
     #[test]
@@ -108,7 +118,10 @@ mod tests {
     #[test]
     fn rfc4231_case_3_fifty_byte_message() {
         let k = HmacKey::new(&[0xaa; 20]);
-        assert_eq!(hex(&k.mac(&[0xdd; 50])), "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe");
+        assert_eq!(
+            hex(&k.mac(&[0xdd; 50])),
+            "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"
+        );
     }
 
     #[test]
@@ -124,7 +137,10 @@ mod tests {
     fn rfc4231_case_7_long_key_and_long_message() {
         let k = HmacKey::new(&[0xaa; 131]);
         let msg = b"This is a test using a larger than block-size key and a larger than block-size data. The key needs to be hashed before being used by the HMAC algorithm.";
-        assert_eq!(hex(&k.mac(msg)), "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2");
+        assert_eq!(
+            hex(&k.mac(msg)),
+            "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"
+        );
     }
 
     #[test]
@@ -140,8 +156,14 @@ mod tests {
                 ipad[i] ^= key[i];
                 opad[i] ^= key[i];
             }
-            let inner = Sha256::new().chain_update(ipad).chain_update(&msg).finalize();
-            let want = Sha256::new().chain_update(opad).chain_update(inner).finalize();
+            let inner = Sha256::new()
+                .chain_update(ipad)
+                .chain_update(&msg)
+                .finalize();
+            let want = Sha256::new()
+                .chain_update(opad)
+                .chain_update(inner)
+                .finalize();
             assert_eq!(HmacKey::new(&key).mac(&msg)[..], want[..], "length {len}");
         }
     }

@@ -92,11 +92,20 @@ pub struct PolicyError {
     pub expected: &'static str,
 }
 
-fn check(ok: bool, field: &'static str, value: impl ToString, expected: &'static str) -> Result<(), PolicyError> {
+fn check(
+    ok: bool,
+    field: &'static str,
+    value: impl ToString,
+    expected: &'static str,
+) -> Result<(), PolicyError> {
     if ok {
         Ok(())
     } else {
-        Err(PolicyError { field, value: value.to_string(), expected })
+        Err(PolicyError {
+            field,
+            value: value.to_string(),
+            expected,
+        })
     }
 }
 
@@ -116,9 +125,15 @@ impl SurgePolicy {
             self.sensitivity,
             "a finite number >= 0",
         )?;
-        check(self.supply_floor >= 1, "supply_floor", self.supply_floor, "at least 1")?;
         check(
-            self.quote_demand_weight.is_finite() && (0.0..=100.0).contains(&self.quote_demand_weight),
+            self.supply_floor >= 1,
+            "supply_floor",
+            self.supply_floor,
+            "at least 1",
+        )?;
+        check(
+            self.quote_demand_weight.is_finite()
+                && (0.0..=100.0).contains(&self.quote_demand_weight),
             "quote_demand_weight",
             self.quote_demand_weight,
             "within [0, 100]",
@@ -135,15 +150,30 @@ impl SurgePolicy {
             self.ewma_alpha,
             "within (0, 1]",
         )?;
-        check(self.hysteresis_milli <= MILLI, "hysteresis_milli", self.hysteresis_milli, "at most 1000")?;
-        check(self.step_max_milli >= 1, "step_max_milli", self.step_max_milli, "at least 1")?;
+        check(
+            self.hysteresis_milli <= MILLI,
+            "hysteresis_milli",
+            self.hysteresis_milli,
+            "at most 1000",
+        )?;
+        check(
+            self.step_max_milli >= 1,
+            "step_max_milli",
+            self.step_max_milli,
+            "at least 1",
+        )?;
         check(
             self.neighbour_weight.is_finite() && (0.0..1.0).contains(&self.neighbour_weight),
             "neighbour_weight",
             self.neighbour_weight,
             "within [0, 1)",
         )?;
-        check(self.confidence_full_at >= 1, "confidence_full_at", self.confidence_full_at, "at least 1")?;
+        check(
+            self.confidence_full_at >= 1,
+            "confidence_full_at",
+            self.confidence_full_at,
+            "at least 1",
+        )?;
         Ok(self)
     }
 
@@ -155,7 +185,8 @@ impl SurgePolicy {
         let demand = f64::from(input.demand) + self.quote_demand_weight * f64::from(input.quotes);
         let supply = f64::from(input.supply.max(self.supply_floor));
         let ratio = demand / supply;
-        let target = (1.0 + self.sensitivity * (ratio - self.ratio_threshold).max(0.0)).clamp(1.0, cap);
+        let target =
+            (1.0 + self.sensitivity * (ratio - self.ratio_threshold).max(0.0)).clamp(1.0, cap);
 
         let smoothed = self.ewma_alpha * target + (1.0 - self.ewma_alpha) * state.smoothed;
         let blended = match input.neighbour_mean_milli {
@@ -173,7 +204,11 @@ impl SurgePolicy {
             Trend::Down => blended_milli <= prev,
             Trend::Up | Trend::Flat => blended_milli >= prev,
         };
-        let against = if same_way { 0 } else { state.against_ticks.saturating_add(1) };
+        let against = if same_way {
+            0
+        } else {
+            state.against_ticks.saturating_add(1)
+        };
         let wanted = if same_way
             || blended_milli.abs_diff(prev) >= self.hysteresis_milli
             || against >= self.reversal_dwell_ticks
@@ -188,9 +223,11 @@ impl SurgePolicy {
             wanted.max(prev.saturating_sub(self.step_max_milli))
         };
 
-        let observations = u64::from(input.supply) + u64::from(input.demand) + u64::from(input.quotes);
-        let confidence_permille =
-            (observations.saturating_mul(1000) / u64::from(self.confidence_full_at)).min(1000) as u16;
+        let observations =
+            u64::from(input.supply) + u64::from(input.demand) + u64::from(input.quotes);
+        let confidence_permille = (observations.saturating_mul(1000)
+            / u64::from(self.confidence_full_at))
+        .min(1000) as u16;
 
         let trend = match published_milli.cmp(&prev) {
             std::cmp::Ordering::Greater => Trend::Up,
@@ -198,7 +235,12 @@ impl SurgePolicy {
             std::cmp::Ordering::Equal => state.trend,
         };
         let against_ticks = if published_milli == prev { against } else { 0 };
-        let next = PolicyState { smoothed, published_milli, trend, against_ticks };
+        let next = PolicyState {
+            smoothed,
+            published_milli,
+            trend,
+            against_ticks,
+        };
         let out = StepOutput {
             multiplier_milli: published_milli,
             target_milli: quantise(target, cap_milli),
@@ -242,7 +284,12 @@ pub enum Trend {
 
 impl Default for PolicyState {
     fn default() -> Self {
-        Self { smoothed: 1.0, published_milli: MILLI, trend: Trend::Flat, against_ticks: 0 }
+        Self {
+            smoothed: 1.0,
+            published_milli: MILLI,
+            trend: Trend::Flat,
+            against_ticks: 0,
+        }
     }
 }
 
@@ -277,7 +324,13 @@ mod tests {
     use super::*;
 
     fn input(demand: u32, supply: u32) -> PolicyInput {
-        PolicyInput { demand, quotes: 0, supply, neighbour_mean_milli: None, fare_cap_milli: 3000 }
+        PolicyInput {
+            demand,
+            quotes: 0,
+            supply,
+            neighbour_mean_milli: None,
+            fare_cap_milli: 3000,
+        }
     }
 
     #[test]
@@ -303,7 +356,10 @@ mod tests {
     fn the_fare_tables_cap_wins_when_lower() {
         let p = SurgePolicy::default();
         let mut s = PolicyState::default();
-        let i = PolicyInput { fare_cap_milli: 1500, ..input(1000, 1) };
+        let i = PolicyInput {
+            fare_cap_milli: 1500,
+            ..input(1000, 1)
+        };
         for _ in 0..100 {
             s = p.step(&s, &i).0;
         }
@@ -312,9 +368,19 @@ mod tests {
 
     #[test]
     fn invalid_parameters_name_the_field() {
-        let e = SurgePolicy { ewma_alpha: 0.0, ..SurgePolicy::default() }.validate().expect_err("invalid");
+        let e = SurgePolicy {
+            ewma_alpha: 0.0,
+            ..SurgePolicy::default()
+        }
+        .validate()
+        .expect_err("invalid");
         assert_eq!(e.field, "ewma_alpha");
-        let e = SurgePolicy { cap_milli: 900, ..SurgePolicy::default() }.validate().expect_err("invalid");
+        let e = SurgePolicy {
+            cap_milli: 900,
+            ..SurgePolicy::default()
+        }
+        .validate()
+        .expect_err("invalid");
         assert_eq!(e.field, "cap_milli");
     }
 }

@@ -62,7 +62,9 @@ pub struct QuoteKey {
 
 impl std::fmt::Debug for QuoteKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuoteKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("QuoteKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +85,10 @@ impl QuoteKey {
         if secret.len() < KEY_LEN_MIN {
             return Err(KeyError::TooShort(secret.len()));
         }
-        Ok(Self { id, key: HmacKey::new(secret) })
+        Ok(Self {
+            id,
+            key: HmacKey::new(secret),
+        })
     }
 
     /// A key from a hex-encoded secret (as found in config files).
@@ -92,8 +97,10 @@ impl QuoteKey {
         if hex.len() % 2 != 0 {
             return Err(KeyError::NotHex);
         }
-        let bytes: Result<Vec<u8>, _> =
-            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16)).collect();
+        let bytes: Result<Vec<u8>, _> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+            .collect();
         Self::new(id, &bytes.map_err(|_| KeyError::NotHex)?)
     }
 
@@ -244,7 +251,10 @@ impl QuoteToken {
             return Err(TokenError::UnknownFormat(bytes[0]));
         }
         let key_id = get_u16(bytes, 94);
-        let key = keys.iter().find(|k| k.id == key_id).ok_or(TokenError::UnknownKey(key_id))?;
+        let key = keys
+            .iter()
+            .find(|k| k.id == key_id)
+            .ok_or(TokenError::UnknownKey(key_id))?;
         if !ct_eq(&key.mac(&bytes[..PAYLOAD_LEN]), &bytes[PAYLOAD_LEN..]) {
             return Err(TokenError::BadSignature);
         }
@@ -261,7 +271,10 @@ impl QuoteToken {
             expires_at_ms: get_u64(bytes, 48),
             fare_version: get_u32(bytes, 56),
             policy_version: get_u32(bytes, 60),
-            trip: Trip { distance_m: get_u32(bytes, 64), duration_s: get_u32(bytes, 68) },
+            trip: Trip {
+                distance_m: get_u32(bytes, 64),
+                duration_s: get_u32(bytes, 68),
+            },
             supply: get_u32(bytes, 72),
             demand: get_u32(bytes, 76),
             quotes: get_u32(bytes, 80),
@@ -271,7 +284,10 @@ impl QuoteToken {
             key_id,
         };
         if now_ms >= t.expires_at_ms {
-            return Err(TokenError::Expired { expired_at_ms: t.expires_at_ms, now_ms });
+            return Err(TokenError::Expired {
+                expired_at_ms: t.expires_at_ms,
+                now_ms,
+            });
         }
         Ok(t)
     }
@@ -318,9 +334,20 @@ const QUOTE_SEQ_BITS: u32 = 48;
 impl Quoter {
     /// A quoter for `node_id`. `first_seq` seeds the per-node quote counter: pass something
     /// that differs across restarts (the shell passes its start time), so ids stay unique.
-    pub fn new(table: Arc<SnapshotTable>, key: QuoteKey, node_id: u16, first_seq: u64, ttl_ms: u64) -> Self {
+    pub fn new(
+        table: Arc<SnapshotTable>,
+        key: QuoteKey,
+        node_id: u16,
+        first_seq: u64,
+        ttl_ms: u64,
+    ) -> Self {
         let seq = first_seq & ((1 << QUOTE_SEQ_BITS) - 1);
-        Self { table, key, next_id: AtomicU64::new(u64::from(node_id) << QUOTE_SEQ_BITS | seq), ttl_ms }
+        Self {
+            table,
+            key,
+            next_id: AtomicU64::new(u64::from(node_id) << QUOTE_SEQ_BITS | seq),
+            ttl_ms,
+        }
     }
 
     /// The signing key (verifiers need it, or its twin, too).
@@ -362,7 +389,10 @@ impl Quoter {
         out: &mut [u8; TOKEN_LEN],
     ) -> Result<QuoteToken, QuoteError> {
         let trip = trip.validate()?;
-        let slot = self.table.slot_of(zone).ok_or(QuoteError::UnknownZone(zone))?;
+        let slot = self
+            .table
+            .slot_of(zone)
+            .ok_or(QuoteError::UnknownZone(zone))?;
         let snap = self.table.load(slot).ok_or(QuoteError::UnknownZone(zone))?;
         debug_assert!(snap.is_intact() && snap.zone == zone);
         let token = QuoteToken {

@@ -9,7 +9,7 @@ use crate::core::{FareChangeError, HotState, ZoneCore, ZoneLimits};
 use crate::event::{Event, EventOutcome, RejectReason};
 use crate::fare::FareTable;
 use crate::policy::SurgePolicy;
-use crate::snapshot::{PriceSnapshot, SlotIdx, SnapshotTable};
+use crate::snapshot::{SlotIdx, SnapshotTable};
 use crate::zone::ZoneId;
 use crate::FixedMap;
 
@@ -52,7 +52,9 @@ const NEIGHBOUR_RESOLVE_TICKS: u64 = 64;
 
 impl ZoneEntry {
     fn missing_neighbours(&self) -> bool {
-        self.neighbours[..usize::from(self.neighbours_len)].iter().any(Option::is_none)
+        self.neighbours[..usize::from(self.neighbours_len)]
+            .iter()
+            .any(Option::is_none)
     }
 
     fn resolve_neighbours(&mut self, table: &SnapshotTable) {
@@ -145,13 +147,27 @@ impl Shard {
             self.zone_count.fetch_sub(1, Ordering::AcqRel);
             return Err(RejectReason::ZoneLimit);
         };
-        let core = ZoneCore::new(zone, self.settings.default_fare, now_ms, &self.settings.limits);
-        let mut e = ZoneEntry { core, slot, neighbours: [None; 6], neighbours_len: 0, neighbour_mean: None };
+        let core = ZoneCore::new(
+            zone,
+            self.settings.default_fare,
+            now_ms,
+            &self.settings.limits,
+        );
+        let mut e = ZoneEntry {
+            core,
+            slot,
+            neighbours: [None; 6],
+            neighbours_len: 0,
+            neighbour_mean: None,
+        };
         e.resolve_neighbours(&self.table);
         let mean = neighbour_mean(&self.table, &e.neighbours);
         e.neighbour_mean = mean;
         // A new zone gets a price at once: quotes need not wait for the next tick.
-        if let Some(snap) = e.core.tick(now_ms, &self.policy, &self.settings.limits, 0, mean) {
+        if let Some(snap) = e
+            .core
+            .tick(now_ms, &self.policy, &self.settings.limits, 0, mean)
+        {
             self.table.publish(slot, &snap);
         }
         let i = self.zones.len() as u32;
@@ -178,7 +194,8 @@ impl Shard {
     pub fn tick(&mut self, now_ms: u64) -> TickStats {
         let mut stats = TickStats::default();
         self.ticks += 1;
-        let (table, settings, policy, ticks) = (&self.table, &self.settings, &self.policy, self.ticks);
+        let (table, settings, policy, ticks) =
+            (&self.table, &self.settings, &self.policy, self.ticks);
         for e in self.zones.iter_mut() {
             stats.zones += 1;
             let zone = e.core.zone();
@@ -193,7 +210,10 @@ impl Shard {
                 e.neighbour_mean = neighbour_mean(table, &e.neighbours);
             }
             let quotes = table.take_quotes(e.slot);
-            match e.core.tick(now_ms, policy, &settings.limits, quotes, e.neighbour_mean) {
+            match e
+                .core
+                .tick(now_ms, policy, &settings.limits, quotes, e.neighbour_mean)
+            {
                 Some(snap) => {
                     table.publish_snapshot(e.slot, &snap);
                     self.pending.push((e.slot, snap.multiplier_milli));
@@ -206,7 +226,9 @@ impl Shard {
             table.expose_multiplier(slot, m);
         }
         for zone in self.evict.drain(..) {
-            let Some(i) = self.index.remove(&zone) else { continue };
+            let Some(i) = self.index.remove(&zone) else {
+                continue;
+            };
             let e = self.zones.swap_remove(i as usize);
             if let Some(moved) = self.zones.get(i as usize) {
                 self.index.insert(moved.core.zone(), i);
@@ -223,10 +245,19 @@ impl Shard {
     }
 
     /// Changes a zone's fare table (creating the zone if needed); effective next tick.
-    pub fn set_fare(&mut self, zone: ZoneId, fare: FareTable, now_ms: u64) -> Result<(), FareSetError> {
+    pub fn set_fare(
+        &mut self,
+        zone: ZoneId,
+        fare: FareTable,
+        now_ms: u64,
+    ) -> Result<(), FareSetError> {
         let settings = Arc::clone(&self.settings);
-        let e = self.entry(zone, now_ms).map_err(|_| FareSetError::ZoneLimit)?;
-        e.core.set_fare(fare, &settings.limits).map_err(FareSetError::Change)
+        let e = self
+            .entry(zone, now_ms)
+            .map_err(|_| FareSetError::ZoneLimit)?;
+        e.core
+            .set_fare(fare, &settings.limits)
+            .map_err(FareSetError::Change)
     }
 
     /// The fare table of a zone at a version, if current or retained.
@@ -338,11 +369,22 @@ mod tests {
             zones_max: 1000,
             zone_idle_evict_ms: cfg.actors.zone_idle_evict_ms,
         });
-        Shard::new(Arc::clone(table), Arc::new(AtomicUsize::new(0)), settings, Arc::new(cfg.policy))
+        Shard::new(
+            Arc::clone(table),
+            Arc::new(AtomicUsize::new(0)),
+            settings,
+            Arc::new(cfg.policy),
+        )
     }
 
     fn demand(zone: ZoneId, from_id: u64, n: u64) -> Vec<Event> {
-        (from_id..from_id + n).map(|id| Event { id, zone, kind: EventKind::RiderDemand }).collect()
+        (from_id..from_id + n)
+            .map(|id| Event {
+                id,
+                zone,
+                kind: EventKind::RiderDemand,
+            })
+            .collect()
     }
 
     #[test]
@@ -360,9 +402,21 @@ mod tests {
             s.tick(t * 250);
         }
         let price = |z: ZoneId| table.get(z).map(|s| s.multiplier_milli).expect("priced");
-        assert!(price(hot) > 2000, "blending with quiet neighbours pulls the hot zone down a little: {}", price(hot));
-        assert!(price(quiet) > 1000, "neighbour of a surging zone stays at {}", price(quiet));
-        assert_eq!(price(far), 1000, "a zone with no surging neighbour is not affected");
+        assert!(
+            price(hot) > 2000,
+            "blending with quiet neighbours pulls the hot zone down a little: {}",
+            price(hot)
+        );
+        assert!(
+            price(quiet) > 1000,
+            "neighbour of a surging zone stays at {}",
+            price(quiet)
+        );
+        assert_eq!(
+            price(far),
+            1000,
+            "a zone with no surging neighbour is not affected"
+        );
     }
 
     #[test]
@@ -377,7 +431,10 @@ mod tests {
         for t in 1..=(2 * NEIGHBOUR_RESOLVE_TICKS) {
             s.tick(t * 250);
         }
-        let m = table.get(quiet).map(|s| s.neighbour_mean_milli).expect("priced");
+        let m = table
+            .get(quiet)
+            .map(|s| s.neighbour_mean_milli)
+            .expect("priced");
         assert!(m > 1000, "late neighbour never blended in");
     }
 }

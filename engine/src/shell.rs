@@ -101,13 +101,34 @@ pub struct MemoryStats {
 }
 
 enum Command {
-    Apply { events: Vec<Event>, reply: oneshot::Sender<Vec<EventOutcome>> },
-    Tick { reply: oneshot::Sender<TickStats> },
-    SetFare { zone: ZoneId, fare: FareTable, reply: oneshot::Sender<Result<(), FareSetError>> },
-    FareVersion { zone: ZoneId, version: u32, reply: oneshot::Sender<Option<FareTable>> },
-    HotState { zone: ZoneId, reply: oneshot::Sender<Option<HotState>> },
-    SetPolicy { policy: Arc<SurgePolicy>, reply: oneshot::Sender<()> },
-    Memory { reply: oneshot::Sender<ShardMemory> },
+    Apply {
+        events: Vec<Event>,
+        reply: oneshot::Sender<Vec<EventOutcome>>,
+    },
+    Tick {
+        reply: oneshot::Sender<TickStats>,
+    },
+    SetFare {
+        zone: ZoneId,
+        fare: FareTable,
+        reply: oneshot::Sender<Result<(), FareSetError>>,
+    },
+    FareVersion {
+        zone: ZoneId,
+        version: u32,
+        reply: oneshot::Sender<Option<FareTable>>,
+    },
+    HotState {
+        zone: ZoneId,
+        reply: oneshot::Sender<Option<HotState>>,
+    },
+    SetPolicy {
+        policy: Arc<SurgePolicy>,
+        reply: oneshot::Sender<()>,
+    },
+    Memory {
+        reply: oneshot::Sender<ShardMemory>,
+    },
 }
 
 impl Message for Command {
@@ -151,7 +172,11 @@ impl Handler<Command> for ShardActor {
             Command::SetFare { zone, fare, reply } => {
                 let _ = reply.send(self.shard.set_fare(zone, fare, now));
             }
-            Command::FareVersion { zone, version, reply } => {
+            Command::FareVersion {
+                zone,
+                version,
+                reply,
+            } => {
                 let _ = reply.send(self.shard.fare_version(zone, version));
             }
             Command::HotState { zone, reply } => {
@@ -182,16 +207,24 @@ pub struct Engine {
 
 impl std::fmt::Debug for ShardActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardActor").field("zones", &self.shard.len()).finish()
+        f.debug_struct("ShardActor")
+            .field("zones", &self.shard.len())
+            .finish()
     }
 }
 
 impl Engine {
     /// Starts the actor system with `config`, signing quotes with `key` and reading time from
     /// `clock`.
-    pub fn start(config: EngineConfig, key: QuoteKey, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+    pub fn start(
+        config: EngineConfig,
+        key: QuoteKey,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
         let config = config.validate()?;
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let a = &config.actors;
         let shard_n = if a.shards == 0 { cores } else { a.shards };
         let arbiter_n = if a.arbiters == 0 { cores } else { a.arbiters }.min(shard_n);
@@ -222,15 +255,28 @@ impl Engine {
             .name("equilibrium-actors".into())
             .spawn(move || {
                 let runner = actix_rt::System::new();
-                let arbiters: Vec<actix_rt::Arbiter> = (0..arbiter_n).map(|_| actix_rt::Arbiter::new()).collect();
+                let arbiters: Vec<actix_rt::Arbiter> =
+                    (0..arbiter_n).map(|_| actix_rt::Arbiter::new()).collect();
                 let addrs: Vec<Addr<ShardActor>> = (0..shard_n)
                     .map(|i| {
-                        let shard = Shard::new(Arc::clone(&t2), Arc::clone(&zone_count), Arc::clone(&settings), Arc::clone(&p2));
+                        let shard = Shard::new(
+                            Arc::clone(&t2),
+                            Arc::clone(&zone_count),
+                            Arc::clone(&settings),
+                            Arc::clone(&p2),
+                        );
                         let clock = Arc::clone(&c2);
-                        ShardActor::start_in_arbiter(&arbiters[i % arbiter_n].handle(), move |ctx| {
-                            ctx.set_mailbox_capacity(mailbox);
-                            ShardActor { shard, clock, tick_interval_ms: tick_ms }
-                        })
+                        ShardActor::start_in_arbiter(
+                            &arbiters[i % arbiter_n].handle(),
+                            move |ctx| {
+                                ctx.set_mailbox_capacity(mailbox);
+                                ShardActor {
+                                    shard,
+                                    clock,
+                                    tick_interval_ms: tick_ms,
+                                }
+                            },
+                        )
                     })
                     .collect();
                 if tx.send((addrs, actix_rt::System::current())).is_err() {
@@ -286,7 +332,11 @@ impl Engine {
         })
     }
 
-    async fn ask<T>(&self, shard: usize, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ShellError> {
+    async fn ask<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ShellError> {
         let (tx, rx) = oneshot::channel();
         self.send(shard, make(tx))?;
         rx.await.map_err(|_| ShellError::Stopped)
@@ -298,11 +348,15 @@ impl Engine {
     pub async fn apply_batch(&self, events: Vec<Event>) -> Result<Vec<EventOutcome>, IngestError> {
         let max = self.config.actors.batch_events_max;
         if events.len() > max {
-            return Err(IngestError::BatchTooLarge { len: events.len(), max });
+            return Err(IngestError::BatchTooLarge {
+                len: events.len(),
+                max,
+            });
         }
         let mut outcomes = vec![EventOutcome::Rejected(RejectReason::Stopped); events.len()];
         let n = self.shards.len();
-        let mut groups: Vec<(Vec<Event>, Vec<u32>)> = (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut groups: Vec<(Vec<Event>, Vec<u32>)> =
+            (0..n).map(|_| (Vec::new(), Vec::new())).collect();
         for (i, ev) in events.into_iter().enumerate() {
             if ev.zone.resolution() != self.config.resolution {
                 outcomes[i] = EventOutcome::Rejected(RejectReason::WrongResolution);
@@ -318,7 +372,13 @@ impl Engine {
                 continue;
             }
             let (tx, rx) = oneshot::channel();
-            match self.send(shard, Command::Apply { events: evs, reply: tx }) {
+            match self.send(
+                shard,
+                Command::Apply {
+                    events: evs,
+                    reply: tx,
+                },
+            ) {
                 Ok(()) => waits.push((rx, idx)),
                 Err(e) => {
                     let r = match e {
@@ -359,7 +419,12 @@ impl Engine {
     /// Changes a zone's fare table. The version must be newer than the zone's current one.
     pub async fn set_fare(&self, zone: ZoneId, fare: FareTable) -> Result<(), SetFareError> {
         zone.check_resolution(self.config.resolution)?;
-        self.ask(self.shard_of(zone), |reply| Command::SetFare { zone, fare, reply }).await??;
+        self.ask(self.shard_of(zone), |reply| Command::SetFare {
+            zone,
+            fare,
+            reply,
+        })
+        .await??;
         Ok(())
     }
 
@@ -368,13 +433,17 @@ impl Engine {
         let policy = policy.validate()?;
         let current = self.policy.load().version;
         if policy.version <= current {
-            return Err(PolicyChangeError::StaleVersion { current, proposed: policy.version });
+            return Err(PolicyChangeError::StaleVersion {
+                current,
+                proposed: policy.version,
+            });
         }
         let policy = Arc::new(policy);
         self.policy.store(Arc::clone(&policy));
         for s in 0..self.shards.len() {
             let p = Arc::clone(&policy);
-            self.ask(s, |reply| Command::SetPolicy { policy: p, reply }).await?;
+            self.ask(s, |reply| Command::SetPolicy { policy: p, reply })
+                .await?;
         }
         Ok(())
     }
@@ -386,20 +455,37 @@ impl Engine {
 
     /// A zone's hot state, if live on this node.
     pub async fn hot_state(&self, zone: ZoneId) -> Result<Option<HotState>, ShellError> {
-        self.ask(self.shard_of(zone), |reply| Command::HotState { zone, reply }).await
+        self.ask(self.shard_of(zone), |reply| Command::HotState {
+            zone,
+            reply,
+        })
+        .await
     }
 
     /// Verifies a quote token and gathers the inputs behind its price.
     pub async fn explain(&self, token: &[u8]) -> Result<Explanation, ExplainError> {
         let t: QuoteToken = self.quoter.verify(token, self.clock.now_ms())?;
         let (zone, version) = (t.zone, t.fare_version);
-        let fare = self.ask(self.shard_of(zone), |reply| Command::FareVersion { zone, version, reply }).await?;
-        Ok(Explanation::new(t, fare, Some((*self.policy.load_full()).clone())))
+        let fare = self
+            .ask(self.shard_of(zone), |reply| Command::FareVersion {
+                zone,
+                version,
+                reply,
+            })
+            .await?;
+        Ok(Explanation::new(
+            t,
+            fare,
+            Some((*self.policy.load_full()).clone()),
+        ))
     }
 
     /// Memory held by hot state, summed over shards.
     pub async fn memory(&self) -> Result<MemoryStats, ShellError> {
-        let mut total = MemoryStats { table_bytes: self.table.bytes(), ..MemoryStats::default() };
+        let mut total = MemoryStats {
+            table_bytes: self.table.bytes(),
+            ..MemoryStats::default()
+        };
         for s in 0..self.shards.len() {
             total.shards += self.ask(s, |reply| Command::Memory { reply }).await?;
         }

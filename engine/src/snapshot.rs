@@ -196,7 +196,10 @@ fn encode(s: &PriceSnapshot) -> [u64; WORDS] {
         lo_hi(s.fare.version, s.fare.base_minor),
         lo_hi(s.fare.per_km_minor, s.fare.per_min_minor),
         lo_hi(s.fare.minimum_minor, s.fare.surge_cap_milli),
-        u64::from(c[0]) | u64::from(c[1]) << 8 | u64::from(c[2]) << 16 | u64::from(s.confidence_permille) << 24,
+        u64::from(c[0])
+            | u64::from(c[1]) << 8
+            | u64::from(c[2]) << 16
+            | u64::from(s.confidence_permille) << 24,
         lo_hi(s.policy_version, s.supply),
         lo_hi(s.demand, s.quotes),
         u64::from(s.neighbour_mean_milli),
@@ -317,13 +320,20 @@ impl SnapshotTable {
                             let s = self.used.fetch_add(1, Ordering::AcqRel);
                             if s >= self.slots.len() {
                                 self.used.fetch_sub(1, Ordering::AcqRel);
-                                return Err(TableFull { max: self.slots.len() });
+                                return Err(TableFull {
+                                    max: self.slots.len(),
+                                });
                             }
                             reserved = Some(s as u32);
                             s as u32
                         }
                     };
-                    match self.keys[i].compare_exchange(EMPTY, key, Ordering::AcqRel, Ordering::Acquire) {
+                    match self.keys[i].compare_exchange(
+                        EMPTY,
+                        key,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
                         Ok(_) => {
                             self.slot_of_key[i].store(s, Ordering::Release);
                             return Ok(SlotIdx(s));
@@ -335,7 +345,9 @@ impl SnapshotTable {
                 _ => i = (i + 1) & self.mask,
             }
         }
-        Err(TableFull { max: self.slots.len() })
+        Err(TableFull {
+            max: self.slots.len(),
+        })
     }
 
     /// Stores `words` into a slot under its sequence lock. Writers of one slot may race
@@ -346,7 +358,12 @@ impl SnapshotTable {
         let mut spins = 0u32;
         let seq = loop {
             let s = slot.seq.load(Ordering::Relaxed);
-            if s & 1 == 0 && slot.seq.compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            if s & 1 == 0
+                && slot
+                    .seq
+                    .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
                 break s;
             }
             backoff(&mut spins);
@@ -369,23 +386,31 @@ impl SnapshotTable {
     /// multipliers at once, after computing them all).
     pub fn publish_snapshot(&self, idx: SlotIdx, snap: &PriceSnapshot) {
         self.write(idx, &encode(snap));
-        self.slots[idx.0 as usize].fresh_at_ms.store(snap.computed_at_ms, Ordering::Release);
+        self.slots[idx.0 as usize]
+            .fresh_at_ms
+            .store(snap.computed_at_ms, Ordering::Release);
     }
 
     /// Makes a slot's multiplier visible to neighbours' blending.
     pub fn expose_multiplier(&self, idx: SlotIdx, multiplier_milli: u32) {
-        self.slots[idx.0 as usize].multiplier_milli.store(multiplier_milli, Ordering::Release);
+        self.slots[idx.0 as usize]
+            .multiplier_milli
+            .store(multiplier_milli, Ordering::Release);
     }
 
     /// Removes a zone's snapshot (eviction); its slot stays keyed.
     pub fn clear(&self, idx: SlotIdx) {
-        self.slots[idx.0 as usize].multiplier_milli.store(0, Ordering::Release);
+        self.slots[idx.0 as usize]
+            .multiplier_milli
+            .store(0, Ordering::Release);
         self.write(idx, &[0; WORDS]);
     }
 
     /// Records that the owner confirmed the snapshot current at `now_ms`.
     pub fn touch(&self, idx: SlotIdx, now_ms: u64) {
-        self.slots[idx.0 as usize].fresh_at_ms.store(now_ms, Ordering::Release);
+        self.slots[idx.0 as usize]
+            .fresh_at_ms
+            .store(now_ms, Ordering::Release);
     }
 
     /// A consistent copy of the latest snapshot in a slot, `None` if there is none.
@@ -418,19 +443,25 @@ impl SnapshotTable {
 
     /// When the owner last confirmed this slot's snapshot current.
     pub fn fresh_at_ms(&self, idx: SlotIdx) -> u64 {
-        self.slots[idx.0 as usize].fresh_at_ms.load(Ordering::Acquire)
+        self.slots[idx.0 as usize]
+            .fresh_at_ms
+            .load(Ordering::Acquire)
     }
 
     /// The published multiplier of a slot, 0 when it has no snapshot.
     #[inline]
     pub fn multiplier_milli(&self, idx: SlotIdx) -> u32 {
-        self.slots[idx.0 as usize].multiplier_milli.load(Ordering::Acquire)
+        self.slots[idx.0 as usize]
+            .multiplier_milli
+            .load(Ordering::Acquire)
     }
 
     /// Counts one quote against a slot (read back by the owner's tick).
     #[inline]
     pub fn note_quote(&self, idx: SlotIdx) {
-        self.slots[idx.0 as usize].quotes.fetch_add(1, Ordering::Relaxed);
+        self.slots[idx.0 as usize]
+            .quotes
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes the quotes counted since the last call.
@@ -503,7 +534,7 @@ mod tests {
         let z = ZoneId::from_lat_lng(1.0, 1.0, 8).expect("valid");
         let s = PriceSnapshot::seal(fields(z, 1));
         assert!(s.is_intact());
-        let mut t = s.clone();
+        let mut t = s;
         t.multiplier_milli += 1;
         assert!(!t.is_intact());
     }

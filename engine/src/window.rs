@@ -31,7 +31,11 @@ pub struct Windows {
 impl Windows {
     /// Empty windows positioned at `now_ms`.
     pub fn new(now_ms: u64, bucket_ms: u64) -> Self {
-        Self { head: now_ms / bucket_ms.max(1), counts: [[0; BUCKETS]; 3], totals: [0; 3] }
+        Self {
+            head: now_ms / bucket_ms.max(1),
+            counts: [[0; BUCKETS]; 3],
+            totals: [0; 3],
+        }
     }
 
     /// Drops buckets that fell out of the window by `now_ms`. Time never runs backwards here:
@@ -43,7 +47,11 @@ impl Windows {
         }
         let steps = idx - self.head;
         if steps >= BUCKETS as u64 {
-            *self = Self { head: idx, counts: [[0; BUCKETS]; 3], totals: [0; 3] };
+            *self = Self {
+                head: idx,
+                counts: [[0; BUCKETS]; 3],
+                totals: [0; 3],
+            };
             return;
         }
         for i in 1..=steps {

@@ -56,8 +56,8 @@ impl ZoneId {
         if !lng.is_finite() || !(-180.0..=180.0).contains(&lng) {
             return Err(ZoneError::InvalidLongitude(lng));
         }
-        let res =
-            Resolution::try_from(resolution).map_err(|_| ZoneError::InvalidResolution(resolution))?;
+        let res = Resolution::try_from(resolution)
+            .map_err(|_| ZoneError::InvalidResolution(resolution))?;
         let ll = LatLng::new(lat, lng).map_err(|_| ZoneError::InvalidLatitude(lat))?;
         Ok(Self(u64::from(ll.to_cell(res))))
     }
@@ -89,7 +89,11 @@ impl ZoneId {
         if actual == expected {
             Ok(self)
         } else {
-            Err(ZoneError::WrongResolution { zone: self.0, actual, expected })
+            Err(ZoneError::WrongResolution {
+                zone: self.0,
+                actual,
+                expected,
+            })
         }
     }
 
@@ -102,7 +106,10 @@ impl ZoneId {
     /// The adjacent cells (6 for a hexagon, 5 for a pentagon), used to blend prices
     /// across borders.
     pub fn neighbours(self) -> Neighbours {
-        let mut out = Neighbours { ids: [0; 6], len: 0 };
+        let mut out = Neighbours {
+            ids: [0; 6],
+            len: 0,
+        };
         for c in self.cell().grid_disk_safe(1) {
             let raw = u64::from(c);
             if raw != self.0 && (out.len as usize) < out.ids.len() {
@@ -168,13 +175,22 @@ mod tests {
 
     #[test]
     fn out_of_range_coordinates_are_rejected_with_the_offending_value() {
-        assert_eq!(ZoneId::from_lat_lng(91.0, 0.0, 8), Err(ZoneError::InvalidLatitude(91.0)));
-        assert_eq!(ZoneId::from_lat_lng(0.0, -180.5, 8), Err(ZoneError::InvalidLongitude(-180.5)));
+        assert_eq!(
+            ZoneId::from_lat_lng(91.0, 0.0, 8),
+            Err(ZoneError::InvalidLatitude(91.0))
+        );
+        assert_eq!(
+            ZoneId::from_lat_lng(0.0, -180.5, 8),
+            Err(ZoneError::InvalidLongitude(-180.5))
+        );
         assert!(matches!(
             ZoneId::from_lat_lng(f64::NAN, 0.0, 8),
             Err(ZoneError::InvalidLatitude(_))
         ));
-        assert_eq!(ZoneId::from_lat_lng(0.0, 0.0, 16), Err(ZoneError::InvalidResolution(16)));
+        assert_eq!(
+            ZoneId::from_lat_lng(0.0, 0.0, 16),
+            Err(ZoneError::InvalidResolution(16))
+        );
     }
 
     #[test]
@@ -208,6 +224,9 @@ mod tests {
         assert_eq!(z.to_string().parse::<ZoneId>(), Ok(z));
         assert_eq!(format!("0x{z}").parse::<ZoneId>(), Ok(z));
         assert_eq!(z.check_resolution(8), Ok(z));
-        assert!(matches!(z.check_resolution(9), Err(ZoneError::WrongResolution { actual: 8, .. })));
+        assert!(matches!(
+            z.check_resolution(9),
+            Err(ZoneError::WrongResolution { actual: 8, .. })
+        ));
     }
 }

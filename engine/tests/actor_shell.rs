@@ -4,12 +4,14 @@
 use std::sync::Arc;
 
 use engine::config::EngineConfig;
-use engine::fare::{Currency, FareTable, Trip};
-use engine::shell::{IngestError, SetFareError};
-use engine::shard::FareSetError;
 use engine::core::FareChangeError;
+use engine::fare::{Currency, FareTable, Trip};
 use engine::quote::{QuoteError, TokenError};
-use engine::{Engine, Event, EventKind, EventOutcome, ManualClock, QuoteKey, RejectReason, ZoneId, TOKEN_LEN};
+use engine::shard::FareSetError;
+use engine::shell::{IngestError, SetFareError};
+use engine::{
+    Engine, Event, EventKind, EventOutcome, ManualClock, QuoteKey, RejectReason, ZoneId, TOKEN_LEN,
+};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -27,24 +29,38 @@ fn config() -> EngineConfig {
 
 fn start(c: EngineConfig) -> (Engine, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(T0));
-    (Engine::start(c, key(), clock.clone()).expect("starts"), clock)
+    (
+        Engine::start(c, key(), clock.clone()).expect("starts"),
+        clock,
+    )
 }
 
 fn zone(i: u32) -> ZoneId {
-    ZoneId::from_lat_lng(52.50 + f64::from(i % 40) * 0.01, 13.40 + f64::from(i / 40) * 0.015, 8).expect("valid")
+    ZoneId::from_lat_lng(
+        52.50 + f64::from(i % 40) * 0.01,
+        13.40 + f64::from(i / 40) * 0.015,
+        8,
+    )
+    .expect("valid")
 }
 
 fn ev(id: u64, zone: ZoneId, kind: EventKind) -> Event {
     Event { id, zone, kind }
 }
 
-const TRIP: Trip = Trip { distance_m: 5000, duration_s: 600 };
+const TRIP: Trip = Trip {
+    distance_m: 5000,
+    duration_s: 600,
+};
 
 #[tokio::test]
 async fn events_raise_the_price_after_ticks_and_quotes_reflect_it_without_an_actor_hop() {
     let (engine, clock) = start(config());
     let z = zone(0);
-    let mut events = vec![ev(1, z, EventKind::DriverAvailable { driver: 1 }), ev(2, z, EventKind::DriverAvailable { driver: 2 })];
+    let mut events = vec![
+        ev(1, z, EventKind::DriverAvailable { driver: 1 }),
+        ev(2, z, EventKind::DriverAvailable { driver: 2 }),
+    ];
     events.extend((0..20).map(|i| ev(100 + i, z, EventKind::RiderDemand)));
     let out = engine.apply_batch(events).await.expect("batch accepted");
     assert!(out.iter().all(|o| *o == EventOutcome::Applied), "{out:?}");
@@ -70,15 +86,25 @@ async fn events_raise_the_price_after_ticks_and_quotes_reflect_it_without_an_act
 #[tokio::test]
 async fn a_resent_batch_is_applied_once() {
     let (engine, _clock) = start(config());
-    let batch: Vec<Event> = (0..50).map(|i| ev(i, zone(i as u32 % 7), EventKind::RiderDemand)).collect();
+    let batch: Vec<Event> = (0..50)
+        .map(|i| ev(i, zone(i as u32 % 7), EventKind::RiderDemand))
+        .collect();
     let first = engine.apply_batch(batch.clone()).await.expect("accepted");
     assert!(first.iter().all(|o| *o == EventOutcome::Applied));
     let again = engine.apply_batch(batch).await.expect("accepted");
-    assert!(again.iter().all(|o| *o == EventOutcome::Duplicate), "{again:?}");
+    assert!(
+        again.iter().all(|o| *o == EventOutcome::Duplicate),
+        "{again:?}"
+    );
     let total: u32 = {
         let mut t = 0;
         for i in 0..7 {
-            t += engine.hot_state(zone(i)).await.expect("answers").expect("live").demand;
+            t += engine
+                .hot_state(zone(i))
+                .await
+                .expect("answers")
+                .expect("live")
+                .demand;
         }
         t
     };
@@ -89,11 +115,20 @@ async fn a_resent_batch_is_applied_once() {
 async fn signed_quotes_verify_explain_and_reject_tampering_and_expiry() {
     let (engine, clock) = start(config());
     let z = zone(3);
-    engine.apply_batch(vec![ev(1, z, EventKind::DriverAvailable { driver: 9 }), ev(2, z, EventKind::TripRequested)]).await.expect("ok");
+    engine
+        .apply_batch(vec![
+            ev(1, z, EventKind::DriverAvailable { driver: 9 }),
+            ev(2, z, EventKind::TripRequested),
+        ])
+        .await
+        .expect("ok");
     engine.tick_now().await.expect("tick");
 
     let mut token = [0u8; TOKEN_LEN];
-    let q = engine.quoter().quote(z, TRIP, clock.now_ms_for_test(), &mut token).expect("quote");
+    let q = engine
+        .quoter()
+        .quote(z, TRIP, clock.now_ms_for_test(), &mut token)
+        .expect("quote");
     assert_eq!(q.zone, z);
     assert_eq!(engine.quoter().verify(&token, T0 + 1), Ok(q));
 
@@ -101,19 +136,31 @@ async fn signed_quotes_verify_explain_and_reject_tampering_and_expiry() {
     let other = QuoteKey::new(3, b"a cluster secret of 32 bytes!!!!").expect("key");
     assert_eq!(engine::QuoteToken::verify(&token, &[other], T0 + 1), Ok(q));
     let stranger = QuoteKey::new(3, b"another secret, 32 bytes long!!!").expect("key");
-    assert_eq!(engine::QuoteToken::verify(&token, &[stranger], T0 + 1), Err(TokenError::BadSignature));
+    assert_eq!(
+        engine::QuoteToken::verify(&token, &[stranger], T0 + 1),
+        Err(TokenError::BadSignature)
+    );
 
     // Flipping any single byte breaks it.
     for i in 0..TOKEN_LEN {
         let mut bad = token;
         bad[i] ^= 0x01;
-        assert!(engine.quoter().verify(&bad, T0 + 1).is_err(), "byte {i} altered yet accepted");
+        assert!(
+            engine.quoter().verify(&bad, T0 + 1).is_err(),
+            "byte {i} altered yet accepted"
+        );
     }
-    assert_eq!(engine.quoter().verify(&token[..100], T0), Err(TokenError::WrongLength(100)));
+    assert_eq!(
+        engine.quoter().verify(&token[..100], T0),
+        Err(TokenError::WrongLength(100))
+    );
     let expiry = q.expires_at_ms;
     assert_eq!(
         engine.quoter().verify(&token, expiry),
-        Err(TokenError::Expired { expired_at_ms: expiry, now_ms: expiry })
+        Err(TokenError::Expired {
+            expired_at_ms: expiry,
+            now_ms: expiry
+        })
     );
 
     let ex = engine.explain(&token).await.expect("explains");
@@ -123,7 +170,12 @@ async fn signed_quotes_verify_explain_and_reject_tampering_and_expiry() {
     assert!(ex.to_string().contains("matches the quote"));
 
     clock.set(expiry);
-    assert!(matches!(engine.explain(&token).await, Err(engine::shell::ExplainError::Token(TokenError::Expired { .. }))));
+    assert!(matches!(
+        engine.explain(&token).await,
+        Err(engine::shell::ExplainError::Token(
+            TokenError::Expired { .. }
+        ))
+    ));
 }
 
 #[tokio::test]
@@ -139,10 +191,18 @@ async fn fare_changes_need_a_newer_version_and_reach_quotes_at_the_next_tick() {
         surge_cap_milli: 2000,
         currency: Currency::new("GBP").expect("valid"),
     };
-    engine.set_fare(z, fare).await.expect("newer version accepted");
+    engine
+        .set_fare(z, fare)
+        .await
+        .expect("newer version accepted");
     assert_eq!(
         engine.set_fare(z, fare).await,
-        Err(SetFareError::Refused(FareSetError::Change(FareChangeError::StaleVersion { current: 2, proposed: 2 })))
+        Err(SetFareError::Refused(FareSetError::Change(
+            FareChangeError::StaleVersion {
+                current: 2,
+                proposed: 2
+            }
+        )))
     );
     engine.tick_now().await.expect("tick");
     let p = engine.quoter().price(z, TRIP).expect("priced");
@@ -156,23 +216,57 @@ async fn bad_input_gets_a_specific_answer_and_the_engine_stays_up() {
     c.actors.zones_max = 3;
     let (engine, _clock) = start(c);
 
-    let too_big: Vec<Event> = (0..11).map(|i| ev(i, zone(0), EventKind::RiderDemand)).collect();
-    assert_eq!(engine.apply_batch(too_big).await, Err(IngestError::BatchTooLarge { len: 11, max: 10 }));
+    let too_big: Vec<Event> = (0..11)
+        .map(|i| ev(i, zone(0), EventKind::RiderDemand))
+        .collect();
+    assert_eq!(
+        engine.apply_batch(too_big).await,
+        Err(IngestError::BatchTooLarge { len: 11, max: 10 })
+    );
 
     let res9 = ZoneId::from_lat_lng(52.5, 13.4, 9).expect("valid");
-    let out = engine.apply_batch(vec![ev(1, res9, EventKind::RiderDemand)]).await.expect("accepted");
-    assert_eq!(out, vec![EventOutcome::Rejected(RejectReason::WrongResolution)]);
+    let out = engine
+        .apply_batch(vec![ev(1, res9, EventKind::RiderDemand)])
+        .await
+        .expect("accepted");
+    assert_eq!(
+        out,
+        vec![EventOutcome::Rejected(RejectReason::WrongResolution)]
+    );
 
-    let four: Vec<Event> = (0..4).map(|i| ev(10 + i, zone(i as u32), EventKind::RiderDemand)).collect();
+    let four: Vec<Event> = (0..4)
+        .map(|i| ev(10 + i, zone(i as u32), EventKind::RiderDemand))
+        .collect();
     let out = engine.apply_batch(four.clone()).await.expect("accepted");
-    let live = four[out.iter().position(|o| *o == EventOutcome::Applied).expect("one applied")].zone;
-    assert_eq!(out.iter().filter(|o| **o == EventOutcome::Applied).count(), 3);
-    assert_eq!(out.iter().filter(|o| **o == EventOutcome::Rejected(RejectReason::ZoneLimit)).count(), 1);
+    let live = four[out
+        .iter()
+        .position(|o| *o == EventOutcome::Applied)
+        .expect("one applied")]
+    .zone;
+    assert_eq!(
+        out.iter().filter(|o| **o == EventOutcome::Applied).count(),
+        3
+    );
+    assert_eq!(
+        out.iter()
+            .filter(|o| **o == EventOutcome::Rejected(RejectReason::ZoneLimit))
+            .count(),
+        1
+    );
 
     let unknown = zone(39);
-    assert_eq!(engine.quoter().price(unknown, TRIP), Err(QuoteError::UnknownZone(unknown)));
+    assert_eq!(
+        engine.quoter().price(unknown, TRIP),
+        Err(QuoteError::UnknownZone(unknown))
+    );
     assert!(matches!(
-        engine.quoter().price(live, Trip { distance_m: 2_000_000, duration_s: 1 }),
+        engine.quoter().price(
+            live,
+            Trip {
+                distance_m: 2_000_000,
+                duration_s: 1
+            }
+        ),
         Err(QuoteError::InvalidTrip(_))
     ));
     // Still serving.
@@ -191,8 +285,12 @@ async fn a_full_mailbox_answers_overloaded_and_loses_nothing_acknowledged() {
     let mut tasks = Vec::new();
     for b in 0..64u64 {
         let e = Arc::clone(&engine);
-        let batch: Vec<Event> = (0..100).map(|i| ev(b * 1000 + i, zone(1), EventKind::RiderDemand)).collect();
-        tasks.push(tokio::spawn(async move { e.apply_batch(batch).await.expect("accepted") }));
+        let batch: Vec<Event> = (0..100)
+            .map(|i| ev(b * 1000 + i, zone(1), EventKind::RiderDemand))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            e.apply_batch(batch).await.expect("accepted")
+        }));
     }
     let mut applied = 0u32;
     let mut overloaded = 0u32;
@@ -205,9 +303,16 @@ async fn a_full_mailbox_answers_overloaded_and_loses_nothing_acknowledged() {
             }
         }
     }
-    assert!(overloaded > 0, "a mailbox of 1 under 64 concurrent batches must refuse some");
+    assert!(
+        overloaded > 0,
+        "a mailbox of 1 under 64 concurrent batches must refuse some"
+    );
     // Everything acknowledged as applied is in the zone's state; nothing refused is.
-    let state = engine.hot_state(zone(1)).await.expect("answers").expect("live");
+    let state = engine
+        .hot_state(zone(1))
+        .await
+        .expect("answers")
+        .expect("live");
     assert_eq!(state.demand, applied);
     assert_eq!(applied + overloaded, 6400);
 }
@@ -216,14 +321,23 @@ async fn a_full_mailbox_answers_overloaded_and_loses_nothing_acknowledged() {
 async fn idle_zones_are_passivated_and_come_back_on_the_next_event() {
     let (engine, clock) = start(config());
     let z = zone(2);
-    engine.apply_batch(vec![ev(1, z, EventKind::RiderDemand)]).await.expect("ok");
+    engine
+        .apply_batch(vec![ev(1, z, EventKind::RiderDemand)])
+        .await
+        .expect("ok");
     assert!(engine.quoter().price(z, TRIP).is_ok());
     clock.advance(engine.config().actors.zone_idle_evict_ms);
     let stats = engine.tick_now().await.expect("tick");
     assert_eq!(stats.evicted, 1);
-    assert_eq!(engine.quoter().price(z, TRIP), Err(QuoteError::UnknownZone(z)));
+    assert_eq!(
+        engine.quoter().price(z, TRIP),
+        Err(QuoteError::UnknownZone(z))
+    );
     assert_eq!(engine.hot_state(z).await.expect("answers"), None);
-    engine.apply_batch(vec![ev(2, z, EventKind::RiderDemand)]).await.expect("ok");
+    engine
+        .apply_batch(vec![ev(2, z, EventKind::RiderDemand)])
+        .await
+        .expect("ok");
     assert!(engine.quoter().price(z, TRIP).is_ok());
 }
 
@@ -240,7 +354,13 @@ async fn the_timer_ticks_without_being_asked() {
     // Wait (bounded) for the timer to publish a surged price.
     for _ in 0..500 {
         clock.advance(250);
-        if engine.quoter().price(z, TRIP).expect("priced").multiplier_milli > 1000 {
+        if engine
+            .quoter()
+            .price(z, TRIP)
+            .expect("priced")
+            .multiplier_milli
+            > 1000
+        {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -5,46 +5,75 @@ use proptest::prelude::*;
 
 fn policy() -> impl Strategy<Value = SurgePolicy> {
     (
-        (0.0f64..3.0, 0.0f64..2.0, 1u32..4, 0.0f64..1.0, 1000u32..5000),
-        (0.01f64..=1.0, 0u32..200, 0u16..20, 1u32..500, 0.0f64..0.9, 1u32..100),
+        (
+            0.0f64..3.0,
+            0.0f64..2.0,
+            1u32..4,
+            0.0f64..1.0,
+            1000u32..5000,
+        ),
+        (
+            0.01f64..=1.0,
+            0u32..200,
+            0u16..20,
+            1u32..500,
+            0.0f64..0.9,
+            1u32..100,
+        ),
     )
-        .prop_map(|((thr, sens, floor, qw, cap), (alpha, hyst, dwell, step, nbw, conf))| SurgePolicy {
-            version: 1,
-            ratio_threshold: thr,
-            sensitivity: sens,
-            supply_floor: floor,
-            quote_demand_weight: qw,
-            cap_milli: cap,
-            ewma_alpha: alpha,
-            hysteresis_milli: hyst,
-            reversal_dwell_ticks: dwell,
-            step_max_milli: step,
-            neighbour_weight: nbw,
-            confidence_full_at: conf,
-        })
+        .prop_map(
+            |((thr, sens, floor, qw, cap), (alpha, hyst, dwell, step, nbw, conf))| SurgePolicy {
+                version: 1,
+                ratio_threshold: thr,
+                sensitivity: sens,
+                supply_floor: floor,
+                quote_demand_weight: qw,
+                cap_milli: cap,
+                ewma_alpha: alpha,
+                hysteresis_milli: hyst,
+                reversal_dwell_ticks: dwell,
+                step_max_milli: step,
+                neighbour_weight: nbw,
+                confidence_full_at: conf,
+            },
+        )
         .prop_filter("valid", |p| p.clone().validate().is_ok())
 }
 
 fn state() -> impl Strategy<Value = PolicyState> {
-    (1.0f64..6.0, 1000u32..6000, prop_oneof![Just(Trend::Flat), Just(Trend::Up), Just(Trend::Down)], 0u16..30)
-        .prop_map(|(smoothed, published_milli, trend, against_ticks)| PolicyState {
-            smoothed,
-            published_milli,
-            trend,
-            against_ticks,
-        })
+    (
+        1.0f64..6.0,
+        1000u32..6000,
+        prop_oneof![Just(Trend::Flat), Just(Trend::Up), Just(Trend::Down)],
+        0u16..30,
+    )
+        .prop_map(
+            |(smoothed, published_milli, trend, against_ticks)| PolicyState {
+                smoothed,
+                published_milli,
+                trend,
+                against_ticks,
+            },
+        )
 }
 
 fn input() -> impl Strategy<Value = PolicyInput> {
-    (0u32..2000, 0u32..2000, 0u32..300, prop::option::of(1000u32..6000), 1000u32..6000).prop_map(
-        |(demand, quotes, supply, neighbour_mean_milli, fare_cap_milli)| PolicyInput {
-            demand,
-            quotes,
-            supply,
-            neighbour_mean_milli,
-            fare_cap_milli,
-        },
+    (
+        0u32..2000,
+        0u32..2000,
+        0u32..300,
+        prop::option::of(1000u32..6000),
+        1000u32..6000,
     )
+        .prop_map(
+            |(demand, quotes, supply, neighbour_mean_milli, fare_cap_milli)| PolicyInput {
+                demand,
+                quotes,
+                supply,
+                neighbour_mean_milli,
+                fare_cap_milli,
+            },
+        )
 }
 
 proptest! {
@@ -155,7 +184,12 @@ proptest! {
 /// The flapping check above can fail: without hysteresis the same input does flap.
 #[test]
 fn without_hysteresis_an_oscillating_ratio_does_flap() {
-    let p = SurgePolicy { hysteresis_milli: 0, reversal_dwell_ticks: 0, ewma_alpha: 0.5, ..SurgePolicy::default() };
+    let p = SurgePolicy {
+        hysteresis_milli: 0,
+        reversal_dwell_ticks: 0,
+        ewma_alpha: 0.5,
+        ..SurgePolicy::default()
+    };
     let mut s = PolicyState::default();
     let mut changes_down = 0;
     for t in 0..200 {
@@ -172,14 +206,23 @@ fn without_hysteresis_an_oscillating_ratio_does_flap() {
         }
         s = next;
     }
-    assert!(changes_down > 50, "expected flapping without hysteresis, saw {changes_down} decreases");
+    assert!(
+        changes_down > 50,
+        "expected flapping without hysteresis, saw {changes_down} decreases"
+    );
 }
 
 #[test]
 fn demand_that_goes_away_brings_the_price_back_to_exactly_one() {
     let p = SurgePolicy::default();
     let mut s = PolicyState::default();
-    let busy = PolicyInput { demand: 40, quotes: 0, supply: 10, neighbour_mean_milli: None, fare_cap_milli: 3000 };
+    let busy = PolicyInput {
+        demand: 40,
+        quotes: 0,
+        supply: 10,
+        neighbour_mean_milli: None,
+        fare_cap_milli: 3000,
+    };
     for _ in 0..100 {
         s = p.step(&s, &busy).0;
     }

@@ -60,7 +60,10 @@ fn setup(zones: usize) -> (Quoter, Vec<ZoneId>) {
 fn a_signed_quote_performs_zero_heap_allocations() {
     let (quoter, zones) = setup(1000);
     let mut buf = [0u8; TOKEN_LEN];
-    let trip = Trip { distance_m: 4200, duration_s: 900 };
+    let trip = Trip {
+        distance_m: 4200,
+        duration_s: 900,
+    };
     // Warm-up: per-thread lazy initialisation (arc-swap's debt list) happens once here.
     quoter.quote(zones[0], trip, 1, &mut buf).expect("quote");
 
@@ -73,7 +76,10 @@ fn a_signed_quote_performs_zero_heap_allocations() {
         total
     });
     assert!(total > 0);
-    assert_eq!(allocations, 0, "the quote path allocated {allocations} times in 20,000 quotes");
+    assert_eq!(
+        allocations, 0,
+        "the quote path allocated {allocations} times in 20,000 quotes"
+    );
     // The counter is live: a deliberate allocation is seen.
     let (_, seen) = counted(|| std::hint::black_box(vec![1u8; 16]));
     assert_eq!(seen, 1);
@@ -83,7 +89,10 @@ fn a_signed_quote_performs_zero_heap_allocations() {
 fn unsigned_pricing_and_verification_perform_zero_heap_allocations() {
     let (quoter, zones) = setup(100);
     let mut buf = [0u8; TOKEN_LEN];
-    let trip = Trip { distance_m: 1000, duration_s: 300 };
+    let trip = Trip {
+        distance_m: 1000,
+        duration_s: 300,
+    };
     quoter.price(zones[0], trip).expect("price");
     quoter.quote(zones[0], trip, 1, &mut buf).expect("quote");
     quoter.verify(&buf, 2).expect("verifies");

@@ -41,7 +41,10 @@ fn readers_never_observe_a_torn_snapshot_while_writers_publish() {
         .map(|i| ZoneId::from_lat_lng(10.0 + f64::from(i) * 0.05, 20.0, 8).expect("valid"))
         .collect();
     let table = Arc::new(SnapshotTable::with_capacity(256));
-    let slots: Vec<_> = zones.iter().map(|z| table.insert(*z).expect("room")).collect();
+    let slots: Vec<_> = zones
+        .iter()
+        .map(|z| table.insert(*z).expect("room"))
+        .collect();
     for (z, s) in zones.iter().zip(&slots) {
         table.publish(*s, &PriceSnapshot::seal(fields(*z, 1)));
     }
@@ -50,7 +53,12 @@ fn readers_never_observe_a_torn_snapshot_while_writers_publish() {
     let stop = Arc::new(AtomicBool::new(false));
 
     let writer = {
-        let (table, stop, zones, slots) = (Arc::clone(&table), Arc::clone(&stop), zones.clone(), slots.clone());
+        let (table, stop, zones, slots) = (
+            Arc::clone(&table),
+            Arc::clone(&stop),
+            zones.clone(),
+            slots.clone(),
+        );
         std::thread::spawn(move || {
             let mut version = 1u64;
             let mut published = 0u64;
@@ -74,13 +82,20 @@ fn readers_never_observe_a_torn_snapshot_while_writers_publish() {
             std::thread::spawn(move || {
                 let mut last_version = vec![0u64; zones.len()];
                 let mut buf = [0u8; TOKEN_LEN];
-                let trip = Trip { distance_m: 3000, duration_s: 600 };
+                let trip = Trip {
+                    distance_m: 3000,
+                    duration_s: 600,
+                };
                 for n in 0..300_000usize {
                     let i = (n * 7 + r) % zones.len();
                     let snap = table.get(zones[i]).expect("published");
                     assert!(snap.is_intact(), "torn snapshot: {snap:?}");
                     assert_eq!(snap.zone, zones[i], "snapshot of another zone");
-                    assert_eq!(snap, PriceSnapshot::seal(fields(zones[i], snap.version)), "mixed snapshot");
+                    assert_eq!(
+                        snap,
+                        PriceSnapshot::seal(fields(zones[i], snap.version)),
+                        "mixed snapshot"
+                    );
                     assert!(snap.version >= last_version[i], "version went backwards");
                     last_version[i] = snap.version;
                     // The quote path sees a consistent snapshot too: its token names a version
@@ -96,7 +111,10 @@ fn readers_never_observe_a_torn_snapshot_while_writers_publish() {
         })
         .collect();
 
-    let seen: u64 = readers.into_iter().map(|r| r.join().expect("reader ok")).sum();
+    let seen: u64 = readers
+        .into_iter()
+        .map(|r| r.join().expect("reader ok"))
+        .sum();
     stop.store(true, Ordering::Relaxed);
     let published = writer.join().expect("writer ok");
     assert!(published >= 200_000);

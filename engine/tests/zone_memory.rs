@@ -48,7 +48,12 @@ fn hot_state_fits_in_one_kibibyte_per_zone_with_100k_zones() {
     });
 
     let before = counting_alloc::live_bytes();
-    let mut shard = Shard::new(Arc::clone(&table), Arc::new(AtomicUsize::new(0)), settings, Arc::new(cfg.policy.clone()));
+    let mut shard = Shard::new(
+        Arc::clone(&table),
+        Arc::new(AtomicUsize::new(0)),
+        settings,
+        Arc::new(cfg.policy.clone()),
+    );
     let mut out = Vec::new();
     let mut id = 0u64;
     let mut batch = Vec::with_capacity(24);
@@ -56,11 +61,21 @@ fn hot_state_fits_in_one_kibibyte_per_zone_with_100k_zones() {
         batch.clear();
         for d in 0..8 {
             id += 1;
-            batch.push(Event { id, zone: *z, kind: EventKind::DriverAvailable { driver: id * 100 + d } });
+            batch.push(Event {
+                id,
+                zone: *z,
+                kind: EventKind::DriverAvailable {
+                    driver: id * 100 + d,
+                },
+            });
         }
         for _ in 0..16 {
             id += 1;
-            batch.push(Event { id, zone: *z, kind: EventKind::RiderDemand });
+            batch.push(Event {
+                id,
+                zone: *z,
+                kind: EventKind::RiderDemand,
+            });
         }
         out.clear();
         shard.apply(&batch, 1_000, &mut out);
@@ -88,5 +103,8 @@ fn hot_state_fits_in_one_kibibyte_per_zone_with_100k_zones() {
         structural.abs_diff(live) * 50 <= live,
         "structural count {structural} disagrees with allocator count {live}"
     );
-    assert!(hot_per_zone <= HOT_BYTES_PER_ZONE_MAX, "hot state is {hot_per_zone} bytes per zone");
+    assert!(
+        hot_per_zone <= HOT_BYTES_PER_ZONE_MAX,
+        "hot state is {hot_per_zone} bytes per zone"
+    );
 }

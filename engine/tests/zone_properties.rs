@@ -1,7 +1,9 @@
 //! Properties of a zone's state machine: dedupe, determinism, rounding.
 
 use engine::fare::{Currency, FareTable, Trip, TRIP_DISTANCE_M_MAX, TRIP_DURATION_S_MAX};
-use engine::{Event, EventKind, EventOutcome, PriceSnapshot, SurgePolicy, ZoneCore, ZoneId, ZoneLimits};
+use engine::{
+    Event, EventKind, EventOutcome, PriceSnapshot, SurgePolicy, ZoneCore, ZoneId, ZoneLimits,
+};
 use proptest::prelude::*;
 
 fn zone() -> ZoneId {
@@ -35,7 +37,10 @@ fn kind() -> impl Strategy<Value = EventKind> {
 #[derive(Clone, Debug)]
 enum Step {
     Event(u64, EventKind),
-    Tick { quotes: u32, neighbours: Option<u32> },
+    Tick {
+        quotes: u32,
+        neighbours: Option<u32>,
+    },
 }
 
 fn script() -> impl Strategy<Value = Vec<(u64, Step)>> {
@@ -62,14 +67,27 @@ fn script() -> impl Strategy<Value = Vec<(u64, Step)>> {
 }
 
 /// Runs a script, returning every snapshot and every event outcome.
-fn run(script: &[(u64, Step)], limits: &ZoneLimits) -> (Vec<PriceSnapshot>, Vec<EventOutcome>, ZoneCore) {
+fn run(
+    script: &[(u64, Step)],
+    limits: &ZoneLimits,
+) -> (Vec<PriceSnapshot>, Vec<EventOutcome>, ZoneCore) {
     let policy = SurgePolicy::default();
     let mut core = ZoneCore::new(zone(), fare(), 1_000_000, limits);
     let (mut snaps, mut outcomes) = (Vec::new(), Vec::new());
     for (t, s) in script {
         match s {
-            Step::Event(id, kind) => outcomes.push(core.apply(&Event { id: *id, zone: zone(), kind: *kind }, *t, limits)),
-            Step::Tick { quotes, neighbours } => snaps.extend(core.tick(*t, &policy, limits, *quotes, *neighbours)),
+            Step::Event(id, kind) => outcomes.push(core.apply(
+                &Event {
+                    id: *id,
+                    zone: zone(),
+                    kind: *kind,
+                },
+                *t,
+                limits,
+            )),
+            Step::Tick { quotes, neighbours } => {
+                snaps.extend(core.tick(*t, &policy, limits, *quotes, *neighbours))
+            }
         }
     }
     (snaps, outcomes, core)
@@ -142,14 +160,34 @@ fn the_cap_of_the_fare_table_holds_under_extreme_demand_and_minimum_fare_is_surg
     let policy = SurgePolicy::default();
     let mut core = ZoneCore::new(zone(), fare(), 0, &limits);
     for id in 0..500 {
-        core.apply(&Event { id, zone: zone(), kind: EventKind::RiderDemand }, 0, &limits);
+        core.apply(
+            &Event {
+                id,
+                zone: zone(),
+                kind: EventKind::RiderDemand,
+            },
+            0,
+            &limits,
+        );
     }
     let mut last = None;
     for t in 1..100 {
         last = core.tick(t * 250, &policy, &limits, 0, None).or(last);
     }
     let snap = last.expect("published");
-    assert_eq!(snap.multiplier_milli, 2500, "fare-table cap 2.5x beats the policy cap 3.0x");
+    assert_eq!(
+        snap.multiplier_milli, 2500,
+        "fare-table cap 2.5x beats the policy cap 3.0x"
+    );
     // A short trip pays the minimum (700) times the capped multiplier: 1750.
-    assert_eq!(snap.fare.fare(Trip { distance_m: 100, duration_s: 30 }, snap.multiplier_milli), Ok(1750));
+    assert_eq!(
+        snap.fare.fare(
+            Trip {
+                distance_m: 100,
+                duration_s: 30
+            },
+            snap.multiplier_milli
+        ),
+        Ok(1750)
+    );
 }
