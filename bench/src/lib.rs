@@ -41,7 +41,7 @@ pub fn city_zones(n: usize) -> Vec<ZoneId> {
 /// publishing into a fresh table sized for them.
 pub fn populated_shard(zones: &[ZoneId], now_ms: u64) -> (Shard, Arc<SnapshotTable>) {
     let cfg = EngineConfig::default();
-    let table = Arc::new(SnapshotTable::with_capacity(zones.len() * 2));
+    let table = Arc::new(SnapshotTable::with_capacity(zones.len() + zones.len() / 4));
     let settings = Arc::new(ShardSettings {
         limits: cfg.zone.clone(),
         default_fare: cfg.default_fare.to_table().expect("default fare is valid"),

@@ -5,11 +5,14 @@
 //! thread has switched counting on ([`count`]), so other test threads cannot disturb them;
 //! live *bytes* are kept process-wide ([`live_bytes`]).
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
 //! static A: counting_alloc::Counting = counting_alloc::Counting;
-//! let (_, n) = counting_alloc::count(|| quote(...));
-//! assert_eq!(n, 0);
+//!
+//! let (sum, n) = counting_alloc::count(|| [1u64, 2, 3].iter().sum::<u64>());
+//! assert_eq!((sum, n), (6, 0));
+//! let (_, n) = counting_alloc::count(|| vec![0u8; 64]);
+//! assert_eq!(n, 1);
 //! ```
 //!
 //! This is the only crate of the workspace with `unsafe` code: implementing `GlobalAlloc`

@@ -171,6 +171,10 @@ impl Shard {
             self.table.publish(slot, &snap);
         }
         let i = self.zones.len() as u32;
+        if self.zones.len() == self.zones.capacity() {
+            // Grow by a quarter, not double: spare capacity is spare zones' worth of memory.
+            self.zones.reserve_exact((self.zones.len() / 4).max(16));
+        }
         self.zones.push(e);
         self.index.insert(zone, i);
         Ok(i)

@@ -228,8 +228,11 @@ impl Engine {
         let a = &config.actors;
         let shard_n = if a.shards == 0 { cores } else { a.shards };
         let arbiter_n = if a.arbiters == 0 { cores } else { a.arbiters }.min(shard_n);
-        // A zone keeps its slot after passivation, so leave room for zones coming and going.
-        let table = Arc::new(SnapshotTable::with_capacity(a.zones_max.saturating_mul(2)));
+        // A zone keeps its slot after passivation: leave a quarter more room for zones coming
+        // and going over the life of the process.
+        let table = Arc::new(SnapshotTable::with_capacity(
+            a.zones_max.saturating_add(a.zones_max / 4),
+        ));
         let zone_count = Arc::new(AtomicUsize::new(0));
         let settings = Arc::new(ShardSettings {
             limits: config.zone.clone(),

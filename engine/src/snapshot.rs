@@ -4,7 +4,8 @@
 //!
 //! Two arrays, allocated once at start:
 //!
-//! - an open-addressing hash index (linear probing) of zone keys. A key is written once, by
+//! - an open-addressing hash index (linear probing) of zone keys, each beside its slot
+//!   number. A key is written once, by
 //!   compare-and-swap, and never changes afterwards: a zone keeps its slot for the life of the
 //!   process (an evicted zone's slot keeps its key with no snapshot), so readers never see a
 //!   slot change identity under them;
@@ -239,13 +240,21 @@ fn decode(w: &[u64; WORDS]) -> Option<PriceSnapshot> {
     })
 }
 
+/// One position of the hash index: a zone key and its slot number side by side, so a lookup
+/// costs one cache miss in the index, not two.
+#[derive(Debug)]
+#[repr(align(16))]
+struct IndexEntry {
+    /// The zone's raw id, or `EMPTY`. Written once.
+    key: AtomicU64,
+    /// The slot number, `u64::MAX` until the inserter has stored it.
+    slot: AtomicU64,
+}
+
 /// The node-wide map zone → latest price snapshot. See the module docs.
 #[derive(Debug)]
 pub struct SnapshotTable {
-    /// Hash index: zone key per position, `EMPTY` when free.
-    keys: Box<[AtomicU64]>,
-    /// Hash index: slot number for the key at the same position (valid once the key is set).
-    slot_of_key: Box<[AtomicU32]>,
+    index: Box<[IndexEntry]>,
     mask: usize,
     slots: Box<[Slot]>,
     /// Slots handed out so far.
@@ -259,8 +268,12 @@ impl SnapshotTable {
         // The hash index is at most half full, so probe sequences stay short.
         let n = (zones * 2).next_power_of_two();
         Self {
-            keys: (0..n).map(|_| AtomicU64::new(EMPTY)).collect(),
-            slot_of_key: (0..n).map(|_| AtomicU32::new(u32::MAX)).collect(),
+            index: (0..n)
+                .map(|_| IndexEntry {
+                    key: AtomicU64::new(EMPTY),
+                    slot: AtomicU64::new(u64::MAX),
+                })
+                .collect(),
             mask: n - 1,
             slots: (0..zones).map(|_| Slot::default()).collect(),
             used: AtomicUsize::new(0),
@@ -278,9 +291,9 @@ impl SnapshotTable {
     #[inline]
     fn slot_at(&self, i: usize) -> SlotIdx {
         loop {
-            let s = self.slot_of_key[i].load(Ordering::Acquire);
-            if s != u32::MAX {
-                return SlotIdx(s);
+            let s = self.index[i].slot.load(Ordering::Acquire);
+            if s != u64::MAX {
+                return SlotIdx(s as u32);
             }
             std::hint::spin_loop();
         }
@@ -291,8 +304,8 @@ impl SnapshotTable {
     pub fn slot_of(&self, zone: ZoneId) -> Option<SlotIdx> {
         let key = zone.raw();
         let mut i = self.home(zone);
-        for _ in 0..self.keys.len() {
-            match self.keys[i].load(Ordering::Acquire) {
+        for _ in 0..self.index.len() {
+            match self.index[i].key.load(Ordering::Acquire) {
                 k if k == key => return Some(self.slot_at(i)),
                 EMPTY => return None,
                 _ => i = (i + 1) & self.mask,
@@ -310,8 +323,8 @@ impl SnapshotTable {
         let key = zone.raw();
         let mut i = self.home(zone);
         let mut reserved: Option<u32> = None;
-        for _ in 0..self.keys.len() {
-            match self.keys[i].load(Ordering::Acquire) {
+        for _ in 0..self.index.len() {
+            match self.index[i].key.load(Ordering::Acquire) {
                 k if k == key => return Ok(self.slot_at(i)),
                 EMPTY => {
                     let s = match reserved {
@@ -328,14 +341,14 @@ impl SnapshotTable {
                             s as u32
                         }
                     };
-                    match self.keys[i].compare_exchange(
+                    match self.index[i].key.compare_exchange(
                         EMPTY,
                         key,
                         Ordering::AcqRel,
                         Ordering::Acquire,
                     ) {
                         Ok(_) => {
-                            self.slot_of_key[i].store(s, Ordering::Release);
+                            self.index[i].slot.store(u64::from(s), Ordering::Release);
                             return Ok(SlotIdx(s));
                         }
                         Err(k) if k == key => return Ok(self.slot_at(i)),
@@ -483,7 +496,7 @@ impl SnapshotTable {
 
     /// Bytes held by the table (index and slots; allocated once at start).
     pub fn bytes(&self) -> usize {
-        self.keys.len() * (std::mem::size_of::<AtomicU64>() + std::mem::size_of::<AtomicU32>())
+        self.index.len() * std::mem::size_of::<IndexEntry>()
             + self.slots.len() * std::mem::size_of::<Slot>()
     }
 }

@@ -39,7 +39,7 @@ fn zones(n: usize) -> Vec<ZoneId> {
 fn hot_state_fits_in_one_kibibyte_per_zone_with_100k_zones() {
     let cfg = EngineConfig::default();
     let ids = zones(ZONES);
-    let table = Arc::new(SnapshotTable::with_capacity(ZONES * 2));
+    let table = Arc::new(SnapshotTable::with_capacity(ZONES + ZONES / 4));
     let settings = Arc::new(ShardSettings {
         limits: cfg.zone.clone(),
         default_fare: cfg.default_fare.to_table().expect("valid"),
