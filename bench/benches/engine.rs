@@ -37,6 +37,26 @@ fn quotes(c: &mut Criterion) {
     let mut g = c.benchmark_group("quote");
     g.throughput(Throughput::Elements(1));
     let mut i = 0usize;
+    // The anchor, measured here in the same run: a concurrent-map lookup of a random
+    // zone among 100,000 plus the fare arithmetic. The machine is shared and its memory
+    // latency drifts between runs; compare the engine's figures with this one.
+    let anchor: dashmap::DashMap<u64, (u32, u32, u32)> = dashmap::DashMap::new();
+    for (n, z) in zones.iter().enumerate() {
+        anchor.insert(z.raw(), (250 + n as u32 % 7, 120, 1000 + n as u32 % 2000));
+    }
+    g.bench_function(
+        "baseline: dashmap lookup + arithmetic, random zone of 100k",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) & mask;
+                let e = anchor.get(&zones[order[i]].raw()).expect("present");
+                let (base, per_km, mult) = *e;
+                (u64::from(base) + u64::from(per_km) * u64::from(trip.distance_m) / 1000)
+                    * u64::from(mult)
+                    / 1000
+            })
+        },
+    );
     g.bench_function("unsigned, random zone of 100k", |b| {
         b.iter(|| {
             i = (i + 1) & mask;

@@ -4,8 +4,9 @@
 //!
 //! Two arrays, allocated once at start:
 //!
-//! - an open-addressing hash index (linear probing) of zone keys, each beside its slot
-//!   number. A key is written once, by
+//! - an open-addressing hash index (linear probing) of 8-byte entries, a zone fingerprint
+//!   beside its slot number (the slot holds the full zone id, checked on every lookup). An
+//!   entry is written once, by
 //!   compare-and-swap, and never changes afterwards: a zone keeps its slot for the life of the
 //!   process (an evicted zone's slot keeps its key with no snapshot), so readers never see a
 //!   slot change identity under them;
@@ -175,6 +176,9 @@ const WORDS: usize = 12;
 #[derive(Debug, Default)]
 #[repr(align(64))]
 struct Slot {
+    /// The zone this slot belongs to (written once, before the index points here); lookups
+    /// confirm a fingerprint match against it.
+    key: AtomicU64,
     /// Even: stable; odd: a writer is storing. Starts at 0 (nothing published).
     seq: AtomicU64,
     /// The encoded snapshot; word 0 (the zone) is 0 when there is none.
@@ -240,21 +244,13 @@ fn decode(w: &[u64; WORDS]) -> Option<PriceSnapshot> {
     })
 }
 
-/// One position of the hash index: a zone key and its slot number side by side, so a lookup
-/// costs one cache miss in the index, not two.
-#[derive(Debug)]
-#[repr(align(16))]
-struct IndexEntry {
-    /// The zone's raw id, or `EMPTY`. Written once.
-    key: AtomicU64,
-    /// The slot number, `u64::MAX` until the inserter has stored it.
-    slot: AtomicU64,
-}
-
 /// The node-wide map zone → latest price snapshot. See the module docs.
 #[derive(Debug)]
 pub struct SnapshotTable {
-    index: Box<[IndexEntry]>,
+    /// Hash index, 8 bytes a position: a 32-bit fingerprint of the zone (never 0) in the high
+    /// half and its slot number in the low half; 0 when free. Written once, by one
+    /// compare-and-swap, so a visible entry is always complete.
+    index: Box<[AtomicU64]>,
     mask: usize,
     slots: Box<[Slot]>,
     /// Slots handed out so far.
@@ -264,51 +260,48 @@ pub struct SnapshotTable {
 impl SnapshotTable {
     /// A table for up to `zones` zones.
     pub fn with_capacity(zones: usize) -> Self {
-        let zones = zones.max(8);
+        let zones = zones.clamp(8, u32::MAX as usize / 4);
         // The hash index is at most half full, so probe sequences stay short.
         let n = (zones * 2).next_power_of_two();
         Self {
-            index: (0..n)
-                .map(|_| IndexEntry {
-                    key: AtomicU64::new(EMPTY),
-                    slot: AtomicU64::new(u64::MAX),
-                })
-                .collect(),
+            index: (0..n).map(|_| AtomicU64::new(EMPTY)).collect(),
             mask: n - 1,
             slots: (0..zones).map(|_| Slot::default()).collect(),
             used: AtomicUsize::new(0),
         }
     }
 
+    /// Home position and fingerprint of a zone (splitmix64 spreads H3's structured bits).
     #[inline]
-    fn home(&self, zone: ZoneId) -> usize {
-        // Fibonacci hashing spreads H3's structured bits.
-        (zone.raw().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & self.mask
+    fn hash(&self, zone: ZoneId) -> (usize, u64) {
+        let mut z = zone.raw().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        ((z as usize) & self.mask, (z >> 32) | 1)
     }
 
-    /// Waits until position `i`'s slot number is visible (a racing inserter sets the key
-    /// first, the slot number right after).
+    /// The slot an index entry points to, if that slot belongs to `key`.
     #[inline]
-    fn slot_at(&self, i: usize) -> SlotIdx {
-        loop {
-            let s = self.index[i].slot.load(Ordering::Acquire);
-            if s != u64::MAX {
-                return SlotIdx(s as u32);
-            }
-            std::hint::spin_loop();
-        }
+    fn candidate(&self, entry: u64, fingerprint: u64, key: u64) -> Option<SlotIdx> {
+        let slot = entry as u32;
+        ((entry >> 32) == fingerprint
+            && self.slots[slot as usize].key.load(Ordering::Acquire) == key)
+            .then_some(SlotIdx(slot))
     }
 
     /// The slot of a zone, if it has one.
     #[inline]
     pub fn slot_of(&self, zone: ZoneId) -> Option<SlotIdx> {
         let key = zone.raw();
-        let mut i = self.home(zone);
+        let (mut i, fp) = self.hash(zone);
         for _ in 0..self.index.len() {
-            match self.index[i].key.load(Ordering::Acquire) {
-                k if k == key => return Some(self.slot_at(i)),
+            match self.index[i].load(Ordering::Acquire) {
                 EMPTY => return None,
-                _ => i = (i + 1) & self.mask,
+                e => match self.candidate(e, fp, key) {
+                    Some(s) => return Some(s),
+                    None => i = (i + 1) & self.mask,
+                },
             }
         }
         None
@@ -316,46 +309,46 @@ impl SnapshotTable {
 
     /// The slot of a zone, giving it one if needed. Safe to call from several threads.
     ///
-    /// A slot number is reserved before the key is claimed, so a visible key always gets its
-    /// slot number. (Two threads inserting the *same* new zone at once would waste one slot;
-    /// zones have a single owner, so that does not happen in practice.)
+    /// A slot is reserved and stamped with the zone before the index entry is published, so a
+    /// visible entry always leads to a complete slot. (Two threads inserting the *same* new
+    /// zone at once would waste one slot; zones have a single owner, so that does not happen
+    /// in practice.)
     pub fn insert(&self, zone: ZoneId) -> Result<SlotIdx, TableFull> {
         let key = zone.raw();
-        let mut i = self.home(zone);
+        let (mut i, fp) = self.hash(zone);
         let mut reserved: Option<u32> = None;
         for _ in 0..self.index.len() {
-            match self.index[i].key.load(Ordering::Acquire) {
-                k if k == key => return Ok(self.slot_at(i)),
-                EMPTY => {
-                    let s = match reserved {
-                        Some(s) => s,
-                        None => {
-                            let s = self.used.fetch_add(1, Ordering::AcqRel);
-                            if s >= self.slots.len() {
-                                self.used.fetch_sub(1, Ordering::AcqRel);
-                                return Err(TableFull {
-                                    max: self.slots.len(),
-                                });
-                            }
-                            reserved = Some(s as u32);
-                            s as u32
-                        }
-                    };
-                    match self.index[i].key.compare_exchange(
-                        EMPTY,
-                        key,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => {
-                            self.index[i].slot.store(u64::from(s), Ordering::Release);
-                            return Ok(SlotIdx(s));
-                        }
-                        Err(k) if k == key => return Ok(self.slot_at(i)),
-                        Err(_) => i = (i + 1) & self.mask,
-                    }
+            let e = self.index[i].load(Ordering::Acquire);
+            if e != EMPTY {
+                if let Some(s) = self.candidate(e, fp, key) {
+                    return Ok(s);
                 }
-                _ => i = (i + 1) & self.mask,
+                i = (i + 1) & self.mask;
+                continue;
+            }
+            let s = match reserved {
+                Some(s) => s,
+                None => {
+                    let s = self.used.fetch_add(1, Ordering::AcqRel);
+                    if s >= self.slots.len() {
+                        self.used.fetch_sub(1, Ordering::AcqRel);
+                        return Err(TableFull {
+                            max: self.slots.len(),
+                        });
+                    }
+                    self.slots[s].key.store(key, Ordering::Release);
+                    reserved = Some(s as u32);
+                    s as u32
+                }
+            };
+            let entry = fp << 32 | u64::from(s);
+            match self.index[i].compare_exchange(EMPTY, entry, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(SlotIdx(s)),
+                Err(other) => match self.candidate(other, fp, key) {
+                    Some(existing) => return Ok(existing),
+                    None => i = (i + 1) & self.mask,
+                },
             }
         }
         Err(TableFull {
@@ -496,7 +489,7 @@ impl SnapshotTable {
 
     /// Bytes held by the table (index and slots; allocated once at start).
     pub fn bytes(&self) -> usize {
-        self.index.len() * std::mem::size_of::<IndexEntry>()
+        self.index.len() * std::mem::size_of::<AtomicU64>()
             + self.slots.len() * std::mem::size_of::<Slot>()
     }
 }
@@ -566,6 +559,32 @@ mod tests {
             assert_eq!(t.insert(*z), Ok(t.slot_of(*z).expect("present")));
         }
         assert_eq!(t.slot_of(zones[8]), None);
+    }
+
+    #[test]
+    fn every_inserted_zone_is_found_at_its_own_slot_and_no_other_zone_is() {
+        let t = SnapshotTable::with_capacity(6000);
+        let zones: Vec<ZoneId> = (0..10_000)
+            .map(|i| {
+                ZoneId::from_lat_lng(
+                    40.0 + f64::from(i % 100) * 0.01,
+                    f64::from(i / 100) * 0.01,
+                    8,
+                )
+                .expect("valid")
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let (inside, outside) = zones.split_at(zones.len() / 2);
+        let slots: Vec<SlotIdx> = inside.iter().map(|z| t.insert(*z).expect("room")).collect();
+        let distinct: std::collections::HashSet<_> = slots.iter().collect();
+        assert_eq!(distinct.len(), inside.len());
+        for (z, s) in inside.iter().zip(&slots) {
+            assert_eq!(t.slot_of(*z), Some(*s));
+            assert_eq!(t.insert(*z), Ok(*s), "re-inserting returns the same slot");
+        }
+        assert!(outside.iter().all(|z| t.slot_of(*z).is_none()));
     }
 
     #[test]
