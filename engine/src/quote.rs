@@ -369,7 +369,14 @@ impl Quoter {
     #[inline]
     pub fn price(&self, zone: ZoneId, trip: Trip) -> Result<Price, QuoteError> {
         let trip = trip.validate()?;
-        let snap = self.table.get(zone).ok_or(QuoteError::UnknownZone(zone))?;
+        let slot = self
+            .table
+            .slot_of(zone)
+            .ok_or(QuoteError::UnknownZone(zone))?;
+        let snap = self
+            .table
+            .load_price(slot)
+            .ok_or(QuoteError::UnknownZone(zone))?;
         Ok(Price {
             amount_minor: fare_minor(&snap.fare, trip, snap.multiplier_milli),
             currency: snap.fare.currency,

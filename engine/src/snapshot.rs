@@ -10,8 +10,9 @@
 //!   compare-and-swap, and never changes afterwards: a zone keeps its slot for the life of the
 //!   process (an evicted zone's slot keeps its key with no snapshot), so readers never see a
 //!   slot change identity under them;
-//! - dense [`Slot`]s, one per keyed zone, each holding the zone's latest snapshot inline
-//!   behind a **sequence lock**: a writer makes the sequence odd, stores the words, makes it
+//! - dense slots, one per keyed zone, each holding the zone's latest snapshot inline in two
+//!   cache lines (a price line, all an unsigned quote reads, and a detail line) behind a
+//!   **sequence lock**: a writer makes the sequence odd, stores the words, makes it
 //!   even again; a reader copies the words and retries if the sequence moved. Readers take no
 //!   lock, never block a writer, send no message and allocate nothing; publishing allocates
 //!   nothing either (the earlier `Arc` + `arc-swap` design spent most of a tick in `malloc`
@@ -169,79 +170,124 @@ pub struct TableFull {
 }
 
 const EMPTY: u64 = 0;
-/// Words of an encoded snapshot.
-const WORDS: usize = 12;
+/// Words of the price line (what an unsigned price needs).
+const A_WORDS: usize = 6;
+/// Words of the detail line (the inputs a signed token and `explain` also need).
+const B_WORDS: usize = 5;
 
-/// One zone's published snapshot behind a sequence lock. 128 bytes, two cache lines.
+/// The first cache line of a zone's slot: everything an unsigned price reads.
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct Slot {
+struct PriceLine {
     /// The zone this slot belongs to (written once, before the index points here); lookups
     /// confirm a fingerprint match against it.
     key: AtomicU64,
-    /// Even: stable; odd: a writer is storing. Starts at 0 (nothing published).
+    /// Sequence lock over both lines. Even: stable; odd: a writer is storing.
     seq: AtomicU64,
-    /// The encoded snapshot; word 0 (the zone) is 0 when there is none.
-    words: [AtomicU64; WORDS],
+    /// Version (0 when there is no snapshot), multiplier, fare table, computed-at.
+    words: [AtomicU64; A_WORDS],
+}
+
+/// The second cache line of a zone's slot: explain inputs and the owner's counters.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct DetailLine {
+    /// Target, policy version, supply, demand, quotes, neighbours, confidence, checksum.
+    words: [AtomicU64; B_WORDS],
     /// Engine time at which the owner last confirmed the snapshot current.
     fresh_at_ms: AtomicU64,
     /// Quotes issued since the owner's last tick (the tick takes and resets it).
     quotes: AtomicU32,
-    /// The snapshot's multiplier, for cheap neighbour reads; 0 when there is no snapshot.
+    /// The multiplier exposed to neighbours' blending; 0 when there is no snapshot.
     multiplier_milli: AtomicU32,
 }
 
-fn encode(s: &PriceSnapshot) -> [u64; WORDS] {
-    let lo_hi = |lo: u32, hi: u32| u64::from(lo) | u64::from(hi) << 32;
-    let c = s.fare.currency.bytes();
-    [
-        s.zone.raw(),
-        s.version,
-        lo_hi(s.multiplier_milli, s.target_milli),
-        lo_hi(s.fare.version, s.fare.base_minor),
-        lo_hi(s.fare.per_km_minor, s.fare.per_min_minor),
-        lo_hi(s.fare.minimum_minor, s.fare.surge_cap_milli),
-        u64::from(c[0])
-            | u64::from(c[1]) << 8
-            | u64::from(c[2]) << 16
-            | u64::from(s.confidence_permille) << 24,
-        lo_hi(s.policy_version, s.supply),
-        lo_hi(s.demand, s.quotes),
-        u64::from(s.neighbour_mean_milli),
-        s.computed_at_ms,
-        s.check,
-    ]
+type Words = ([u64; A_WORDS], [u64; B_WORDS]);
+
+fn lo_hi(lo: u32, hi: u32) -> u64 {
+    u64::from(lo) | u64::from(hi) << 32
+}
+fn lo(x: u64) -> u32 {
+    x as u32
+}
+fn hi(x: u64) -> u32 {
+    (x >> 32) as u32
 }
 
-/// Decodes words written by [`encode`]; `None` for an empty slot. The words come from this
-/// process's own writers, never from the network, so no field needs validating beyond that.
-fn decode(w: &[u64; WORDS]) -> Option<PriceSnapshot> {
-    let zone = ZoneId::from_raw_trusted(w[0])?;
-    let lo = |x: u64| x as u32;
-    let hi = |x: u64| (x >> 32) as u32;
+fn encode(s: &PriceSnapshot) -> Words {
+    let c = s.fare.currency.bytes();
+    let f = &s.fare;
+    (
+        [
+            s.version,
+            lo_hi(s.multiplier_milli, f.version),
+            lo_hi(f.base_minor, f.per_km_minor),
+            lo_hi(f.per_min_minor, f.minimum_minor),
+            lo_hi(
+                f.surge_cap_milli,
+                u32::from(c[0]) | u32::from(c[1]) << 8 | u32::from(c[2]) << 16,
+            ),
+            s.computed_at_ms,
+        ],
+        [
+            lo_hi(s.target_milli, s.policy_version),
+            lo_hi(s.supply, s.demand),
+            lo_hi(s.quotes, s.neighbour_mean_milli),
+            u64::from(s.confidence_permille),
+            s.check,
+        ],
+    )
+}
+
+/// The fields of the price line. The words come from this process's own writers, never from
+/// the network, so nothing needs validating beyond "is there a snapshot".
+fn decode_price(a: &[u64; A_WORDS]) -> Option<(u64, u32, FareTable, u64)> {
+    if a[0] == 0 {
+        return None;
+    }
+    let cur = hi(a[4]);
+    let fare = FareTable {
+        version: hi(a[1]),
+        base_minor: lo(a[2]),
+        per_km_minor: hi(a[2]),
+        per_min_minor: lo(a[3]),
+        minimum_minor: hi(a[3]),
+        surge_cap_milli: lo(a[4]),
+        currency: Currency::from_trusted([cur as u8, (cur >> 8) as u8, (cur >> 16) as u8]),
+    };
+    Some((a[0], lo(a[1]), fare, a[5]))
+}
+
+fn decode(zone: ZoneId, (a, b): &Words) -> Option<PriceSnapshot> {
+    let (version, multiplier_milli, fare, computed_at_ms) = decode_price(a)?;
     Some(PriceSnapshot {
         zone,
-        version: w[1],
-        multiplier_milli: lo(w[2]),
-        target_milli: hi(w[2]),
-        fare: FareTable {
-            version: lo(w[3]),
-            base_minor: hi(w[3]),
-            per_km_minor: lo(w[4]),
-            per_min_minor: hi(w[4]),
-            minimum_minor: lo(w[5]),
-            surge_cap_milli: hi(w[5]),
-            currency: Currency::from_trusted([w[6] as u8, (w[6] >> 8) as u8, (w[6] >> 16) as u8]),
-        },
-        policy_version: lo(w[7]),
-        confidence_permille: (w[6] >> 24) as u16,
-        supply: hi(w[7]),
-        demand: lo(w[8]),
-        quotes: hi(w[8]),
-        neighbour_mean_milli: lo(w[9]),
-        computed_at_ms: w[10],
-        check: w[11],
+        version,
+        multiplier_milli,
+        target_milli: lo(b[0]),
+        fare,
+        policy_version: hi(b[0]),
+        confidence_permille: b[3] as u16,
+        supply: lo(b[1]),
+        demand: hi(b[1]),
+        quotes: lo(b[2]),
+        neighbour_mean_milli: hi(b[2]),
+        computed_at_ms,
+        check: b[4],
     })
+}
+
+/// The price part of a snapshot: all an unsigned quote needs (one cache line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PriceView {
+    /// Snapshot version.
+    pub version: u64,
+    /// Multiplier, thousandths.
+    pub multiplier_milli: u32,
+    /// Fare table in force.
+    pub fare: FareTable,
+    /// Engine time of the tick that computed it.
+    pub computed_at_ms: u64,
 }
 
 /// The node-wide map zone → latest price snapshot. See the module docs.
@@ -252,7 +298,10 @@ pub struct SnapshotTable {
     /// compare-and-swap, so a visible entry is always complete.
     index: Box<[AtomicU64]>,
     mask: usize,
-    slots: Box<[Slot]>,
+    /// Slot halves, one pair per zone: prices (read by every quote) and details (read by
+    /// signed quotes and ticks). Separate arrays keep the unsigned path's working set small.
+    prices: Box<[PriceLine]>,
+    details: Box<[DetailLine]>,
     /// Slots handed out so far.
     used: AtomicUsize,
 }
@@ -266,7 +315,8 @@ impl SnapshotTable {
         Self {
             index: (0..n).map(|_| AtomicU64::new(EMPTY)).collect(),
             mask: n - 1,
-            slots: (0..zones).map(|_| Slot::default()).collect(),
+            prices: (0..zones).map(|_| PriceLine::default()).collect(),
+            details: (0..zones).map(|_| DetailLine::default()).collect(),
             used: AtomicUsize::new(0),
         }
     }
@@ -286,7 +336,7 @@ impl SnapshotTable {
     fn candidate(&self, entry: u64, fingerprint: u64, key: u64) -> Option<SlotIdx> {
         let slot = entry as u32;
         ((entry >> 32) == fingerprint
-            && self.slots[slot as usize].key.load(Ordering::Acquire) == key)
+            && self.prices[slot as usize].key.load(Ordering::Acquire) == key)
             .then_some(SlotIdx(slot))
     }
 
@@ -330,13 +380,13 @@ impl SnapshotTable {
                 Some(s) => s,
                 None => {
                     let s = self.used.fetch_add(1, Ordering::AcqRel);
-                    if s >= self.slots.len() {
+                    if s >= self.prices.len() {
                         self.used.fetch_sub(1, Ordering::AcqRel);
                         return Err(TableFull {
-                            max: self.slots.len(),
+                            max: self.prices.len(),
                         });
                     }
-                    self.slots[s].key.store(key, Ordering::Release);
+                    self.prices[s].key.store(key, Ordering::Release);
                     reserved = Some(s as u32);
                     s as u32
                 }
@@ -352,21 +402,20 @@ impl SnapshotTable {
             }
         }
         Err(TableFull {
-            max: self.slots.len(),
+            max: self.prices.len(),
         })
     }
 
-    /// Stores `words` into a slot under its sequence lock. Writers of one slot may race
+    /// Stores a snapshot's words under the slot's sequence lock. Writers of one slot may race
     /// (the lock is taken by compare-and-swap); readers never wait for a writer to finish
     /// other than by retrying their copy.
-    fn write(&self, idx: SlotIdx, words: &[u64; WORDS]) {
-        let slot = &self.slots[idx.0 as usize];
+    fn write(&self, idx: SlotIdx, (a, b): &Words) {
+        let (p, d) = (&self.prices[idx.0 as usize], &self.details[idx.0 as usize]);
         let mut spins = 0u32;
         let seq = loop {
-            let s = slot.seq.load(Ordering::Relaxed);
+            let s = p.seq.load(Ordering::Relaxed);
             if s & 1 == 0
-                && slot
-                    .seq
+                && p.seq
                     .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
@@ -375,10 +424,31 @@ impl SnapshotTable {
             backoff(&mut spins);
         };
         fence(Ordering::Release);
-        for (w, v) in slot.words.iter().zip(words) {
+        for (w, v) in p.words.iter().zip(a) {
             w.store(*v, Ordering::Relaxed);
         }
-        slot.seq.store(seq + 2, Ordering::Release);
+        for (w, v) in d.words.iter().zip(b) {
+            w.store(*v, Ordering::Relaxed);
+        }
+        p.seq.store(seq + 2, Ordering::Release);
+    }
+
+    /// Copies words out under the sequence lock, retrying while a writer is active.
+    #[inline]
+    fn read<T>(&self, idx: SlotIdx, mut copy: impl FnMut(&PriceLine, &DetailLine) -> T) -> T {
+        let (p, d) = (&self.prices[idx.0 as usize], &self.details[idx.0 as usize]);
+        let mut spins = 0u32;
+        loop {
+            let before = p.seq.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let out = copy(p, d);
+                fence(Ordering::Acquire);
+                if p.seq.load(Ordering::Relaxed) == before {
+                    return out;
+                }
+            }
+            backoff(&mut spins);
+        }
     }
 
     /// Publishes a zone's new snapshot, for quotes and for neighbours. Allocation-free.
@@ -391,30 +461,34 @@ impl SnapshotTable {
     /// until [`expose_multiplier`](Self::expose_multiplier) (a tick exposes all of its new
     /// multipliers at once, after computing them all).
     pub fn publish_snapshot(&self, idx: SlotIdx, snap: &PriceSnapshot) {
+        debug_assert_eq!(
+            self.prices[idx.0 as usize].key.load(Ordering::Relaxed),
+            snap.zone.raw()
+        );
         self.write(idx, &encode(snap));
-        self.slots[idx.0 as usize]
+        self.details[idx.0 as usize]
             .fresh_at_ms
             .store(snap.computed_at_ms, Ordering::Release);
     }
 
     /// Makes a slot's multiplier visible to neighbours' blending.
     pub fn expose_multiplier(&self, idx: SlotIdx, multiplier_milli: u32) {
-        self.slots[idx.0 as usize]
+        self.details[idx.0 as usize]
             .multiplier_milli
             .store(multiplier_milli, Ordering::Release);
     }
 
     /// Removes a zone's snapshot (eviction); its slot stays keyed.
     pub fn clear(&self, idx: SlotIdx) {
-        self.slots[idx.0 as usize]
+        self.details[idx.0 as usize]
             .multiplier_milli
             .store(0, Ordering::Release);
-        self.write(idx, &[0; WORDS]);
+        self.write(idx, &([0; A_WORDS], [0; B_WORDS]));
     }
 
     /// Records that the owner confirmed the snapshot current at `now_ms`.
     pub fn touch(&self, idx: SlotIdx, now_ms: u64) {
-        self.slots[idx.0 as usize]
+        self.details[idx.0 as usize]
             .fresh_at_ms
             .store(now_ms, Ordering::Release);
     }
@@ -423,22 +497,41 @@ impl SnapshotTable {
     /// Lock-free for readers, allocation-free.
     #[inline]
     pub fn load(&self, idx: SlotIdx) -> Option<PriceSnapshot> {
-        let slot = &self.slots[idx.0 as usize];
-        let mut spins = 0u32;
-        loop {
-            let before = slot.seq.load(Ordering::Acquire);
-            if before & 1 == 0 {
-                let mut w = [0u64; WORDS];
-                for (dst, src) in w.iter_mut().zip(&slot.words) {
-                    *dst = src.load(Ordering::Relaxed);
-                }
-                fence(Ordering::Acquire);
-                if slot.seq.load(Ordering::Relaxed) == before {
-                    return decode(&w);
-                }
+        let zone =
+            ZoneId::from_raw_trusted(self.prices[idx.0 as usize].key.load(Ordering::Acquire))?;
+        let words = self.read(idx, |p, d| {
+            let mut a = [0u64; A_WORDS];
+            let mut b = [0u64; B_WORDS];
+            for (dst, src) in a.iter_mut().zip(&p.words) {
+                *dst = src.load(Ordering::Relaxed);
             }
-            backoff(&mut spins);
-        }
+            for (dst, src) in b.iter_mut().zip(&d.words) {
+                *dst = src.load(Ordering::Relaxed);
+            }
+            (a, b)
+        });
+        decode(zone, &words)
+    }
+
+    /// A consistent copy of the price part of a slot's snapshot (one cache line), `None` if
+    /// there is none. Lock-free for readers, allocation-free.
+    #[inline]
+    pub fn load_price(&self, idx: SlotIdx) -> Option<PriceView> {
+        let a = self.read(idx, |p, _| {
+            let mut a = [0u64; A_WORDS];
+            for (dst, src) in a.iter_mut().zip(&p.words) {
+                *dst = src.load(Ordering::Relaxed);
+            }
+            a
+        });
+        decode_price(&a).map(
+            |(version, multiplier_milli, fare, computed_at_ms)| PriceView {
+                version,
+                multiplier_milli,
+                fare,
+                computed_at_ms,
+            },
+        )
     }
 
     /// The latest snapshot of a zone, `None` if it has no slot or no snapshot.
@@ -449,7 +542,7 @@ impl SnapshotTable {
 
     /// When the owner last confirmed this slot's snapshot current.
     pub fn fresh_at_ms(&self, idx: SlotIdx) -> u64 {
-        self.slots[idx.0 as usize]
+        self.details[idx.0 as usize]
             .fresh_at_ms
             .load(Ordering::Acquire)
     }
@@ -457,7 +550,7 @@ impl SnapshotTable {
     /// The published multiplier of a slot, 0 when it has no snapshot.
     #[inline]
     pub fn multiplier_milli(&self, idx: SlotIdx) -> u32 {
-        self.slots[idx.0 as usize]
+        self.details[idx.0 as usize]
             .multiplier_milli
             .load(Ordering::Acquire)
     }
@@ -465,7 +558,7 @@ impl SnapshotTable {
     /// Counts one quote against a slot (read back by the owner's tick).
     #[inline]
     pub fn note_quote(&self, idx: SlotIdx) {
-        self.slots[idx.0 as usize]
+        self.details[idx.0 as usize]
             .quotes
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -473,7 +566,7 @@ impl SnapshotTable {
     /// Takes the quotes counted since the last call.
     #[inline]
     pub fn take_quotes(&self, idx: SlotIdx) -> u32 {
-        let q = &self.slots[idx.0 as usize].quotes;
+        let q = &self.details[idx.0 as usize].quotes;
         // Most zones have none: read before writing, so idle zones cost no write.
         if q.load(Ordering::Relaxed) == 0 {
             0
@@ -484,13 +577,14 @@ impl SnapshotTable {
 
     /// Zones the table can hold (fixed).
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.prices.len()
     }
 
     /// Bytes held by the table (index and slots; allocated once at start).
     pub fn bytes(&self) -> usize {
         self.index.len() * std::mem::size_of::<AtomicU64>()
-            + self.slots.len() * std::mem::size_of::<Slot>()
+            + self.prices.len()
+                * (std::mem::size_of::<PriceLine>() + std::mem::size_of::<DetailLine>())
     }
 }
 

@@ -105,6 +105,14 @@ fn readers_never_observe_a_torn_snapshot_while_writers_publish() {
                     assert_eq!(q.multiplier_milli, f.multiplier_milli);
                     assert_eq!(q.fare_version, f.fare.version);
                     assert_eq!(Ok(q.amount_minor), f.fare.fare(trip, f.multiplier_milli));
+                    // And the unsigned path, which reads only the price line.
+                    let p = quoter.price(zones[i], trip).expect("price");
+                    let f = fields(zones[i], p.snapshot_version);
+                    assert_eq!(
+                        (p.multiplier_milli, p.computed_at_ms),
+                        (f.multiplier_milli, f.computed_at_ms)
+                    );
+                    assert_eq!(Ok(p.amount_minor), f.fare.fare(trip, f.multiplier_milli));
                 }
                 last_version.iter().sum::<u64>()
             })
