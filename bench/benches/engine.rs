@@ -73,6 +73,17 @@ fn quotes(c: &mut Criterion) {
                 .amount_minor
         })
     });
+    // The signature alone, on a fixed token, to split the signed quote's cost.
+    let mut token_bytes = [0u8; TOKEN_LEN];
+    let token = quoter
+        .quote(zones[0], trip, NOW, &mut token_bytes)
+        .expect("quoted");
+    g.bench_function("token signing only", |b| {
+        b.iter(|| {
+            token.sign_into(quoter.key(), &mut buf);
+            buf[100]
+        })
+    });
     g.finish();
 }
 

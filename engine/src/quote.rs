@@ -324,12 +324,24 @@ pub struct Price {
 pub struct Quoter {
     table: Arc<SnapshotTable>,
     key: QuoteKey,
+    /// The next block of quote ids to hand to a thread (see `next_quote_id`).
     next_id: AtomicU64,
+    /// Distinguishes quoters in the per-thread id cache.
+    instance: u64,
     ttl_ms: u64,
 }
 
 /// Bits of a quote id below the node id.
 const QUOTE_SEQ_BITS: u32 = 48;
+/// Quote ids a thread takes from the shared counter at once.
+const QUOTE_ID_BLOCK: u64 = 1024;
+
+static QUOTER_INSTANCES: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's block of quote ids: (quoter instance, next id, end of block).
+    static QUOTE_IDS: std::cell::Cell<(u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 0)) };
+}
 
 impl Quoter {
     /// A quoter for `node_id`. `first_seq` seeds the per-node quote counter: pass something
@@ -346,8 +358,25 @@ impl Quoter {
             table,
             key,
             next_id: AtomicU64::new(u64::from(node_id) << QUOTE_SEQ_BITS | seq),
+            instance: QUOTER_INSTANCES.fetch_add(1, Ordering::Relaxed),
             ttl_ms,
         }
+    }
+
+    /// A node-unique quote id. Threads take ids from the shared counter in blocks, so the
+    /// quote path does not pay a locked instruction (a full memory barrier) per quote.
+    #[inline]
+    fn next_quote_id(&self) -> u64 {
+        QUOTE_IDS.with(|c| {
+            let (instance, next, end) = c.get();
+            if instance == self.instance && next < end {
+                c.set((instance, next + 1, end));
+                return next;
+            }
+            let start = self.next_id.fetch_add(QUOTE_ID_BLOCK, Ordering::Relaxed);
+            c.set((self.instance, start + 1, start + QUOTE_ID_BLOCK));
+            start
+        })
     }
 
     /// The signing key (verifiers need it, or its twin, too).
@@ -403,7 +432,7 @@ impl Quoter {
         let snap = self.table.load(slot).ok_or(QuoteError::UnknownZone(zone))?;
         debug_assert!(snap.is_intact() && snap.zone == zone);
         let token = QuoteToken {
-            quote_id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            quote_id: self.next_quote_id(),
             zone,
             amount_minor: fare_minor(&snap.fare, trip, snap.multiplier_milli),
             currency: snap.fare.currency,

@@ -38,6 +38,8 @@ struct ZoneEntry {
     neighbours_len: u8,
     /// The neighbours' mean multiplier as last read (see `NEIGHBOUR_READ_TICKS`).
     neighbour_mean: Option<u32>,
+    /// The slot's quote total at the last tick; the next tick counts the difference.
+    quotes_seen: u32,
 }
 
 /// A zone reads its neighbours' prices once per this many ticks (staggered by zone) and
@@ -159,6 +161,8 @@ impl Shard {
             neighbours: [None; 6],
             neighbours_len: 0,
             neighbour_mean: None,
+            // A passivated zone's slot keeps its old count: start from it.
+            quotes_seen: self.table.quote_total(slot),
         };
         e.resolve_neighbours(&self.table);
         let mean = neighbour_mean(&self.table, &e.neighbours);
@@ -213,7 +217,9 @@ impl Shard {
             if (ticks + zone.raw()) % NEIGHBOUR_READ_TICKS == 0 {
                 e.neighbour_mean = neighbour_mean(table, &e.neighbours);
             }
-            let quotes = table.take_quotes(e.slot);
+            let total = table.quote_total(e.slot);
+            let quotes = total.wrapping_sub(e.quotes_seen);
+            e.quotes_seen = total;
             match e
                 .core
                 .tick(now_ms, policy, &settings.limits, quotes, e.neighbour_mean)

@@ -53,9 +53,9 @@ pub struct PriceSnapshot {
     pub neighbour_mean_milli: u32,
     /// Engine time of the tick, milliseconds.
     pub computed_at_ms: u64,
-    /// A checksum over every other field, set by [`PriceSnapshot::seal`]; lets readers prove
+    /// A checksum over every other field (32 bits of it), set by [`PriceSnapshot::seal`]; lets readers prove
     /// they never observe a torn or mixed-up snapshot.
-    check: u64,
+    check: u32,
 }
 
 /// Mixes a word into a running checksum (splitmix64 finaliser).
@@ -102,7 +102,7 @@ impl PriceSnapshot {
             computed_at_ms: f.computed_at_ms,
             check: 0,
         };
-        s.check = s.checksum();
+        s.check = s.checksum() as u32;
         s
     }
 
@@ -135,7 +135,7 @@ impl PriceSnapshot {
 
     /// True when every field is as sealed.
     pub fn is_intact(&self) -> bool {
-        self.check == self.checksum()
+        self.check == self.checksum() as u32
     }
 
     /// The fields again (e.g. to persist or compare).
@@ -173,7 +173,7 @@ const EMPTY: u64 = 0;
 /// Words of the price line (what an unsigned price needs).
 const A_WORDS: usize = 6;
 /// Words of the detail line (the inputs a signed token and `explain` also need).
-const B_WORDS: usize = 5;
+const B_WORDS: usize = 4;
 
 /// The first cache line of a zone's slot: everything an unsigned price reads.
 #[derive(Debug, Default)]
@@ -196,10 +196,35 @@ struct DetailLine {
     words: [AtomicU64; B_WORDS],
     /// Engine time at which the owner last confirmed the snapshot current.
     fresh_at_ms: AtomicU64,
-    /// Quotes issued since the owner's last tick (the tick takes and resets it).
-    quotes: AtomicU32,
     /// The multiplier exposed to neighbours' blending; 0 when there is no snapshot.
     multiplier_milli: AtomicU32,
+    /// Running count of quotes issued against this zone, split in lanes (see
+    /// [`QUOTE_LANES`]); the owner's tick sums them and takes the difference.
+    quote_lanes: [AtomicU32; QUOTE_LANES],
+}
+
+/// Lanes of a slot's quote counter. Each of the first `QUOTE_LANES - 1` threads that quote
+/// gets a lane of its own in every slot, which only it writes, so counting a quote is a
+/// plain load and store instead of a locked read-modify-write (a full memory barrier that
+/// made a signed quote pay its cache misses in full). Further threads share the last lane
+/// with atomic adds. No count is ever lost.
+pub const QUOTE_LANES: usize = 4;
+
+static QUOTE_LANES_TAKEN: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's quote lane, assigned on its first quote.
+    static QUOTE_LANE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+fn my_quote_lane() -> usize {
+    QUOTE_LANE.with(|l| {
+        if l.get() == usize::MAX {
+            let n = QUOTE_LANES_TAKEN.fetch_add(1, Ordering::Relaxed);
+            l.set(n.min(QUOTE_LANES - 1));
+        }
+        l.get()
+    })
 }
 
 type Words = ([u64; A_WORDS], [u64; B_WORDS]);
@@ -233,8 +258,7 @@ fn encode(s: &PriceSnapshot) -> Words {
             lo_hi(s.target_milli, s.policy_version),
             lo_hi(s.supply, s.demand),
             lo_hi(s.quotes, s.neighbour_mean_milli),
-            u64::from(s.confidence_permille),
-            s.check,
+            lo_hi(u32::from(s.confidence_permille), s.check),
         ],
     )
 }
@@ -267,13 +291,13 @@ fn decode(zone: ZoneId, (a, b): &Words) -> Option<PriceSnapshot> {
         target_milli: lo(b[0]),
         fare,
         policy_version: hi(b[0]),
-        confidence_permille: b[3] as u16,
+        confidence_permille: lo(b[3]) as u16,
         supply: lo(b[1]),
         demand: hi(b[1]),
         quotes: lo(b[2]),
         neighbour_mean_milli: hi(b[2]),
         computed_at_ms,
-        check: b[4],
+        check: hi(b[3]),
     })
 }
 
@@ -555,24 +579,29 @@ impl SnapshotTable {
             .load(Ordering::Acquire)
     }
 
-    /// Counts one quote against a slot (read back by the owner's tick).
+    /// Counts one quote against a slot (read back by the owner's tick). No locked
+    /// instruction on the calling thread's own lane; see [`QUOTE_LANES`].
     #[inline]
     pub fn note_quote(&self, idx: SlotIdx) {
-        self.details[idx.0 as usize]
-            .quotes
-            .fetch_add(1, Ordering::Relaxed);
+        let lanes = &self.details[idx.0 as usize].quote_lanes;
+        let lane = my_quote_lane();
+        if lane < QUOTE_LANES - 1 {
+            // Only this thread ever writes this lane.
+            let c = &lanes[lane];
+            c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        } else {
+            lanes[lane].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    /// Takes the quotes counted since the last call.
+    /// The running total of quotes counted against a slot (wrapping). The owner keeps the
+    /// total it saw last and takes the difference at each tick.
     #[inline]
-    pub fn take_quotes(&self, idx: SlotIdx) -> u32 {
-        let q = &self.details[idx.0 as usize].quotes;
-        // Most zones have none: read before writing, so idle zones cost no write.
-        if q.load(Ordering::Relaxed) == 0 {
-            0
-        } else {
-            q.swap(0, Ordering::Relaxed)
-        }
+    pub fn quote_total(&self, idx: SlotIdx) -> u32 {
+        self.details[idx.0 as usize]
+            .quote_lanes
+            .iter()
+            .fold(0u32, |acc, l| acc.wrapping_add(l.load(Ordering::Relaxed)))
     }
 
     /// Zones the table can hold (fixed).
@@ -603,6 +632,7 @@ fn backoff(spins: &mut u32) {
 mod tests {
     use super::*;
     use crate::fare::Currency;
+    use std::sync::Arc;
 
     fn fields(zone: ZoneId, version: u64) -> SnapshotFields {
         SnapshotFields {
@@ -679,6 +709,29 @@ mod tests {
             assert_eq!(t.insert(*z), Ok(*s), "re-inserting returns the same slot");
         }
         assert!(outside.iter().all(|z| t.slot_of(*z).is_none()));
+    }
+
+    #[test]
+    fn quotes_counted_from_many_threads_are_never_lost() {
+        let t = Arc::new(SnapshotTable::with_capacity(8));
+        let z = ZoneId::from_lat_lng(1.0, 1.0, 8).expect("valid");
+        let slot = t.insert(z).expect("room");
+        let before = t.quote_total(slot);
+        // More threads than lanes: some share the last lane.
+        let threads: Vec<_> = (0..2 * QUOTE_LANES)
+            .map(|_| {
+                let t = Arc::clone(&t);
+                std::thread::spawn(move || {
+                    for _ in 0..50_000 {
+                        t.note_quote(slot);
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().expect("thread");
+        }
+        assert_eq!(t.quote_total(slot).wrapping_sub(before), 2 * QUOTE_LANES as u32 * 50_000);
     }
 
     #[test]
