@@ -26,12 +26,13 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::fare::{Currency, FareTable};
 use crate::zone::ZoneId;
 
-/// The result of one tick of one zone: everything a quote needs, immutable once published.
+/// What one tick of one zone computed: everything a quote needs. Sealed into a
+/// [`PriceSnapshot`] before publishing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PriceSnapshot {
+pub struct SnapshotFields {
     /// The zone priced.
     pub zone: ZoneId,
-    /// Increases by one with every published change for this zone.
+    /// Increases by one with every published change for this zone (starts at 1).
     pub version: u64,
     /// The surge multiplier, thousandths.
     pub multiplier_milli: u32,
@@ -53,9 +54,23 @@ pub struct PriceSnapshot {
     pub neighbour_mean_milli: u32,
     /// Engine time of the tick, milliseconds.
     pub computed_at_ms: u64,
-    /// A checksum over every other field (32 bits of it), set by [`PriceSnapshot::seal`]; lets readers prove
-    /// they never observe a torn or mixed-up snapshot.
+}
+
+/// The immutable, published result of a tick: its fields (read through `Deref`) plus a
+/// checksum that lets readers prove they never observe a torn or mixed-up snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PriceSnapshot {
+    fields: SnapshotFields,
+    /// 32 bits of a checksum over every field, set by [`PriceSnapshot::seal`].
     check: u32,
+}
+
+impl std::ops::Deref for PriceSnapshot {
+    type Target = SnapshotFields;
+
+    fn deref(&self) -> &SnapshotFields {
+        &self.fields
+    }
 }
 
 /// Mixes a word into a running checksum (splitmix64 finaliser).
@@ -66,50 +81,11 @@ fn mix(h: u64, x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The inputs of a snapshot, before sealing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub struct SnapshotFields {
-    pub zone: ZoneId,
-    pub version: u64,
-    pub multiplier_milli: u32,
-    pub target_milli: u32,
-    pub fare: FareTable,
-    pub policy_version: u32,
-    pub confidence_permille: u16,
-    pub supply: u32,
-    pub demand: u32,
-    pub quotes: u32,
-    pub neighbour_mean_milli: u32,
-    pub computed_at_ms: u64,
-}
-
-impl PriceSnapshot {
-    /// Builds a snapshot and computes its checksum.
-    pub fn seal(f: SnapshotFields) -> Self {
-        let mut s = Self {
-            zone: f.zone,
-            version: f.version,
-            multiplier_milli: f.multiplier_milli,
-            target_milli: f.target_milli,
-            fare: f.fare,
-            policy_version: f.policy_version,
-            confidence_permille: f.confidence_permille,
-            supply: f.supply,
-            demand: f.demand,
-            quotes: f.quotes,
-            neighbour_mean_milli: f.neighbour_mean_milli,
-            computed_at_ms: f.computed_at_ms,
-            check: 0,
-        };
-        s.check = s.checksum() as u32;
-        s
-    }
-
-    fn checksum(&self) -> u64 {
+impl SnapshotFields {
+    fn checksum(&self) -> u32 {
         let t = &self.fare;
         let c = t.currency.bytes();
-        [
+        let h = [
             self.zone.raw(),
             self.version,
             u64::from(self.multiplier_milli),
@@ -130,30 +106,28 @@ impl PriceSnapshot {
             self.computed_at_ms,
         ]
         .iter()
-        .fold(0x5eed, |h, &x| mix(h, x))
+        .fold(0x5eed, |h, &x| mix(h, x));
+        h as u32
+    }
+}
+
+impl PriceSnapshot {
+    /// Seals a tick's fields: computes the checksum.
+    pub fn seal(fields: SnapshotFields) -> Self {
+        Self {
+            fields,
+            check: fields.checksum(),
+        }
     }
 
     /// True when every field is as sealed.
     pub fn is_intact(&self) -> bool {
-        self.check == self.checksum() as u32
+        self.check == self.fields.checksum()
     }
 
-    /// The fields again (e.g. to persist or compare).
+    /// The fields (e.g. to persist or compare).
     pub fn fields(&self) -> SnapshotFields {
-        SnapshotFields {
-            zone: self.zone,
-            version: self.version,
-            multiplier_milli: self.multiplier_milli,
-            target_milli: self.target_milli,
-            fare: self.fare,
-            policy_version: self.policy_version,
-            confidence_permille: self.confidence_permille,
-            supply: self.supply,
-            demand: self.demand,
-            quotes: self.quotes,
-            neighbour_mean_milli: self.neighbour_mean_milli,
-            computed_at_ms: self.computed_at_ms,
-        }
+        self.fields
     }
 }
 
@@ -285,18 +259,20 @@ fn decode_price(a: &[u64; A_WORDS]) -> Option<(u64, u32, FareTable, u64)> {
 fn decode(zone: ZoneId, (a, b): &Words) -> Option<PriceSnapshot> {
     let (version, multiplier_milli, fare, computed_at_ms) = decode_price(a)?;
     Some(PriceSnapshot {
-        zone,
-        version,
-        multiplier_milli,
-        target_milli: lo(b[0]),
-        fare,
-        policy_version: hi(b[0]),
-        confidence_permille: lo(b[3]) as u16,
-        supply: lo(b[1]),
-        demand: hi(b[1]),
-        quotes: lo(b[2]),
-        neighbour_mean_milli: hi(b[2]),
-        computed_at_ms,
+        fields: SnapshotFields {
+            zone,
+            version,
+            multiplier_milli,
+            target_milli: lo(b[0]),
+            fare,
+            policy_version: hi(b[0]),
+            confidence_permille: lo(b[3]) as u16,
+            supply: lo(b[1]),
+            demand: hi(b[1]),
+            quotes: lo(b[2]),
+            neighbour_mean_milli: hi(b[2]),
+            computed_at_ms,
+        },
         check: hi(b[3]),
     })
 }
@@ -665,7 +641,7 @@ mod tests {
         let s = PriceSnapshot::seal(fields(z, 1));
         assert!(s.is_intact());
         let mut t = s;
-        t.multiplier_milli += 1;
+        t.fields.multiplier_milli += 1;
         assert!(!t.is_intact());
     }
 
@@ -731,7 +707,10 @@ mod tests {
         for th in threads {
             th.join().expect("thread");
         }
-        assert_eq!(t.quote_total(slot).wrapping_sub(before), 2 * QUOTE_LANES as u32 * 50_000);
+        assert_eq!(
+            t.quote_total(slot).wrapping_sub(before),
+            2 * QUOTE_LANES as u32 * 50_000
+        );
     }
 
     #[test]
