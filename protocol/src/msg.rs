@@ -1,0 +1,366 @@
+//! Message types. These are wire types: plain structs of fixed-size integers, floats, byte
+//! arrays and vectors, so that their rkyv archives have a simple, documented layout (see
+//! `PROTOCOL.md`). No enums, strings or maps cross the wire; text travels as UTF-8 bytes.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::TOKEN_LEN;
+
+/// The kind byte of a frame header: which message type the body holds.
+/// Requests have the high bit clear; their replies are `request | 0x80`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// Client → node: authenticate ([`Hello`]). Must be the first request on a connection.
+    Hello = 0x01,
+    /// Client → node: price one trip ([`QuoteRequest`]).
+    Quote = 0x02,
+    /// Client → node: price several trips ([`QuoteBatch`]).
+    QuoteBatch = 0x03,
+    /// Client → node: apply events ([`EventBatch`]).
+    EventBatch = 0x04,
+    /// Client → node: verify a quote token ([`TokenRequest`]).
+    Verify = 0x05,
+    /// Client → node: explain a quote token ([`TokenRequest`]).
+    Explain = 0x06,
+    /// Node → client: reply to `Hello` ([`Welcome`]).
+    Welcome = 0x81,
+    /// Node → client: reply to `Quote` ([`QuoteReply`]).
+    QuoteOk = 0x82,
+    /// Node → client: reply to `QuoteBatch` ([`QuoteBatchReply`]).
+    QuoteBatchOk = 0x83,
+    /// Node → client: reply to `EventBatch` ([`EventBatchReply`]).
+    EventBatchOk = 0x84,
+    /// Node → client: reply to `Verify` ([`TokenInfo`]).
+    VerifyOk = 0x85,
+    /// Node → client: reply to `Explain` ([`ExplainReply`]).
+    ExplainOk = 0x86,
+    /// Node → client: the request failed ([`ErrorReply`]).
+    Error = 0xFF,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Self; 13] = [
+        Self::Hello,
+        Self::Quote,
+        Self::QuoteBatch,
+        Self::EventBatch,
+        Self::Verify,
+        Self::Explain,
+        Self::Welcome,
+        Self::QuoteOk,
+        Self::QuoteBatchOk,
+        Self::EventBatchOk,
+        Self::VerifyOk,
+        Self::ExplainOk,
+        Self::Error,
+    ];
+
+    /// The kind for a byte, if it is one.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| *k as u8 == b)
+    }
+
+    /// True for messages a client sends.
+    pub fn is_request(self) -> bool {
+        (self as u8) & 0x80 == 0
+    }
+}
+
+/// Authenticates a connection. The node answers [`Welcome`] or closes the connection with
+/// `bad_credentials`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The client's secret token, as configured on the node (maps to a tier).
+    pub client_token: Vec<u8>,
+    /// A name for logs (UTF-8), at most 64 bytes.
+    pub client_name: Vec<u8>,
+}
+
+/// The node's answer to [`Hello`]: who you are talking to and the limits that apply.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// How long quotes are honoured.
+    pub quote_ttl_ms: u64,
+    /// Largest frame the node accepts (header included).
+    pub frame_len_max: u32,
+    /// Most items in one batch.
+    pub batch_len_max: u32,
+    /// Most requests in flight on this connection before `overloaded`.
+    pub in_flight_max: u32,
+    /// The answering node.
+    pub node_id: u16,
+    /// The client's tier: 0 premium, 1 shared.
+    pub tier: u8,
+    /// H3 resolution of zones.
+    pub resolution: u8,
+}
+
+/// Where a quote starts: `origin` 0 uses `zone`; 1 uses `lat`/`lng` (degrees).
+pub const ORIGIN_ZONE: u8 = 0;
+/// See [`ORIGIN_ZONE`].
+pub const ORIGIN_POINT: u8 = 1;
+
+/// One trip to price.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct QuoteRequest {
+    /// H3 cell of the pickup when `origin` is [`ORIGIN_ZONE`].
+    pub zone: u64,
+    /// Pickup latitude when `origin` is [`ORIGIN_POINT`].
+    pub lat: f64,
+    /// Pickup longitude when `origin` is [`ORIGIN_POINT`].
+    pub lng: f64,
+    /// Expected distance, metres.
+    pub distance_m: u32,
+    /// Expected duration, seconds.
+    pub duration_s: u32,
+    /// [`ORIGIN_ZONE`] or [`ORIGIN_POINT`].
+    pub origin: u8,
+}
+
+/// Several trips to price; answered by one [`QuoteBatchReply`] in the same order.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct QuoteBatch {
+    /// The trips, at most `batch_len_max`.
+    pub quotes: Vec<QuoteRequest>,
+}
+
+/// A priced trip.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuoteReply {
+    /// The signed quote token (verify and explain take it back).
+    pub token: [u8; TOKEN_LEN],
+    /// The zone priced.
+    pub zone: u64,
+    /// The fare, minor units.
+    pub amount_minor: u64,
+    /// The snapshot the price came from.
+    pub snapshot_version: u64,
+    /// How old that snapshot was when the quote was made.
+    pub snapshot_age_ms: u64,
+    /// The quote is honoured until then (ms since the Unix epoch).
+    pub expires_at_ms: u64,
+    /// The multiplier applied, thousandths.
+    pub multiplier_milli: u32,
+    /// ISO-4217 currency code, ASCII.
+    pub currency: [u8; 3],
+}
+
+/// One result of a quote batch: `error` 0 and a quote, or an error code and a zeroed quote.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuoteResult {
+    /// The quote when `error` is 0.
+    pub quote: QuoteReply,
+    /// 0 on success, else an `ErrorCode`.
+    pub error: u16,
+}
+
+/// The answer to a [`QuoteBatch`], one result per request, in order.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct QuoteBatchReply {
+    /// The results.
+    pub results: Vec<QuoteResult>,
+}
+
+/// Event kinds on the wire (`WireEvent::kind`).
+pub mod event_kind {
+    /// A driver is available (heartbeat).
+    pub const DRIVER_AVAILABLE: u8 = 1;
+    /// A driver started a trip.
+    pub const DRIVER_BUSY: u8 = 2;
+    /// A driver went offline.
+    pub const DRIVER_OFFLINE: u8 = 3;
+    /// A rider signalled demand.
+    pub const RIDER_DEMAND: u8 = 4;
+    /// A rider requested a trip.
+    pub const TRIP_REQUESTED: u8 = 5;
+    /// A driver accepted a trip.
+    pub const TRIP_ACCEPTED: u8 = 6;
+}
+
+/// One event. `id` makes resends idempotent within the dedupe window.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireEvent {
+    /// Sender-chosen unique id.
+    pub id: u64,
+    /// H3 cell the event happens in.
+    pub zone: u64,
+    /// Driver id for driver events, else 0.
+    pub driver: u64,
+    /// One of [`event_kind`].
+    pub kind: u8,
+}
+
+/// Events to apply; answered by one [`EventBatchReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EventBatch {
+    /// The events, at most `batch_len_max`.
+    pub events: Vec<WireEvent>,
+}
+
+/// Per-event outcomes on the wire (`EventBatchReply::outcomes`).
+pub mod outcome {
+    /// Applied.
+    pub const APPLIED: u8 = 0;
+    /// Already applied within the dedupe window; nothing changed.
+    pub const DUPLICATE: u8 = 1;
+    /// Rejected: the zone is not a valid H3 cell at the served resolution.
+    pub const INVALID_ZONE: u8 = 2;
+    /// Rejected: the node holds its maximum number of zones.
+    pub const ZONE_LIMIT: u8 = 3;
+    /// Rejected: the zone tracks its maximum number of drivers.
+    pub const DRIVERS_FULL: u8 = 4;
+    /// Rejected: the zone's dedupe window is full; retry later.
+    pub const DEDUPE_FULL: u8 = 5;
+    /// Rejected: the zone's shard is overloaded; retry with backoff.
+    pub const OVERLOADED: u8 = 6;
+    /// Rejected: the node is stopping.
+    pub const STOPPED: u8 = 7;
+    /// Rejected: unknown event kind.
+    pub const UNKNOWN_KIND: u8 = 8;
+}
+
+/// One outcome per event of an [`EventBatch`], in order (see [`outcome`]).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EventBatchReply {
+    /// The outcomes.
+    pub outcomes: Vec<u8>,
+}
+
+/// A quote token to verify or explain.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// The token as returned in [`QuoteReply::token`].
+    pub token: [u8; TOKEN_LEN],
+}
+
+/// A verified token's contents.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Unique per node.
+    pub quote_id: u64,
+    /// Pickup zone.
+    pub zone: u64,
+    /// The fare, minor units.
+    pub amount_minor: u64,
+    /// The snapshot used.
+    pub snapshot_version: u64,
+    /// Issued at, ms since the Unix epoch.
+    pub issued_at_ms: u64,
+    /// Honoured until, ms since the Unix epoch.
+    pub expires_at_ms: u64,
+    /// Multiplier, thousandths.
+    pub multiplier_milli: u32,
+    /// Fare table version.
+    pub fare_version: u32,
+    /// Surge policy version.
+    pub policy_version: u32,
+    /// Trip distance, m.
+    pub distance_m: u32,
+    /// Trip duration, s.
+    pub duration_s: u32,
+    /// Available drivers behind the price.
+    pub supply: u32,
+    /// Demand in the window.
+    pub demand: u32,
+    /// Quotes in the window.
+    pub quotes: u32,
+    /// Neighbours' mean multiplier, thousandths (0: none).
+    pub neighbour_mean_milli: u32,
+    /// Policy target before smoothing, thousandths.
+    pub target_milli: u32,
+    /// Confidence, per mille.
+    pub confidence_permille: u16,
+    /// The signing key's id.
+    pub key_id: u16,
+    /// Currency, ASCII.
+    pub currency: [u8; 3],
+}
+
+/// A fare table on the wire.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireFare {
+    /// Version.
+    pub version: u32,
+    /// Flag fall, minor units.
+    pub base_minor: u32,
+    /// Per km, minor units.
+    pub per_km_minor: u32,
+    /// Per minute, minor units.
+    pub per_min_minor: u32,
+    /// Minimum before surge, minor units.
+    pub minimum_minor: u32,
+    /// Highest multiplier, thousandths.
+    pub surge_cap_milli: u32,
+    /// Currency, ASCII.
+    pub currency: [u8; 3],
+}
+
+/// Why a quote's price is what it is.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ExplainReply {
+    /// The verified token.
+    pub token: TokenInfo,
+    /// The fare table the quote used (valid when `fare_known` is 1).
+    pub fare: WireFare,
+    /// Demand/supply ratio under the quote's policy (valid when `policy_known` is 1).
+    pub ratio: f64,
+    /// The amount recomputed from the fare table (valid when `fare_known` is 1).
+    pub recomputed_minor: u64,
+    /// The whole explanation as text (UTF-8), for people.
+    pub text: Vec<u8>,
+    /// 1 when the node still holds the fare table version the token names.
+    pub fare_known: u8,
+    /// 1 when the token's policy version is the node's current one.
+    pub policy_known: u8,
+}
+
+/// A failed request.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReply {
+    /// An `ErrorCode`.
+    pub code: u16,
+    /// What went wrong, for people (UTF-8).
+    pub message: Vec<u8>,
+}
+
+/// Any message, decoded and validated.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(missing_docs)]
+pub enum Message {
+    Hello(Hello),
+    Quote(QuoteRequest),
+    QuoteBatch(QuoteBatch),
+    EventBatch(EventBatch),
+    Verify(TokenRequest),
+    Explain(TokenRequest),
+    Welcome(Welcome),
+    QuoteOk(QuoteReply),
+    QuoteBatchOk(QuoteBatchReply),
+    EventBatchOk(EventBatchReply),
+    VerifyOk(TokenInfo),
+    ExplainOk(ExplainReply),
+    Error(ErrorReply),
+}
+
+impl Message {
+    /// The kind byte this message travels under.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Hello(_) => Kind::Hello,
+            Self::Quote(_) => Kind::Quote,
+            Self::QuoteBatch(_) => Kind::QuoteBatch,
+            Self::EventBatch(_) => Kind::EventBatch,
+            Self::Verify(_) => Kind::Verify,
+            Self::Explain(_) => Kind::Explain,
+            Self::Welcome(_) => Kind::Welcome,
+            Self::QuoteOk(_) => Kind::QuoteOk,
+            Self::QuoteBatchOk(_) => Kind::QuoteBatchOk,
+            Self::EventBatchOk(_) => Kind::EventBatchOk,
+            Self::VerifyOk(_) => Kind::VerifyOk,
+            Self::ExplainOk(_) => Kind::ExplainOk,
+            Self::Error(_) => Kind::Error,
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The archived layout of every message type is exactly what PROTOCOL.md documents: size,
+//! alignment and the offset of every field. (The hex vectors pin the bytes; this pins the
+//! tables.)
+
+use protocol::msg::*;
+use std::mem::{align_of, offset_of, size_of};
+
+macro_rules! layout {
+    ($t:ident, size $s:expr, align $a:expr, { $($f:ident @ $o:expr),* $(,)? }) => {{
+        assert_eq!(size_of::<$t>(), $s, "size of {}", stringify!($t));
+        assert_eq!(align_of::<$t>(), $a, "align of {}", stringify!($t));
+        $( assert_eq!(offset_of!($t, $f), $o, "{}.{}", stringify!($t), stringify!($f)); )*
+    }};
+}
+
+#[test]
+fn archived_layouts_are_as_documented() {
+    layout!(ArchivedHello, size 16, align 4, { client_token @ 0, client_name @ 8 });
+    layout!(ArchivedWelcome, size 24, align 8, {
+        quote_ttl_ms @ 0, frame_len_max @ 8, batch_len_max @ 12, in_flight_max @ 16, node_id @ 20, tier @ 22, resolution @ 23,
+    });
+    layout!(ArchivedQuoteRequest, size 40, align 8, { zone @ 0, lat @ 8, lng @ 16, distance_m @ 24, duration_s @ 28, origin @ 32 });
+    layout!(ArchivedQuoteBatch, size 8, align 4, { quotes @ 0 });
+    layout!(ArchivedQuoteReply, size 160, align 8, {
+        token @ 0, zone @ 112, amount_minor @ 120, snapshot_version @ 128, snapshot_age_ms @ 136, expires_at_ms @ 144,
+        multiplier_milli @ 152, currency @ 156,
+    });
+    layout!(ArchivedQuoteResult, size 168, align 8, { quote @ 0, error @ 160 });
+    layout!(ArchivedQuoteBatchReply, size 8, align 4, { results @ 0 });
+    layout!(ArchivedWireEvent, size 32, align 8, { id @ 0, zone @ 8, driver @ 16, kind @ 24 });
+    layout!(ArchivedEventBatch, size 8, align 4, { events @ 0 });
+    layout!(ArchivedEventBatchReply, size 8, align 4, { outcomes @ 0 });
+    layout!(ArchivedTokenRequest, size 112, align 1, { token @ 0 });
+    layout!(ArchivedTokenInfo, size 96, align 8, {
+        quote_id @ 0, zone @ 8, amount_minor @ 16, snapshot_version @ 24, issued_at_ms @ 32, expires_at_ms @ 40,
+        multiplier_milli @ 48, fare_version @ 52, policy_version @ 56, distance_m @ 60, duration_s @ 64, supply @ 68,
+        demand @ 72, quotes @ 76, neighbour_mean_milli @ 80, target_milli @ 84, confidence_permille @ 88, key_id @ 90,
+        currency @ 92,
+    });
+    layout!(ArchivedWireFare, size 28, align 4, {
+        version @ 0, base_minor @ 4, per_km_minor @ 8, per_min_minor @ 12, minimum_minor @ 16, surge_cap_milli @ 20, currency @ 24,
+    });
+    layout!(ArchivedExplainReply, size 160, align 8, {
+        token @ 0, fare @ 96, ratio @ 128, recomputed_minor @ 136, text @ 144, fare_known @ 152, policy_known @ 153,
+    });
+    layout!(ArchivedErrorReply, size 12, align 4, { code @ 0, message @ 4 });
+}
