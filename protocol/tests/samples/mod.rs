@@ -3,7 +3,7 @@
 use protocol::msg::*;
 use protocol::Message;
 
-pub fn token() -> [u8; protocol::TOKEN_LEN] {
+pub(crate) fn token() -> [u8; protocol::TOKEN_LEN] {
     let mut t = [0u8; protocol::TOKEN_LEN];
     for (i, b) in t.iter_mut().enumerate() {
         *b = i as u8;
@@ -12,7 +12,7 @@ pub fn token() -> [u8; protocol::TOKEN_LEN] {
 }
 
 /// (file stem, request id, message)
-pub fn all() -> Vec<(&'static str, u64, Message)> {
+pub(crate) fn all() -> Vec<(&'static str, u64, Message)> {
     let quote = QuoteRequest {
         zone: 0x882a100d67fffff,
         lat: 0.0,
