@@ -1,9 +1,10 @@
-//! `equilibrium`: the one binary of the project. Today it runs the engine demo and small
-//! tools; later issues add `node`, `sim` and the admin commands.
+//! `equilibrium`: the one binary of the project: the node, the client commands, the engine
+//! demo and small tools; later issues add `sim` and the admin commands.
 
 #![forbid(unsafe_code)]
 
 mod demo;
+mod net;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,16 @@ enum Command {
     /// spike in the middle of the run, and prints the surging zones, quote latency, a signed
     /// quote and its explanation. (Until clustering lands this runs one node in-process.)
     Demo(demo::DemoArgs),
+    /// Serve clients over QUIC (the binary protocol of PROTOCOL.md).
+    Node(net::NodeArgs),
+    /// Quote a trip against a node.
+    Quote(net::QuoteArgs),
+    /// Send events from a file to a node (batched; prints the outcome counts).
+    SendEvents(net::SendEventsArgs),
+    /// Verify a quote token against a node.
+    Verify(net::TokenArgs),
+    /// Explain a quote token: the inputs behind its price.
+    Explain(net::TokenArgs),
     /// Show the H3 zone of a point, and its neighbours.
     Zone {
         /// Latitude in degrees, within [-90, 90].
@@ -79,6 +90,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Node(args) => net::node(args),
+        Command::Quote(args) => net::quote(args),
+        Command::SendEvents(args) => net::send_events(args),
+        Command::Verify(args) => net::verify(args),
+        Command::Explain(args) => net::explain(args),
         Command::Zone { lat, lng, res } => {
             let z = ZoneId::from_lat_lng(lat, lng, res)?;
             let (clat, clng) = z.center();

@@ -1,0 +1,353 @@
+//! The network commands: `node` (serve clients) and the client commands `quote`,
+//! `send-events`, `verify`, `explain`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use client::{Client, ClientConfig, Trust};
+use protocol::msg::{self, event_kind, outcome};
+use protocol::TOKEN_LEN;
+use server::{Node, NodeConfig};
+
+/// Options of `equilibrium node`.
+#[derive(Debug, Args)]
+pub(crate) struct NodeArgs {
+    /// Node configuration file.
+    #[arg(long, env = "EQUILIBRIUM_CONFIG", default_value = "configs/node.toml")]
+    config: PathBuf,
+    /// Override `listen` (UDP address for QUIC).
+    #[arg(long, env = "EQUILIBRIUM_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Override the engine's `node_id`.
+    #[arg(long, env = "EQUILIBRIUM_NODE_ID")]
+    node_id: Option<u16>,
+}
+
+/// How client commands reach a node.
+#[derive(Debug, Args)]
+pub(crate) struct Target {
+    /// Node address.
+    #[arg(long, env = "EQUILIBRIUM_ADDR", default_value = "127.0.0.1:7400")]
+    addr: SocketAddr,
+    /// Client token (as configured in the node's [[clients]]).
+    #[arg(long, env = "EQUILIBRIUM_TOKEN", default_value = "premium-demo-token")]
+    token: String,
+    /// Trust the node certificate signed by this CA (PEM). Without it (and without
+    /// --insecure) the node's certificate cannot be verified and the command fails.
+    #[arg(long, env = "EQUILIBRIUM_CA")]
+    ca: Option<PathBuf>,
+    /// Accept any node certificate (development nodes with a self-signed certificate).
+    #[arg(long, env = "EQUILIBRIUM_INSECURE")]
+    insecure: bool,
+    /// TLS server name.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+}
+
+impl Target {
+    async fn connect(&self) -> anyhow::Result<Client> {
+        let trust = match (&self.ca, self.insecure) {
+            (Some(ca), _) => {
+                let pem = std::fs::read_to_string(ca)
+                    .with_context(|| format!("reading {}", ca.display()))?;
+                Trust::Roots(
+                    pem_certificates(&pem).with_context(|| format!("in {}", ca.display()))?,
+                )
+            }
+            (None, true) => Trust::InsecureAnyCertificate,
+            (None, false) => bail!(
+                "no way to verify the node: pass --ca FILE, or --insecure for a development node"
+            ),
+        };
+        let mut cfg = ClientConfig::new(self.token.clone(), trust);
+        cfg.server_name = self.server_name.clone();
+        cfg.name = "equilibrium-cli".into();
+        cfg.lanes = 1;
+        Client::connect(self.addr, cfg)
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))
+    }
+}
+
+fn pem_certificates(pem: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    use rustls_pki::pem::PemObject;
+    let certs: Result<Vec<_>, _> =
+        rustls_pki::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    let certs = certs.map_err(|e| anyhow::anyhow!("{e}"))?;
+    if certs.is_empty() {
+        bail!("no CERTIFICATE block");
+    }
+    Ok(certs.into_iter().map(|c| c.as_ref().to_vec()).collect())
+}
+
+use rustls::pki_types as rustls_pki;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let mut cfg = NodeConfig::load(&args.config)?;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    let mut engine_cfg = cfg.load_engine()?;
+    if let Some(id) = args.node_id {
+        engine_cfg.node_id = id;
+    }
+    let key = engine::QuoteKey::from_hex(1, &cfg.cluster_key_hex)?;
+    let engine = Arc::new(engine::Engine::start(
+        engine_cfg,
+        key,
+        Arc::new(engine::SystemClock),
+    )?);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let node = Node::start(&cfg, Arc::clone(&engine))?;
+        // Tests and scripts wait for this line.
+        println!("equilibrium node listening on {}", node.local_addr()?);
+        wait_for_signal().await;
+        node.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Options of `equilibrium quote`.
+#[derive(Debug, Args)]
+pub(crate) struct QuoteArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Pickup zone (H3 cell, hex). Or give --lat and --lng.
+    #[arg(long, conflicts_with_all = ["lat", "lng"])]
+    zone: Option<String>,
+    /// Pickup latitude, degrees.
+    #[arg(long, allow_negative_numbers = true, requires = "lng")]
+    lat: Option<f64>,
+    /// Pickup longitude, degrees.
+    #[arg(long, allow_negative_numbers = true, requires = "lat")]
+    lng: Option<f64>,
+    /// Trip distance, metres.
+    #[arg(long, default_value_t = 5_000)]
+    distance_m: u32,
+    /// Trip duration, seconds.
+    #[arg(long, default_value_t = 900)]
+    duration_s: u32,
+}
+
+pub(crate) fn quote(a: QuoteArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let c = a.target.connect().await?;
+        let q = match (&a.zone, a.lat, a.lng) {
+            (Some(z), _, _) => {
+                let zone: engine::ZoneId = z.parse().with_context(|| format!("--zone {z}"))?;
+                c.quote_zone(zone.raw(), a.distance_m, a.duration_s).await?
+            }
+            (None, Some(lat), Some(lng)) => {
+                c.quote_point(lat, lng, a.distance_m, a.duration_s).await?
+            }
+            _ => bail!("give --zone, or --lat and --lng"),
+        };
+        println!("zone        {:x}", q.zone);
+        println!(
+            "amount      {} {} (minor units)",
+            q.amount_minor,
+            String::from_utf8_lossy(&q.currency)
+        );
+        println!(
+            "multiplier  {}.{:03}x",
+            q.multiplier_milli / 1000,
+            q.multiplier_milli % 1000
+        );
+        println!(
+            "snapshot    v{} ({} ms old)",
+            q.snapshot_version, q.snapshot_age_ms
+        );
+        println!("expires     {} (ms since epoch)", q.expires_at_ms);
+        println!("token       {}", hex(&q.token));
+        c.close().await;
+        Ok(())
+    })
+}
+
+/// Options of `equilibrium send-events`.
+#[derive(Debug, Args)]
+pub(crate) struct SendEventsArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Events, one a line: `ID KIND ZONE [DRIVER]`, KIND one of driver_available, driver_busy,
+    /// driver_offline, rider_demand, trip_requested, trip_accepted; ZONE an H3 cell in hex.
+    /// Blank lines and lines starting with '#' are skipped. `-` reads standard input.
+    file: PathBuf,
+}
+
+fn parse_event(line: &str) -> anyhow::Result<msg::WireEvent> {
+    let mut f = line.split_whitespace();
+    let (Some(id), Some(kind), Some(zone)) = (f.next(), f.next(), f.next()) else {
+        bail!("expected `ID KIND ZONE [DRIVER]`");
+    };
+    let id: u64 = id.parse().with_context(|| format!("event id {id:?}"))?;
+    let kind = match kind {
+        "driver_available" => event_kind::DRIVER_AVAILABLE,
+        "driver_busy" => event_kind::DRIVER_BUSY,
+        "driver_offline" => event_kind::DRIVER_OFFLINE,
+        "rider_demand" => event_kind::RIDER_DEMAND,
+        "trip_requested" => event_kind::TRIP_REQUESTED,
+        "trip_accepted" => event_kind::TRIP_ACCEPTED,
+        other => bail!("unknown event kind {other:?}"),
+    };
+    let zone = u64::from_str_radix(zone.trim_start_matches("0x"), 16)
+        .with_context(|| format!("zone {zone:?}"))?;
+    let driver = match f.next() {
+        Some(d) => d.parse().with_context(|| format!("driver {d:?}"))?,
+        None => 0,
+    };
+    Ok(msg::WireEvent {
+        id,
+        zone,
+        driver,
+        kind,
+    })
+}
+
+pub(crate) fn send_events(a: SendEventsArgs) -> anyhow::Result<()> {
+    let text = if a.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?
+    };
+    let mut events = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        events.push(parse_event(line).with_context(|| format!("{}:{}", a.file.display(), n + 1))?);
+    }
+    runtime()?.block_on(async {
+        let c = a.target.connect().await?;
+        let batcher = c.event_batcher();
+        let mut waits = Vec::with_capacity(events.len());
+        for e in events {
+            let b = batcher.clone();
+            waits.push(tokio::spawn(async move { b.send(e).await }));
+        }
+        let mut counts = [0u64; 9];
+        let mut failed = 0u64;
+        for w in waits {
+            match w.await? {
+                Ok(o) => counts[usize::from(o).min(8)] += 1,
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("error: {e}");
+                }
+            }
+        }
+        let names = [
+            "applied",
+            "duplicate",
+            "invalid_zone",
+            "zone_limit",
+            "drivers_full",
+            "dedupe_full",
+            "overloaded",
+            "stopped",
+            "unknown_kind",
+        ];
+        for (name, n) in names.iter().zip(counts) {
+            if n > 0 {
+                println!("{name:<13} {n}");
+            }
+        }
+        c.close().await;
+        if failed > 0 {
+            bail!("{failed} events got no acknowledgement");
+        }
+        let not_applied: u64 = counts[usize::from(outcome::INVALID_ZONE)..].iter().sum();
+        if not_applied > 0 {
+            bail!("{not_applied} events were rejected (see the counts above)");
+        }
+        Ok(())
+    })
+}
+
+/// Options of `equilibrium verify` and `equilibrium explain`.
+#[derive(Debug, Args)]
+pub(crate) struct TokenArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The quote token, hex, as printed by `equilibrium quote`.
+    token: String,
+}
+
+fn parse_token(hex: &str) -> anyhow::Result<[u8; TOKEN_LEN]> {
+    let hex = hex.trim();
+    if hex.len() != TOKEN_LEN * 2 {
+        bail!(
+            "a quote token is {} hex digits; got {}",
+            TOKEN_LEN * 2,
+            hex.len()
+        );
+    }
+    let mut t = [0u8; TOKEN_LEN];
+    for (i, b) in t.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).context("token is not hex")?;
+    }
+    Ok(t)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub(crate) fn verify(a: TokenArgs) -> anyhow::Result<()> {
+    let token = parse_token(&a.token)?;
+    runtime()?.block_on(async {
+        let c = a.target.connect().await?;
+        let t = c.verify(token).await?;
+        println!(
+            "valid: quote {:#x}, zone {:x}, {} {} at {}.{:03}x, expires {}",
+            t.quote_id,
+            t.zone,
+            t.amount_minor,
+            String::from_utf8_lossy(&t.currency),
+            t.multiplier_milli / 1000,
+            t.multiplier_milli % 1000,
+            t.expires_at_ms
+        );
+        c.close().await;
+        Ok(())
+    })
+}
+
+pub(crate) fn explain(a: TokenArgs) -> anyhow::Result<()> {
+    let token = parse_token(&a.token)?;
+    runtime()?.block_on(async {
+        let c = a.target.connect().await?;
+        let e = c.explain(token).await?;
+        print!("{}", String::from_utf8_lossy(&e.text));
+        c.close().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,260 @@
+//! The node's configuration file (`configs/node.toml`). Every limit is named with its unit.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything a node needs to serve clients.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// UDP address to listen on for QUIC. Default `127.0.0.1:7400`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Engine configuration file, relative to this file. Default `engine.toml`.
+    #[serde(default = "default_engine_config")]
+    pub engine_config: PathBuf,
+    /// The cluster key that signs and verifies quote tokens, hex, at least 16 bytes.
+    /// Every node of a cluster holds the same key.
+    pub cluster_key_hex: String,
+    /// TLS certificate; without it the node generates a self-signed one (development only).
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Client tokens and their tiers.
+    #[serde(default)]
+    pub clients: Vec<ClientEntry>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7400))
+}
+
+fn default_engine_config() -> PathBuf {
+    PathBuf::from("engine.toml")
+}
+
+/// Certificate files (PEM). Both or neither.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert_path: Option<PathBuf>,
+    /// Private key, PEM (PKCS#8).
+    pub key_path: Option<PathBuf>,
+}
+
+/// The node's limits. Defaults are documented in `configs/node.toml` and PROTOCOL.md.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest frame accepted, header included. Default 1 MiB.
+    pub frame_len_max: u32,
+    /// Most items in one batch. Default 4,096.
+    pub batch_len_max: u32,
+    /// Most unanswered requests per connection. Default 256.
+    pub in_flight_per_connection_max: u32,
+    /// Most unanswered requests on the node. Default 4,096.
+    pub in_flight_max: u32,
+    /// Shared-tier requests are shed once the node's in-flight requests reach this percentage
+    /// of `in_flight_max`; premium ones only at 100%. Default 75.
+    pub shared_shed_percent: u32,
+    /// Most concurrent bidirectional streams a client may open per connection. Default 64.
+    pub streams_per_connection_max: u32,
+    /// Most concurrent connections. Default 1,024.
+    pub connections_max: u32,
+    /// How long a graceful shutdown waits for in-flight requests. Default 5,000 ms.
+    pub drain_timeout_ms: u64,
+    /// A connection idle this long is closed. Default 30,000 ms.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            frame_len_max: 1 << 20,
+            batch_len_max: 4_096,
+            in_flight_per_connection_max: 256,
+            in_flight_max: 4_096,
+            shared_shed_percent: 75,
+            streams_per_connection_max: 64,
+            connections_max: 1_024,
+            drain_timeout_ms: 5_000,
+            idle_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// A client token and its tier.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEntry {
+    /// The secret the client sends in `HELLO`.
+    pub token: String,
+    /// `premium` or `shared`.
+    pub tier: Tier,
+    /// A name for logs.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// Service tier: under overload, shared traffic is shed before premium.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(usize)]
+pub enum Tier {
+    /// Shed last.
+    Premium,
+    /// Shed first.
+    Shared,
+}
+
+impl Tier {
+    /// The byte in `WELCOME`.
+    pub fn wire(self) -> u8 {
+        match self {
+            Self::Premium => 0,
+            Self::Shared => 1,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeConfigError {
+    /// The file cannot be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown fields.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// The engine configuration is invalid.
+    #[error("{path}: {source}")]
+    Engine {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: engine::config::ConfigError,
+    },
+    /// A value is out of range.
+    #[error("node config: `{field}` {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> NodeConfigError {
+    NodeConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl NodeConfig {
+    /// Parses TOML text (`engine_config` is not read here).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, NodeConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| NodeConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
+        cfg.validate()
+    }
+
+    /// Reads and validates a node config file.
+    pub fn load(path: &Path) -> Result<Self, NodeConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| NodeConfigError::Read {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        let mut cfg = Self::from_toml(&text, path)?;
+        if cfg.engine_config.is_relative() {
+            if let Some(dir) = path.parent() {
+                cfg.engine_config = dir.join(&cfg.engine_config);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Reads the engine configuration file this node config names.
+    pub fn load_engine(&self) -> Result<engine::EngineConfig, NodeConfigError> {
+        let path = &self.engine_config;
+        let text = std::fs::read_to_string(path).map_err(|e| NodeConfigError::Read {
+            path: path.clone(),
+            source: e,
+        })?;
+        engine::EngineConfig::from_toml(&text).map_err(|e| NodeConfigError::Engine {
+            path: path.clone(),
+            source: e,
+        })
+    }
+
+    /// Checks every field.
+    pub fn validate(self) -> Result<Self, NodeConfigError> {
+        engine::QuoteKey::from_hex(1, &self.cluster_key_hex)
+            .map_err(|e| invalid("cluster_key_hex", e.to_string()))?;
+        if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
+            return Err(invalid(
+                "tls",
+                "set both cert_path and key_path, or neither",
+            ));
+        }
+        let l = &self.limits;
+        if l.frame_len_max < 1024 || l.frame_len_max > 64 << 20 {
+            return Err(invalid(
+                "limits.frame_len_max",
+                "must be within 1 KiB..=64 MiB",
+            ));
+        }
+        if l.batch_len_max == 0 || u64::from(l.batch_len_max) * 40 + 64 > u64::from(l.frame_len_max)
+        {
+            return Err(invalid(
+                "limits.batch_len_max",
+                "must be at least 1 and a full batch must fit in frame_len_max",
+            ));
+        }
+        if l.in_flight_per_connection_max == 0 || l.in_flight_max == 0 {
+            return Err(invalid("limits.in_flight_*", "must be at least 1"));
+        }
+        if !(1..=100).contains(&l.shared_shed_percent) {
+            return Err(invalid(
+                "limits.shared_shed_percent",
+                "must be within 1..=100",
+            ));
+        }
+        if l.streams_per_connection_max == 0 || l.connections_max == 0 {
+            return Err(invalid(
+                "limits.streams_per_connection_max / connections_max",
+                "must be at least 1",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.clients {
+            if c.token.len() < 8 {
+                return Err(invalid(
+                    "clients.token",
+                    format!("token for {:?} is shorter than 8 characters", c.name),
+                ));
+            }
+            if !seen.insert(&c.token) {
+                return Err(invalid("clients.token", "the same token appears twice"));
+            }
+        }
+        Ok(self)
+    }
+}

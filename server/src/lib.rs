@@ -1,0 +1,25 @@
+//! The client-facing side of an Equilibrium node: a QUIC endpoint (quinn, rustls with the
+//! ring provider) that authenticates clients, admits or sheds their requests, decodes frames
+//! with the `protocol` crate and answers them from the `engine`.
+//!
+//! # Layout
+//!
+//! - [`config`]: the node configuration file (`configs/node.toml`).
+//! - [`tls`]: the server identity (certificate files, or a self-signed one for development).
+//! - [`admission`]: in-flight limits per connection and per node; shared tier shed first.
+//! - [`node`]: the QUIC shell: connections, streams, frames, replies, graceful shutdown.
+//!
+//! # What this crate is not
+//!
+//! It holds no pricing logic (the engine does) and no cluster logic (issue 4).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admission;
+pub mod config;
+pub mod node;
+pub mod tls;
+
+pub use config::{NodeConfig, Tier};
+pub use node::Node;

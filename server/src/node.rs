@@ -1,0 +1,626 @@
+//! The QUIC shell: accept connections and streams, read frames, answer them from the engine.
+//!
+//! One task per connection, one per stream. A stream's frames are read in chunks; every
+//! complete frame of a chunk is admitted (or shed), answered in order, and the replies are
+//! written back in one write, so pipelined requests cost one syscall per chunk, not per frame.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::fare::Trip;
+use engine::quote::{QuoteError, TokenError};
+use engine::{Engine, Event, EventKind, EventOutcome, RejectReason, ZoneId, TOKEN_LEN};
+use protocol::frame::{Header, Limits, HEADER_LEN};
+use protocol::msg::{self, event_kind, outcome, Message};
+use protocol::ErrorCode;
+use quinn::VarInt;
+use tracing::{debug, info, warn};
+
+use crate::admission::{Admission, ConnectionLoad};
+use crate::config::{LimitsConfig, NodeConfig, Tier};
+use crate::tls::Identity;
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The UDP socket could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every connection task.
+#[derive(Debug)]
+struct Shared {
+    engine: Arc<Engine>,
+    limits: LimitsConfig,
+    clients: HashMap<Vec<u8>, (Tier, String)>,
+    admission: Admission,
+    stopping: AtomicBool,
+    node_id: u16,
+}
+
+/// A connection's authentication and load.
+#[derive(Debug, Default)]
+struct Connection {
+    /// 0 until `HELLO` succeeds, then 1 + tier.
+    tier: AtomicU8,
+    load: ConnectionLoad,
+}
+
+impl Connection {
+    fn tier(&self) -> Option<Tier> {
+        match self.tier.load(Ordering::Acquire) {
+            1 => Some(Tier::Premium),
+            2 => Some(Tier::Shared),
+            _ => None,
+        }
+    }
+}
+
+/// A running node: the endpoint and its accept loop.
+#[derive(Debug)]
+pub struct Node {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    accept: tokio::task::JoinHandle<()>,
+    self_signed: Option<Vec<u8>>,
+}
+
+impl Node {
+    /// Binds the endpoint and starts accepting clients for `engine`.
+    pub fn start(cfg: &NodeConfig, engine: Arc<Engine>) -> Result<Self, StartError> {
+        let identity = Identity::load(&cfg.tls)?;
+        let self_signed = identity
+            .self_signed
+            .then(|| identity.certs[0].as_ref().to_vec());
+        if identity.self_signed {
+            warn!(
+                "NO TLS CERTIFICATE CONFIGURED: serving with a self-signed certificate generated at start-up. \
+                 Clients cannot verify this node. Development only: set [tls] cert_path and key_path in production."
+            );
+        }
+        let l = &cfg.limits;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(VarInt::from_u32(l.streams_per_connection_max))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .datagram_receive_buffer_size(None)
+            .max_idle_timeout(Some(
+                Duration::from_millis(l.idle_timeout_ms)
+                    .try_into()
+                    .unwrap_or(quinn::IdleTimeout::from(VarInt::from_u32(30_000))),
+            ));
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
+        server.transport_config(Arc::new(transport));
+        let endpoint =
+            quinn::Endpoint::server(server, cfg.listen).map_err(|e| StartError::Bind {
+                addr: cfg.listen,
+                source: e,
+            })?;
+        let clients = cfg
+            .clients
+            .iter()
+            .map(|c| (c.token.as_bytes().to_vec(), (c.tier, c.name.clone())))
+            .collect();
+        let shared = Arc::new(Shared {
+            node_id: engine.config().node_id,
+            engine,
+            limits: l.clone(),
+            clients,
+            admission: Admission::new(
+                l.in_flight_max,
+                l.shared_shed_percent,
+                l.in_flight_per_connection_max,
+            ),
+            stopping: AtomicBool::new(false),
+        });
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
+        Ok(Self {
+            endpoint,
+            shared,
+            accept,
+            self_signed,
+        })
+    }
+
+    /// The address the node listens on (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The DER certificate generated at start-up, when no certificate was configured.
+    pub fn self_signed_cert(&self) -> Option<&[u8]> {
+        self.self_signed.as_deref()
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.shared.admission.in_flight()
+    }
+
+    /// Graceful shutdown: stop accepting, answer new requests `shutting_down`, wait (up to
+    /// `drain_timeout_ms`) for in-flight requests, then close every connection with code 51.
+    pub async fn shutdown(self) {
+        info!("shutting down: draining in-flight requests");
+        self.shared.stopping.store(true, Ordering::Release);
+        self.accept.abort();
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.shared.limits.drain_timeout_ms);
+        while self.shared.admission.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.shared.admission.in_flight();
+        if left > 0 {
+            warn!(left, "drain timeout: closing with requests still in flight");
+        }
+        self.endpoint.close(
+            VarInt::from_u32(u32::from(ErrorCode::ShuttingDown.code())),
+            b"shutting down",
+        );
+        self.endpoint.wait_idle().await;
+        info!("stopped");
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    let open = Arc::new(tokio::sync::Semaphore::new(
+        shared.limits.connections_max as usize,
+    ));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            warn!(remote = %incoming.remote_address(), "connection limit reached: refusing");
+            incoming.refuse();
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let _permit = permit;
+            match incoming.await {
+                Ok(conn) => serve_connection(shared, conn).await,
+                Err(e) => debug!("handshake failed: {e}"),
+            }
+        });
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
+    let state = Arc::new(Connection::default());
+    debug!(remote = %conn.remote_address(), "connection");
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(serve_stream(
+                    Arc::clone(&shared),
+                    Arc::clone(&state),
+                    conn.clone(),
+                    send,
+                    recv,
+                ));
+            }
+            Err(e) => {
+                debug!("connection ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn error_frame(id: u64, code: ErrorCode, message: impl Into<String>, out: &mut Vec<u8>) {
+    let m = Message::Error(msg::ErrorReply {
+        code: code.code(),
+        message: message.into().into_bytes(),
+    });
+    protocol::encode(id, &m, out);
+}
+
+/// What the stream loop does after answering a request.
+enum After {
+    Continue,
+    CloseConnection(ErrorCode),
+}
+
+async fn serve_stream(
+    shared: Arc<Shared>,
+    state: Arc<Connection>,
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let limits = Limits {
+        frame_len_max: shared.limits.frame_len_max,
+    };
+    let mut inbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match recv.read(&mut chunk).await {
+            Ok(Some(n)) => n,
+            Ok(None) => break,
+            Err(e) => {
+                debug!("stream read: {e}");
+                return;
+            }
+        };
+        inbuf.extend_from_slice(&chunk[..n]);
+        let mut pos = 0;
+        let mut admitted = 0u32;
+        let mut after = After::Continue;
+        while inbuf.len() - pos >= HEADER_LEN {
+            let head: &[u8; HEADER_LEN] =
+                inbuf[pos..pos + HEADER_LEN].try_into().expect("16 bytes");
+            let header = match Header::parse(head, limits) {
+                Ok(h) => h,
+                Err(e) => {
+                    // Framing is lost: answer, then reset the stream with the code.
+                    let id = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+                    error_frame(id, e.code(), e.to_string(), &mut out);
+                    let _ = send.write_all(&out).await;
+                    let code = VarInt::from_u32(u32::from(e.code().code()));
+                    let _ = send.reset(code);
+                    let _ = recv.stop(code);
+                    shared.admission.release(&state.load, admitted);
+                    return;
+                }
+            };
+            let end = pos + HEADER_LEN + header.body_len as usize;
+            if inbuf.len() < end {
+                break;
+            }
+            let body = &inbuf[pos + HEADER_LEN..end];
+            pos = end;
+            let tier = state.tier().unwrap_or(Tier::Shared);
+            if shared.stopping.load(Ordering::Acquire) {
+                error_frame(
+                    header.request_id,
+                    ErrorCode::ShuttingDown,
+                    "node is shutting down",
+                    &mut out,
+                );
+                continue;
+            }
+            if !shared.admission.try_admit(&state.load, tier) {
+                error_frame(
+                    header.request_id,
+                    ErrorCode::Overloaded,
+                    "too many requests in flight; retry with backoff",
+                    &mut out,
+                );
+                continue;
+            }
+            admitted += 1;
+            after = answer(&shared, &state, &header, body, &mut out).await;
+            if matches!(after, After::CloseConnection(_)) {
+                break;
+            }
+        }
+        inbuf.drain(..pos);
+        let written = if out.is_empty() {
+            Ok(())
+        } else {
+            send.write_all(&out).await
+        };
+        out.clear();
+        shared.admission.release(&state.load, admitted);
+        if written.is_err() {
+            return;
+        }
+        if let After::CloseConnection(code) = after {
+            let _ = send.finish();
+            // Give the reply a moment to leave before the connection closes.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            conn.close(
+                VarInt::from_u32(u32::from(code.code())),
+                code.name().as_bytes(),
+            );
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+fn now_ms(shared: &Shared) -> u64 {
+    shared.engine.clock().now_ms()
+}
+
+async fn answer(
+    shared: &Shared,
+    state: &Connection,
+    header: &Header,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> After {
+    let id = header.request_id;
+    let message = match protocol::decode(header, body) {
+        Ok(m) => m,
+        Err(e) => {
+            error_frame(id, e.code(), e.to_string(), out);
+            return After::Continue;
+        }
+    };
+    if let Message::Hello(hello) = &message {
+        return match shared.clients.get(&hello.client_token) {
+            Some((tier, name)) => {
+                state.tier.store(1 + *tier as u8, Ordering::Release);
+                debug!(client = %name, ?tier, "authenticated");
+                let cfg = shared.engine.config();
+                let welcome = msg::Welcome {
+                    quote_ttl_ms: cfg.quotes.ttl_ms,
+                    frame_len_max: shared.limits.frame_len_max,
+                    batch_len_max: shared.limits.batch_len_max,
+                    in_flight_max: shared.limits.in_flight_per_connection_max,
+                    node_id: shared.node_id,
+                    tier: tier.wire(),
+                    resolution: cfg.resolution,
+                };
+                protocol::encode(id, &Message::Welcome(welcome), out);
+                After::Continue
+            }
+            None => {
+                warn!("HELLO with an unknown client token: closing the connection");
+                error_frame(id, ErrorCode::BadCredentials, "unknown client token", out);
+                After::CloseConnection(ErrorCode::BadCredentials)
+            }
+        };
+    }
+    if state.tier().is_none() {
+        error_frame(
+            id,
+            ErrorCode::NotAuthenticated,
+            "send HELLO with a client token first",
+            out,
+        );
+        return After::Continue;
+    }
+    let reply = match message {
+        Message::Quote(q) => quote(shared, &q).map(Message::QuoteOk),
+        Message::QuoteBatch(b) => quote_batch(shared, &b).map(Message::QuoteBatchOk),
+        Message::EventBatch(b) => events(shared, b).await.map(Message::EventBatchOk),
+        Message::Verify(t) => verify(shared, &t).map(Message::VerifyOk),
+        Message::Explain(t) => explain(shared, &t).await.map(Message::ExplainOk),
+        other => Err((
+            ErrorCode::UnknownKind,
+            format!("{:?} is not a request", other.kind()),
+        )),
+    };
+    match reply {
+        Ok(m) => protocol::encode(id, &m, out),
+        Err((code, text)) => error_frame(id, code, text, out),
+    }
+    After::Continue
+}
+
+type Answer<T> = Result<T, (ErrorCode, String)>;
+
+fn zone_of(shared: &Shared, q: &msg::QuoteRequest) -> Answer<ZoneId> {
+    let res = shared.engine.config().resolution;
+    match q.origin {
+        msg::ORIGIN_ZONE => ZoneId::new(q.zone)
+            .and_then(|z| z.check_resolution(res))
+            .map_err(|e| (ErrorCode::InvalidZone, e.to_string())),
+        msg::ORIGIN_POINT => ZoneId::from_lat_lng(q.lat, q.lng, res)
+            .map_err(|e| (ErrorCode::InvalidCoordinates, e.to_string())),
+        other => Err((
+            ErrorCode::InvalidBody,
+            format!("origin {other} is neither 0 (zone) nor 1 (point)"),
+        )),
+    }
+}
+
+fn quote(shared: &Shared, q: &msg::QuoteRequest) -> Answer<msg::QuoteReply> {
+    let zone = zone_of(shared, q)?;
+    let now = now_ms(shared);
+    let mut token = [0u8; TOKEN_LEN];
+    let trip = Trip {
+        distance_m: q.distance_m,
+        duration_s: q.duration_s,
+    };
+    let t = shared
+        .engine
+        .quoter()
+        .quote(zone, trip, now, &mut token)
+        .map_err(|e| match e {
+            QuoteError::UnknownZone(_) => (ErrorCode::UnknownZone, e.to_string()),
+            QuoteError::InvalidTrip(_) => (ErrorCode::InvalidTrip, e.to_string()),
+        })?;
+    let age = shared
+        .engine
+        .table()
+        .slot_of(zone)
+        .map(|s| now.saturating_sub(shared.engine.table().fresh_at_ms(s)));
+    Ok(msg::QuoteReply {
+        token,
+        zone: zone.raw(),
+        amount_minor: t.amount_minor,
+        snapshot_version: t.snapshot_version,
+        snapshot_age_ms: age.unwrap_or(0),
+        expires_at_ms: t.expires_at_ms,
+        multiplier_milli: t.multiplier_milli,
+        currency: t.currency.bytes(),
+    })
+}
+
+fn quote_batch(shared: &Shared, b: &msg::QuoteBatch) -> Answer<msg::QuoteBatchReply> {
+    let max = shared.limits.batch_len_max as usize;
+    if b.quotes.len() > max {
+        return Err((
+            ErrorCode::BatchTooLarge,
+            format!("{} quotes exceed the batch limit of {max}", b.quotes.len()),
+        ));
+    }
+    let empty = msg::QuoteReply {
+        token: [0; TOKEN_LEN],
+        zone: 0,
+        amount_minor: 0,
+        snapshot_version: 0,
+        snapshot_age_ms: 0,
+        expires_at_ms: 0,
+        multiplier_milli: 0,
+        currency: [0; 3],
+    };
+    let results = b
+        .quotes
+        .iter()
+        .map(|q| match quote(shared, q) {
+            Ok(quote) => msg::QuoteResult { quote, error: 0 },
+            Err((code, _)) => msg::QuoteResult {
+                quote: empty,
+                error: code.code(),
+            },
+        })
+        .collect();
+    Ok(msg::QuoteBatchReply { results })
+}
+
+fn event_of(e: &msg::WireEvent) -> Result<Event, u8> {
+    let zone = ZoneId::new(e.zone).map_err(|_| outcome::INVALID_ZONE)?;
+    let kind = match e.kind {
+        event_kind::DRIVER_AVAILABLE => EventKind::DriverAvailable { driver: e.driver },
+        event_kind::DRIVER_BUSY => EventKind::DriverBusy { driver: e.driver },
+        event_kind::DRIVER_OFFLINE => EventKind::DriverOffline { driver: e.driver },
+        event_kind::RIDER_DEMAND => EventKind::RiderDemand,
+        event_kind::TRIP_REQUESTED => EventKind::TripRequested,
+        event_kind::TRIP_ACCEPTED => EventKind::TripAccepted,
+        _ => return Err(outcome::UNKNOWN_KIND),
+    };
+    Ok(Event {
+        id: e.id,
+        zone,
+        kind,
+    })
+}
+
+fn outcome_of(o: EventOutcome) -> u8 {
+    match o {
+        EventOutcome::Applied => outcome::APPLIED,
+        EventOutcome::Duplicate => outcome::DUPLICATE,
+        EventOutcome::Rejected(r) => match r {
+            RejectReason::WrongResolution => outcome::INVALID_ZONE,
+            RejectReason::ZoneLimit => outcome::ZONE_LIMIT,
+            RejectReason::DriversFull => outcome::DRIVERS_FULL,
+            RejectReason::DedupeFull => outcome::DEDUPE_FULL,
+            RejectReason::Overloaded => outcome::OVERLOADED,
+            RejectReason::Stopped => outcome::STOPPED,
+        },
+    }
+}
+
+async fn events(shared: &Shared, b: msg::EventBatch) -> Answer<msg::EventBatchReply> {
+    let max =
+        (shared.limits.batch_len_max as usize).min(shared.engine.config().actors.batch_events_max);
+    if b.events.len() > max {
+        return Err((
+            ErrorCode::BatchTooLarge,
+            format!(
+                "{} events exceed the batch limit of {max}; nothing was applied",
+                b.events.len()
+            ),
+        ));
+    }
+    let mut outcomes = vec![outcome::APPLIED; b.events.len()];
+    let mut valid = Vec::with_capacity(b.events.len());
+    let mut index = Vec::with_capacity(b.events.len());
+    for (i, e) in b.events.iter().enumerate() {
+        match event_of(e) {
+            Ok(ev) => {
+                valid.push(ev);
+                index.push(i);
+            }
+            Err(code) => outcomes[i] = code,
+        }
+    }
+    if !valid.is_empty() {
+        let applied = shared
+            .engine
+            .apply_batch(valid)
+            .await
+            .map_err(|e| (ErrorCode::BatchTooLarge, e.to_string()))?;
+        for (o, i) in applied.into_iter().zip(index) {
+            outcomes[i] = outcome_of(o);
+        }
+    }
+    Ok(msg::EventBatchReply { outcomes })
+}
+
+fn token_error(e: TokenError) -> (ErrorCode, String) {
+    match e {
+        TokenError::Expired { .. } => (ErrorCode::ExpiredToken, e.to_string()),
+        _ => (ErrorCode::InvalidToken, e.to_string()),
+    }
+}
+
+fn token_info(t: &engine::QuoteToken) -> msg::TokenInfo {
+    msg::TokenInfo {
+        quote_id: t.quote_id,
+        zone: t.zone.raw(),
+        amount_minor: t.amount_minor,
+        snapshot_version: t.snapshot_version,
+        issued_at_ms: t.issued_at_ms,
+        expires_at_ms: t.expires_at_ms,
+        multiplier_milli: t.multiplier_milli,
+        fare_version: t.fare_version,
+        policy_version: t.policy_version,
+        distance_m: t.trip.distance_m,
+        duration_s: t.trip.duration_s,
+        supply: t.supply,
+        demand: t.demand,
+        quotes: t.quotes,
+        neighbour_mean_milli: t.neighbour_mean_milli,
+        target_milli: t.target_milli,
+        confidence_permille: t.confidence_permille,
+        key_id: t.key_id,
+        currency: t.currency.bytes(),
+    }
+}
+
+fn verify(shared: &Shared, t: &msg::TokenRequest) -> Answer<msg::TokenInfo> {
+    let token = shared
+        .engine
+        .quoter()
+        .verify(&t.token, now_ms(shared))
+        .map_err(token_error)?;
+    Ok(token_info(&token))
+}
+
+async fn explain(shared: &Shared, t: &msg::TokenRequest) -> Answer<msg::ExplainReply> {
+    let ex = shared.engine.explain(&t.token).await.map_err(|e| match e {
+        engine::shell::ExplainError::Token(t) => token_error(t),
+        engine::shell::ExplainError::Shell(s) => (ErrorCode::Overloaded, s.to_string()),
+    })?;
+    let fare = ex.fare.map(|f| msg::WireFare {
+        version: f.version,
+        base_minor: f.base_minor,
+        per_km_minor: f.per_km_minor,
+        per_min_minor: f.per_min_minor,
+        minimum_minor: f.minimum_minor,
+        surge_cap_milli: f.surge_cap_milli,
+        currency: f.currency.bytes(),
+    });
+    Ok(msg::ExplainReply {
+        token: token_info(&ex.token),
+        fare: fare.unwrap_or(msg::WireFare {
+            version: 0,
+            base_minor: 0,
+            per_km_minor: 0,
+            per_min_minor: 0,
+            minimum_minor: 0,
+            surge_cap_milli: 0,
+            currency: [0; 3],
+        }),
+        ratio: ex.ratio.unwrap_or(0.0),
+        recomputed_minor: ex.recomputed_minor.unwrap_or(0),
+        text: ex.to_string().into_bytes(),
+        fare_known: u8::from(ex.fare.is_some()),
+        policy_known: u8::from(ex.policy.is_some()),
+    })
+}
