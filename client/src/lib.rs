@@ -52,6 +52,9 @@ pub struct ClientConfig {
     pub lane_queue_len: usize,
     /// A request with no reply after this long fails with `Timeout`. Default 5,000 ms.
     pub request_timeout_ms: u64,
+    /// Connecting (QUIC and TLS handshakes and `HELLO`) longer than this fails. Default
+    /// 3,000 ms.
+    pub connect_timeout_ms: u64,
     /// First reconnect delay; doubles per failure. Default 50 ms.
     pub backoff_initial_ms: u64,
     /// Longest reconnect delay. Default 5,000 ms.
@@ -73,6 +76,7 @@ impl ClientConfig {
             lanes: 4,
             lane_queue_len: 1024,
             request_timeout_ms: 5_000,
+            connect_timeout_ms: 3_000,
             backoff_initial_ms: 50,
             backoff_max_ms: 5_000,
             event_batch_len: 1_000,
@@ -202,7 +206,16 @@ impl Client {
                 .min(c.backoff_max_ms);
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        match self.establish().await {
+        let limit = Duration::from_millis(self.inner.cfg.connect_timeout_ms);
+        let attempt = tokio::time::timeout(limit, self.establish())
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Connection(format!(
+                    "no connection within {} ms",
+                    limit.as_millis()
+                )))
+            });
+        match attempt {
             Ok(live) => {
                 self.inner.failures.store(0, Ordering::Relaxed);
                 let live = Arc::new(live);
@@ -247,6 +260,12 @@ impl Client {
             .map_err(|_| ClientError::Connection("lane closed".into()))?;
         let welcome = match self.wait(rx).await? {
             Message::Welcome(w) => w,
+            Message::Error(e) => {
+                return Err(ClientError::Refused {
+                    code: e.code,
+                    message: String::from_utf8_lossy(&e.message).into_owned(),
+                })
+            }
             other => return Err(unexpected(other)),
         };
         Ok(Live {
@@ -401,6 +420,32 @@ impl Client {
         }
         self.inner.endpoint.wait_idle().await;
     }
+}
+
+/// A bare QUIC connection to a node with a chosen ALPN, for tools and tests that speak frames
+/// themselves (e.g. to send deliberately malformed ones). No `HELLO` is sent.
+pub async fn connect_raw(
+    addr: SocketAddr,
+    server_name: &str,
+    trust: &Trust,
+    alpn: &[u8],
+) -> Result<quinn::Connection, ClientError> {
+    let quic = tls::quic_client_config(trust, alpn).map_err(ClientError::Config)?;
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("valid");
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|e| ClientError::Connection(e.to_string()))?;
+    endpoint.set_default_client_config(quic);
+    endpoint
+        .connect(addr, server_name)
+        .map_err(|e| ClientError::Connection(e.to_string()))?
+        .await
+        .map_err(|e| ClientError::Connection(e.to_string()))
 }
 
 fn unexpected(m: Message) -> ClientError {

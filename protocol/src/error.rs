@@ -6,14 +6,14 @@
 #[repr(u16)]
 pub enum ErrorCode {
     /// The frame header is malformed (bad magic, length below the header size). The stream
-    /// is closed after this error: framing is lost.
+    /// ends after this error: framing is lost.
     MalformedFrame = 1,
-    /// The header's protocol version is not supported. The stream is closed.
+    /// The header's protocol version is not supported. The stream ends.
     UnsupportedVersion = 2,
     /// The header's message kind is unknown, or not a request. The stream stays usable.
     UnknownKind = 3,
-    /// The frame is longer than the node's `frame_len_max`. The stream is closed (the body is
-    /// not read).
+    /// The frame is longer than the node's `frame_len_max`. The stream ends (the body is not
+    /// read).
     FrameTooLarge = 4,
     /// The body does not validate as an archive of the kind's message type. The stream stays
     /// usable.

@@ -183,9 +183,19 @@ impl NodeConfig {
             source: e,
         })?;
         let mut cfg = Self::from_toml(&text, path)?;
-        if cfg.engine_config.is_relative() {
-            if let Some(dir) = path.parent() {
-                cfg.engine_config = dir.join(&cfg.engine_config);
+        // Paths in the file are relative to the file.
+        if let Some(dir) = path.parent() {
+            for p in [
+                Some(&mut cfg.engine_config),
+                cfg.tls.cert_path.as_mut(),
+                cfg.tls.key_path.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
             }
         }
         Ok(cfg)

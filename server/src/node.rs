@@ -262,13 +262,15 @@ async fn serve_stream(
             let header = match Header::parse(head, limits) {
                 Ok(h) => h,
                 Err(e) => {
-                    // Framing is lost: answer, then reset the stream with the code.
+                    // Framing is lost: answer, stop reading (STOP_SENDING with the code) and
+                    // finish our side once the answer is delivered.
                     let id = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
                     error_frame(id, e.code(), e.to_string(), &mut out);
-                    let _ = send.write_all(&out).await;
                     let code = VarInt::from_u32(u32::from(e.code().code()));
-                    let _ = send.reset(code);
                     let _ = recv.stop(code);
+                    if send.write_all(&out).await.is_ok() && send.finish().is_ok() {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                    }
                     shared.admission.release(&state.load, admitted);
                     return;
                 }

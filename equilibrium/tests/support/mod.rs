@@ -1,0 +1,133 @@
+//! A real `equilibrium node` process for end-to-end tests: its own config, certificate and
+//! port, stopped (SIGTERM, then SIGKILL) when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::{Client, ClientConfig, Trust};
+
+pub(crate) const PREMIUM: &str = "premium-test-token";
+pub(crate) const SHARED: &str = "shared-test-token";
+
+pub(crate) struct TestNode {
+    pub(crate) child: Option<Child>,
+    pub(crate) addr: SocketAddr,
+    pub(crate) dir: PathBuf,
+    pub(crate) cert_der: Vec<u8>,
+}
+
+impl TestNode {
+    /// Starts a node with extra `[limits]` lines and engine settings overrides.
+    pub(crate) fn start(limits: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("eq-node-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ck =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        std::fs::write(dir.join("cert.pem"), ck.cert.pem()).expect("write cert");
+        std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).expect("write key");
+        let engine = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/engine.toml");
+        std::fs::write(
+            dir.join("node.toml"),
+            format!(
+                r#"listen = "127.0.0.1:0"
+engine_config = "{engine}"
+cluster_key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+[tls]
+cert_path = "cert.pem"
+key_path = "key.pem"
+[limits]
+{limits}
+[[clients]]
+token = "{PREMIUM}"
+tier = "premium"
+name = "test-premium"
+[[clients]]
+token = "{SHARED}"
+tier = "shared"
+name = "test-shared"
+"#
+            ),
+        )
+        .expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_equilibrium"))
+            .args(["node", "--config"])
+            .arg(dir.join("node.toml"))
+            .env(
+                "RUST_LOG",
+                std::env::var("EQ_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        let mut reader = BufReader::new(stdout);
+        reader
+            .read_line(&mut line)
+            .expect("node prints its address");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Self {
+            child: Some(child),
+            addr,
+            dir,
+            cert_der: ck.cert.der().to_vec(),
+        }
+    }
+
+    pub(crate) fn trust(&self) -> Trust {
+        Trust::Roots(vec![self.cert_der.clone()])
+    }
+
+    pub(crate) async fn client(&self, token: &str) -> Client {
+        Client::connect(self.addr, ClientConfig::new(token, self.trust()))
+            .await
+            .expect("client connects")
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit; returns its exit status.
+    pub(crate) fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
