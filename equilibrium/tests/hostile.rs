@@ -28,16 +28,39 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn samples() -> Vec<Message> {
-    let q = msg::QuoteRequest { zone: ZONE, lat: 52.52, lng: 13.4, distance_m: 3000, duration_s: 600, origin: 0 };
+    let q = msg::QuoteRequest {
+        zone: ZONE,
+        lat: 52.52,
+        lng: 13.4,
+        distance_m: 3000,
+        duration_s: 600,
+        origin: 0,
+    };
     vec![
         Message::Quote(q),
-        Message::QuoteBatch(msg::QuoteBatch { quotes: vec![q, q, q] }),
-        Message::EventBatch(msg::EventBatch {
-            events: (0..4).map(|i| msg::WireEvent { id: 1_000_000 + i, zone: ZONE, driver: i, kind: 1 }).collect(),
+        Message::QuoteBatch(msg::QuoteBatch {
+            quotes: vec![q, q, q],
         }),
-        Message::Verify(msg::TokenRequest { token: [7; protocol::TOKEN_LEN] }),
-        Message::Explain(msg::TokenRequest { token: [9; protocol::TOKEN_LEN] }),
-        Message::Hello(msg::Hello { client_token: PREMIUM.as_bytes().to_vec(), client_name: b"hostile".to_vec() }),
+        Message::EventBatch(msg::EventBatch {
+            events: (0..4)
+                .map(|i| msg::WireEvent {
+                    id: 1_000_000 + i,
+                    zone: ZONE,
+                    driver: i,
+                    kind: 1,
+                })
+                .collect(),
+        }),
+        Message::Verify(msg::TokenRequest {
+            token: [7; protocol::TOKEN_LEN],
+        }),
+        Message::Explain(msg::TokenRequest {
+            token: [9; protocol::TOKEN_LEN],
+        }),
+        Message::Hello(msg::Hello {
+            client_token: PREMIUM.as_bytes().to_vec(),
+            client_name: b"hostile".to_vec(),
+        }),
     ]
 }
 
@@ -58,7 +81,11 @@ fn body_level(rng: &mut SmallRng, id: u64, samples: &[Message]) -> Vec<u8> {
         }
         1 => body.truncate(rng.random_range(0..body.len())),
         2 => body.extend((0..rng.random_range(1..64)).map(|_| rng.random::<u8>())),
-        3 => body = (0..rng.random_range(0..512)).map(|_| rng.random::<u8>()).collect(),
+        3 => {
+            body = (0..rng.random_range(0..512))
+                .map(|_| rng.random::<u8>())
+                .collect()
+        }
         _ => f[7] = [0x00, 0x07, 0x42, 0x7f, 0x81, 0xfe][rng.random_range(0..6)],
     }
     let len = (body.len() + HEADER_LEN - 4) as u32;
@@ -70,7 +97,18 @@ fn body_level(rng: &mut SmallRng, id: u64, samples: &[Message]) -> Vec<u8> {
 /// A frame that breaks framing: bad magic, bad version, or a length beyond the limit.
 fn header_level(rng: &mut SmallRng, id: u64) -> (Vec<u8>, ErrorCode) {
     let mut f = Vec::new();
-    protocol::encode(id, &Message::Quote(msg::QuoteRequest { zone: ZONE, lat: 0.0, lng: 0.0, distance_m: 1, duration_s: 1, origin: 0 }), &mut f);
+    protocol::encode(
+        id,
+        &Message::Quote(msg::QuoteRequest {
+            zone: ZONE,
+            lat: 0.0,
+            lng: 0.0,
+            distance_m: 1,
+            duration_s: 1,
+            origin: 0,
+        }),
+        &mut f,
+    );
     match rng.random_range(0..3) {
         0 => {
             f[4] ^= rng.random::<u8>() | 1;
@@ -90,24 +128,45 @@ fn header_level(rng: &mut SmallRng, id: u64) -> (Vec<u8>, ErrorCode) {
 async fn read_reply(recv: &mut quinn::RecvStream) -> Option<(u64, Message)> {
     let mut head = [0u8; HEADER_LEN];
     recv.read_exact(&mut head).await.ok()?;
-    let h = Header::parse(&head, Limits { frame_len_max: 1 << 24 }).expect("the node's replies are valid frames");
+    let h = Header::parse(
+        &head,
+        Limits {
+            frame_len_max: 1 << 24,
+        },
+    )
+    .expect("the node's replies are valid frames");
     let mut body = vec![0u8; h.body_len as usize];
     recv.read_exact(&mut body).await.ok()?;
-    Some((h.request_id, protocol::decode(&h, &body).expect("the node's replies decode")))
+    Some((
+        h.request_id,
+        protocol::decode(&h, &body).expect("the node's replies decode"),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_hostile_frames_are_all_answered_and_the_node_stays_up() {
-    let seed = std::env::var("EQ_HOSTILE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_0bad);
+    let seed = std::env::var("EQ_HOSTILE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0bad);
     println!("hostile seed {seed} (replay with EQ_HOSTILE_SEED={seed})");
     let mut rng = SmallRng::seed_from_u64(seed);
     let node = TestNode::start("frame_len_max = 65536\nbatch_len_max = 100");
     let pid = node.child.as_ref().expect("running").id();
     let c = node.client(PREMIUM).await;
-    c.send_events(vec![msg::WireEvent { id: 1, zone: ZONE, driver: 0, kind: 4 }]).await.expect("zone exists");
+    c.send_events(vec![msg::WireEvent {
+        id: 1,
+        zone: ZONE,
+        driver: 0,
+        kind: 4,
+    }])
+    .await
+    .expect("zone exists");
     let rss_before = rss_kib(pid);
 
-    let conn = client::connect_raw(node.addr, "localhost", &node.trust(), protocol::ALPN).await.expect("connects");
+    let conn = client::connect_raw(node.addr, "localhost", &node.trust(), protocol::ALPN)
+        .await
+        .expect("connects");
     let samples = samples();
     let (mut sent, mut answered, mut valid, mut ended) = (0usize, 0usize, 0usize, 0usize);
     let mut codes = std::collections::BTreeMap::new();
@@ -144,12 +203,15 @@ async fn a_hundred_thousand_hostile_frames_are_all_answered_and_the_node_stays_u
         send.write_all(&batch).await.expect("write");
         let _ = send.finish();
         for (k, id) in ids.iter().enumerate() {
-            let (rid, m) = read_reply(&mut recv).await.unwrap_or_else(|| panic!("seed {seed}: no reply to frame {k} of a stream"));
+            let (rid, m) = read_reply(&mut recv)
+                .await
+                .unwrap_or_else(|| panic!("seed {seed}: no reply to frame {k} of a stream"));
             assert_eq!(rid, *id, "seed {seed}: replies come in order");
             answered += 1;
             match m {
                 Message::Error(e) => {
-                    let code = ErrorCode::from_code(e.code).unwrap_or_else(|| panic!("seed {seed}: undocumented code {}", e.code));
+                    let code = ErrorCode::from_code(e.code)
+                        .unwrap_or_else(|| panic!("seed {seed}: undocumented code {}", e.code));
                     *codes.entry(code.name()).or_insert(0u64) += 1;
                     if k + 1 == ids.len() {
                         if let Some(want) = breaker {
@@ -163,10 +225,17 @@ async fn a_hundred_thousand_hostile_frames_are_all_answered_and_the_node_stays_u
         if let Some(code) = breaker {
             // After a framing error the node ends the stream and stops ours with the code.
             let mut rest = [0u8; 1];
-            assert!(matches!(recv.read(&mut rest).await, Ok(None)), "seed {seed}: stream not ended");
+            assert!(
+                matches!(recv.read(&mut rest).await, Ok(None)),
+                "seed {seed}: stream not ended"
+            );
             // (STOP_SENDING is only visible if some of our bytes were still unacknowledged.)
             let stopped = send.stopped().await.ok().flatten();
-            assert!(stopped.is_none() || stopped == Some(quinn::VarInt::from_u32(u32::from(code.code()))), "seed {seed}: {stopped:?}");
+            assert!(
+                stopped.is_none()
+                    || stopped == Some(quinn::VarInt::from_u32(u32::from(code.code()))),
+                "seed {seed}: {stopped:?}"
+            );
             ended += 1;
         }
     }
@@ -176,9 +245,19 @@ async fn a_hundred_thousand_hostile_frames_are_all_answered_and_the_node_stays_u
         "hostile frames: {sent} sent, {answered} answered ({valid} happened to be valid requests), {ended} streams ended by framing errors; \
          codes {codes:?}; node RSS {rss_before} KiB before, {rss_after} KiB after"
     );
-    assert_eq!(answered, sent + 1, "every frame (and the HELLO) was answered");
+    assert_eq!(
+        answered,
+        sent + 1,
+        "every frame (and the HELLO) was answered"
+    );
     // Still up, still right.
-    let q = c.quote_zone(ZONE, 3000, 600).await.expect("a valid quote still succeeds");
+    let q = c
+        .quote_zone(ZONE, 3000, 600)
+        .await
+        .expect("a valid quote still succeeds");
     assert!(q.amount_minor > 0);
-    assert!(rss_after < rss_before + 64 * 1024, "node memory grew from {rss_before} KiB to {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "node memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
 }

@@ -36,7 +36,11 @@ struct Args {
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { seconds: 5, in_flight: 64, node_bin: PathBuf::from("target/release/equilibrium") };
+    let mut a = Args {
+        seconds: 5,
+        in_flight: 64,
+        node_bin: PathBuf::from("target/release/equilibrium"),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
@@ -91,10 +95,18 @@ impl Phase {
 }
 
 /// Reads one frame; returns (request id, kind).
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, body: &mut Vec<u8>) -> anyhow::Result<(u64, u8)> {
+async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    body: &mut Vec<u8>,
+) -> anyhow::Result<(u64, u8)> {
     let mut head = [0u8; HEADER_LEN];
     r.read_exact(&mut head).await?;
-    let h = Header::parse(&head, Limits { frame_len_max: 1 << 24 })?;
+    let h = Header::parse(
+        &head,
+        Limits {
+            frame_len_max: 1 << 24,
+        },
+    )?;
     body.resize(h.body_len as usize, 0);
     r.read_exact(body).await?;
     Ok((h.request_id, h.kind))
@@ -102,21 +114,34 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, body: &mut Vec<u8>) -> anyh
 
 /// Closed loop: keep `in_flight` requests outstanding on one stream for `dur`.
 /// `frame` is a request frame whose id bytes are rewritten per request.
-async fn closed_loop<W, R>(mut w: W, mut r: R, frame: Vec<u8>, in_flight: usize, dur: Duration, name: &str) -> anyhow::Result<Phase>
+async fn closed_loop<W, R>(
+    mut w: W,
+    mut r: R,
+    frame: Vec<u8>,
+    patch: fn(&mut [u8], u64),
+    bad_items: fn(u8, &[u8]) -> u64,
+    in_flight: usize,
+    dur: Duration,
+    name: &str,
+) -> anyhow::Result<Phase>
 where
     W: AsyncWrite + Unpin + Send + 'static,
     R: AsyncRead + Unpin + Send + 'static,
 {
-    let sent_at: Arc<Mutex<VecDeque<Instant>>> = Arc::new(Mutex::new(VecDeque::with_capacity(in_flight * 2)));
+    let sent_at: Arc<Mutex<VecDeque<Instant>>> =
+        Arc::new(Mutex::new(VecDeque::with_capacity(in_flight * 2)));
     let window = Arc::new(tokio::sync::Semaphore::new(in_flight));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let (sent_at, window, stop) = (Arc::clone(&sent_at), Arc::clone(&window), Arc::clone(&stop));
+        let (sent_at, window, stop) =
+            (Arc::clone(&sent_at), Arc::clone(&window), Arc::clone(&stop));
         tokio::spawn(async move {
             let mut id = 0u64;
             let mut buf = Vec::with_capacity(frame.len() * in_flight);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(first) = window.acquire().await else { break };
+                let Ok(first) = window.acquire().await else {
+                    break;
+                };
                 first.forget();
                 let mut n = 1;
                 while let Ok(p) = window.try_acquire() {
@@ -130,8 +155,9 @@ where
                     for _ in 0..n {
                         id += 1;
                         buf.extend_from_slice(&frame);
-                        let at = buf.len() - frame.len() + 8;
-                        buf[at..at + 8].copy_from_slice(&id.to_le_bytes());
+                        let start = buf.len() - frame.len();
+                        buf[start + 8..start + 16].copy_from_slice(&id.to_le_bytes());
+                        patch(&mut buf[start..], id);
                         q.push_back(now);
                     }
                 }
@@ -147,12 +173,19 @@ where
     let mut body = Vec::new();
     while start.elapsed() < dur {
         let (_, kind) = read_frame(&mut r, &mut body).await?;
-        let t = sent_at.lock().await.pop_front().context("reply without request")?;
-        phase.hist.saturating_record(t.elapsed().as_micros().max(1) as u64);
+        let t = sent_at
+            .lock()
+            .await
+            .pop_front()
+            .context("reply without request")?;
+        phase
+            .hist
+            .saturating_record(t.elapsed().as_micros().max(1) as u64);
         phase.done += 1;
         if kind == msg_kind_error() {
             phase.errors += 1;
         }
+        phase.errors += bad_items(kind, &body);
         window.add_permits(1);
     }
     phase.elapsed = start.elapsed();
@@ -174,8 +207,17 @@ fn msg_kind_error() -> u8 {
 }
 
 /// Open loop: send at `rate` per second for `dur`, whatever the replies do; latency from each
-/// request's scheduled time.
-async fn open_loop<W, R>(mut w: W, mut r: R, frame: Vec<u8>, rate: f64, dur: Duration, name: &str) -> anyhow::Result<Phase>
+/// request's scheduled time. The sender is a dedicated OS thread sleeping with ~60 µs
+/// resolution (tokio's timer ticks in whole milliseconds, which would add up to 1 ms of
+/// generator lag to every measurement).
+async fn open_loop<W, R>(
+    w: W,
+    mut r: R,
+    frame: Vec<u8>,
+    rate: f64,
+    dur: Duration,
+    name: &str,
+) -> anyhow::Result<Phase>
 where
     W: AsyncWrite + Unpin + Send + 'static,
     R: AsyncRead + Unpin + Send + 'static,
@@ -183,11 +225,12 @@ where
     let total = (rate * dur.as_secs_f64()) as u64;
     let start = Instant::now() + Duration::from_millis(5);
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let writer = tokio::spawn(async move {
+    let handle = tokio::runtime::Handle::current();
+    let writer = std::thread::spawn(move || {
+        let mut w = w;
         let mut id = 0u64;
         let mut buf = Vec::new();
         while id < total {
-            // Everything scheduled up to now goes out in one write.
             let now = Instant::now();
             buf.clear();
             while id < total && start + interval.mul_f64(id as f64) <= now {
@@ -196,33 +239,40 @@ where
                 buf[at..at + 8].copy_from_slice(&id.to_le_bytes());
                 id += 1;
             }
-            if !buf.is_empty() && w.write_all(&buf).await.is_err() {
+            if !buf.is_empty() && handle.block_on(w.write_all(&buf)).is_err() {
                 break;
             }
             let next = start + interval.mul_f64(id as f64);
-            tokio::time::sleep_until(next.into()).await;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
         }
-        w
     });
     let mut phase = Phase::new(name);
     let mut body = Vec::new();
     for _ in 0..total {
         let (id, kind) = read_frame(&mut r, &mut body).await?;
         let scheduled = start + interval.mul_f64(id as f64);
-        phase.hist.saturating_record(scheduled.elapsed().as_micros().max(1) as u64);
+        phase
+            .hist
+            .saturating_record(scheduled.elapsed().as_micros().max(1) as u64);
         phase.done += 1;
         if kind == msg_kind_error() {
             phase.errors += 1;
         }
     }
     phase.elapsed = start.elapsed();
-    writer.abort();
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     Ok(phase)
 }
 
 /// Answers every request frame with a frame of `reply_len` bytes (same id): the transport
 /// baseline. Works over any byte stream.
-async fn echo_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut r: R, mut w: W, reply: Arc<Vec<u8>>) {
+async fn echo_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut r: R,
+    mut w: W,
+    reply: Arc<Vec<u8>>,
+) {
     let mut inbuf = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut out = Vec::with_capacity(64 * 1024);
@@ -255,10 +305,18 @@ async fn echo_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut r: R, mut 
 
 fn identity() -> anyhow::Result<(Vec<u8>, String, String)> {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
-    Ok((ck.cert.der().to_vec(), ck.cert.pem(), ck.signing_key.serialize_pem()))
+    Ok((
+        ck.cert.der().to_vec(),
+        ck.cert.pem(),
+        ck.signing_key.serialize_pem(),
+    ))
 }
 
-async fn quinn_echo_server(cert_pem: &str, key_pem: &str, reply: Arc<Vec<u8>>) -> anyhow::Result<SocketAddr> {
+async fn quinn_echo_server(
+    cert_pem: &str,
+    key_pem: &str,
+    reply: Arc<Vec<u8>>,
+) -> anyhow::Result<SocketAddr> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes())?];
@@ -269,7 +327,9 @@ async fn quinn_echo_server(cert_pem: &str, key_pem: &str, reply: Arc<Vec<u8>>) -
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     tls.alpn_protocols = vec![protocol::ALPN.to_vec()];
-    let server = quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
+    let server = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls)?,
+    ));
     let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
     let addr = endpoint.local_addr()?;
     tokio::spawn(async move {
@@ -330,17 +390,86 @@ fn start_node(bin: &PathBuf, cert_pem: &str, key_pem: &str) -> anyhow::Result<No
             "ab".repeat(32)
         ),
     )?;
-    let mut child = Command::new(bin).args(["node", "--config"]).arg(dir.join("node.toml")).stdout(Stdio::piped()).spawn()?;
+    let mut child = Command::new(bin)
+        .args(["node", "--config"])
+        .arg(dir.join("node.toml"))
+        .stdout(Stdio::piped())
+        .spawn()?;
     let mut line = String::new();
     use std::io::BufRead;
     std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let addr = line.trim().rsplit(' ').next().context("address")?.parse().with_context(|| format!("node said {line:?}"))?;
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .context("address")?
+        .parse()
+        .with_context(|| format!("node said {line:?}"))?;
     Ok(NodeProcess { child, addr, dir })
 }
 
+fn no_patch(_: &mut [u8], _: u64) {}
+
+fn no_items(_: u8, _: &[u8]) -> u64 {
+    0
+}
+
+/// Events of an `EVENT_BATCH_OK` reply that were not applied.
+fn events_not_applied(kind: u8, body: &[u8]) -> u64 {
+    if kind != protocol::Kind::EventBatchOk as u8 {
+        return 0;
+    }
+    let h = Header {
+        body_len: body.len() as u32,
+        kind,
+        request_id: 0,
+    };
+    match protocol::decode(&h, body) {
+        Ok(Message::EventBatchOk(r)) => r
+            .outcomes
+            .iter()
+            .filter(|o| **o != msg::outcome::APPLIED)
+            .count() as u64,
+        _ => EVENTS_PER_BATCH,
+    }
+}
+
+/// Gives every event of the n-th batch a fresh id, so the node applies them (instead of
+/// acknowledging duplicates). Events sit at the start of the body, 32 bytes each, id first.
+fn fresh_event_ids(frame: &mut [u8], n: u64) {
+    let zones = EVENT_ZONE_IDS.get().expect("set before the phase");
+    let body = &mut frame[HEADER_LEN..];
+    for (i, ev) in body
+        .chunks_exact_mut(32)
+        .take(EVENTS_PER_BATCH as usize)
+        .enumerate()
+    {
+        let id = n * EVENTS_PER_BATCH + i as u64;
+        ev[..8].copy_from_slice(&id.to_le_bytes());
+        ev[8..16].copy_from_slice(&zones[(id % zones.len() as u64) as usize].to_le_bytes());
+    }
+}
+
+/// Zones the event phase writes to.
+const EVENT_ZONES: usize = 50_000;
+static EVENT_ZONE_IDS: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+
+const EVENTS_PER_BATCH: u64 = 1000;
+
 fn quote_frame(zone: u64) -> Vec<u8> {
     let mut f = Vec::new();
-    protocol::encode(0, &Message::Quote(msg::QuoteRequest { zone, lat: 0.0, lng: 0.0, distance_m: 4200, duration_s: 780, origin: 0 }), &mut f);
+    protocol::encode(
+        0,
+        &Message::Quote(msg::QuoteRequest {
+            zone,
+            lat: 0.0,
+            lng: 0.0,
+            distance_m: 4200,
+            duration_s: 780,
+            origin: 0,
+        }),
+        &mut f,
+    );
     f
 }
 
@@ -349,11 +478,27 @@ fn city_zone() -> u64 {
     bench::city_zones(1)[0].raw()
 }
 
-async fn node_stream(addr: SocketAddr, cert: &[u8]) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
-    let conn = client::connect_raw(addr, "localhost", &client::Trust::Pinned(cert.to_vec()), protocol::ALPN).await?;
+async fn node_stream(
+    addr: SocketAddr,
+    cert: &[u8],
+) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
+    let conn = client::connect_raw(
+        addr,
+        "localhost",
+        &client::Trust::Pinned(cert.to_vec()),
+        protocol::ALPN,
+    )
+    .await?;
     let (mut s, mut r) = conn.open_bi().await?;
     let mut hello = Vec::new();
-    protocol::encode(0, &Message::Hello(msg::Hello { client_token: TOKEN.as_bytes().to_vec(), client_name: b"e2e".to_vec() }), &mut hello);
+    protocol::encode(
+        0,
+        &Message::Hello(msg::Hello {
+            client_token: TOKEN.as_bytes().to_vec(),
+            client_name: b"e2e".to_vec(),
+        }),
+        &mut hello,
+    );
     s.write_all(&hello).await?;
     let mut body = Vec::new();
     let (_, kind) = read_frame(&mut r, &mut body).await?;
@@ -374,13 +519,33 @@ fn redis_baseline(in_flight: usize, requests: u64) -> anyhow::Result<Option<(f64
     let dir = std::env::temp_dir().join(format!("eq-e2e-redis-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut child = Command::new(server)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
         .arg(&dir)
         .stdout(Stdio::null())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(300));
     let out = Command::new(bench)
-        .args(["-p", &port.to_string(), "-t", "get", "-n", &requests.to_string(), "-c", &in_flight.to_string(), "--csv"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "get",
+            "-n",
+            &requests.to_string(),
+            "-c",
+            &in_flight.to_string(),
+            "--csv",
+        ])
         .output();
     let _ = child.kill();
     let _ = child.wait();
@@ -388,10 +553,20 @@ fn redis_baseline(in_flight: usize, requests: u64) -> anyhow::Result<Option<(f64
     let out = out?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-    let row = text.lines().find(|l| l.starts_with("\"GET\"")).context("redis-benchmark printed no GET row")?;
-    let cols: Vec<String> = row.split(',').map(|c| c.trim_matches('"').to_owned()).collect();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("\"GET\""))
+        .context("redis-benchmark printed no GET row")?;
+    let cols: Vec<String> = row
+        .split(',')
+        .map(|c| c.trim_matches('"').to_owned())
+        .collect();
     let rps: f64 = cols.get(1).context("rps")?.parse()?;
-    let detail = format!("p50 {} ms, p99 {} ms", cols.get(4).cloned().unwrap_or_default(), cols.get(6).cloned().unwrap_or_default());
+    let detail = format!(
+        "p50 {} ms, p99 {} ms",
+        cols.get(4).cloned().unwrap_or_default(),
+        cols.get(6).cloned().unwrap_or_default()
+    );
     Ok(Some((rps, detail)))
 }
 
@@ -405,13 +580,82 @@ fn which(name: &str) -> anyhow::Result<PathBuf> {
     bail!("{name} not found")
 }
 
+/// `e2e --serve-echo CERT KEY`: the baselines' servers, in a process of their own like the
+/// node, so that they do not share the load generator's threads.
+fn serve_echo(cert: &str, key: &str) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (cert, key) = (
+        std::fs::read_to_string(cert)?,
+        std::fs::read_to_string(key)?,
+    );
+    rt.block_on(async {
+        let reply = Arc::new(reply_frame());
+        let q = quinn_echo_server(&cert, &key, Arc::clone(&reply)).await?;
+        let t = tcp_echo_server(reply).await?;
+        println!("{q} {t}");
+        // Until the parent closes our stdin.
+        let mut sink = Vec::new();
+        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+        anyhow::Ok(())
+    })
+}
+
+fn reply_frame() -> Vec<u8> {
+    let mut f = Vec::new();
+    let reply = msg::QuoteReply {
+        token: [0; 112],
+        zone: 0,
+        amount_minor: 0,
+        snapshot_version: 0,
+        snapshot_age_ms: 0,
+        expires_at_ms: 0,
+        multiplier_milli: 0,
+        currency: [0; 3],
+    };
+    protocol::encode(0, &Message::QuoteOk(reply), &mut f);
+    f
+}
+
 fn main() -> anyhow::Result<()> {
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some("--serve-echo") {
+        return serve_echo(raw.get(2).context("cert")?, raw.get(3).context("key")?);
+    }
     let a = args()?;
     let dur = Duration::from_secs(a.seconds);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let (cert_der, cert_pem, key_pem) = identity()?;
     let node = start_node(&a.node_bin, &cert_pem, &key_pem)?;
-    println!("node {} (pid {}); {} s per phase; {} requests in flight", node.addr, node.child.id(), a.seconds, a.in_flight);
+    let mut echo = Command::new(std::env::current_exe()?)
+        .arg("--serve-echo")
+        .arg(node.dir.join("cert.pem"))
+        .arg(node.dir.join("key.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let (qaddr, taddr): (SocketAddr, SocketAddr) = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(echo.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let mut it = line.split_whitespace();
+        (
+            it.next().context("quinn addr")?.parse()?,
+            it.next().context("tcp addr")?.parse()?,
+        )
+    };
+    println!(
+        "node {} (pid {}); {} s per phase; {} requests in flight",
+        node.addr,
+        node.child.id(),
+        a.seconds,
+        a.in_flight
+    );
 
     rt.block_on(async {
         // Zones to quote: events for every fixture zone first.
@@ -425,31 +669,23 @@ fn main() -> anyhow::Result<()> {
                 .collect();
             c.send_events(evs).await?;
         }
-        let reply_len = {
-            let mut f = Vec::new();
-            protocol::encode(0, &Message::QuoteOk(msg::QuoteReply { token: [0; 112], zone: 0, amount_minor: 0, snapshot_version: 0, snapshot_age_ms: 0, expires_at_ms: 0, multiplier_milli: 0, currency: [0; 3] }), &mut f);
-            f
-        };
         let request = quote_frame(city_zone());
-        println!("message sizes: request {} bytes, reply {} bytes\n", request.len(), reply_len.len());
-        let reply = Arc::new(reply_len);
+        println!("message sizes: request {} bytes, reply {} bytes\n", request.len(), reply_frame().len());
         let mut phases = Vec::new();
 
-        let qaddr = quinn_echo_server(&cert_pem, &key_pem, Arc::clone(&reply)).await?;
         let conn = client::connect_raw(qaddr, "localhost", &client::Trust::Pinned(cert_der.clone()), protocol::ALPN).await?;
         let (s, r) = conn.open_bi().await?;
-        let echo = closed_loop(s, r, request.clone(), a.in_flight, dur, "baseline: bare quinn echo, max").await?;
+        let echo = closed_loop(s, r, request.clone(), no_patch, no_items, a.in_flight, dur, "baseline: bare quinn echo, max").await?;
         println!("{}", echo.line());
 
-        let taddr = tcp_echo_server(Arc::clone(&reply)).await?;
         let tcp = tokio::net::TcpStream::connect(taddr).await?;
         tcp.set_nodelay(true)?;
         let (tr, tw) = tcp.into_split();
-        let tcp_phase = closed_loop(tw, tr, request.clone(), a.in_flight, dur, "baseline: plain TCP request/response, max").await?;
+        let tcp_phase = closed_loop(tw, tr, request.clone(), no_patch, no_items, a.in_flight, dur, "baseline: plain TCP request/response, max").await?;
         println!("{}", tcp_phase.line());
 
         let (_c1, s, r) = node_stream(node.addr, &cert_der).await?;
-        let max = closed_loop(s, r, request.clone(), a.in_flight, dur, "equilibrium: pipelined quotes, max").await?;
+        let max = closed_loop(s, r, request.clone(), no_patch, no_items, a.in_flight, dur, "equilibrium: pipelined quotes, max").await?;
         println!("{}", max.line());
 
         let mut open = Vec::new();
@@ -464,14 +700,17 @@ fn main() -> anyhow::Result<()> {
         // Events in batches of 1,000, 8 batches in flight.
         let (_c2, s, r) = node_stream(node.addr, &cert_der).await?;
         let mut evf = Vec::new();
-        let events: Vec<_> = (0..1000u64)
-            .map(|i| msg::WireEvent { id: i, zone: zones[(i % ZONES) as usize].raw(), driver: 0, kind: msg::event_kind::RIDER_DEMAND })
+        // Spread over many zones: each zone remembers at most `dedupe_ids_max` event ids per
+        // window, and a zone that is full rejects (`dedupe_full`) rather than forgets.
+        let _ = EVENT_ZONE_IDS.set(bench::city_zones(EVENT_ZONES).iter().map(|z| z.raw()).collect());
+        let events: Vec<_> = (0..EVENTS_PER_BATCH)
+            .map(|i| msg::WireEvent { id: i, zone: 0, driver: 0, kind: msg::event_kind::RIDER_DEMAND })
             .collect();
         protocol::encode(0, &Message::EventBatch(msg::EventBatch { events }), &mut evf);
-        let mut ev = closed_loop(s, r, evf, 8, dur, "equilibrium: event batches of 1,000").await?;
+        let mut ev = closed_loop(s, r, evf, fresh_event_ids, events_not_applied, 8, dur, "equilibrium: event batches of 1,000").await?;
         // Count events, not batches.
-        ev.done *= 1000;
-        println!("{} (events; repeats of the same ids are acknowledged as duplicates)", ev.line());
+        ev.done *= EVENTS_PER_BATCH;
+        println!("{} (events/s; every event a fresh id)", ev.line());
 
         phases.push(echo);
         phases.push(tcp_phase);
@@ -501,6 +740,9 @@ fn main() -> anyhow::Result<()> {
             println!("p99 at half the max rate: {} µs", half.hist.value_at_quantile(0.99));
         }
     })?;
+    drop(echo.stdin.take());
+    let _ = echo.kill();
+    let _ = echo.wait();
     drop(node);
     Ok(())
 }
