@@ -114,13 +114,19 @@ async fn read_frame<R: AsyncRead + Unpin>(
 
 /// Closed loop: keep `in_flight` requests outstanding on one stream for `dur`.
 /// `frame` is a request frame whose id bytes are rewritten per request.
-async fn closed_loop<W, R>(
-    mut w: W,
-    mut r: R,
+/// What a closed loop sends: a request frame (its id rewritten per request, then `patch`ed),
+/// how many to keep in flight, and how to count failed items inside a reply.
+struct Workload {
     frame: Vec<u8>,
     patch: fn(&mut [u8], u64),
     bad_items: fn(u8, &[u8]) -> u64,
     in_flight: usize,
+}
+
+async fn closed_loop<W, R>(
+    mut w: W,
+    mut r: R,
+    load: Workload,
     dur: Duration,
     name: &str,
 ) -> anyhow::Result<Phase>
@@ -128,6 +134,12 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
     R: AsyncRead + Unpin + Send + 'static,
 {
+    let Workload {
+        frame,
+        patch,
+        bad_items,
+        in_flight,
+    } = load;
     let sent_at: Arc<Mutex<VecDeque<Instant>>> =
         Arc::new(Mutex::new(VecDeque::with_capacity(in_flight * 2)));
     let window = Arc::new(tokio::sync::Semaphore::new(in_flight));
@@ -675,17 +687,17 @@ fn main() -> anyhow::Result<()> {
 
         let conn = client::connect_raw(qaddr, "localhost", &client::Trust::Pinned(cert_der.clone()), protocol::ALPN).await?;
         let (s, r) = conn.open_bi().await?;
-        let echo = closed_loop(s, r, request.clone(), no_patch, no_items, a.in_flight, dur, "baseline: bare quinn echo, max").await?;
+        let echo = closed_loop(s, r, Workload { frame: request.clone(), patch: no_patch, bad_items: no_items, in_flight: a.in_flight }, dur, "baseline: bare quinn echo, max").await?;
         println!("{}", echo.line());
 
         let tcp = tokio::net::TcpStream::connect(taddr).await?;
         tcp.set_nodelay(true)?;
         let (tr, tw) = tcp.into_split();
-        let tcp_phase = closed_loop(tw, tr, request.clone(), no_patch, no_items, a.in_flight, dur, "baseline: plain TCP request/response, max").await?;
+        let tcp_phase = closed_loop(tw, tr, Workload { frame: request.clone(), patch: no_patch, bad_items: no_items, in_flight: a.in_flight }, dur, "baseline: plain TCP request/response, max").await?;
         println!("{}", tcp_phase.line());
 
         let (_c1, s, r) = node_stream(node.addr, &cert_der).await?;
-        let max = closed_loop(s, r, request.clone(), no_patch, no_items, a.in_flight, dur, "equilibrium: pipelined quotes, max").await?;
+        let max = closed_loop(s, r, Workload { frame: request.clone(), patch: no_patch, bad_items: no_items, in_flight: a.in_flight }, dur, "equilibrium: pipelined quotes, max").await?;
         println!("{}", max.line());
 
         let mut open = Vec::new();
@@ -707,7 +719,7 @@ fn main() -> anyhow::Result<()> {
             .map(|i| msg::WireEvent { id: i, zone: 0, driver: 0, kind: msg::event_kind::RIDER_DEMAND })
             .collect();
         protocol::encode(0, &Message::EventBatch(msg::EventBatch { events }), &mut evf);
-        let mut ev = closed_loop(s, r, evf, fresh_event_ids, events_not_applied, 8, dur, "equilibrium: event batches of 1,000").await?;
+        let mut ev = closed_loop(s, r, Workload { frame: evf, patch: fresh_event_ids, bad_items: events_not_applied, in_flight: 8 }, dur, "equilibrium: event batches of 1,000").await?;
         // Count events, not batches.
         ev.done *= EVENTS_PER_BATCH;
         println!("{} (events/s; every event a fresh id)", ev.line());
