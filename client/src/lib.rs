@@ -55,6 +55,9 @@ pub struct ClientConfig {
     /// Connecting (QUIC and TLS handshakes and `HELLO`) longer than this fails. Default
     /// 3,000 ms.
     pub connect_timeout_ms: u64,
+    /// A connection that hears nothing from the node for this long is dead (keep-alives go
+    /// out at a third of it). Default 5,000 ms.
+    pub idle_timeout_ms: u64,
     /// First reconnect delay; doubles per failure. Default 50 ms.
     pub backoff_initial_ms: u64,
     /// Longest reconnect delay. Default 5,000 ms.
@@ -77,6 +80,7 @@ impl ClientConfig {
             lane_queue_len: 1024,
             request_timeout_ms: 5_000,
             connect_timeout_ms: 3_000,
+            idle_timeout_ms: 5_000,
             backoff_initial_ms: 50,
             backoff_max_ms: 5_000,
             event_batch_len: 1_000,
@@ -129,6 +133,9 @@ struct Live {
     conn: quinn::Connection,
     lanes: Vec<mpsc::Sender<Request>>,
     welcome: msg::Welcome,
+    /// Keeps this client within the node's `in_flight_max`, so its own pipelining never
+    /// earns it `overloaded`.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug)]
@@ -157,8 +164,14 @@ impl Client {
                 "lanes, lane_queue_len and event_batch_len must be at least 1".into(),
             ));
         }
-        let quic =
+        let mut quic =
             tls::quic_client_config(&cfg.trust, protocol::ALPN).map_err(ClientError::Config)?;
+        let mut transport = quinn::TransportConfig::default();
+        let idle = Duration::from_millis(cfg.idle_timeout_ms.max(300));
+        transport
+            .max_idle_timeout(idle.try_into().ok())
+            .keep_alive_interval(Some(idle / 3));
+        quic.transport_config(Arc::new(transport));
         let bind: SocketAddr = if addr.is_ipv6() {
             "[::]:0"
         } else {
@@ -268,10 +281,14 @@ impl Client {
             }
             other => return Err(unexpected(other)),
         };
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(
+            welcome.in_flight_max.max(1) as usize
+        ));
         Ok(Live {
             conn,
             lanes,
             welcome,
+            in_flight,
         })
     }
 
@@ -293,6 +310,10 @@ impl Client {
     /// [`ClientError::Refused`]).
     pub async fn request(&self, message: Message) -> Result<Message, ClientError> {
         let live = self.live().await?;
+        let _permit = Arc::clone(&live.in_flight)
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Connection("connection closed".into()))?;
         let lane = self.inner.next_lane.fetch_add(1, Ordering::Relaxed) % live.lanes.len();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -307,12 +328,29 @@ impl Client {
         {
             return Err(ClientError::Connection("connection lost".into()));
         }
-        match self.wait(rx).await? {
+        let reply = match self.wait(rx).await {
+            Err(ClientError::Timeout(t)) => {
+                // A node that stopped answering is treated as gone: the next request
+                // reconnects instead of queueing behind a dead connection.
+                self.drop_connection(&live).await;
+                return Err(ClientError::Timeout(t));
+            }
+            other => other?,
+        };
+        match reply {
             Message::Error(e) => Err(ClientError::Refused {
                 code: e.code,
                 message: String::from_utf8_lossy(&e.message).into_owned(),
             }),
             m => Ok(m),
+        }
+    }
+
+    async fn drop_connection(&self, live: &Arc<Live>) {
+        let mut guard = self.inner.live.lock().await;
+        if guard.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
+            live.conn.close(quinn::VarInt::from_u32(0), b"unresponsive");
+            *guard = None;
         }
     }
 

@@ -22,20 +22,53 @@ pub(crate) struct TestNode {
 }
 
 impl TestNode {
-    /// Starts a node with extra `[limits]` lines and engine settings overrides.
+    /// Starts a node with extra `[limits]` lines.
     pub(crate) fn start(limits: &str) -> Self {
+        Self::start_on("127.0.0.1:0", limits)
+    }
+
+    /// Starts a node on a given address with extra `[limits]` lines.
+    pub(crate) fn start_on(listen: &str, limits: &str) -> Self {
+        let ck =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        Self::start_inner(
+            listen,
+            limits,
+            ck.cert.pem(),
+            ck.signing_key.serialize_pem(),
+            ck.cert.der().to_vec(),
+        )
+    }
+
+    /// Starts a node with the certificate (and key) of a node started earlier in this thread.
+    pub(crate) fn start_with_cert(listen: &str, limits: &str, cert_der: Vec<u8>) -> Self {
+        let (cert_pem, key_pem) = SAVED
+            .with(|s| s.borrow().get(&cert_der).cloned())
+            .expect("certificate of an earlier node");
+        Self::start_inner(listen, limits, cert_pem, key_pem, cert_der)
+    }
+
+    fn start_inner(
+        listen: &str,
+        limits: &str,
+        cert_pem: String,
+        key_pem: String,
+        cert_der: Vec<u8>,
+    ) -> Self {
+        SAVED.with(|s| {
+            s.borrow_mut()
+                .insert(cert_der.clone(), (cert_pem.clone(), key_pem.clone()))
+        });
         let dir =
             std::env::temp_dir().join(format!("eq-node-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let ck =
-            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
-        std::fs::write(dir.join("cert.pem"), ck.cert.pem()).expect("write cert");
-        std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).expect("write key");
+        std::fs::write(dir.join("cert.pem"), &cert_pem).expect("write cert");
+        std::fs::write(dir.join("key.pem"), &key_pem).expect("write key");
         let engine = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/engine.toml");
         std::fs::write(
             dir.join("node.toml"),
             format!(
-                r#"listen = "127.0.0.1:0"
+                r#"listen = "{listen}"
 engine_config = "{engine}"
 cluster_key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 [tls]
@@ -84,7 +117,7 @@ name = "test-shared"
             child: Some(child),
             addr,
             dir,
-            cert_der: ck.cert.der().to_vec(),
+            cert_der,
         }
     }
 
@@ -124,6 +157,11 @@ impl Drop for TestNode {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+thread_local! {
+    /// PEM pairs of the certificates started so far, by DER, so a restarted node can reuse one.
+    static SAVED: std::cell::RefCell<std::collections::HashMap<Vec<u8>, (String, String)>> = Default::default();
 }
 
 fn rand_suffix() -> u64 {
