@@ -298,7 +298,8 @@ pub(crate) struct TokenArgs {
     #[command(flatten)]
     target: Target,
     /// The quote token, hex, as printed by `equilibrium quote`.
-    token: String,
+    #[arg(value_name = "QUOTE_TOKEN")]
+    quote_token: String,
 }
 
 fn parse_token(hex: &str) -> anyhow::Result<[u8; TOKEN_LEN]> {
@@ -322,7 +323,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 pub(crate) fn verify(a: TokenArgs) -> anyhow::Result<()> {
-    let token = parse_token(&a.token)?;
+    let token = parse_token(&a.quote_token)?;
     runtime()?.block_on(async {
         let c = a.target.connect().await?;
         let t = c.verify(token).await?;
@@ -342,7 +343,7 @@ pub(crate) fn verify(a: TokenArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn explain(a: TokenArgs) -> anyhow::Result<()> {
-    let token = parse_token(&a.token)?;
+    let token = parse_token(&a.quote_token)?;
     runtime()?.block_on(async {
         let c = a.target.connect().await?;
         let e = c.explain(token).await?;
