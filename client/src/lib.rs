@@ -446,6 +446,69 @@ impl Client {
         }
     }
 
+    /// A zone's hot state (needs a `read` or `admin` credential).
+    pub async fn zone_state(&self, zone: u64) -> Result<msg::ZoneStateReply, ClientError> {
+        match self
+            .request(Message::ZoneState(msg::ZoneRequest { zone }))
+            .await?
+        {
+            Message::ZoneStateOk(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A zone's fare table (needs a `read` or `admin` credential).
+    pub async fn fare_get(&self, zone: u64) -> Result<msg::WireFare, ClientError> {
+        match self
+            .request(Message::FareGet(msg::ZoneRequest { zone }))
+            .await?
+        {
+            Message::FareGetOk(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Replaces a zone's fare table (needs an `admin` credential). Answered once applied.
+    pub async fn fare_set(&self, zone: u64, fare: msg::WireFare) -> Result<u32, ClientError> {
+        match self
+            .request(Message::FareSet(msg::FareSet { zone, fare }))
+            .await?
+        {
+            Message::FareSetOk(r) => Ok(r.version),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The surge policy (needs a `read` or `admin` credential).
+    pub async fn policy_get(&self) -> Result<msg::WirePolicy, ClientError> {
+        match self
+            .request(Message::PolicyGet(msg::Empty { reserved: 0 }))
+            .await?
+        {
+            Message::PolicyGetOk(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Replaces the surge policy (needs an `admin` credential). Answered once applied.
+    pub async fn policy_set(&self, policy: msg::WirePolicy) -> Result<u32, ClientError> {
+        match self.request(Message::PolicySet(policy)).await? {
+            Message::PolicySetOk(r) => Ok(r.version),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The node's status (needs a `read` or `admin` credential).
+    pub async fn status(&self) -> Result<msg::StatusReply, ClientError> {
+        match self
+            .request(Message::Status(msg::Empty { reserved: 0 }))
+            .await?
+        {
+            Message::StatusOk(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// A batcher that groups events into batches by size and time.
     pub fn event_batcher(&self) -> EventBatcher {
         EventBatcher::start(self.clone())

@@ -22,6 +22,9 @@ pub enum ErrorCode {
     NotAuthenticated = 10,
     /// The client token in `HELLO` is not known to the node. The connection is closed.
     BadCredentials = 11,
+    /// The client's credential does not allow this request (e.g. an admin change with a
+    /// read-only or client credential).
+    Forbidden = 12,
     /// The zone has no price on this node (never seen, or outside the city).
     UnknownZone = 20,
     /// A latitude or longitude is out of range or not a number.
@@ -32,6 +35,10 @@ pub enum ErrorCode {
     BatchTooLarge = 23,
     /// The zone id is not a valid H3 cell, or not at the resolution the cluster serves.
     InvalidZone = 24,
+    /// A field of the request is out of its range (e.g. a fare table with a cap below 1.0).
+    InvalidValue = 25,
+    /// The change is based on an old version (fare table and policy versions must increase).
+    Conflict = 26,
     /// The node is at its in-flight limit for this connection or in total, and sheds the
     /// request; retry with backoff. Shared-tier traffic is shed before premium.
     Overloaded = 30,
@@ -48,7 +55,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 20] = [
         Self::MalformedFrame,
         Self::UnsupportedVersion,
         Self::UnknownKind,
@@ -56,11 +63,14 @@ impl ErrorCode {
         Self::InvalidBody,
         Self::NotAuthenticated,
         Self::BadCredentials,
+        Self::Forbidden,
         Self::UnknownZone,
         Self::InvalidCoordinates,
         Self::InvalidTrip,
         Self::BatchTooLarge,
         Self::InvalidZone,
+        Self::InvalidValue,
+        Self::Conflict,
         Self::Overloaded,
         Self::InvalidToken,
         Self::ExpiredToken,
@@ -88,11 +98,14 @@ impl ErrorCode {
             Self::InvalidBody => "invalid_body",
             Self::NotAuthenticated => "not_authenticated",
             Self::BadCredentials => "bad_credentials",
+            Self::Forbidden => "forbidden",
             Self::UnknownZone => "unknown_zone",
             Self::InvalidCoordinates => "invalid_coordinates",
             Self::InvalidTrip => "invalid_trip",
             Self::BatchTooLarge => "batch_too_large",
             Self::InvalidZone => "invalid_zone",
+            Self::InvalidValue => "invalid_value",
+            Self::Conflict => "conflict",
             Self::Overloaded => "overloaded",
             Self::InvalidToken => "invalid_token",
             Self::ExpiredToken => "expired_token",

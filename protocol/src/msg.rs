@@ -23,6 +23,18 @@ pub enum Kind {
     Verify = 0x05,
     /// Client → node: explain a quote token ([`TokenRequest`]).
     Explain = 0x06,
+    /// Admin (read) → node: a zone's hot state ([`ZoneRequest`]).
+    ZoneState = 0x07,
+    /// Admin (read) → node: a zone's fare table ([`ZoneRequest`]).
+    FareGet = 0x08,
+    /// Admin → node: replace a zone's fare table ([`FareSet`]).
+    FareSet = 0x09,
+    /// Admin (read) → node: the surge policy ([`Empty`]).
+    PolicyGet = 0x0A,
+    /// Admin → node: replace the surge policy ([`WirePolicy`]).
+    PolicySet = 0x0B,
+    /// Admin (read) → node: the node's status ([`Empty`]).
+    Status = 0x0C,
     /// Node → client: reply to `Hello` ([`Welcome`]).
     Welcome = 0x81,
     /// Node → client: reply to `Quote` ([`QuoteReply`]).
@@ -35,25 +47,49 @@ pub enum Kind {
     VerifyOk = 0x85,
     /// Node → client: reply to `Explain` ([`ExplainReply`]).
     ExplainOk = 0x86,
+    /// Node → admin: reply to `ZoneState` ([`ZoneStateReply`]).
+    ZoneStateOk = 0x87,
+    /// Node → admin: reply to `FareGet` ([`WireFare`]).
+    FareGetOk = 0x88,
+    /// Node → admin: reply to `FareSet` ([`VersionReply`]): the change is applied.
+    FareSetOk = 0x89,
+    /// Node → admin: reply to `PolicyGet` ([`WirePolicy`]).
+    PolicyGetOk = 0x8A,
+    /// Node → admin: reply to `PolicySet` ([`VersionReply`]): the change is applied.
+    PolicySetOk = 0x8B,
+    /// Node → admin: reply to `Status` ([`StatusReply`]).
+    StatusOk = 0x8C,
     /// Node → client: the request failed ([`ErrorReply`]).
     Error = 0xFF,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 25] = [
         Self::Hello,
         Self::Quote,
         Self::QuoteBatch,
         Self::EventBatch,
         Self::Verify,
         Self::Explain,
+        Self::ZoneState,
+        Self::FareGet,
+        Self::FareSet,
+        Self::PolicyGet,
+        Self::PolicySet,
+        Self::Status,
         Self::Welcome,
         Self::QuoteOk,
         Self::QuoteBatchOk,
         Self::EventBatchOk,
         Self::VerifyOk,
         Self::ExplainOk,
+        Self::ZoneStateOk,
+        Self::FareGetOk,
+        Self::FareSetOk,
+        Self::PolicyGetOk,
+        Self::PolicySetOk,
+        Self::StatusOk,
         Self::Error,
     ];
 
@@ -316,6 +352,109 @@ pub struct ExplainReply {
     pub policy_known: u8,
 }
 
+/// A request about one zone.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZoneRequest {
+    /// The zone (H3 cell).
+    pub zone: u64,
+}
+
+/// A request without parameters.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Empty {
+    /// Send 0; ignored.
+    pub reserved: u32,
+}
+
+/// A zone's hot state, as its owner holds it.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZoneStateReply {
+    /// The zone.
+    pub zone: u64,
+    /// Latest snapshot version.
+    pub version: u64,
+    /// Engine time of the last applied event, ms since the Unix epoch.
+    pub last_event_ms: u64,
+    /// Distinct available drivers.
+    pub drivers: u32,
+    /// Demand in the window.
+    pub demand: u32,
+    /// Quotes in the window.
+    pub quotes: u32,
+    /// Accepted trips in the window.
+    pub accepted: u32,
+    /// Event ids remembered for dedupe.
+    pub dedupe_ids: u32,
+    /// Published multiplier, thousandths.
+    pub multiplier_milli: u32,
+    /// The fare table in force.
+    pub fare: WireFare,
+}
+
+/// A new fare table for a zone.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FareSet {
+    /// The zone.
+    pub zone: u64,
+    /// The table; its version must be newer than the zone's current one.
+    pub fare: WireFare,
+}
+
+/// The surge policy on the wire (meanings in `configs/engine.toml`).
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct WirePolicy {
+    /// Demand/supply ratio at which surge starts.
+    pub ratio_threshold: f64,
+    /// Multiplier added per unit of ratio above the threshold.
+    pub sensitivity: f64,
+    /// How much one quote counts as demand.
+    pub quote_demand_weight: f64,
+    /// EWMA weight of the newest target.
+    pub ewma_alpha: f64,
+    /// Weight of the neighbours' mean multiplier.
+    pub neighbour_weight: f64,
+    /// Version; a change must increase it.
+    pub version: u32,
+    /// Supply counts as at least this many drivers.
+    pub supply_floor: u32,
+    /// Highest multiplier, thousandths.
+    pub cap_milli: u32,
+    /// Dead band for reversals, thousandths.
+    pub hysteresis_milli: u32,
+    /// Largest change per tick, thousandths.
+    pub step_max_milli: u32,
+    /// Observations for full confidence.
+    pub confidence_full_at: u32,
+    /// Ticks against the trend before a small reversal.
+    pub reversal_dwell_ticks: u16,
+}
+
+/// A change was applied; its version.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VersionReply {
+    /// The version now in force.
+    pub version: u32,
+}
+
+/// A node's status.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusReply {
+    /// Milliseconds since the node started.
+    pub uptime_ms: u64,
+    /// Requests shed so far, premium tier.
+    pub shed_premium: u64,
+    /// Requests shed so far, shared tier.
+    pub shed_shared: u64,
+    /// Zones live on the node.
+    pub zones: u32,
+    /// Requests in flight now.
+    pub in_flight: u32,
+    /// Surge policy version in force.
+    pub policy_version: u32,
+    /// The node.
+    pub node_id: u16,
+}
+
 /// A failed request.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ErrorReply {
@@ -335,12 +474,24 @@ pub enum Message {
     EventBatch(EventBatch),
     Verify(TokenRequest),
     Explain(TokenRequest),
+    ZoneState(ZoneRequest),
+    FareGet(ZoneRequest),
+    FareSet(FareSet),
+    PolicyGet(Empty),
+    PolicySet(WirePolicy),
+    Status(Empty),
     Welcome(Welcome),
     QuoteOk(QuoteReply),
     QuoteBatchOk(QuoteBatchReply),
     EventBatchOk(EventBatchReply),
     VerifyOk(TokenInfo),
     ExplainOk(ExplainReply),
+    ZoneStateOk(ZoneStateReply),
+    FareGetOk(WireFare),
+    FareSetOk(VersionReply),
+    PolicyGetOk(WirePolicy),
+    PolicySetOk(VersionReply),
+    StatusOk(StatusReply),
     Error(ErrorReply),
 }
 
@@ -354,12 +505,24 @@ impl Message {
             Self::EventBatch(_) => Kind::EventBatch,
             Self::Verify(_) => Kind::Verify,
             Self::Explain(_) => Kind::Explain,
+            Self::ZoneState(_) => Kind::ZoneState,
+            Self::FareGet(_) => Kind::FareGet,
+            Self::FareSet(_) => Kind::FareSet,
+            Self::PolicyGet(_) => Kind::PolicyGet,
+            Self::PolicySet(_) => Kind::PolicySet,
+            Self::Status(_) => Kind::Status,
             Self::Welcome(_) => Kind::Welcome,
             Self::QuoteOk(_) => Kind::QuoteOk,
             Self::QuoteBatchOk(_) => Kind::QuoteBatchOk,
             Self::EventBatchOk(_) => Kind::EventBatchOk,
             Self::VerifyOk(_) => Kind::VerifyOk,
             Self::ExplainOk(_) => Kind::ExplainOk,
+            Self::ZoneStateOk(_) => Kind::ZoneStateOk,
+            Self::FareGetOk(_) => Kind::FareGetOk,
+            Self::FareSetOk(_) => Kind::FareSetOk,
+            Self::PolicyGetOk(_) => Kind::PolicyGetOk,
+            Self::PolicySetOk(_) => Kind::PolicySetOk,
+            Self::StatusOk(_) => Kind::StatusOk,
             Self::Error(_) => Kind::Error,
         }
     }

@@ -44,4 +44,20 @@ fn archived_layouts_are_as_documented() {
         token @ 0, fare @ 96, ratio @ 128, recomputed_minor @ 136, text @ 144, fare_known @ 152, policy_known @ 153,
     });
     layout!(ArchivedErrorReply, size 12, align 4, { code @ 0, message @ 4 });
+    layout!(ArchivedZoneRequest, size 8, align 8, { zone @ 0 });
+    layout!(ArchivedEmpty, size 4, align 4, { reserved @ 0 });
+    layout!(ArchivedZoneStateReply, size 80, align 8, {
+        zone @ 0, version @ 8, last_event_ms @ 16, drivers @ 24, demand @ 28, quotes @ 32, accepted @ 36,
+        dedupe_ids @ 40, multiplier_milli @ 44, fare @ 48,
+    });
+    layout!(ArchivedFareSet, size 40, align 8, { zone @ 0, fare @ 8 });
+    layout!(ArchivedWirePolicy, size 72, align 8, {
+        ratio_threshold @ 0, sensitivity @ 8, quote_demand_weight @ 16, ewma_alpha @ 24, neighbour_weight @ 32,
+        version @ 40, supply_floor @ 44, cap_milli @ 48, hysteresis_milli @ 52, step_max_milli @ 56,
+        confidence_full_at @ 60, reversal_dwell_ticks @ 64,
+    });
+    layout!(ArchivedVersionReply, size 4, align 4, { version @ 0 });
+    layout!(ArchivedStatusReply, size 40, align 8, {
+        uptime_ms @ 0, shed_premium @ 8, shed_shared @ 16, zones @ 24, in_flight @ 28, policy_version @ 32, node_id @ 36,
+    });
 }

@@ -99,6 +99,39 @@ pub struct ClientEntry {
     /// A name for logs.
     #[serde(default)]
     pub name: String,
+    /// What the credential may do: `client` (default), `read` or `admin`.
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// What a credential may do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Quotes, events, verify, explain.
+    #[default]
+    Client,
+    /// Read-only administration: zone state, fare and policy reads, status; quotes, verify
+    /// and explain; no events and no changes.
+    Read,
+    /// Everything, including fare-table and policy changes.
+    Admin,
+}
+
+impl Role {
+    /// Whether this role may send a request of `kind`.
+    pub fn allows(self, kind: protocol::Kind) -> bool {
+        use protocol::Kind as K;
+        match kind {
+            K::Hello | K::Quote | K::QuoteBatch | K::Verify | K::Explain => true,
+            K::EventBatch => matches!(self, Self::Client | Self::Admin),
+            K::ZoneState | K::FareGet | K::PolicyGet | K::Status => {
+                matches!(self, Self::Read | Self::Admin)
+            }
+            K::FareSet | K::PolicySet => self == Self::Admin,
+            _ => false,
+        }
+    }
 }
 
 /// Service tier: under overload, shared traffic is shed before premium.

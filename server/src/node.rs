@@ -20,7 +20,7 @@ use quinn::VarInt;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, ConnectionLoad};
-use crate::config::{LimitsConfig, NodeConfig, Tier};
+use crate::config::{LimitsConfig, NodeConfig, Role, Tier};
 use crate::tls::Identity;
 
 /// Why the node could not start.
@@ -44,7 +44,8 @@ pub enum StartError {
 struct Shared {
     engine: Arc<Engine>,
     limits: LimitsConfig,
-    clients: HashMap<Vec<u8>, (Tier, String)>,
+    clients: HashMap<Vec<u8>, (Tier, Role, String)>,
+    started: std::time::Instant,
     admission: Admission,
     stopping: AtomicBool,
     node_id: u16,
@@ -55,10 +56,20 @@ struct Shared {
 struct Connection {
     /// 0 until `HELLO` succeeds, then 1 + tier.
     tier: AtomicU8,
+    /// The credential's role (valid once `tier` is set).
+    role: AtomicU8,
     load: ConnectionLoad,
 }
 
 impl Connection {
+    fn role(&self) -> Role {
+        match self.role.load(Ordering::Acquire) {
+            2 => Role::Admin,
+            1 => Role::Read,
+            _ => Role::Client,
+        }
+    }
+
     fn tier(&self) -> Option<Tier> {
         match self.tier.load(Ordering::Acquire) {
             1 => Some(Tier::Premium),
@@ -111,7 +122,12 @@ impl Node {
         let clients = cfg
             .clients
             .iter()
-            .map(|c| (c.token.as_bytes().to_vec(), (c.tier, c.name.clone())))
+            .map(|c| {
+                (
+                    c.token.as_bytes().to_vec(),
+                    (c.tier, c.role, c.name.clone()),
+                )
+            })
             .collect();
         let shared = Arc::new(Shared {
             node_id: engine.config().node_id,
@@ -124,6 +140,7 @@ impl Node {
                 l.in_flight_per_connection_max,
             ),
             stopping: AtomicBool::new(false),
+            started: std::time::Instant::now(),
         });
         let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
         Ok(Self {
@@ -352,7 +369,8 @@ async fn answer(
     };
     if let Message::Hello(hello) = &message {
         return match shared.clients.get(&hello.client_token) {
-            Some((tier, name)) => {
+            Some((tier, role, name)) => {
+                state.role.store(*role as u8, Ordering::Release);
                 state.tier.store(1 + *tier as u8, Ordering::Release);
                 debug!(client = %name, ?tier, "authenticated");
                 let cfg = shared.engine.config();
@@ -384,8 +402,22 @@ async fn answer(
         );
         return After::Continue;
     }
+    let kind = message.kind();
+    if kind.is_request() && !state.role().allows(kind) {
+        let text = format!("this credential ({:?}) may not send {kind:?}", state.role());
+        error_frame(id, ErrorCode::Forbidden, text, out);
+        return After::Continue;
+    }
     let reply = match message {
         Message::Quote(q) => quote(shared, &q).map(Message::QuoteOk),
+        Message::ZoneState(z) => zone_state(shared, z.zone).await.map(Message::ZoneStateOk),
+        Message::FareGet(z) => zone_state(shared, z.zone)
+            .await
+            .map(|s| Message::FareGetOk(s.fare)),
+        Message::FareSet(f) => fare_set(shared, &f).await.map(Message::FareSetOk),
+        Message::PolicyGet(_) => Ok(Message::PolicyGetOk(wire_policy(&shared.engine.policy()))),
+        Message::PolicySet(p) => policy_set(shared, &p).await.map(Message::PolicySetOk),
+        Message::Status(_) => status(shared).await.map(Message::StatusOk),
         Message::QuoteBatch(b) => quote_batch(shared, &b).map(Message::QuoteBatchOk),
         Message::EventBatch(b) => events(shared, b).await.map(Message::EventBatchOk),
         Message::Verify(t) => verify(shared, &t).map(Message::VerifyOk),
@@ -624,5 +656,149 @@ async fn explain(shared: &Shared, t: &msg::TokenRequest) -> Answer<msg::ExplainR
         text: ex.to_string().into_bytes(),
         fare_known: u8::from(ex.fare.is_some()),
         policy_known: u8::from(ex.policy.is_some()),
+    })
+}
+
+fn admin_zone(shared: &Shared, raw: u64) -> Answer<ZoneId> {
+    ZoneId::new(raw)
+        .and_then(|z| z.check_resolution(shared.engine.config().resolution))
+        .map_err(|e| (ErrorCode::InvalidZone, e.to_string()))
+}
+
+fn wire_fare(f: &engine::FareTable) -> msg::WireFare {
+    msg::WireFare {
+        version: f.version,
+        base_minor: f.base_minor,
+        per_km_minor: f.per_km_minor,
+        per_min_minor: f.per_min_minor,
+        minimum_minor: f.minimum_minor,
+        surge_cap_milli: f.surge_cap_milli,
+        currency: f.currency.bytes(),
+    }
+}
+
+async fn zone_state(shared: &Shared, raw: u64) -> Answer<msg::ZoneStateReply> {
+    let zone = admin_zone(shared, raw)?;
+    let s = shared
+        .engine
+        .hot_state(zone)
+        .await
+        .map_err(|e| (ErrorCode::Overloaded, e.to_string()))?
+        .ok_or_else(|| {
+            (
+                ErrorCode::UnknownZone,
+                format!("zone {zone} is not live on this node"),
+            )
+        })?;
+    let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+    Ok(msg::ZoneStateReply {
+        zone: raw,
+        version: s.version,
+        last_event_ms: s.last_event_ms,
+        drivers: n(s.drivers),
+        demand: s.demand,
+        quotes: s.quotes,
+        accepted: s.accepted,
+        dedupe_ids: n(s.dedupe_ids),
+        multiplier_milli: s.multiplier_milli,
+        fare: wire_fare(&s.fare),
+    })
+}
+
+async fn fare_set(shared: &Shared, f: &msg::FareSet) -> Answer<msg::VersionReply> {
+    use engine::shard::FareSetError;
+    use engine::shell::SetFareError;
+    let zone = admin_zone(shared, f.zone)?;
+    let w = &f.fare;
+    let currency = engine::Currency::from_bytes(w.currency)
+        .map_err(|e| (ErrorCode::InvalidValue, e.to_string()))?;
+    let table = engine::FareTable {
+        version: w.version,
+        base_minor: w.base_minor,
+        per_km_minor: w.per_km_minor,
+        per_min_minor: w.per_min_minor,
+        minimum_minor: w.minimum_minor,
+        surge_cap_milli: w.surge_cap_milli,
+        currency,
+    };
+    shared
+        .engine
+        .set_fare(zone, table)
+        .await
+        .map_err(|e| match &e {
+            SetFareError::Refused(FareSetError::Change(
+                engine::core::FareChangeError::StaleVersion { .. },
+            )) => (ErrorCode::Conflict, e.to_string()),
+            SetFareError::Refused(FareSetError::Change(_)) => {
+                (ErrorCode::InvalidValue, e.to_string())
+            }
+            SetFareError::Refused(FareSetError::ZoneLimit) | SetFareError::Shell(_) => {
+                (ErrorCode::Overloaded, e.to_string())
+            }
+            SetFareError::Zone(_) => (ErrorCode::InvalidZone, e.to_string()),
+        })?;
+    Ok(msg::VersionReply { version: w.version })
+}
+
+fn wire_policy(p: &engine::SurgePolicy) -> msg::WirePolicy {
+    msg::WirePolicy {
+        ratio_threshold: p.ratio_threshold,
+        sensitivity: p.sensitivity,
+        quote_demand_weight: p.quote_demand_weight,
+        ewma_alpha: p.ewma_alpha,
+        neighbour_weight: p.neighbour_weight,
+        version: p.version,
+        supply_floor: p.supply_floor,
+        cap_milli: p.cap_milli,
+        hysteresis_milli: p.hysteresis_milli,
+        step_max_milli: p.step_max_milli,
+        confidence_full_at: p.confidence_full_at,
+        reversal_dwell_ticks: p.reversal_dwell_ticks,
+    }
+}
+
+async fn policy_set(shared: &Shared, w: &msg::WirePolicy) -> Answer<msg::VersionReply> {
+    use engine::shell::PolicyChangeError;
+    let policy = engine::SurgePolicy {
+        version: w.version,
+        ratio_threshold: w.ratio_threshold,
+        sensitivity: w.sensitivity,
+        supply_floor: w.supply_floor,
+        quote_demand_weight: w.quote_demand_weight,
+        cap_milli: w.cap_milli,
+        ewma_alpha: w.ewma_alpha,
+        hysteresis_milli: w.hysteresis_milli,
+        reversal_dwell_ticks: w.reversal_dwell_ticks,
+        step_max_milli: w.step_max_milli,
+        neighbour_weight: w.neighbour_weight,
+        confidence_full_at: w.confidence_full_at,
+    };
+    shared
+        .engine
+        .set_policy(policy)
+        .await
+        .map_err(|e| match &e {
+            PolicyChangeError::Invalid(_) => (ErrorCode::InvalidValue, e.to_string()),
+            PolicyChangeError::StaleVersion { .. } => (ErrorCode::Conflict, e.to_string()),
+            PolicyChangeError::Shell(_) => (ErrorCode::Overloaded, e.to_string()),
+        })?;
+    Ok(msg::VersionReply { version: w.version })
+}
+
+async fn status(shared: &Shared) -> Answer<msg::StatusReply> {
+    let mem = shared
+        .engine
+        .memory()
+        .await
+        .map_err(|e| (ErrorCode::Overloaded, e.to_string()))?;
+    let (shed_premium, shed_shared) = shared.admission.shed();
+    Ok(msg::StatusReply {
+        uptime_ms: shared.started.elapsed().as_millis() as u64,
+        shed_premium,
+        shed_shared,
+        zones: u32::try_from(mem.shards.zones).unwrap_or(u32::MAX),
+        in_flight: shared.admission.in_flight(),
+        policy_version: shared.engine.policy().version,
+        node_id: shared.node_id,
     })
 }

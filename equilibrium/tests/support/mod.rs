@@ -13,6 +13,8 @@ use client::{Client, ClientConfig, Trust};
 
 pub(crate) const PREMIUM: &str = "premium-test-token";
 pub(crate) const SHARED: &str = "shared-test-token";
+pub(crate) const ADMIN: &str = "admin-test-token";
+pub(crate) const READER: &str = "reader-test-token";
 
 pub(crate) struct TestNode {
     pub(crate) child: Option<Child>,
@@ -84,6 +86,16 @@ name = "test-premium"
 token = "{SHARED}"
 tier = "shared"
 name = "test-shared"
+[[clients]]
+token = "{ADMIN}"
+tier = "premium"
+role = "admin"
+name = "test-admin"
+[[clients]]
+token = "{READER}"
+tier = "shared"
+role = "read"
+name = "test-reader"
 "#
             ),
         )

@@ -11,6 +11,35 @@ pub(crate) fn token() -> [u8; protocol::TOKEN_LEN] {
     t
 }
 
+pub(crate) fn fare(version: u32) -> WireFare {
+    WireFare {
+        version,
+        base_minor: 250,
+        per_km_minor: 120,
+        per_min_minor: 30,
+        minimum_minor: 700,
+        surge_cap_milli: 3000,
+        currency: *b"EUR",
+    }
+}
+
+pub(crate) fn policy() -> WirePolicy {
+    WirePolicy {
+        ratio_threshold: 1.0,
+        sensitivity: 0.5,
+        quote_demand_weight: 0.25,
+        ewma_alpha: 0.3,
+        neighbour_weight: 0.25,
+        version: 1,
+        supply_floor: 1,
+        cap_milli: 3000,
+        hysteresis_milli: 50,
+        step_max_milli: 100,
+        confidence_full_at: 20,
+        reversal_dwell_ticks: 8,
+    }
+}
+
 /// (file stem, request id, message)
 pub(crate) fn all() -> Vec<(&'static str, u64, Message)> {
     let quote = QuoteRequest {
@@ -173,6 +202,83 @@ pub(crate) fn all() -> Vec<(&'static str, u64, Message)> {
                 text: b"quote explained".to_vec(),
                 fare_known: 1,
                 policy_known: 1,
+            }),
+        ),
+        (
+            "07-zone-state",
+            8,
+            Message::ZoneState(ZoneRequest {
+                zone: 0x882a100d67fffff,
+            }),
+        ),
+        (
+            "87-zone-state-ok",
+            8,
+            Message::ZoneStateOk(ZoneStateReply {
+                zone: 0x882a100d67fffff,
+                version: 42,
+                last_event_ms: 1_700_000_000_000,
+                drivers: 4,
+                demand: 12,
+                quotes: 3,
+                accepted: 2,
+                dedupe_ids: 19,
+                multiplier_milli: 1500,
+                fare: fare(1),
+            }),
+        ),
+        (
+            "08-fare-get",
+            9,
+            Message::FareGet(ZoneRequest {
+                zone: 0x882a100d67fffff,
+            }),
+        ),
+        ("88-fare-get-ok", 9, Message::FareGetOk(fare(1))),
+        (
+            "09-fare-set",
+            10,
+            Message::FareSet(FareSet {
+                zone: 0x882a100d67fffff,
+                fare: fare(2),
+            }),
+        ),
+        (
+            "89-fare-set-ok",
+            10,
+            Message::FareSetOk(VersionReply { version: 2 }),
+        ),
+        (
+            "0a-policy-get",
+            11,
+            Message::PolicyGet(Empty { reserved: 0 }),
+        ),
+        ("8a-policy-get-ok", 11, Message::PolicyGetOk(policy())),
+        (
+            "0b-policy-set",
+            12,
+            Message::PolicySet(WirePolicy {
+                version: 2,
+                ..policy()
+            }),
+        ),
+        (
+            "8b-policy-set-ok",
+            12,
+            Message::PolicySetOk(VersionReply { version: 2 }),
+        ),
+        ("0c-status", 13, Message::Status(Empty { reserved: 0 })),
+        (
+            "8c-status-ok",
+            13,
+            Message::StatusOk(StatusReply {
+                uptime_ms: 3_600_000,
+                shed_premium: 0,
+                shed_shared: 17,
+                zones: 1234,
+                in_flight: 5,
+                policy_version: 1,
+                node_id: 1,
             }),
         ),
         (
