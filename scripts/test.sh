@@ -3,10 +3,11 @@
 #
 #   ./scripts/test.sh
 #
-# 1. installs what the tests need and the machine lacks (today: nothing beyond the Rust
-#    toolchain; later suites add redis-server and promtool from Debian packages here);
+# 1. installs what the tests need and the machine lacks (today: aioquic from PyPI for the
+#    Python client test; later suites add redis-server and promtool from Debian packages);
 # 2. checks formatting and lints (clippy, warnings are errors);
-# 3. runs every test: unit, property, integration (real actor system, real binary), and
+# 3. runs every test: unit, property, integration (real actor system, real node processes
+#    over real QUIC, a Python client written from PROTOCOL.md), and
 #    every criterion benchmark once in test mode, so benchmarks cannot rot.
 #
 # Everything builds with the release profile once and reuses it (2-core machines are slow).
@@ -18,6 +19,17 @@ step() { printf '\n==> %s\n' "$*"; }
 if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
     exit 1
+fi
+
+step "test dependencies"
+# The Python client test (clients/python) needs aioquic from PyPI.
+if command -v python3 >/dev/null 2>&1; then
+    if ! python3 -c "import aioquic" >/dev/null 2>&1; then
+        python3 -m pip install --quiet --disable-pip-version-check aioquic
+    fi
+    echo "python3 $(python3 -c 'import aioquic; print("with aioquic", aioquic.__version__)')"
+else
+    echo "python3 not found: the Python client test will fail; install python3 and pip" >&2
 fi
 
 step "formatting"

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""A minimal Equilibrium client in Python, written from PROTOCOL.md alone.
+
+It proves the protocol is plain QUIC (aioquic talks to the Rust node) and that the spec is
+enough to implement it: frames and rkyv bodies are built and parsed here with `struct`, byte
+by byte as the spec describes. Usage:
+
+    eq_client.py HOST PORT TOKEN CAFILE ZONE_HEX
+
+It authenticates, sends two rider-demand events (twice: the resend must come back as
+duplicates), quotes a trip from ZONE_HEX and a trip from an invalid latitude, and prints one
+JSON object with what the node answered.
+"""
+
+import asyncio
+import json
+import ssl
+import struct
+import sys
+
+from aioquic.asyncio import connect
+from aioquic.quic.configuration import QuicConfiguration
+
+ALPN = "equilibrium/1"
+HELLO, QUOTE, EVENT_BATCH = 0x01, 0x02, 0x04
+WELCOME, QUOTE_OK, EVENT_BATCH_OK, ERROR = 0x81, 0x82, 0x84, 0xFF
+
+
+def frame(kind, request_id, body):
+    """Section 3: len (u32, bytes after it), magic "EQ", version 1, kind, request id."""
+    return struct.pack("<I2sBBQ", 12 + len(body), b"EQ", 1, kind, request_id) + body
+
+
+def pad(buf, align):
+    return buf + b"\0" * (-len(buf) % align)
+
+
+def vec_field(field_pos, data_pos, length):
+    """Section 4, rule 4: i32 offset from the field's own position, then u32 length."""
+    return struct.pack("<iI", data_pos - field_pos, length)
+
+
+def hello_body(token, name):
+    # Out-of-line data first, then the 16-byte root (two vectors, align 4) at the end.
+    data = token + name
+    root_pos = len(pad(data, 4))
+    root = vec_field(root_pos, 0, len(token)) + vec_field(root_pos + 8, len(token), len(name))
+    return pad(data, 4) + root
+
+
+def quote_body(zone=0, lat=0.0, lng=0.0, distance_m=5000, duration_s=900, origin=0):
+    # QuoteRequest: size 40, align 8.
+    return struct.pack("<QddIIB7x", zone, lat, lng, distance_m, duration_s, origin)
+
+
+def event_batch_body(events):
+    # WireEvent: size 32, align 8: id, zone, driver (u64), kind (u8), 7 bytes padding.
+    data = b"".join(struct.pack("<QQQB7x", i, z, d, k) for (i, z, d, k) in events)
+    root_pos = len(data)  # already a multiple of 8
+    return data + vec_field(root_pos, 0, len(events))
+
+
+def root_vec(body, root_pos, field_offset):
+    field = root_pos + field_offset
+    off, length = struct.unpack_from("<iI", body, field)
+    return field + off, length
+
+
+def parse(kind, body):
+    if kind == WELCOME:
+        ttl, frame_max, batch_max, in_flight, node, tier, res = struct.unpack("<QIIIHBB", body[-24:])
+        return {"kind": "welcome", "node_id": node, "tier": tier, "resolution": res, "batch_len_max": batch_max}
+    if kind == QUOTE_OK:
+        root = body[-160:]
+        token = root[:112]
+        zone, amount, version, age, expires, mult, cur = struct.unpack_from("<QQQQQI3s", root, 112)
+        return {"kind": "quote", "zone": f"{zone:x}", "amount_minor": amount, "multiplier_milli": mult,
+                "currency": cur.decode(), "token": token.hex()}
+    if kind == EVENT_BATCH_OK:
+        start, n = root_vec(body, len(body) - 8, 0)
+        return {"kind": "outcomes", "outcomes": list(body[start:start + n])}
+    if kind == ERROR:
+        root_pos = len(body) - 12
+        (code,) = struct.unpack_from("<H", body, root_pos)
+        start, n = root_vec(body, root_pos, 4)
+        return {"kind": "error", "code": code, "message": body[start:start + n].decode()}
+    return {"kind": f"0x{kind:02x}"}
+
+
+async def request(reader, writer, kind, request_id, body):
+    writer.write(frame(kind, request_id, body))
+    head = await reader.readexactly(16)
+    length, magic, version, rkind, rid = struct.unpack("<I2sBBQ", head)
+    assert magic == b"EQ" and version == 1 and rid == request_id, (magic, version, rid)
+    return parse(rkind, await reader.readexactly(length - 12))
+
+
+async def main(host, port, token, cafile, zone_hex):
+    config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], server_name="localhost")
+    config.load_verify_locations(cafile)
+    config.verify_mode = ssl.CERT_REQUIRED
+    zone = int(zone_hex, 16)
+    out = {}
+    async with connect(host, int(port), configuration=config) as client:
+        reader, writer = await client.create_stream()
+        out["hello"] = await request(reader, writer, HELLO, 1, hello_body(token.encode(), b"python"))
+        events = [(9001, zone, 0, 4), (9002, zone, 0, 4)]
+        out["events"] = await request(reader, writer, EVENT_BATCH, 2, event_batch_body(events))
+        out["resend"] = await request(reader, writer, EVENT_BATCH, 3, event_batch_body(events))
+        out["quote"] = await request(reader, writer, QUOTE, 4, quote_body(zone=zone, distance_m=5000, duration_s=900))
+        out["bad_latitude"] = await request(reader, writer, QUOTE, 5, quote_body(lat=95.0, origin=1))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:6]))

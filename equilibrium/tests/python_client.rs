@@ -1,0 +1,82 @@
+//! A client written in another language from PROTOCOL.md alone (Python, aioquic, `struct`)
+//! talks to a real node: the protocol is plain QUIC and the spec is enough to implement it.
+//! The test suite installs aioquic (scripts/test.sh); without it this test fails with a clear
+//! message rather than passing silently.
+
+mod support;
+
+use std::process::Command;
+
+use support::{TestNode, PREMIUM};
+
+const ZONE: &str = "881f1d4899fffff";
+
+#[test]
+fn a_python_client_built_from_the_spec_authenticates_sends_events_and_quotes() {
+    let probe = Command::new("python3")
+        .args(["-c", "import aioquic"])
+        .output();
+    assert!(
+        probe.map(|o| o.status.success()).unwrap_or(false),
+        "python3 with aioquic is required (scripts/test.sh installs it: pip install aioquic)"
+    );
+    let node = TestNode::start("");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../clients/python/eq_client.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .args(["127.0.0.1", &node.addr.port().to_string(), PREMIUM])
+        .arg(node.dir.join("cert.pem"))
+        .arg(ZONE)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python client failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Small checks on the JSON line, without a JSON crate.
+    assert!(
+        stdout.contains(r#""hello": {"kind": "welcome""#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#""events": {"kind": "outcomes", "outcomes": [0, 0]}"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#""resend": {"kind": "outcomes", "outcomes": [1, 1]}"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(r#""quote": {{"kind": "quote", "zone": "{ZONE}""#)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#""bad_latitude": {"kind": "error", "code": 21"#),
+        "{stdout}"
+    );
+
+    // The token the Python client got verifies through the Rust client.
+    let token_hex = stdout
+        .split(r#""token": ""#)
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("token");
+    let mut token = [0u8; protocol::TOKEN_LEN];
+    for (i, b) in token.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&token_hex[2 * i..2 * i + 2], 16).expect("hex");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let info = rt
+        .block_on(async { node.client(PREMIUM).await.verify(token).await })
+        .expect("the token verifies");
+    assert_eq!(format!("{:x}", info.zone), ZONE);
+}
