@@ -127,7 +127,14 @@ impl Header {
     }
 }
 
-fn archive<T>(value: &T) -> AlignedVec
+thread_local! {
+    /// Reused per thread: serialising and validating allocate nothing once warmed up.
+    static SCRATCH: std::cell::RefCell<(AlignedVec, AlignedVec<BODY_ALIGN>)> =
+        std::cell::RefCell::new((AlignedVec::new(), AlignedVec::new()));
+}
+
+/// Appends the archive of `value` to `out`.
+fn archive<T>(value: &T, out: &mut Vec<u8>)
 where
     T: for<'a> rkyv::Serialize<
         rkyv::api::high::HighSerializer<
@@ -137,42 +144,51 @@ where
         >,
     >,
 {
-    // Serialising plain structs into a growable buffer cannot fail.
-    rkyv::to_bytes::<rancor::Error>(value).expect("serialising a wire message cannot fail")
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let mut buf = std::mem::take(&mut s.0);
+        buf.clear();
+        // Serialising plain structs into a growable buffer cannot fail.
+        let buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, buf)
+            .expect("serialising a wire message cannot fail");
+        out.extend_from_slice(&buf);
+        s.0 = buf;
+    });
 }
 
 /// Encodes a message as a whole frame (header and body), appending to `out`.
 pub fn encode(request_id: u64, msg: &Message, out: &mut Vec<u8>) {
-    let body = match msg {
-        Message::Hello(m) => archive(m),
-        Message::Quote(m) => archive(m),
-        Message::QuoteBatch(m) => archive(m),
-        Message::EventBatch(m) => archive(m),
-        Message::Verify(m) | Message::Explain(m) => archive(m),
-        Message::ZoneState(m) | Message::FareGet(m) => archive(m),
-        Message::FareSet(m) => archive(m),
-        Message::PolicyGet(m) | Message::Status(m) => archive(m),
-        Message::PolicySet(m) | Message::PolicyGetOk(m) => archive(m),
-        Message::ZoneStateOk(m) => archive(m),
-        Message::FareGetOk(m) => archive(m),
-        Message::FareSetOk(m) | Message::PolicySetOk(m) => archive(m),
-        Message::StatusOk(m) => archive(m),
-        Message::Welcome(m) => archive(m),
-        Message::QuoteOk(m) => archive(m),
-        Message::QuoteBatchOk(m) => archive(m),
-        Message::EventBatchOk(m) => archive(m),
-        Message::VerifyOk(m) => archive(m),
-        Message::ExplainOk(m) => archive(m),
-        Message::Error(m) => archive(m),
-    };
-    let len = u32::try_from(body.len() + HEADER_LEN - 4).expect("message under 4 GiB");
-    out.reserve(HEADER_LEN + body.len());
-    out.extend_from_slice(&len.to_le_bytes());
+    // Header first with a placeholder length, then the body straight after it.
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     out.push(msg.kind() as u8);
     out.extend_from_slice(&request_id.to_le_bytes());
-    out.extend_from_slice(&body);
+    match msg {
+        Message::Hello(m) => archive(m, out),
+        Message::Quote(m) => archive(m, out),
+        Message::QuoteBatch(m) => archive(m, out),
+        Message::EventBatch(m) => archive(m, out),
+        Message::Verify(m) | Message::Explain(m) => archive(m, out),
+        Message::ZoneState(m) | Message::FareGet(m) => archive(m, out),
+        Message::FareSet(m) => archive(m, out),
+        Message::PolicyGet(m) | Message::Status(m) => archive(m, out),
+        Message::PolicySet(m) | Message::PolicyGetOk(m) => archive(m, out),
+        Message::ZoneStateOk(m) => archive(m, out),
+        Message::FareGetOk(m) => archive(m, out),
+        Message::FareSetOk(m) | Message::PolicySetOk(m) => archive(m, out),
+        Message::StatusOk(m) => archive(m, out),
+        Message::Welcome(m) => archive(m, out),
+        Message::QuoteOk(m) => archive(m, out),
+        Message::QuoteBatchOk(m) => archive(m, out),
+        Message::EventBatchOk(m) => archive(m, out),
+        Message::VerifyOk(m) => archive(m, out),
+        Message::ExplainOk(m) => archive(m, out),
+        Message::Error(m) => archive(m, out),
+    }
+    let len = u32::try_from(out.len() - start - 4).expect("message under 4 GiB");
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 fn unarchive<T>(kind: Kind, body: &[u8]) -> Result<T, FrameError>
@@ -183,11 +199,14 @@ where
 {
     // Copy into an aligned buffer: rkyv requires the archive's alignment, and the bytes
     // come from the network, so they are validated (never accessed unchecked).
-    let mut aligned = AlignedVec::<BODY_ALIGN>::with_capacity(body.len());
-    aligned.extend_from_slice(body);
-    rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(|e| FrameError::InvalidBody {
-        kind,
-        reason: e.to_string(),
+    SCRATCH.with(|s| {
+        let aligned = &mut s.borrow_mut().1;
+        aligned.clear();
+        aligned.extend_from_slice(body);
+        rkyv::from_bytes::<T, rancor::Error>(aligned).map_err(|e| FrameError::InvalidBody {
+            kind,
+            reason: e.to_string(),
+        })
     })
 }
 

@@ -273,6 +273,8 @@ async fn serve_stream(
         let mut pos = 0;
         let mut admitted = 0u32;
         let mut after = After::Continue;
+        // One clock read per chunk of frames, not per request.
+        let now = now_ms(&shared);
         while inbuf.len() - pos >= HEADER_LEN {
             let head: &[u8; HEADER_LEN] =
                 inbuf[pos..pos + HEADER_LEN].try_into().expect("16 bytes");
@@ -318,7 +320,7 @@ async fn serve_stream(
                 continue;
             }
             admitted += 1;
-            after = answer(&shared, &state, &header, body, &mut out).await;
+            after = answer(&shared, &state, &header, body, now, &mut out).await;
             if matches!(after, After::CloseConnection(_)) {
                 break;
             }
@@ -357,6 +359,7 @@ async fn answer(
     state: &Connection,
     header: &Header,
     body: &[u8],
+    now: u64,
     out: &mut Vec<u8>,
 ) -> After {
     let id = header.request_id;
@@ -409,7 +412,7 @@ async fn answer(
         return After::Continue;
     }
     let reply = match message {
-        Message::Quote(q) => quote(shared, &q).map(Message::QuoteOk),
+        Message::Quote(q) => quote(shared, &q, now).map(Message::QuoteOk),
         Message::ZoneState(z) => zone_state(shared, z.zone).await.map(Message::ZoneStateOk),
         Message::FareGet(z) => zone_state(shared, z.zone)
             .await
@@ -418,9 +421,9 @@ async fn answer(
         Message::PolicyGet(_) => Ok(Message::PolicyGetOk(wire_policy(&shared.engine.policy()))),
         Message::PolicySet(p) => policy_set(shared, &p).await.map(Message::PolicySetOk),
         Message::Status(_) => status(shared).await.map(Message::StatusOk),
-        Message::QuoteBatch(b) => quote_batch(shared, &b).map(Message::QuoteBatchOk),
+        Message::QuoteBatch(b) => quote_batch(shared, &b, now).map(Message::QuoteBatchOk),
         Message::EventBatch(b) => events(shared, b).await.map(Message::EventBatchOk),
-        Message::Verify(t) => verify(shared, &t).map(Message::VerifyOk),
+        Message::Verify(t) => verify(shared, &t, now).map(Message::VerifyOk),
         Message::Explain(t) => explain(shared, &t).await.map(Message::ExplainOk),
         other => Err((
             ErrorCode::UnknownKind,
@@ -451,9 +454,8 @@ fn zone_of(shared: &Shared, q: &msg::QuoteRequest) -> Answer<ZoneId> {
     }
 }
 
-fn quote(shared: &Shared, q: &msg::QuoteRequest) -> Answer<msg::QuoteReply> {
+fn quote(shared: &Shared, q: &msg::QuoteRequest, now: u64) -> Answer<msg::QuoteReply> {
     let zone = zone_of(shared, q)?;
-    let now = now_ms(shared);
     let mut token = [0u8; TOKEN_LEN];
     let trip = Trip {
         distance_m: q.distance_m,
@@ -484,7 +486,7 @@ fn quote(shared: &Shared, q: &msg::QuoteRequest) -> Answer<msg::QuoteReply> {
     })
 }
 
-fn quote_batch(shared: &Shared, b: &msg::QuoteBatch) -> Answer<msg::QuoteBatchReply> {
+fn quote_batch(shared: &Shared, b: &msg::QuoteBatch, now: u64) -> Answer<msg::QuoteBatchReply> {
     let max = shared.limits.batch_len_max as usize;
     if b.quotes.len() > max {
         return Err((
@@ -505,7 +507,7 @@ fn quote_batch(shared: &Shared, b: &msg::QuoteBatch) -> Answer<msg::QuoteBatchRe
     let results = b
         .quotes
         .iter()
-        .map(|q| match quote(shared, q) {
+        .map(|q| match quote(shared, q, now) {
             Ok(quote) => msg::QuoteResult { quote, error: 0 },
             Err((code, _)) => msg::QuoteResult {
                 quote: empty,
@@ -617,11 +619,11 @@ fn token_info(t: &engine::QuoteToken) -> msg::TokenInfo {
     }
 }
 
-fn verify(shared: &Shared, t: &msg::TokenRequest) -> Answer<msg::TokenInfo> {
+fn verify(shared: &Shared, t: &msg::TokenRequest, now: u64) -> Answer<msg::TokenInfo> {
     let token = shared
         .engine
         .quoter()
-        .verify(&t.token, now_ms(shared))
+        .verify(&t.token, now)
         .map_err(token_error)?;
     Ok(token_info(&token))
 }
