@@ -183,6 +183,20 @@ pub struct QuoteReply {
     pub currency: [u8; 3],
 }
 
+impl QuoteReply {
+    /// All zeroes: the `quote` of a failed [`QuoteResult`].
+    pub const ZERO: Self = Self {
+        token: [0; TOKEN_LEN],
+        zone: 0,
+        amount_minor: 0,
+        snapshot_version: 0,
+        snapshot_age_ms: 0,
+        expires_at_ms: 0,
+        multiplier_milli: 0,
+        currency: [0; 3],
+    };
+}
+
 /// One result of a quote batch: `error` 0 and a quote, or an error code and a zeroed quote.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuoteResult {
@@ -331,6 +345,19 @@ pub struct WireFare {
     pub surge_cap_milli: u32,
     /// Currency, ASCII.
     pub currency: [u8; 3],
+}
+
+impl WireFare {
+    /// All zeroes: the `fare` of an [`ExplainReply`] whose fare table is no longer known.
+    pub const ZERO: Self = Self {
+        version: 0,
+        base_minor: 0,
+        per_km_minor: 0,
+        per_min_minor: 0,
+        minimum_minor: 0,
+        surge_cap_milli: 0,
+        currency: [0; 3],
+    };
 }
 
 /// Why a quote's price is what it is.

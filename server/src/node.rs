@@ -494,23 +494,13 @@ fn quote_batch(shared: &Shared, b: &msg::QuoteBatch, now: u64) -> Answer<msg::Qu
             format!("{} quotes exceed the batch limit of {max}", b.quotes.len()),
         ));
     }
-    let empty = msg::QuoteReply {
-        token: [0; TOKEN_LEN],
-        zone: 0,
-        amount_minor: 0,
-        snapshot_version: 0,
-        snapshot_age_ms: 0,
-        expires_at_ms: 0,
-        multiplier_milli: 0,
-        currency: [0; 3],
-    };
     let results = b
         .quotes
         .iter()
         .map(|q| match quote(shared, q, now) {
             Ok(quote) => msg::QuoteResult { quote, error: 0 },
             Err((code, _)) => msg::QuoteResult {
-                quote: empty,
+                quote: msg::QuoteReply::ZERO,
                 error: code.code(),
             },
         })
@@ -644,15 +634,7 @@ async fn explain(shared: &Shared, t: &msg::TokenRequest) -> Answer<msg::ExplainR
     });
     Ok(msg::ExplainReply {
         token: token_info(&ex.token),
-        fare: fare.unwrap_or(msg::WireFare {
-            version: 0,
-            base_minor: 0,
-            per_km_minor: 0,
-            per_min_minor: 0,
-            minimum_minor: 0,
-            surge_cap_milli: 0,
-            currency: [0; 3],
-        }),
+        fare: fare.unwrap_or(msg::WireFare::ZERO),
         ratio: ex.ratio.unwrap_or(0.0),
         recomputed_minor: ex.recomputed_minor.unwrap_or(0),
         text: ex.to_string().into_bytes(),

@@ -617,17 +617,7 @@ fn serve_echo(cert: &str, key: &str) -> anyhow::Result<()> {
 
 fn reply_frame() -> Vec<u8> {
     let mut f = Vec::new();
-    let reply = msg::QuoteReply {
-        token: [0; 112],
-        zone: 0,
-        amount_minor: 0,
-        snapshot_version: 0,
-        snapshot_age_ms: 0,
-        expires_at_ms: 0,
-        multiplier_milli: 0,
-        currency: [0; 3],
-    };
-    protocol::encode(0, &Message::QuoteOk(reply), &mut f);
+    protocol::encode(0, &Message::QuoteOk(msg::QuoteReply::ZERO), &mut f);
     f
 }
 

@@ -130,16 +130,7 @@ pub(crate) fn all() -> Vec<(&'static str, u64, Message)> {
                         error: 0,
                     },
                     QuoteResult {
-                        quote: QuoteReply {
-                            token: [0; protocol::TOKEN_LEN],
-                            zone: 0,
-                            amount_minor: 0,
-                            snapshot_version: 0,
-                            snapshot_age_ms: 0,
-                            expires_at_ms: 0,
-                            multiplier_milli: 0,
-                            currency: [0; 3],
-                        },
+                        quote: QuoteReply::ZERO,
                         error: 20,
                     },
                 ],
