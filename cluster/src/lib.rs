@@ -1,6 +1,11 @@
-//! Equilibrium's cluster layer (membership, zone ownership, hand-off, Redis snapshots).
+//! Equilibrium's cluster layer.
 //!
-//! Not built yet: issue 4 delivers it. The crate exists so the workspace already has the
-//! shape of the architecture; it has no code and nothing depends on it.
+//! Built so far: [`ownership`], the deterministic function from the live member set to the
+//! owner of each zone. Still to come (issue 4): membership and failure detection by gossip over
+//! QUIC, routing, hand-off, and Redis snapshots with fenced leases. Like the engine's cores,
+//! everything here is sans-IO: no sockets, no clock, no randomness of its own.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod ownership;
