@@ -3,8 +3,8 @@
 #
 #   ./scripts/test.sh
 #
-# 1. installs what the tests need and the machine lacks (today: aioquic from PyPI for the
-#    Python client test; later suites add redis-server and promtool from Debian packages);
+# 1. installs what the tests need and the machine lacks: aioquic from PyPI (Python client
+#    test) and redis-server from Debian packages (cluster lease tests);
 # 2. checks formatting and lints (clippy, warnings are errors);
 # 3. runs every test: unit, property, integration (real actor system, real node processes
 #    over real QUIC, a Python client written from PROTOCOL.md), and
@@ -31,6 +31,18 @@ if command -v python3 >/dev/null 2>&1; then
 else
     echo "python3 not found: the Python client test will fail; install python3 and pip" >&2
 fi
+
+# The cluster's Redis tests need redis-server (Debian package), started by the tests themselves.
+if ! command -v redis-server >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "installing redis-server"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+        echo "redis-server not found and cannot be installed here (needs root and apt-get)" >&2
+    fi
+fi
+echo "$(redis-server --version 2>/dev/null | cut -d' ' -f1-3 || echo 'redis-server missing')"
 
 step "formatting"
 if cargo fmt --version >/dev/null 2>&1; then
