@@ -393,10 +393,11 @@ impl Client {
 
     /// Quotes one trip.
     pub async fn quote(&self, q: msg::QuoteRequest) -> Result<msg::QuoteReply, ClientError> {
-        match self.request(Message::Quote(q)).await? {
-            Message::QuoteOk(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.call(Message::Quote(q), |m| match m {
+            Message::QuoteOk(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     /// Quotes several trips in one request.
@@ -404,109 +405,101 @@ impl Client {
         &self,
         quotes: Vec<msg::QuoteRequest>,
     ) -> Result<Vec<msg::QuoteResult>, ClientError> {
-        match self
-            .request(Message::QuoteBatch(msg::QuoteBatch { quotes }))
-            .await?
-        {
-            Message::QuoteBatchOk(r) => Ok(r.results),
-            other => Err(unexpected(other)),
-        }
+        self.call(
+            Message::QuoteBatch(msg::QuoteBatch { quotes }),
+            |m| match m {
+                Message::QuoteBatchOk(r) => Some(r.results),
+                _ => None,
+            },
+        )
+        .await
     }
 
     /// Sends one batch of events; one outcome per event (see `protocol::msg::outcome`).
     pub async fn send_events(&self, events: Vec<msg::WireEvent>) -> Result<Vec<u8>, ClientError> {
-        match self
-            .request(Message::EventBatch(msg::EventBatch { events }))
-            .await?
-        {
-            Message::EventBatchOk(r) => Ok(r.outcomes),
-            other => Err(unexpected(other)),
-        }
+        self.call(
+            Message::EventBatch(msg::EventBatch { events }),
+            |m| match m {
+                Message::EventBatchOk(r) => Some(r.outcomes),
+                _ => None,
+            },
+        )
+        .await
     }
 
     /// Verifies a quote token.
     pub async fn verify(&self, token: [u8; TOKEN_LEN]) -> Result<msg::TokenInfo, ClientError> {
-        match self
-            .request(Message::Verify(msg::TokenRequest { token }))
-            .await?
-        {
-            Message::VerifyOk(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.call(Message::Verify(msg::TokenRequest { token }), |m| match m {
+            Message::VerifyOk(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     /// Explains a quote token.
     pub async fn explain(&self, token: [u8; TOKEN_LEN]) -> Result<msg::ExplainReply, ClientError> {
-        match self
-            .request(Message::Explain(msg::TokenRequest { token }))
-            .await?
-        {
-            Message::ExplainOk(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.call(Message::Explain(msg::TokenRequest { token }), |m| match m {
+            Message::ExplainOk(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     /// A zone's hot state (needs a `read` or `admin` credential).
     pub async fn zone_state(&self, zone: u64) -> Result<msg::ZoneStateReply, ClientError> {
-        match self
-            .request(Message::ZoneState(msg::ZoneRequest { zone }))
-            .await?
-        {
-            Message::ZoneStateOk(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.call(Message::ZoneState(msg::ZoneRequest { zone }), |m| match m {
+            Message::ZoneStateOk(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     /// A zone's fare table (needs a `read` or `admin` credential).
     pub async fn fare_get(&self, zone: u64) -> Result<msg::WireFare, ClientError> {
-        match self
-            .request(Message::FareGet(msg::ZoneRequest { zone }))
-            .await?
-        {
-            Message::FareGetOk(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.call(Message::FareGet(msg::ZoneRequest { zone }), |m| match m {
+            Message::FareGetOk(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     /// Replaces a zone's fare table (needs an `admin` credential). Answered once applied.
     pub async fn fare_set(&self, zone: u64, fare: msg::WireFare) -> Result<u32, ClientError> {
-        match self
-            .request(Message::FareSet(msg::FareSet { zone, fare }))
-            .await?
-        {
-            Message::FareSetOk(r) => Ok(r.version),
-            other => Err(unexpected(other)),
-        }
+        self.call(Message::FareSet(msg::FareSet { zone, fare }), |m| match m {
+            Message::FareSetOk(r) => Some(r.version),
+            _ => None,
+        })
+        .await
     }
 
     /// The surge policy (needs a `read` or `admin` credential).
     pub async fn policy_get(&self) -> Result<msg::WirePolicy, ClientError> {
-        match self
-            .request(Message::PolicyGet(msg::Empty { reserved: 0 }))
-            .await?
-        {
-            Message::PolicyGetOk(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.call(
+            Message::PolicyGet(msg::Empty { reserved: 0 }),
+            |m| match m {
+                Message::PolicyGetOk(r) => Some(r),
+                _ => None,
+            },
+        )
+        .await
     }
 
     /// Replaces the surge policy (needs an `admin` credential). Answered once applied.
     pub async fn policy_set(&self, policy: msg::WirePolicy) -> Result<u32, ClientError> {
-        match self.request(Message::PolicySet(policy)).await? {
-            Message::PolicySetOk(r) => Ok(r.version),
-            other => Err(unexpected(other)),
-        }
+        self.call(Message::PolicySet(policy), |m| match m {
+            Message::PolicySetOk(r) => Some(r.version),
+            _ => None,
+        })
+        .await
     }
 
     /// The node's status (needs a `read` or `admin` credential).
     pub async fn status(&self) -> Result<msg::StatusReply, ClientError> {
-        match self
-            .request(Message::Status(msg::Empty { reserved: 0 }))
-            .await?
-        {
-            Message::StatusOk(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.call(Message::Status(msg::Empty { reserved: 0 }), |m| match m {
+            Message::StatusOk(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     /// A batcher that groups events into batches by size and time.
@@ -547,6 +540,19 @@ pub async fn connect_raw(
         .map_err(|e| ClientError::Connection(e.to_string()))?
         .await
         .map_err(|e| ClientError::Connection(e.to_string()))
+}
+
+impl Client {
+    /// Sends a request and picks the expected reply out of the answer.
+    async fn call<T>(
+        &self,
+        message: Message,
+        pick: impl FnOnce(Message) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        let reply = self.request(message).await?;
+        let kind = reply.kind();
+        pick(reply).ok_or(ClientError::Unexpected(kind))
+    }
 }
 
 fn unexpected(m: Message) -> ClientError {
