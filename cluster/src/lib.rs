@@ -12,4 +12,5 @@
 
 pub mod lease;
 pub mod ownership;
+pub mod persist;
 pub mod redis_store;

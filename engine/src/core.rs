@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use crate::event::{Event, EventKind, EventOutcome, RejectReason};
 use crate::expiring::{ExpiringSet, Full};
-use crate::fare::FareTable;
+use crate::fare::{FareTable, MILLI};
 use crate::policy::{PolicyInput, PolicyState, SurgePolicy};
 use crate::snapshot::{PriceSnapshot, SnapshotFields};
 use crate::window::{Counter, Windows, BUCKETS};
@@ -95,6 +95,54 @@ pub struct ZoneCore {
     version: u64,
     last: Option<Published>,
     last_event_ms: u64,
+}
+
+/// Everything a zone's state machine holds, as plain data: what a snapshot store persists and
+/// a node restores on takeover. Derived state (window totals, sweep hints, the change detector)
+/// is rebuilt on import.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ZoneExport {
+    /// The zone.
+    pub zone: ZoneId,
+    /// Current fare table.
+    pub fare: FareTable,
+    /// Previous fare tables, oldest first.
+    pub fare_history: Vec<FareTable>,
+    /// Available drivers and when each was last seen, sorted by id.
+    pub drivers: Vec<(u64, u64)>,
+    /// Event ids in the dedupe window and when each was seen, sorted by id.
+    pub dedupe: Vec<(u64, u64)>,
+    /// Index of the newest window bucket.
+    pub window_head: u64,
+    /// Window buckets: demand, quotes, accepted.
+    pub window_counts: [[u16; BUCKETS]; 3],
+    /// The policy's memory.
+    pub policy: PolicyState,
+    /// Latest snapshot version (the next one is higher).
+    pub version: u64,
+    /// Engine time of the last applied event.
+    pub last_event_ms: u64,
+}
+
+/// Why exported state cannot be imported (corrupt or from an incompatible configuration).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ImportError {
+    /// A fare table is invalid or the history is not older than the current table.
+    #[error("fare tables: {0}")]
+    Fare(String),
+    /// More drivers or event ids than this node's limits allow.
+    #[error("{what}: {len} entries exceed the limit of {max}")]
+    TooMany {
+        /// Which list.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The policy state is out of range.
+    #[error("policy state out of range: {0}")]
+    Policy(String),
 }
 
 /// A read-only view of a zone's hot state, for admins and tests.
@@ -297,6 +345,76 @@ impl ZoneCore {
             version: self.version,
             last_event_ms: self.last_event_ms,
         }
+    }
+
+    /// Everything this zone holds, for persistence.
+    pub fn export(&self) -> ZoneExport {
+        let (window_head, window_counts) = self.windows.parts();
+        ZoneExport {
+            zone: self.zone,
+            fare: self.fare,
+            fare_history: self.fare_history.clone(),
+            drivers: self.drivers.entries(),
+            dedupe: self.dedupe.entries(),
+            window_head,
+            window_counts,
+            policy: self.policy,
+            version: self.version,
+            last_event_ms: self.last_event_ms,
+        }
+    }
+
+    /// A zone restored from exported state, checked against this node's limits. The next
+    /// tick publishes a snapshot (with a higher version than the exported one).
+    pub fn import(e: ZoneExport, limits: &ZoneLimits) -> Result<Self, ImportError> {
+        let fare = e
+            .fare
+            .validate()
+            .map_err(|x| ImportError::Fare(x.to_string()))?;
+        for h in &e.fare_history {
+            h.validate().map_err(|x| ImportError::Fare(x.to_string()))?;
+            if h.version >= fare.version {
+                return Err(ImportError::Fare(format!(
+                    "history version {} is not older than {}",
+                    h.version, fare.version
+                )));
+            }
+        }
+        let too_many = |what, len, max| {
+            if len > max {
+                Err(ImportError::TooMany { what, len, max })
+            } else {
+                Ok(())
+            }
+        };
+        too_many("drivers", e.drivers.len(), limits.drivers_max)?;
+        too_many("dedupe ids", e.dedupe.len(), limits.dedupe_ids_max)?;
+        too_many(
+            "fare history",
+            e.fare_history.len(),
+            limits.fare_history_max,
+        )?;
+        let p = e.policy;
+        if !(p.smoothed.is_finite() && (1.0..=1000.0).contains(&p.smoothed))
+            || !(MILLI..=1_000_000).contains(&p.published_milli)
+        {
+            return Err(ImportError::Policy(format!(
+                "smoothed {}, published {}",
+                p.smoothed, p.published_milli
+            )));
+        }
+        Ok(Self {
+            zone: e.zone,
+            fare,
+            fare_history: e.fare_history,
+            drivers: ExpiringSet::from_entries(&e.drivers),
+            dedupe: ExpiringSet::from_entries(&e.dedupe),
+            windows: Windows::from_parts(e.window_head, e.window_counts),
+            policy: p,
+            version: e.version,
+            last: None,
+            last_event_ms: e.last_event_ms,
+        })
     }
 
     /// The policy's internal state (for determinism checks and persistence).

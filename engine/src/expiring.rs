@@ -75,6 +75,23 @@ impl ExpiringSet {
         self.seen.is_empty()
     }
 
+    /// Every entry (id, last seen), sorted by id (for export).
+    pub(crate) fn entries(&self) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self.seen.iter().map(|(&k, &t)| (k, t)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// A set holding exactly `entries`.
+    pub(crate) fn from_entries(entries: &[(u64, u64)]) -> Self {
+        let mut s = Self::default();
+        for &(id, t) in entries {
+            s.seen.insert(id, t);
+        }
+        s.oldest_ms = entries.iter().map(|e| e.1).min().unwrap_or(0);
+        s
+    }
+
     /// Heap bytes held by the map (for memory accounting).
     pub(crate) fn heap_bytes(&self) -> usize {
         self.seen.allocation_size()

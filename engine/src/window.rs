@@ -75,6 +75,24 @@ impl Windows {
         self.totals[c] += u32::from(after - before);
     }
 
+    /// The newest bucket's index and every bucket (for export).
+    pub fn parts(&self) -> (u64, [[u16; BUCKETS]; 3]) {
+        (self.head, self.counts)
+    }
+
+    /// Windows from exported parts (totals are recomputed).
+    pub fn from_parts(head: u64, counts: [[u16; BUCKETS]; 3]) -> Self {
+        let mut totals = [0u32; 3];
+        for (t, c) in totals.iter_mut().zip(&counts) {
+            *t = c.iter().map(|&x| u32::from(x)).sum();
+        }
+        Self {
+            head,
+            counts,
+            totals,
+        }
+    }
+
     /// A counter's total in the window as of the last `advance`/`add`.
     pub fn total(&self, counter: Counter) -> u32 {
         self.totals[counter as usize]
