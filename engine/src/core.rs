@@ -395,9 +395,10 @@ impl ZoneCore {
             limits.fare_history_max,
         )?;
         let p = e.policy;
-        if !(p.smoothed.is_finite() && (1.0..=1000.0).contains(&p.smoothed))
-            || !(MILLI..=1_000_000).contains(&p.published_milli)
-        {
+        let in_range = p.smoothed.is_finite()
+            && (1.0..=1000.0).contains(&p.smoothed)
+            && (MILLI..=1_000_000).contains(&p.published_milli);
+        if !in_range {
             return Err(ImportError::Policy(format!(
                 "smoothed {}, published {}",
                 p.smoothed, p.published_milli
