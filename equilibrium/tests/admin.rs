@@ -108,8 +108,15 @@ async fn admins_change_fares_and_policy_readers_read_and_clients_do_neither() {
             .code(),
         Some(ErrorCode::InvalidValue)
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let q = client.quote_zone(ZONE, 5_000, 600).await.expect("quote");
+    // The next tick (every 250 ms) publishes it; wait for it, boundedly.
+    let mut q = client.quote_zone(ZONE, 5_000, 600).await.expect("quote");
+    for _ in 0..100 {
+        if &q.currency == b"GBP" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        q = client.quote_zone(ZONE, 5_000, 600).await.expect("quote");
+    }
     assert_eq!(
         (q.amount_minor, &q.currency),
         (1_000 * u64::from(q.multiplier_milli) / 1000, b"GBP")
