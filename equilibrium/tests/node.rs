@@ -43,10 +43,15 @@ async fn quotes_equal_the_engine_formula_and_tokens_verify_and_explain() {
         outcomes.iter().all(|o| *o == outcome::APPLIED),
         "{outcomes:?}"
     );
-    // Let a few ticks raise the price.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-
-    let q = c.quote_zone(ZONE, 7_300, 1_140).await.expect("quote");
+    // Let ticks raise the price (bounded wait).
+    let mut q = c.quote_zone(ZONE, 7_300, 1_140).await.expect("quote");
+    for _ in 0..100 {
+        if q.multiplier_milli > 1000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        q = c.quote_zone(ZONE, 7_300, 1_140).await.expect("quote");
+    }
     assert!(
         q.multiplier_milli > 1000,
         "surge expected, got {}",
