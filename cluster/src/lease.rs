@@ -247,7 +247,6 @@ struct Held {
 /// One node's leases: what it holds, what it asked for, what it must ask next.
 #[derive(Clone, Debug)]
 pub struct Leases {
-    node: NodeId,
     cfg: LeaseConfig,
     held: BTreeMap<u64, Held>,
     /// Highest epoch seen per group (to re-seed a store restarted empty).
@@ -258,10 +257,9 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// An empty lease table for `node`.
-    pub fn new(node: NodeId, cfg: LeaseConfig) -> Self {
+    /// An empty lease table.
+    pub fn new(cfg: LeaseConfig) -> Self {
         Self {
-            node,
             cfg,
             held: BTreeMap::new(),
             seen: BTreeMap::new(),
@@ -387,11 +385,6 @@ impl Leases {
         let e = self.seen.entry(group).or_insert(0);
         *e = (*e).max(epoch);
     }
-
-    /// This node's id.
-    pub fn node(&self) -> NodeId {
-        self.node
-    }
 }
 
 #[cfg(test)]
@@ -418,7 +411,7 @@ mod tests {
     #[test]
     fn a_store_restarted_empty_does_not_hand_out_old_epochs() {
         let mut s = StoreModel::new(1);
-        let mut n = Leases::new(1, LeaseConfig::default());
+        let mut n = Leases::new(LeaseConfig::default());
         let reqs = n.tick(0, &[7]);
         assert_eq!(
             reqs,

@@ -144,7 +144,7 @@ impl Sim {
                 offset,
                 drift_ppm,
                 view: View::new(6),
-                leases: Leases::new(id, self.cfg),
+                leases: Leases::new(self.cfg),
             },
         );
     }

@@ -424,6 +424,19 @@ impl Quoter {
         now_ms: u64,
         out: &mut [u8; TOKEN_LEN],
     ) -> Result<QuoteToken, QuoteError> {
+        self.quote_with_age(zone, trip, now_ms, out)
+            .map(|(token, _)| token)
+    }
+
+    /// [`quote`](Self::quote), also returning how long ago (at `now_ms`) the zone's owner last
+    /// confirmed the snapshot current: one table lookup serves both.
+    pub fn quote_with_age(
+        &self,
+        zone: ZoneId,
+        trip: Trip,
+        now_ms: u64,
+        out: &mut [u8; TOKEN_LEN],
+    ) -> Result<(QuoteToken, u64), QuoteError> {
         let trip = trip.validate()?;
         let slot = self
             .table
@@ -453,7 +466,8 @@ impl Quoter {
         };
         token.sign_into(&self.key, out);
         self.table.note_quote(slot);
-        Ok(token)
+        let age_ms = now_ms.saturating_sub(self.table.fresh_at_ms(slot));
+        Ok((token, age_ms))
     }
 
     /// Verifies a token with this quoter's key.

@@ -124,11 +124,6 @@ impl PriceSnapshot {
     pub fn is_intact(&self) -> bool {
         self.check == self.fields.checksum()
     }
-
-    /// The fields (e.g. to persist or compare).
-    pub fn fields(&self) -> SnapshotFields {
-        self.fields
-    }
 }
 
 /// Index of a zone's slot in a [`SnapshotTable`]; stable for the life of the table.

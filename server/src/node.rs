@@ -461,25 +461,20 @@ fn quote(shared: &Shared, q: &msg::QuoteRequest, now: u64) -> Answer<msg::QuoteR
         distance_m: q.distance_m,
         duration_s: q.duration_s,
     };
-    let t = shared
+    let (t, age) = shared
         .engine
         .quoter()
-        .quote(zone, trip, now, &mut token)
+        .quote_with_age(zone, trip, now, &mut token)
         .map_err(|e| match e {
             QuoteError::UnknownZone(_) => (ErrorCode::UnknownZone, e.to_string()),
             QuoteError::InvalidTrip(_) => (ErrorCode::InvalidTrip, e.to_string()),
         })?;
-    let age = shared
-        .engine
-        .table()
-        .slot_of(zone)
-        .map(|s| now.saturating_sub(shared.engine.table().fresh_at_ms(s)));
     Ok(msg::QuoteReply {
         token,
         zone: zone.raw(),
         amount_minor: t.amount_minor,
         snapshot_version: t.snapshot_version,
-        snapshot_age_ms: age.unwrap_or(0),
+        snapshot_age_ms: age,
         expires_at_ms: t.expires_at_ms,
         multiplier_milli: t.multiplier_milli,
         currency: t.currency.bytes(),
