@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod lease;
+pub mod membership;
 pub mod ownership;
 pub mod persist;
 pub mod redis_store;

@@ -5,11 +5,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::core::{FareChangeError, HotState, ZoneCore, ZoneLimits};
+use crate::core::{FareChangeError, HotState, ZoneCore, ZoneExport, ZoneLimits};
 use crate::event::{Event, EventOutcome, RejectReason};
 use crate::fare::FareTable;
 use crate::policy::SurgePolicy;
-use crate::snapshot::{SlotIdx, SnapshotTable};
+use crate::snapshot::{PriceSnapshot, SlotIdx, SnapshotTable};
 use crate::zone::ZoneId;
 use crate::FixedMap;
 
@@ -40,6 +40,38 @@ struct ZoneEntry {
     neighbour_mean: Option<u32>,
     /// The slot's quote total at the last tick; the next tick counts the difference.
     quotes_seen: u32,
+    /// Changed since the last [`Shard::export_dirty`] (an event applied, a fare set, a new
+    /// snapshot published).
+    dirty: bool,
+}
+
+/// What one tick of a shard hands to the [`TickSink`]: the snapshots it published, and
+/// (every [`UNCHANGED_REPORT_TICKS`] ticks) the zones whose snapshot stayed current. The
+/// cluster replicates the first and confirms the second to the other nodes.
+#[derive(Debug)]
+pub struct TickOutput<'a> {
+    /// Engine time of the tick.
+    pub now_ms: u64,
+    /// Snapshots published by this tick.
+    pub published: &'a [PriceSnapshot],
+    /// Zones whose snapshot is unchanged and still current (empty on most ticks).
+    pub unchanged: &'a [ZoneId],
+}
+
+/// Called by every shard after every tick (on the shard's thread: keep it short, e.g. a
+/// `try_send` to a bounded channel).
+pub type TickSink = Arc<dyn Fn(&TickOutput<'_>) + Send + Sync>;
+
+/// A tick reports the zones with unchanged snapshots once per this many ticks (1 s at the
+/// default 250 ms tick).
+pub const UNCHANGED_REPORT_TICKS: u64 = 4;
+
+struct Sink(TickSink);
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TickSink")
+    }
 }
 
 /// A zone reads its neighbours' prices once per this many ticks (staggered by zone) and
@@ -108,6 +140,9 @@ pub struct Shard {
     pending: Vec<(SlotIdx, u32)>,
     evict: Vec<ZoneId>,
     ticks: u64,
+    sink: Option<Sink>,
+    published: Vec<PriceSnapshot>,
+    unchanged: Vec<ZoneId>,
 }
 
 impl Shard {
@@ -129,7 +164,15 @@ impl Shard {
             pending: Vec::new(),
             evict: Vec::new(),
             ticks: 0,
+            sink: None,
+            published: Vec::new(),
+            unchanged: Vec::new(),
         }
+    }
+
+    /// Reports every tick's output to `sink` from now on.
+    pub fn set_sink(&mut self, sink: TickSink) {
+        self.sink = Some(Sink(sink));
     }
 
     fn entry(&mut self, zone: ZoneId, now_ms: u64) -> Result<&mut ZoneEntry, RejectReason> {
@@ -141,6 +184,17 @@ impl Shard {
     }
 
     fn create(&mut self, zone: ZoneId, now_ms: u64) -> Result<u32, RejectReason> {
+        let core = ZoneCore::new(
+            zone,
+            self.settings.default_fare,
+            now_ms,
+            &self.settings.limits,
+        );
+        self.create_with(core, now_ms)
+    }
+
+    fn create_with(&mut self, core: ZoneCore, now_ms: u64) -> Result<u32, RejectReason> {
+        let zone = core.zone();
         if self.zone_count.fetch_add(1, Ordering::AcqRel) >= self.settings.zones_max {
             self.zone_count.fetch_sub(1, Ordering::AcqRel);
             return Err(RejectReason::ZoneLimit);
@@ -149,12 +203,6 @@ impl Shard {
             self.zone_count.fetch_sub(1, Ordering::AcqRel);
             return Err(RejectReason::ZoneLimit);
         };
-        let core = ZoneCore::new(
-            zone,
-            self.settings.default_fare,
-            now_ms,
-            &self.settings.limits,
-        );
         let mut e = ZoneEntry {
             core,
             slot,
@@ -163,6 +211,7 @@ impl Shard {
             neighbour_mean: None,
             // A passivated zone's slot keeps its old count: start from it.
             quotes_seen: self.table.quote_total(slot),
+            dirty: true,
         };
         e.resolve_neighbours(&self.table);
         let mean = neighbour_mean(&self.table, &e.neighbours);
@@ -173,6 +222,9 @@ impl Shard {
             .tick(now_ms, &self.policy, &self.settings.limits, 0, mean)
         {
             self.table.publish(slot, &snap);
+            if self.sink.is_some() {
+                self.published.push(snap);
+            }
         }
         let i = self.zones.len() as u32;
         if self.zones.len() == self.zones.capacity() {
@@ -191,7 +243,11 @@ impl Shard {
         let settings = Arc::clone(&self.settings);
         for ev in events {
             let outcome = match self.entry(ev.zone, now_ms) {
-                Ok(e) => e.core.apply(ev, now_ms, &settings.limits),
+                Ok(e) => {
+                    let o = e.core.apply(ev, now_ms, &settings.limits);
+                    e.dirty |= o == EventOutcome::Applied;
+                    o
+                }
                 Err(r) => EventOutcome::Rejected(r),
             };
             out.push(outcome);
@@ -204,6 +260,8 @@ impl Shard {
         self.ticks += 1;
         let (table, settings, policy, ticks) =
             (&self.table, &self.settings, &self.policy, self.ticks);
+        let report = self.sink.is_some();
+        let report_unchanged = report && ticks % UNCHANGED_REPORT_TICKS == 0;
         for e in self.zones.iter_mut() {
             stats.zones += 1;
             let zone = e.core.zone();
@@ -227,9 +285,27 @@ impl Shard {
                 Some(snap) => {
                     table.publish_snapshot(e.slot, &snap);
                     self.pending.push((e.slot, snap.multiplier_milli));
+                    e.dirty = true;
+                    if report {
+                        self.published.push(snap);
+                    }
                 }
-                None => table.touch(e.slot, now_ms),
+                None => {
+                    table.touch(e.slot, now_ms);
+                    if report_unchanged {
+                        self.unchanged.push(zone);
+                    }
+                }
             }
+        }
+        if let Some(Sink(sink)) = &self.sink {
+            sink(&TickOutput {
+                now_ms,
+                published: &self.published,
+                unchanged: &self.unchanged,
+            });
+            self.published.clear();
+            self.unchanged.clear();
         }
         stats.published = self.pending.len();
         for (slot, m) in self.pending.drain(..) {
@@ -265,9 +341,73 @@ impl Shard {
         let e = self
             .entry(zone, now_ms)
             .map_err(|_| FareSetError::ZoneLimit)?;
+        e.dirty = true;
         e.core
             .set_fare(fare, &settings.limits)
             .map_err(FareSetError::Change)
+    }
+
+    /// Installs restored zones (hand-over), replacing any live copy. Each publishes a
+    /// snapshot at once. Returns how many could not be installed (zone limit).
+    pub fn import(&mut self, cores: Vec<ZoneCore>, now_ms: u64) -> usize {
+        let mut failed = 0;
+        for core in cores {
+            if let Some(&i) = self.index.get(&core.zone()) {
+                let e = &mut self.zones[i as usize];
+                e.core = core;
+                e.dirty = true;
+                continue;
+            }
+            if self.create_with(core, now_ms).is_err() {
+                failed += 1;
+            }
+        }
+        failed
+    }
+
+    /// Takes zones out of this shard (hand-over) and returns their final state. Their
+    /// snapshots stay in the table, for quotes, until the new owner replaces them.
+    pub fn remove(&mut self, zones: &[ZoneId]) -> Vec<ZoneExport> {
+        let mut out = Vec::new();
+        for zone in zones {
+            let Some(i) = self.index.remove(zone) else {
+                continue;
+            };
+            let e = self.zones.swap_remove(i as usize);
+            if let Some(moved) = self.zones.get(i as usize) {
+                self.index.insert(moved.core.zone(), i);
+            }
+            self.zone_count.fetch_sub(1, Ordering::AcqRel);
+            out.push(e.core.export());
+        }
+        out
+    }
+
+    /// The state of every zone changed since the last call (`all`: of every zone), for
+    /// persistence; clears the changed marks.
+    pub fn export_dirty(&mut self, all: bool) -> Vec<ZoneExport> {
+        let mut out = Vec::new();
+        for e in &mut self.zones {
+            if e.dirty || all {
+                e.dirty = false;
+                out.push(e.core.export());
+            }
+        }
+        out
+    }
+
+    /// The state of the given zones that are live here.
+    pub fn export(&self, zones: &[ZoneId]) -> Vec<ZoneExport> {
+        zones
+            .iter()
+            .filter_map(|z| self.get(*z))
+            .map(|e| e.core.export())
+            .collect()
+    }
+
+    /// The zones live in this shard.
+    pub fn zone_ids(&self) -> Vec<ZoneId> {
+        self.zones.iter().map(|e| e.core.zone()).collect()
     }
 
     /// The fare table of a zone at a version, if current or retained.

@@ -20,13 +20,13 @@ use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 use crate::config::{ConfigError, EngineConfig};
-use crate::core::HotState;
+use crate::core::{HotState, ZoneCore, ZoneExport};
 use crate::event::{Event, EventOutcome, RejectReason};
 use crate::explain::Explanation;
 use crate::fare::FareTable;
 use crate::policy::{PolicyError, SurgePolicy};
 use crate::quote::{QuoteKey, QuoteToken, Quoter, TokenError};
-use crate::shard::{FareSetError, Shard, ShardMemory, ShardSettings, TickStats};
+use crate::shard::{FareSetError, Shard, ShardMemory, ShardSettings, TickSink, TickStats};
 use crate::snapshot::SnapshotTable;
 use crate::zone::ZoneId;
 
@@ -129,6 +129,25 @@ enum Command {
     Memory {
         reply: oneshot::Sender<ShardMemory>,
     },
+    Import {
+        zones: Vec<ZoneCore>,
+        reply: oneshot::Sender<usize>,
+    },
+    Remove {
+        zones: Vec<ZoneId>,
+        reply: oneshot::Sender<Vec<ZoneExport>>,
+    },
+    ExportDirty {
+        all: bool,
+        reply: oneshot::Sender<Vec<ZoneExport>>,
+    },
+    Export {
+        zones: Vec<ZoneId>,
+        reply: oneshot::Sender<Vec<ZoneExport>>,
+    },
+    ZoneIds {
+        reply: oneshot::Sender<Vec<ZoneId>>,
+    },
 }
 
 impl Message for Command {
@@ -189,6 +208,21 @@ impl Handler<Command> for ShardActor {
             Command::Memory { reply } => {
                 let _ = reply.send(self.shard.memory());
             }
+            Command::Import { zones, reply } => {
+                let _ = reply.send(self.shard.import(zones, now));
+            }
+            Command::Remove { zones, reply } => {
+                let _ = reply.send(self.shard.remove(&zones));
+            }
+            Command::ExportDirty { all, reply } => {
+                let _ = reply.send(self.shard.export_dirty(all));
+            }
+            Command::Export { zones, reply } => {
+                let _ = reply.send(self.shard.export(&zones));
+            }
+            Command::ZoneIds { reply } => {
+                let _ = reply.send(self.shard.zone_ids());
+            }
         }
     }
 }
@@ -221,6 +255,19 @@ impl Engine {
         key: QuoteKey,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartError> {
+        Self::start_with(config, key, clock, None, 0)
+    }
+
+    /// [`start`](Self::start), with every shard reporting its ticks to `sink` (the cluster
+    /// replicates snapshots from there) and room in the snapshot table for `extra_slots`
+    /// zones owned elsewhere (replicas).
+    pub fn start_with(
+        config: EngineConfig,
+        key: QuoteKey,
+        clock: Arc<dyn Clock>,
+        sink: Option<TickSink>,
+        extra_slots: usize,
+    ) -> Result<Self, StartError> {
         let config = config.validate()?;
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -231,7 +278,9 @@ impl Engine {
         // A zone keeps its slot after passivation: leave a quarter more room for zones coming
         // and going over the life of the process.
         let table = Arc::new(SnapshotTable::with_capacity(
-            a.zones_max.saturating_add(a.zones_max / 4),
+            a.zones_max
+                .saturating_add(a.zones_max / 4)
+                .saturating_add(extra_slots),
         ));
         let zone_count = Arc::new(AtomicUsize::new(0));
         let settings = Arc::new(ShardSettings {
@@ -262,12 +311,15 @@ impl Engine {
                     (0..arbiter_n).map(|_| actix_rt::Arbiter::new()).collect();
                 let addrs: Vec<Addr<ShardActor>> = (0..shard_n)
                     .map(|i| {
-                        let shard = Shard::new(
+                        let mut shard = Shard::new(
                             Arc::clone(&t2),
                             Arc::clone(&zone_count),
                             Arc::clone(&settings),
                             Arc::clone(&p2),
                         );
+                        if let Some(sink) = &sink {
+                            shard.set_sink(Arc::clone(sink));
+                        }
                         let clock = Arc::clone(&c2);
                         ShardActor::start_in_arbiter(
                             &arbiters[i % arbiter_n].handle(),
@@ -493,6 +545,83 @@ impl Engine {
             total.shards += self.ask(s, |reply| Command::Memory { reply }).await?;
         }
         Ok(total)
+    }
+
+    /// Installs restored zones (taking a zone over), replacing live copies; each publishes a
+    /// snapshot at once. Returns how many did not fit (`zones_max`).
+    pub async fn import(&self, zones: Vec<ZoneCore>) -> Result<usize, ShellError> {
+        let mut per: Vec<Vec<ZoneCore>> = (0..self.shards.len()).map(|_| Vec::new()).collect();
+        for z in zones {
+            per[self.shard_of(z.zone())].push(z);
+        }
+        let mut failed = 0;
+        for (s, zones) in per.into_iter().enumerate() {
+            if !zones.is_empty() {
+                failed += self
+                    .ask(s, |reply| Command::Import { zones, reply })
+                    .await?;
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Takes zones out of the engine (handing them over) and returns their final state.
+    /// Their snapshots stay in the table until the new owner's replace them.
+    pub async fn remove(&self, zones: &[ZoneId]) -> Result<Vec<ZoneExport>, ShellError> {
+        let mut out = Vec::new();
+        for (s, zones) in self.split(zones).into_iter().enumerate() {
+            if !zones.is_empty() {
+                out.extend(
+                    self.ask(s, |reply| Command::Remove { zones, reply })
+                        .await?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The state of the given live zones.
+    pub async fn export(&self, zones: &[ZoneId]) -> Result<Vec<ZoneExport>, ShellError> {
+        let mut out = Vec::new();
+        for (s, zones) in self.split(zones).into_iter().enumerate() {
+            if !zones.is_empty() {
+                out.extend(
+                    self.ask(s, |reply| Command::Export { zones, reply })
+                        .await?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The state of every zone changed since the last call (`all`: every zone), clearing
+    /// the marks.
+    pub async fn export_dirty(&self, all: bool) -> Result<Vec<ZoneExport>, ShellError> {
+        let mut out = Vec::new();
+        for s in 0..self.shards.len() {
+            out.extend(
+                self.ask(s, |reply| Command::ExportDirty { all, reply })
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every zone live in the engine.
+    pub async fn zone_ids(&self) -> Result<Vec<ZoneId>, ShellError> {
+        let mut out = Vec::new();
+        for s in 0..self.shards.len() {
+            out.extend(self.ask(s, |reply| Command::ZoneIds { reply }).await?);
+        }
+        Ok(out)
+    }
+
+    fn split(&self, zones: &[ZoneId]) -> Vec<Vec<ZoneId>> {
+        let mut per: Vec<Vec<ZoneId>> = (0..self.shards.len()).map(|_| Vec::new()).collect();
+        for &z in zones {
+            per[self.shard_of(z)].push(z);
+        }
+        per
     }
 
     /// Stops the actors and joins their threads. Called by `Drop` too.

@@ -42,6 +42,12 @@ pub enum ErrorCode {
     /// The node is at its in-flight limit for this connection or in total, and sheds the
     /// request; retry with backoff. Shared-tier traffic is shed before premium.
     Overloaded = 30,
+    /// No node can serve this zone right now: its owner is changing (a node joined, left or
+    /// failed) or could not be reached. Nothing was done; retry shortly.
+    Unavailable = 31,
+    /// The only price this node has for the zone is older than its staleness bound
+    /// (`cluster.snapshot_stale_ms`); it will not quote from it. Retry or ask another node.
+    Stale = 32,
     /// The quote token's signature does not match (altered or forged), or its format or key
     /// is unknown.
     InvalidToken = 40,
@@ -51,11 +57,14 @@ pub enum ErrorCode {
     Internal = 50,
     /// The node is shutting down and takes no new requests.
     ShuttingDown = 51,
+    /// The durable store (Redis) is unavailable or refused the write, so a change that must
+    /// be durable (fare table, policy) was not made. Quotes keep flowing; retry later.
+    StoreUnavailable = 52,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 23] = [
         Self::MalformedFrame,
         Self::UnsupportedVersion,
         Self::UnknownKind,
@@ -72,10 +81,13 @@ impl ErrorCode {
         Self::InvalidValue,
         Self::Conflict,
         Self::Overloaded,
+        Self::Unavailable,
+        Self::Stale,
         Self::InvalidToken,
         Self::ExpiredToken,
         Self::Internal,
         Self::ShuttingDown,
+        Self::StoreUnavailable,
     ];
 
     /// The number on the wire.
@@ -111,6 +123,9 @@ impl ErrorCode {
             Self::ExpiredToken => "expired_token",
             Self::Internal => "internal",
             Self::ShuttingDown => "shutting_down",
+            Self::Unavailable => "unavailable",
+            Self::Stale => "stale",
+            Self::StoreUnavailable => "store_unavailable",
         }
     }
 

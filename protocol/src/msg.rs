@@ -269,6 +269,9 @@ pub mod outcome {
     pub const STOPPED: u8 = 7;
     /// Rejected: unknown event kind.
     pub const UNKNOWN_KIND: u8 = 8;
+    /// Not applied: the zone's owner is not serving it right now (ownership is moving, or
+    /// the owner could not be reached); resend it (ids make resending safe).
+    pub const NOT_SERVING: u8 = 9;
 }
 
 /// One outcome per event of an [`EventBatch`], in order (see [`outcome`]).
