@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cluster;
 mod lane;
 mod tls;
 
@@ -32,6 +33,7 @@ use protocol::msg::{self, Message};
 use protocol::{ErrorCode, FrameError, TOKEN_LEN};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+pub use crate::cluster::ClusterClient;
 pub use crate::lane::Request;
 pub use crate::tls::Trust;
 

@@ -254,6 +254,9 @@ pub struct Leases {
     /// Acquires in flight: group → node time sent (not re-sent while pending, up to a timeout).
     pending: BTreeMap<u64, u64>,
     incarnation: Option<u64>,
+    /// The epoch of the last lease this node was granted, per group (kept after it lapses,
+    /// for a last fenced write the store may refuse).
+    last_held: BTreeMap<u64, u64>,
 }
 
 impl Leases {
@@ -265,7 +268,14 @@ impl Leases {
             seen: BTreeMap::new(),
             pending: BTreeMap::new(),
             incarnation: None,
+            last_held: BTreeMap::new(),
         }
+    }
+
+    /// The epoch of the last lease this node was granted on `group`, even if lapsed. Never
+    /// an epoch merely seen from another holder: a write with it is fenced correctly.
+    pub fn last_epoch(&self, group: u64) -> Option<u64> {
+        self.last_held.get(&group).copied()
     }
 
     /// True when the node may apply events and write snapshots for `group` at node time `now`.
@@ -281,6 +291,14 @@ impl Leases {
             .get(&group)
             .filter(|h| now_ms < h.valid_until_ms)
             .map(|h| h.epoch)
+    }
+
+    /// Node time until which a held lease may be used, if one is held and valid at `now`.
+    pub fn valid_until(&self, group: u64, now_ms: u64) -> Option<u64> {
+        self.held
+            .get(&group)
+            .filter(|h| now_ms < h.valid_until_ms)
+            .map(|h| h.valid_until_ms)
     }
 
     /// Groups held and valid at `now`.
@@ -344,6 +362,7 @@ impl Leases {
             (Request::Acquire { group, .. }, Ok(epoch)) => {
                 self.pending.remove(&group);
                 self.note_epoch(group, epoch);
+                self.last_held.insert(group, epoch);
                 if valid_until > now_ms {
                     self.held.insert(
                         group,

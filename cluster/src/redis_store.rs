@@ -4,7 +4,8 @@
 //! Keys (per cluster prefix `P`): `P:incarnation` (a random id, set when the store is found
 //! empty), `P:quiet_until` (ms: nothing is granted before it, a lease length after the store
 //! was found empty), `P:lease:{group}` (hash: `epoch`, `holder`, `expires`), `P:snap:{group}`
-//! (the last snapshot written, fenced by epoch).
+//! (hash: zone id → that zone's last snapshot, written fenced by epoch), `P:groups` (set of
+//! groups with snapshots), `P:policy` (the surge policy, TOML, with `P:policy_version`).
 //!
 //! Every script first checks `P:incarnation`: a store that restarted empty is detected there,
 //! answers `recovering` for a lease length (so leases granted before the restart lapse first)
@@ -67,18 +68,25 @@ end
 return {'ok', inc, tonumber(l[1] or '0')}
 ";
 
-/// KEYS: incarnation, quiet_until, lease, snapshot. ARGV: candidate incarnation, ttl, epoch,
-/// payload.
+/// KEYS: incarnation, quiet_until, lease, snapshot hash, group set. ARGV: candidate
+/// incarnation, ttl, epoch, group, then zone/payload pairs.
 const WRITE: &str = r"
 local l = redis.call('HMGET', KEYS[3], 'epoch', 'expires')
 local epoch = tonumber(l[1] or '0')
 if epoch == tonumber(ARGV[3]) and tonumber(l[2] or '0') > now then
-  redis.call('SET', KEYS[4], ARGV[4])
+  if #ARGV > 4 then
+    redis.call('HSET', KEYS[4], unpack(ARGV, 5))
+  end
+  redis.call('SADD', KEYS[5], ARGV[4])
   return {'ok', inc, epoch}
 end
 redis.call('INCR', KEYS[1] .. ':stale_writes')
 return {'stale', inc, epoch}
 ";
+
+/// Most zones one fenced write carries (Lua's `unpack` has a stack limit); a group with more
+/// dirty zones is written in several calls, each fenced.
+pub const WRITE_ZONES_MAX: usize = 1_000;
 
 /// Why a Redis lease operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +154,16 @@ impl RedisLeaseStore {
         ]
     }
 
+    /// The Redis key prefix of this cluster.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A connection (multiplexed; clones share it) for plain commands.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     async fn run(
         &self,
         which: usize,
@@ -209,23 +227,27 @@ impl RedisLeaseStore {
             .await
     }
 
-    /// A fenced snapshot write: stored only if `epoch` is the group's current epoch and its
-    /// lease has not lapsed.
+    /// A fenced snapshot write of some zones of a group: stored only if `epoch` is the
+    /// group's current epoch and its lease has not lapsed. At most [`WRITE_ZONES_MAX`] zones.
     pub async fn write(
         &self,
         group: u64,
         epoch: u64,
-        payload: &[u8],
+        zones: &[(u64, Vec<u8>)],
     ) -> Result<Answer, RedisStoreError> {
         let keys = self.keys(group);
         let mut inv = self.scripts[3].prepare_invoke();
         for k in &keys {
             inv.key(k);
         }
+        inv.key(format!("{}:groups", self.prefix));
         inv.arg(self.candidate_incarnation)
             .arg(self.ttl_ms)
             .arg(epoch)
-            .arg(payload);
+            .arg(group);
+        for (zone, payload) in zones.iter().take(WRITE_ZONES_MAX) {
+            inv.arg(*zone).arg(payload.as_slice());
+        }
         let mut conn = self.conn.clone();
         let (status, inc, n): (String, u64, u64) = inv.invoke_async(&mut conn).await?;
         Ok((
@@ -236,6 +258,26 @@ impl RedisLeaseStore {
                 Err(StoreError::Stale { current: n })
             },
         ))
+    }
+
+    /// Every zone snapshot stored for a group: (zone id, payload).
+    pub async fn read_group(&self, group: u64) -> Result<Vec<(u64, Vec<u8>)>, RedisStoreError> {
+        let mut conn = self.conn.clone();
+        let v: Vec<(u64, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(format!("{}:snap:{group}", self.prefix))
+            .query_async(&mut conn)
+            .await?;
+        Ok(v)
+    }
+
+    /// The groups that have snapshots.
+    pub async fn groups(&self) -> Result<Vec<u64>, RedisStoreError> {
+        let mut conn = self.conn.clone();
+        let v: Vec<u64> = redis::cmd("SMEMBERS")
+            .arg(format!("{}:groups", self.prefix))
+            .query_async(&mut conn)
+            .await?;
+        Ok(v)
     }
 
     /// Stale snapshot writes the store has refused since it last started empty.

@@ -97,7 +97,10 @@ async fn redis_grants_fences_expires_and_survives_a_restart_without_reusing_epoc
         Err(StoreError::Held { holder: 1 })
     );
     assert_eq!(
-        a.write(7, e1, b"snapshot-1").await.expect("redis").1,
+        a.write(7, e1, &[(1, b"snapshot-1".to_vec())])
+            .await
+            .expect("redis")
+            .1,
         Ok(e1)
     );
     assert_eq!(a.renew(7, 1, e1).await.expect("redis").1, Ok(e1));
@@ -108,7 +111,10 @@ async fn redis_grants_fences_expires_and_survives_a_restart_without_reusing_epoc
     assert!(e2 > e1);
     // Node 1's late writes and renewals are fenced off.
     assert_eq!(
-        a.write(7, e1, b"late").await.expect("redis").1,
+        a.write(7, e1, &[(1, b"late".to_vec())])
+            .await
+            .expect("redis")
+            .1,
         Err(StoreError::Stale { current: e2 })
     );
     assert_eq!(
@@ -116,10 +122,19 @@ async fn redis_grants_fences_expires_and_survives_a_restart_without_reusing_epoc
         Err(StoreError::Stale { current: e2 })
     );
     assert_eq!(
-        b.write(7, e2, b"snapshot-2").await.expect("redis").1,
+        b.write(7, e2, &[(1, b"snapshot-2".to_vec())])
+            .await
+            .expect("redis")
+            .1,
         Ok(e2)
     );
     assert_eq!(a.stale_writes().await.expect("redis"), 1);
+    // The fenced-off write left the newer holder's snapshot in place.
+    assert_eq!(
+        b.read_group(7).await.expect("redis"),
+        vec![(1, b"snapshot-2".to_vec())]
+    );
+    assert_eq!(b.groups().await.expect("redis"), vec![7]);
 
     // Redis restarts empty: detected, quiet for a lease length, and no epoch is reused.
     redis.restart_empty();

@@ -59,6 +59,14 @@ enum Command {
     /// Work with engine configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Generate a cluster credential: a CA and a certificate it signs, which every node
+    /// presents to its peers (mutual TLS). Writes ca.pem, ca-key.pem (keep offline),
+    /// node.pem and node-key.pem into DIR.
+    ClusterCredentials {
+        /// Directory to write into (created if missing).
+        #[arg(long, default_value = "cluster-credentials")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +111,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("centre      {clat:.6}, {clng:.6}");
             let n: Vec<String> = z.neighbours().iter().map(|n| n.to_string()).collect();
             println!("neighbours  {}", n.join(" "));
+            Ok(())
+        }
+        Command::ClusterCredentials { out } => {
+            server::cluster::write_credentials(&out)?;
+            println!(
+                "wrote {0}/ca.pem, {0}/ca-key.pem, {0}/node.pem, {0}/node-key.pem",
+                out.display()
+            );
+            println!("point [cluster] ca_cert_path, cert_path and key_path of every node at them");
             Ok(())
         }
         Command::Config(ConfigCommand::Check { file }) => {

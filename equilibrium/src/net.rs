@@ -21,9 +21,18 @@ pub(crate) struct NodeArgs {
     /// Override `listen` (UDP address for QUIC).
     #[arg(long, env = "EQUILIBRIUM_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Override the engine's `node_id`.
+    /// Override the engine's `node_id` (unique per node of a cluster).
     #[arg(long, env = "EQUILIBRIUM_NODE_ID")]
     node_id: Option<u16>,
+    /// Override `[cluster] listen` (UDP address of the peer endpoint).
+    #[arg(long, env = "EQUILIBRIUM_PEER_LISTEN")]
+    peer_listen: Option<SocketAddr>,
+    /// Override `[cluster] seeds` (comma-separated peer addresses).
+    #[arg(long, env = "EQUILIBRIUM_SEEDS", value_delimiter = ',')]
+    seeds: Option<Vec<SocketAddr>>,
+    /// Override `[cluster] redis_url`.
+    #[arg(long, env = "EQUILIBRIUM_REDIS_URL")]
+    redis_url: Option<String>,
 }
 
 /// How client commands reach a node.
@@ -102,16 +111,54 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
         engine_cfg.node_id = id;
     }
     let key = engine::QuoteKey::from_hex(1, &cfg.cluster_key_hex)?;
-    let engine = Arc::new(engine::Engine::start(
+    if let Some(c) = cfg.cluster.as_mut() {
+        if let Some(l) = args.peer_listen {
+            c.listen = l;
+        }
+        if let Some(s) = args.seeds {
+            c.seeds = s;
+        }
+        if let Some(r) = args.redis_url {
+            c.redis_url = r;
+        }
+    }
+    let rt = runtime()?;
+    let Some(ccfg) = cfg.cluster.clone() else {
+        let engine = Arc::new(engine::Engine::start(
+            engine_cfg,
+            key,
+            Arc::new(engine::SystemClock),
+        )?);
+        rt.block_on(async {
+            let node = Node::start(&cfg, Arc::clone(&engine))?;
+            // Tests and scripts wait for this line.
+            println!("equilibrium node listening on {}", node.local_addr()?);
+            wait_for_signal().await;
+            node.shutdown().await;
+            anyhow::Ok(())
+        })?;
+        return Ok(());
+    };
+    let stats = Arc::new(server::cluster::ClusterStats::default());
+    let (sink, ticks) =
+        server::cluster::tick_channel(ccfg.replication_queue_max, Arc::clone(&stats));
+    let engine = Arc::new(engine::Engine::start_with(
         engine_cfg,
         key,
         Arc::new(engine::SystemClock),
+        Some(sink),
+        ccfg.replica_zones_max,
     )?);
-    let rt = runtime()?;
     rt.block_on(async {
-        let node = Node::start(&cfg, Arc::clone(&engine))?;
+        let (cluster, forwarded) =
+            server::cluster::Cluster::start(ccfg, Arc::clone(&engine), ticks, stats)?;
+        let peer = cluster.peer_addr();
+        let node = Node::start_clustered(&cfg, Arc::clone(&engine), Some((cluster, forwarded)))?;
         // Tests and scripts wait for this line.
-        println!("equilibrium node listening on {}", node.local_addr()?);
+        println!(
+            "equilibrium node listening on {} (cluster peer endpoint {peer})",
+            node.local_addr()?
+        );
         wait_for_signal().await;
         node.shutdown().await;
         anyhow::Ok(())

@@ -27,6 +27,118 @@ pub struct NodeConfig {
     /// Client tokens and their tiers.
     #[serde(default)]
     pub clients: Vec<ClientEntry>,
+    /// Clustering; without this section the node runs alone (no peers, no Redis).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The `[cluster]` section: peers, the cluster credential, Redis, and timing.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// UDP address of this node's peer endpoint (QUIC with mutual TLS: gossip, snapshot
+    /// replication, forwarded requests).
+    pub listen: SocketAddr,
+    /// Peer addresses to join through; list every node (this one's own is skipped).
+    #[serde(default)]
+    pub seeds: Vec<SocketAddr>,
+    /// The cluster CA certificate (PEM): peers must present a certificate it signed.
+    pub ca_cert_path: PathBuf,
+    /// This node's cluster certificate (PEM, signed by the CA), presented to peers.
+    pub cert_path: PathBuf,
+    /// Its private key (PEM, PKCS#8).
+    pub key_path: PathBuf,
+    /// Redis URL for leases and snapshots. Default `redis://127.0.0.1:6379`.
+    #[serde(default = "default_redis_url")]
+    pub redis_url: String,
+    /// Key prefix in Redis (one per cluster). Default `eq`.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// Ownership weight of this node (e.g. its cores). Default 1.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Zones are owned in groups: their parent cell at this H3 resolution. Default 7
+    /// (seven zones of resolution 8 per group).
+    #[serde(default = "default_group_resolution")]
+    pub group_resolution: u8,
+    /// Changed zones are written to Redis this often. Default 1,000 ms: at most this much
+    /// of a killed node's acknowledged events can be lost.
+    #[serde(default = "default_snapshot_interval")]
+    pub snapshot_interval_ms: u64,
+    /// A node never quotes from a price older than this; it answers `stale`. Must exceed
+    /// failure detection plus the lease length (a dead owner's zones are priced from its
+    /// last replicated snapshots until the new owner publishes). Default 10,000 ms.
+    #[serde(default = "default_stale")]
+    pub snapshot_stale_ms: u64,
+    /// Ownership lease length in Redis. Default 2,000 ms.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_ms: u64,
+    /// A held lease is renewed once this old. Default 500 ms.
+    #[serde(default = "default_lease_renew")]
+    pub lease_renew_after_ms: u64,
+    /// SWIM probe period. Default 500 ms.
+    #[serde(default = "default_probe")]
+    pub probe_period_ms: u64,
+    /// A suspected node is declared down after this long. Default 1,000 ms.
+    #[serde(default = "default_suspect")]
+    pub suspect_to_down_ms: u64,
+    /// A forwarded request (events, fare change) waits this long for the owner. Default
+    /// 2,000 ms.
+    #[serde(default = "default_forward_timeout")]
+    pub forward_timeout_ms: u64,
+    /// Tick outputs queued for replication before new ones are dropped (the next full
+    /// confirmation repairs replicas). Default 64.
+    #[serde(default = "default_replication_queue")]
+    pub replication_queue_max: usize,
+    /// Room for zones owned by other nodes, in the quote table. Default 200,000.
+    #[serde(default = "default_replica_zones")]
+    pub replica_zones_max: usize,
+    /// Most peer connections (in and out). Default 64.
+    #[serde(default = "default_peer_connections")]
+    pub peer_connections_max: u32,
+}
+
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379".to_owned()
+}
+fn default_redis_prefix() -> String {
+    "eq".to_owned()
+}
+fn one() -> u32 {
+    1
+}
+fn default_group_resolution() -> u8 {
+    7
+}
+fn default_snapshot_interval() -> u64 {
+    1_000
+}
+fn default_stale() -> u64 {
+    10_000
+}
+fn default_lease_ttl() -> u64 {
+    2_000
+}
+fn default_lease_renew() -> u64 {
+    500
+}
+fn default_probe() -> u64 {
+    500
+}
+fn default_suspect() -> u64 {
+    1_000
+}
+fn default_forward_timeout() -> u64 {
+    2_000
+}
+fn default_replication_queue() -> usize {
+    64
+}
+fn default_replica_zones() -> usize {
+    200_000
+}
+fn default_peer_connections() -> u32 {
+    64
 }
 
 fn default_listen() -> SocketAddr {
@@ -218,10 +330,22 @@ impl NodeConfig {
         let mut cfg = Self::from_toml(&text, path)?;
         // Paths in the file are relative to the file.
         if let Some(dir) = path.parent() {
+            let c = cfg.cluster.as_mut();
+            let (a, b, d) = match c {
+                Some(c) => (
+                    Some(&mut c.ca_cert_path),
+                    Some(&mut c.cert_path),
+                    Some(&mut c.key_path),
+                ),
+                None => (None, None, None),
+            };
             for p in [
                 Some(&mut cfg.engine_config),
                 cfg.tls.cert_path.as_mut(),
                 cfg.tls.key_path.as_mut(),
+                a,
+                b,
+                d,
             ]
             .into_iter()
             .flatten()
@@ -285,6 +409,32 @@ impl NodeConfig {
                 "limits.streams_per_connection_max / connections_max",
                 "must be at least 1",
             ));
+        }
+        if let Some(c) = &self.cluster {
+            if c.group_resolution > 15 {
+                return Err(invalid("cluster.group_resolution", "must be within 0..=15"));
+            }
+            if c.weight == 0 {
+                return Err(invalid("cluster.weight", "must be at least 1"));
+            }
+            if c.lease_renew_after_ms * 2 > c.lease_ttl_ms || c.lease_ttl_ms < 500 {
+                return Err(invalid(
+                    "cluster.lease_*",
+                    "lease_ttl_ms must be at least 500 and twice lease_renew_after_ms",
+                ));
+            }
+            if c.snapshot_interval_ms == 0 || c.probe_period_ms < 50 || c.suspect_to_down_ms == 0 {
+                return Err(invalid(
+                    "cluster.*_ms",
+                    "snapshot_interval_ms and suspect_to_down_ms must be positive, probe_period_ms at least 50",
+                ));
+            }
+            if c.replication_queue_max == 0 || c.peer_connections_max == 0 {
+                return Err(invalid(
+                    "cluster.replication_queue_max / peer_connections_max",
+                    "must be at least 1",
+                ));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.clients {

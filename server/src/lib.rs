@@ -8,15 +8,20 @@
 //! - [`tls`]: the server identity (certificate files, or a self-signed one for development).
 //! - [`admission`]: in-flight limits per connection and per node; shared tier shed first.
 //! - [`node`]: the QUIC shell: connections, streams, frames, replies, graceful shutdown.
+//! - [`cluster`]: the cluster shell: peer QUIC endpoint with mutual TLS, gossip, leases and
+//!   snapshots in Redis, hand-off, replication, forwarding (the logic is the `cluster`
+//!   crate's sans-IO cores).
 //!
 //! # What this crate is not
 //!
-//! It holds no pricing logic (the engine does) and no cluster logic (issue 4).
+//! It holds no pricing logic (the engine does) and no ownership or lease rules (the
+//! `cluster` crate does).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admission;
+pub mod cluster;
 pub mod config;
 pub mod node;
 pub mod tls;

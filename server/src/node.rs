@@ -20,6 +20,7 @@ use quinn::VarInt;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, ConnectionLoad};
+use crate::cluster::{Cluster, Forwarded};
 use crate::config::{LimitsConfig, NodeConfig, Role, Tier};
 use crate::tls::Identity;
 
@@ -49,6 +50,7 @@ struct Shared {
     admission: Admission,
     stopping: AtomicBool,
     node_id: u16,
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// A connection's authentication and load.
@@ -91,6 +93,20 @@ pub struct Node {
 impl Node {
     /// Binds the endpoint and starts accepting clients for `engine`.
     pub fn start(cfg: &NodeConfig, engine: Arc<Engine>) -> Result<Self, StartError> {
+        Self::start_clustered(cfg, engine, None)
+    }
+
+    /// [`start`](Self::start), as a member of a cluster: events and fare changes are routed
+    /// through `cluster`, and requests forwarded by peers arrive on the receiver.
+    pub fn start_clustered(
+        cfg: &NodeConfig,
+        engine: Arc<Engine>,
+        cluster: Option<(Arc<Cluster>, tokio::sync::mpsc::Receiver<Forwarded>)>,
+    ) -> Result<Self, StartError> {
+        let (cluster, forwarded) = match cluster {
+            Some((c, rx)) => (Some(c), Some(rx)),
+            None => (None, None),
+        };
         let identity = Identity::load(&cfg.tls)?;
         let self_signed = identity
             .self_signed
@@ -141,7 +157,21 @@ impl Node {
             ),
             stopping: AtomicBool::new(false),
             started: std::time::Instant::now(),
+            cluster,
         });
+        if let Some(mut rx) = forwarded {
+            let fwd_shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                while let Some((m, reply)) = rx.recv().await {
+                    let shared = Arc::clone(&fwd_shared);
+                    tokio::spawn(async move {
+                        let _ = reply.send(answer_forwarded(&shared, m).await);
+                    });
+                }
+            });
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move { poll_policy(shared).await });
+        }
         let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
         Ok(Self {
             endpoint,
@@ -170,6 +200,12 @@ impl Node {
     /// `drain_timeout_ms`) for in-flight requests, then close every connection with code 51.
     pub async fn shutdown(self) {
         info!("shutting down: draining in-flight requests");
+        if let Some(c) = &self.shared.cluster {
+            // Hand every zone over first (final writes, leases released), while still
+            // answering quotes; peers forward events to the new owners.
+            c.leave(Duration::from_millis(self.shared.limits.drain_timeout_ms))
+                .await;
+        }
         self.shared.stopping.store(true, Ordering::Release);
         self.accept.abort();
         let deadline = tokio::time::Instant::now()
@@ -414,15 +450,13 @@ async fn answer(
     let reply = match message {
         Message::Quote(q) => quote(shared, &q, now).map(Message::QuoteOk),
         Message::ZoneState(z) => zone_state(shared, z.zone).await.map(Message::ZoneStateOk),
-        Message::FareGet(z) => zone_state(shared, z.zone)
-            .await
-            .map(|s| Message::FareGetOk(s.fare)),
-        Message::FareSet(f) => fare_set(shared, &f).await.map(Message::FareSetOk),
+        Message::FareGet(z) => fare_get(shared, z.zone).await.map(Message::FareGetOk),
+        Message::FareSet(f) => fare_set(shared, &f, false).await.map(Message::FareSetOk),
         Message::PolicyGet(_) => Ok(Message::PolicyGetOk(wire_policy(&shared.engine.policy()))),
         Message::PolicySet(p) => policy_set(shared, &p).await.map(Message::PolicySetOk),
         Message::Status(_) => status(shared).await.map(Message::StatusOk),
         Message::QuoteBatch(b) => quote_batch(shared, &b, now).map(Message::QuoteBatchOk),
-        Message::EventBatch(b) => events(shared, b).await.map(Message::EventBatchOk),
+        Message::EventBatch(b) => events(shared, b, false).await.map(Message::EventBatchOk),
         Message::Verify(t) => verify(shared, &t, now).map(Message::VerifyOk),
         Message::Explain(t) => explain(shared, &t).await.map(Message::ExplainOk),
         other => Err((
@@ -469,6 +503,17 @@ fn quote(shared: &Shared, q: &msg::QuoteRequest, now: u64) -> Answer<msg::QuoteR
             QuoteError::UnknownZone(_) => (ErrorCode::UnknownZone, e.to_string()),
             QuoteError::InvalidTrip(_) => (ErrorCode::InvalidTrip, e.to_string()),
         })?;
+    if let Some(c) = &shared.cluster {
+        if age > c.stale_ms() {
+            return Err((
+                ErrorCode::Stale,
+                format!(
+                    "zone {zone}'s price is {age} ms old here, beyond the {} ms bound",
+                    c.stale_ms()
+                ),
+            ));
+        }
+    }
     Ok(msg::QuoteReply {
         token,
         zone: zone.raw(),
@@ -536,7 +581,11 @@ fn outcome_of(o: EventOutcome) -> u8 {
     }
 }
 
-async fn events(shared: &Shared, b: msg::EventBatch) -> Answer<msg::EventBatchReply> {
+async fn events(
+    shared: &Shared,
+    b: msg::EventBatch,
+    forwarded: bool,
+) -> Answer<msg::EventBatchReply> {
     let max =
         (shared.limits.batch_len_max as usize).min(shared.engine.config().actors.batch_events_max);
     if b.events.len() > max {
@@ -550,27 +599,79 @@ async fn events(shared: &Shared, b: msg::EventBatch) -> Answer<msg::EventBatchRe
     }
     let mut outcomes = vec![outcome::APPLIED; b.events.len()];
     let mut valid = Vec::with_capacity(b.events.len());
-    let mut index = Vec::with_capacity(b.events.len());
     for (i, e) in b.events.iter().enumerate() {
         match event_of(e) {
-            Ok(ev) => {
-                valid.push(ev);
-                index.push(i);
+            Ok(ev) if ev.zone.resolution() != shared.engine.config().resolution => {
+                outcomes[i] = outcome::INVALID_ZONE;
             }
+            Ok(ev) => valid.push((i, ev)),
             Err(code) => outcomes[i] = code,
         }
     }
-    if !valid.is_empty() {
+    let apply = async |evs: Vec<Event>| -> Answer<Vec<u8>> {
         let applied = shared
             .engine
-            .apply_batch(valid)
+            .apply_batch(evs)
             .await
             .map_err(|e| (ErrorCode::BatchTooLarge, e.to_string()))?;
-        for (o, i) in applied.into_iter().zip(index) {
-            outcomes[i] = outcome_of(o);
+        Ok(applied.into_iter().map(outcome_of).collect())
+    };
+    if let Some(c) = &shared.cluster {
+        c.route_events(&b.events, valid, &mut outcomes, forwarded, apply)
+            .await?;
+    } else if !valid.is_empty() {
+        let (index, evs): (Vec<usize>, Vec<Event>) = valid.into_iter().unzip();
+        for (o, i) in apply(evs).await?.into_iter().zip(index) {
+            outcomes[i] = o;
         }
     }
     Ok(msg::EventBatchReply { outcomes })
+}
+
+/// Answers a request a peer forwarded (events or a fare change for a zone this node owns).
+async fn answer_forwarded(shared: &Shared, m: Message) -> Message {
+    let r = match m {
+        Message::EventBatch(b) => events(shared, b, true).await.map(Message::EventBatchOk),
+        Message::FareSet(f) => fare_set(shared, &f, true).await.map(Message::FareSetOk),
+        other => Err((
+            ErrorCode::UnknownKind,
+            format!(
+                "peers may forward events and fare changes, not {:?}",
+                other.kind()
+            ),
+        )),
+    };
+    r.unwrap_or_else(|(code, message)| {
+        Message::Error(msg::ErrorReply {
+            code: code.code(),
+            message: message.into_bytes(),
+        })
+    })
+}
+
+/// Applies the policy stored in Redis when it is newer than the one in force (a change made
+/// through another node, or before this node started).
+async fn poll_policy(shared: Arc<Shared>) {
+    let Some(c) = shared.cluster.clone() else {
+        return;
+    };
+    let limits = Limits {
+        frame_len_max: 1 << 16,
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let Some(frame) = c.stored_policy().await else {
+            continue;
+        };
+        if let Ok((_, Message::PolicySet(w), _)) = protocol::decode_frame(&frame, limits) {
+            if w.version > shared.engine.policy().version {
+                match shared.engine.set_policy(policy_of(&w)).await {
+                    Ok(()) => info!(version = w.version, "surge policy updated from the store"),
+                    Err(e) => warn!("stored policy refused: {e}"),
+                }
+            }
+        }
+    }
 }
 
 fn token_error(e: TokenError) -> (ErrorCode, String) {
@@ -684,7 +785,24 @@ async fn zone_state(shared: &Shared, raw: u64) -> Answer<msg::ZoneStateReply> {
     })
 }
 
-async fn fare_set(shared: &Shared, f: &msg::FareSet) -> Answer<msg::VersionReply> {
+async fn fare_get(shared: &Shared, raw: u64) -> Answer<msg::WireFare> {
+    match zone_state(shared, raw).await {
+        Ok(s) => Ok(s.fare),
+        // Not live here: the replicated snapshot carries the owner's fare table.
+        Err((ErrorCode::UnknownZone, m)) => {
+            let zone = admin_zone(shared, raw)?;
+            shared
+                .engine
+                .table()
+                .get(zone)
+                .map(|s| wire_fare(&s.fare))
+                .ok_or((ErrorCode::UnknownZone, m))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn fare_set(shared: &Shared, f: &msg::FareSet, forwarded: bool) -> Answer<msg::VersionReply> {
     use engine::shard::FareSetError;
     use engine::shell::SetFareError;
     let zone = admin_zone(shared, f.zone)?;
@@ -700,6 +818,15 @@ async fn fare_set(shared: &Shared, f: &msg::FareSet) -> Answer<msg::VersionReply
         surge_cap_milli: w.surge_cap_milli,
         currency,
     };
+    if let Some(c) = &shared.cluster {
+        let table = table
+            .validate()
+            .map_err(|e| (ErrorCode::InvalidValue, e.to_string()))?;
+        return c
+            .fare_set(zone, table, forwarded)
+            .await
+            .map(|version| msg::VersionReply { version });
+    }
     shared
         .engine
         .set_fare(zone, table)
@@ -736,9 +863,8 @@ fn wire_policy(p: &engine::SurgePolicy) -> msg::WirePolicy {
     }
 }
 
-async fn policy_set(shared: &Shared, w: &msg::WirePolicy) -> Answer<msg::VersionReply> {
-    use engine::shell::PolicyChangeError;
-    let policy = engine::SurgePolicy {
+fn policy_of(w: &msg::WirePolicy) -> engine::SurgePolicy {
+    engine::SurgePolicy {
         version: w.version,
         ratio_threshold: w.ratio_threshold,
         sensitivity: w.sensitivity,
@@ -751,7 +877,33 @@ async fn policy_set(shared: &Shared, w: &msg::WirePolicy) -> Answer<msg::Version
         step_max_milli: w.step_max_milli,
         neighbour_weight: w.neighbour_weight,
         confidence_full_at: w.confidence_full_at,
-    };
+    }
+}
+
+async fn policy_set(shared: &Shared, w: &msg::WirePolicy) -> Answer<msg::VersionReply> {
+    use engine::shell::PolicyChangeError;
+    let policy = policy_of(w);
+    if let Some(c) = &shared.cluster {
+        // Write-through: validated, stored (version compare-and-set), then applied here;
+        // the other nodes apply it from the store.
+        let valid = policy
+            .clone()
+            .validate()
+            .map_err(|e| (ErrorCode::InvalidValue, e.to_string()))?;
+        let current = shared.engine.policy().version;
+        if valid.version <= current {
+            return Err((
+                ErrorCode::Conflict,
+                format!(
+                    "policy version {} is not newer than {current}",
+                    valid.version
+                ),
+            ));
+        }
+        let mut frame = Vec::new();
+        protocol::encode(0, &Message::PolicySet(*w), &mut frame);
+        c.policy_set(frame, w.version).await?;
+    }
     shared
         .engine
         .set_policy(policy)

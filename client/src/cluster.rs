@@ -1,0 +1,182 @@
+//! A client for a whole cluster: one connection per node, with fail-over.
+//!
+//! Any node answers quotes for any zone (owners replicate their price snapshots), so a quote
+//! goes to the next node in turn and, if that node is down, slow, stopping or has only a
+//! stale price, to the next. Events go to any node, which forwards them to the zone's owner;
+//! events answered `not serving` (ownership moving) or `overloaded` are resent, with the same
+//! ids (so never applied twice), until they land or the deadline passes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use protocol::msg::{self, outcome};
+use protocol::ErrorCode;
+
+use crate::{Client, ClientConfig, ClientError};
+
+/// Connections to every node of a cluster.
+#[derive(Debug)]
+pub struct ClusterClient {
+    nodes: Vec<(SocketAddr, Option<Client>)>,
+    cfg: ClientConfig,
+    next: AtomicUsize,
+    /// Per node: until when (ms since `epoch`) it is skipped after a connection failure.
+    down_until: Vec<AtomicU64>,
+    epoch: std::time::Instant,
+    /// How long `send_events` keeps resending events not yet applied. Default 10 s.
+    pub event_deadline: Duration,
+}
+
+/// Errors worth trying another node for.
+fn retryable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connection(_) | ClientError::Timeout(_) => true,
+        ClientError::Refused { .. } => matches!(
+            e.code(),
+            Some(
+                ErrorCode::Unavailable
+                    | ErrorCode::Stale
+                    | ErrorCode::ShuttingDown
+                    | ErrorCode::Overloaded
+                    | ErrorCode::UnknownZone
+                    | ErrorCode::StoreUnavailable
+                    | ErrorCode::Internal
+            )
+        ),
+        _ => false,
+    }
+}
+
+impl ClusterClient {
+    /// Connects to every reachable node of `addrs` (at least one must answer). Nodes that
+    /// are down now are connected to when first needed.
+    pub async fn connect(addrs: &[SocketAddr], cfg: ClientConfig) -> Result<Self, ClientError> {
+        let mut nodes = Vec::with_capacity(addrs.len());
+        let mut last = None;
+        for &a in addrs {
+            match Client::connect(a, cfg.clone()).await {
+                Ok(c) => nodes.push((a, Some(c))),
+                Err(e) => {
+                    last = Some(e);
+                    nodes.push((a, None));
+                }
+            }
+        }
+        if nodes.iter().all(|(_, c)| c.is_none()) {
+            return Err(last.unwrap_or_else(|| ClientError::Config("no node addresses".into())));
+        }
+        Ok(Self {
+            down_until: nodes.iter().map(|_| AtomicU64::new(0)).collect(),
+            epoch: std::time::Instant::now(),
+            nodes,
+            cfg,
+            next: AtomicUsize::new(0),
+            event_deadline: Duration::from_secs(10),
+        })
+    }
+
+    /// The nodes' addresses.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|(a, _)| *a).collect()
+    }
+
+    async fn node(&self, i: usize) -> Option<Client> {
+        let (addr, c) = &self.nodes[i];
+        match c {
+            Some(c) => Some(c.clone()),
+            None => Client::connect(*addr, self.cfg.clone()).await.ok(),
+        }
+    }
+
+    /// Runs `f` against the nodes in turn, starting with the next one, until one answers
+    /// or the error is not one another node could fix.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let n = self.nodes.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = ClientError::Connection("no node reachable".into());
+        for round in 0..2 {
+            for k in 0..n {
+                let i = (start + k) % n;
+                let now = self.epoch.elapsed().as_millis() as u64;
+                // Skip a node that just failed to answer, unless this is the last try.
+                if round == 0 && self.down_until[i].load(Ordering::Relaxed) > now {
+                    continue;
+                }
+                let Some(c) = self.node(i).await else {
+                    self.down_until[i].store(now + 1_000, Ordering::Relaxed);
+                    continue;
+                };
+                match f(c).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) if retryable(&e) => {
+                        if matches!(e, ClientError::Connection(_) | ClientError::Timeout(_)) {
+                            let now = self.epoch.elapsed().as_millis() as u64;
+                            self.down_until[i].store(now + 1_000, Ordering::Relaxed);
+                        }
+                        last = e;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if round == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Err(last)
+    }
+
+    /// Quotes one trip from any node that can.
+    pub async fn quote(&self, q: msg::QuoteRequest) -> Result<msg::QuoteReply, ClientError> {
+        self.call(|c| async move { c.quote(q).await }).await
+    }
+
+    /// Sends events; resends those not applied because ownership was moving or a node was
+    /// overloaded or stopping, until all land or `event_deadline` passes. Returns the final
+    /// outcome of each event.
+    pub async fn send_events(&self, events: Vec<msg::WireEvent>) -> Result<Vec<u8>, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.event_deadline;
+        let mut out = vec![outcome::NOT_SERVING; events.len()];
+        let mut todo: Vec<usize> = (0..events.len()).collect();
+        let mut backoff = 20;
+        loop {
+            let batch: Vec<msg::WireEvent> = todo.iter().map(|&i| events[i]).collect();
+            let res = self
+                .call(async |c| c.send_events(batch.clone()).await)
+                .await;
+            match res {
+                Ok(r) => {
+                    for (&i, o) in todo.iter().zip(r) {
+                        out[i] = o;
+                    }
+                }
+                Err(e) if retryable(&e) => {}
+                Err(e) => return Err(e),
+            }
+            todo.retain(|&i| {
+                matches!(
+                    out[i],
+                    outcome::NOT_SERVING | outcome::OVERLOADED | outcome::STOPPED
+                )
+            });
+            if todo.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
+            backoff = (backoff * 2).min(500);
+        }
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        for (_, c) in &self.nodes {
+            if let Some(c) = c {
+                c.close().await;
+            }
+        }
+    }
+}

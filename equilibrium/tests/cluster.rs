@@ -1,0 +1,1028 @@
+//! End-to-end cluster tests: real `equilibrium node` processes (gossip over QUIC with mutual
+//! TLS), a real `redis-server` started here on a free port, real clients under load.
+//!
+//! (a) three nodes form a cluster and spread the zones; (b) `kill -9` under load; (c) rolling
+//! restart under load; (d) a node paused past its lease; (e) a fourth node joins; (f) Redis
+//! killed and restarted. Each prints its figures (`--nocapture` shows them). The scenarios
+//! run one at a time (they share the machine's two cores).
+//!
+//! Default cluster settings throughout, so the figures are those of the defaults.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use client::{Client, ClientConfig, ClusterClient, Trust};
+use engine::ZoneId;
+use protocol::msg::{self, event_kind, outcome};
+use protocol::ErrorCode;
+
+const PREMIUM: &str = "premium-cluster-token";
+const ADMIN: &str = "admin-cluster-token";
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "eq-cluster-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+struct Redis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let mut r = Self {
+            port: free_tcp_port(),
+            dir: temp_dir("redis"),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is required (scripts/test.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn get(&self, key: &str) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "GET", key])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Node {
+    id: u16,
+    addr: SocketAddr,
+    peer: SocketAddr,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn pid(&self) -> String {
+        self.child.as_ref().expect("running").id().to_string()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").args([sig, &self.pid()]).status();
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn terminate(&mut self) {
+        self.signal("-TERM");
+        let mut c = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        panic!("node {} did not stop within 15 s of SIGTERM", self.id);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // A paused node must be resumed to die promptly.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::env::var("EQ_KEEP_LOGS").is_err() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+struct TestCluster {
+    nodes: Vec<Node>,
+    redis: Redis,
+    creds: PathBuf,
+    seeds: Vec<SocketAddr>,
+    cert_pem: String,
+    key_pem: String,
+    cert_der: Vec<u8>,
+}
+
+impl TestCluster {
+    fn start(n: u16) -> Self {
+        let redis = Redis::start();
+        let creds = temp_dir("creds");
+        let st = Command::new(env!("CARGO_BIN_EXE_equilibrium"))
+            .args(["cluster-credentials", "--out"])
+            .arg(&creds)
+            .stdout(Stdio::null())
+            .status()
+            .expect("credentials");
+        assert!(st.success());
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let mut c = Self {
+            nodes: Vec::new(),
+            redis,
+            creds,
+            seeds: Vec::new(),
+            cert_pem: ck.cert.pem(),
+            key_pem: ck.signing_key.serialize_pem(),
+            cert_der: ck.cert.der().to_vec(),
+        };
+        let peers: Vec<SocketAddr> = (0..n)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
+        c.seeds = peers.clone();
+        for (i, peer) in peers.into_iter().enumerate() {
+            let node = c.make_node(i as u16 + 1, peer);
+            c.nodes.push(node);
+        }
+        for i in 0..c.nodes.len() {
+            c.spawn(i);
+        }
+        c
+    }
+
+    fn make_node(&self, id: u16, peer: SocketAddr) -> Node {
+        Node {
+            id,
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            peer,
+            dir: temp_dir(&format!("node{id}")),
+            child: None,
+        }
+    }
+
+    fn add_node(&mut self) -> usize {
+        let id = self.nodes.len() as u16 + 1;
+        let peer = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let node = self.make_node(id, peer);
+        self.nodes.push(node);
+        let i = self.nodes.len() - 1;
+        self.spawn(i);
+        i
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let engine = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/engine.toml");
+        let n = &self.nodes[i];
+        std::fs::write(n.dir.join("cert.pem"), &self.cert_pem).expect("cert");
+        std::fs::write(n.dir.join("key.pem"), &self.key_pem).expect("key");
+        let seeds: Vec<String> = self.seeds.iter().map(|s| format!("\"{s}\"")).collect();
+        let creds = self.creds.display();
+        std::fs::write(
+            n.dir.join("node.toml"),
+            format!(
+                r#"listen = "{addr}"
+engine_config = "{engine}"
+cluster_key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+[tls]
+cert_path = "cert.pem"
+key_path = "key.pem"
+[[clients]]
+token = "{PREMIUM}"
+tier = "premium"
+name = "test"
+[[clients]]
+token = "{ADMIN}"
+tier = "premium"
+role = "admin"
+name = "test-admin"
+[cluster]
+listen = "{peer}"
+seeds = [{seeds}]
+ca_cert_path = "{creds}/ca.pem"
+cert_path = "{creds}/node.pem"
+key_path = "{creds}/node-key.pem"
+redis_url = "{redis}"
+"#,
+                addr = n.addr,
+                peer = n.peer,
+                seeds = seeds.join(", "),
+                redis = self.redis.url(),
+            ),
+        )
+        .expect("config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(n.dir.join("node.log"))
+            .expect("log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_equilibrium"))
+            .args(["node", "--config"])
+            .arg(n.dir.join("node.toml"))
+            .args(["--node-id", &n.id.to_string()])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("node starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .expect("node prints its address");
+        assert!(
+            line.contains("listening on"),
+            "unexpected first line {line:?}"
+        );
+        std::thread::spawn(move || for _ in reader.lines() {});
+        self.nodes[i].child = Some(child);
+    }
+
+    fn trust(&self) -> Trust {
+        Trust::Roots(vec![self.cert_der.clone()])
+    }
+
+    fn client_cfg(&self, token: &str) -> ClientConfig {
+        let mut c = ClientConfig::new(token, self.trust());
+        c.request_timeout_ms = 1_000;
+        c.connect_timeout_ms = 1_000;
+        c.idle_timeout_ms = 2_000;
+        c.backoff_max_ms = 500;
+        c
+    }
+
+    async fn cluster_client(&self, token: &str) -> ClusterClient {
+        let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
+        ClusterClient::connect(&addrs, self.client_cfg(token))
+            .await
+            .expect("cluster client")
+    }
+
+    async fn admin(&self, i: usize) -> Client {
+        Client::connect(self.nodes[i].addr, self.client_cfg(ADMIN))
+            .await
+            .expect("admin client")
+    }
+
+    /// Zones live (owned) on each running node.
+    async fn zone_counts(&self) -> Vec<u32> {
+        let mut v = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.child.is_none() {
+                v.push(0);
+                continue;
+            }
+            let c = self.admin(i).await;
+            v.push(c.status().await.map(|s| s.zones).unwrap_or(0));
+            c.close().await;
+        }
+        v
+    }
+
+    /// Waits until the running nodes together own exactly `total` zones, each of them at
+    /// least one (bounded); returns the counts.
+    async fn settle(&self, total: u32) -> Vec<u32> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let c = self.zone_counts().await;
+            let running = self.nodes.iter().zip(&c).filter(|(n, _)| n.child.is_some());
+            let all_own = running.clone().all(|(_, &z)| z > 0);
+            if c.iter().sum::<u32>() == total && all_own {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zones did not settle: {c:?} (total {total})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn city_zones() -> Vec<u64> {
+    let mut v = Vec::new();
+    for dy in -15..15 {
+        for dx in -15..15 {
+            let z = ZoneId::from_lat_lng(
+                52.52 + f64::from(dy) * 0.008,
+                13.40 + f64::from(dx) * 0.012,
+                8,
+            )
+            .expect("zone");
+            v.push(z.raw());
+        }
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn event(id: u64, zone: u64) -> msg::WireEvent {
+    msg::WireEvent {
+        id,
+        zone,
+        driver: 0,
+        kind: event_kind::RIDER_DEMAND,
+    }
+}
+
+fn quote_req(zone: u64) -> msg::QuoteRequest {
+    msg::QuoteRequest {
+        zone,
+        lat: 0.0,
+        lng: 0.0,
+        distance_m: 4_000,
+        duration_s: 600,
+        origin: msg::ORIGIN_ZONE,
+    }
+}
+
+fn ids() -> impl FnMut() -> u64 {
+    let base = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("time")
+        .as_nanos() as u64;
+    let mut n = 0;
+    move || {
+        n += 1;
+        base.wrapping_mul(0x9e37_79b9).wrapping_add(n)
+    }
+}
+
+/// Continuous quote and event load through a cluster client.
+struct Load {
+    stop: Arc<AtomicBool>,
+    quotes_ok: Arc<AtomicU64>,
+    quotes_failed: Arc<Mutex<Vec<String>>>,
+    /// Events acknowledged (applied or duplicate), with when.
+    acked: Arc<Mutex<Vec<(msg::WireEvent, Instant)>>>,
+    events_unacked: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(cc: Arc<ClusterClient>, zones: Arc<Vec<u64>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let quotes_ok = Arc::new(AtomicU64::new(0));
+        let quotes_failed = Arc::new(Mutex::new(Vec::new()));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let events_unacked = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for t in 0..2u64 {
+            let (cc, zones, stop, ok, failed) = (
+                Arc::clone(&cc),
+                Arc::clone(&zones),
+                Arc::clone(&stop),
+                Arc::clone(&quotes_ok),
+                Arc::clone(&quotes_failed),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut i = t as usize * 7;
+                while !stop.load(Ordering::Relaxed) {
+                    i = (i + 13) % zones.len();
+                    match cc.quote(quote_req(zones[i])).await {
+                        Ok(_) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failed.lock().expect("lock").push(e.to_string()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }));
+        }
+        let (s2, a2, u2) = (
+            Arc::clone(&stop),
+            Arc::clone(&acked),
+            Arc::clone(&events_unacked),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut next = ids();
+            let mut i = 0usize;
+            while !s2.load(Ordering::Relaxed) {
+                let batch: Vec<msg::WireEvent> = (0..20)
+                    .map(|_| {
+                        i = (i + 17) % zones.len();
+                        event(next(), zones[i])
+                    })
+                    .collect();
+                match cc.send_events(batch.clone()).await {
+                    Ok(out) => {
+                        let now = Instant::now();
+                        let mut a = a2.lock().expect("lock");
+                        for (e, o) in batch.into_iter().zip(out) {
+                            if o == outcome::APPLIED || o == outcome::DUPLICATE {
+                                a.push((e, now));
+                            } else {
+                                u2.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        u2.fetch_add(20, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+        Self {
+            stop,
+            quotes_ok,
+            quotes_failed,
+            acked,
+            events_unacked,
+            tasks,
+        }
+    }
+
+    async fn stop(self) -> (u64, Vec<String>, Vec<(msg::WireEvent, Instant)>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let failed = self.quotes_failed.lock().expect("lock").clone();
+        let acked = self.acked.lock().expect("lock").clone();
+        (
+            self.quotes_ok.load(Ordering::Relaxed),
+            failed,
+            acked,
+            self.events_unacked.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Resends every acknowledged event: a duplicate was kept, an applied one had been lost.
+/// Returns the lost ones.
+async fn lost_events(
+    cc: &ClusterClient,
+    acked: &[(msg::WireEvent, Instant)],
+) -> Vec<(msg::WireEvent, Instant)> {
+    let mut lost = Vec::new();
+    for chunk in acked.chunks(500) {
+        let out = cc
+            .send_events(chunk.iter().map(|(e, _)| *e).collect())
+            .await
+            .expect("resend");
+        for ((e, t), o) in chunk.iter().zip(out) {
+            assert!(
+                o == outcome::APPLIED || o == outcome::DUPLICATE,
+                "resend of event {} answered {o}",
+                e.id
+            );
+            if o == outcome::APPLIED {
+                lost.push((*e, *t));
+            }
+        }
+    }
+    lost
+}
+
+/// Sends one event per zone and waits until each is applied somewhere.
+async fn seed_zones(cc: &ClusterClient, zones: &[u64]) {
+    let mut next = ids();
+    for chunk in zones.chunks(500) {
+        let out = cc
+            .send_events(chunk.iter().map(|&z| event(next(), z)).collect())
+            .await
+            .expect("events");
+        assert!(
+            out.iter().all(|&o| o == outcome::APPLIED),
+            "not every zone took its first event: {:?}",
+            out.iter().filter(|&&o| o != outcome::APPLIED).count()
+        );
+    }
+}
+
+/// Zones whose state lives on node `i` (its admin view answers for them).
+async fn zones_on(c: &TestCluster, i: usize, zones: &[u64]) -> Vec<u64> {
+    let a = c.admin(i).await;
+    let mut v = Vec::new();
+    for &z in zones {
+        if a.zone_state(z).await.is_ok() {
+            v.push(z);
+        }
+    }
+    a.close().await;
+    v
+}
+
+/// Milliseconds since midnight UTC, now.
+fn wall_ms_of_day() -> u64 {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("time")
+        .as_millis() as u64;
+    ms % 86_400_000
+}
+
+/// The time of day (ms, UTC) of the first log line containing `needle`.
+fn log_time(log: &str, needle: &str) -> Option<u64> {
+    let line = log.lines().find(|l| l.contains(needle))?;
+    let t = line.find('T')?;
+    let hms = &line[t + 1..t + 13]; // HH:MM:SS.mmm
+    let h: u64 = hms[0..2].parse().ok()?;
+    let m: u64 = hms[3..5].parse().ok()?;
+    let s: u64 = hms[6..8].parse().ok()?;
+    let ms: u64 = hms[9..12].parse().ok()?;
+    Some(((h * 60 + m) * 60 + s) * 1_000 + ms)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[test]
+fn a_three_nodes_form_a_cluster_and_spread_the_zones() {
+    let _g = lock();
+    let c = TestCluster::start(3);
+    runtime().block_on(async {
+        let zones = city_zones();
+        let cc = c.cluster_client(PREMIUM).await;
+        seed_zones(&cc, &zones).await;
+        let counts = c.settle(zones.len() as u32).await;
+        let mean = zones.len() as f64 / 3.0;
+        let max = f64::from(*counts.iter().max().expect("nodes"));
+        println!(
+            "(a) {} zones over 3 nodes: {counts:?}, max/mean {:.2}",
+            zones.len(),
+            max / mean
+        );
+        assert!(
+            max <= 1.5 * mean,
+            "a node holds {max} zones, over 1.5 × the mean {mean:.0}"
+        );
+        // Every node answers quotes for every zone (replicated snapshots).
+        for n in &c.nodes {
+            let cl = Client::connect(n.addr, c.client_cfg(PREMIUM))
+                .await
+                .expect("client");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for &z in &zones {
+                loop {
+                    match cl.quote(quote_req(z)).await {
+                        Ok(q) => {
+                            assert!(q.snapshot_age_ms <= 10_000);
+                            break;
+                        }
+                        Err(e)
+                            if e.code() == Some(ErrorCode::UnknownZone)
+                                && Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => panic!("node {} cannot quote zone {z:x}: {e}", n.id),
+                    }
+                }
+            }
+        }
+        cc.close().await;
+    });
+}
+
+#[test]
+fn a_peer_without_the_cluster_credential_is_refused() {
+    let _g = lock();
+    // Two clusters with different CAs: a node of one cannot join the other.
+    let mut a = TestCluster::start(1);
+    let b = TestCluster::start(0);
+    // Node of cluster "b"'s credential, seeded with cluster "a"'s node.
+    let mut b = b;
+    b.seeds = a.seeds.clone();
+    let peer = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let node = b.make_node(9, peer);
+    b.nodes.push(node);
+    b.spawn(0);
+    std::thread::sleep(Duration::from_secs(3));
+    let log_a = a.nodes[0].log();
+    assert!(
+        log_a.contains("peer handshake refused"),
+        "the foreign node was not refused:\n{log_a}"
+    );
+    assert!(
+        !log_a.contains("members=[1, 9]"),
+        "the foreign node joined:\n{log_a}"
+    );
+    a.nodes[0].kill9();
+}
+
+#[test]
+fn b_kill_9_under_load_loses_no_quote_and_at_most_a_snapshot_interval_of_events() {
+    let _g = lock();
+    let mut c = TestCluster::start(3);
+    runtime().block_on(async {
+        let zones = Arc::new(city_zones());
+        let cc = Arc::new(c.cluster_client(PREMIUM).await);
+        seed_zones(&cc, &zones).await;
+        c.settle(zones.len() as u32).await;
+        let victim = 2;
+        let victim_zones = zones_on(&c, victim, &zones).await;
+        assert!(!victim_zones.is_empty());
+        let load = Load::start(Arc::clone(&cc), Arc::clone(&zones));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let killed_at = Instant::now();
+        let killed_wall = wall_ms_of_day();
+        c.nodes[victim].kill9();
+        // Probe: when does every zone of the dead node accept events again?
+        let survivor = c.admin(0).await;
+        let mut next = ids();
+        let mut pending = victim_zones.clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pending.is_empty() {
+            assert!(Instant::now() < deadline, "{} zones still not served", pending.len());
+            let evs: Vec<msg::WireEvent> = pending.iter().map(|&z| event(next(), z)).collect();
+            if let Ok(out) = survivor.send_events(evs).await {
+                pending = pending
+                    .iter()
+                    .zip(out)
+                    .filter(|(_, o)| *o != outcome::APPLIED)
+                    .map(|(z, _)| *z)
+                    .collect();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let takeover_ms = killed_at.elapsed().as_millis();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (quotes, failed, acked, unacked) = load.stop().await;
+        let detect: Vec<u64> = [0, 1]
+            .iter()
+            .filter_map(|&i| log_time(&c.nodes[i].log(), "member down"))
+            .map(|t| t.saturating_sub(killed_wall))
+            .collect();
+        let lost = lost_events(&cc, &acked).await;
+        let oldest_lost = lost.iter().map(|(_, t)| killed_at.saturating_duration_since(*t)).max();
+        println!(
+            "(b) kill -9 node 3 ({} zones): failure detected after {detect:?} ms; all its zones accept events {takeover_ms} ms after the kill; \
+             quotes {quotes} ok, {} failed; events acked {}, lost {} (acked at most {:?} before the kill), not acked {unacked}",
+            victim_zones.len(),
+            failed.len(),
+            acked.len(),
+            lost.len(),
+            oldest_lost
+        );
+        assert!(failed.is_empty(), "failed quotes: {:?}", &failed[..failed.len().min(5)]);
+        assert!(!detect.is_empty(), "no survivor logged the failure");
+        // Lost events were acknowledged by the dead node within one snapshot interval (1 s)
+        // before the kill, plus the flush's own duration.
+        if let Some(d) = oldest_lost {
+            assert!(d <= Duration::from_millis(1_500), "an event acked {d:?} before the kill was lost");
+        }
+        cc.close().await;
+    });
+}
+
+#[test]
+fn c_rolling_restart_loses_no_quote_event_or_fare_change() {
+    let _g = lock();
+    let mut c = TestCluster::start(3);
+    let rt = runtime();
+    let zones = Arc::new(city_zones());
+    let cc = Arc::new(rt.block_on(c.cluster_client(PREMIUM)));
+    let admin = Arc::new(rt.block_on(c.cluster_client(ADMIN)));
+    rt.block_on(async {
+        seed_zones(&cc, &zones).await;
+        c.settle(zones.len() as u32).await;
+    });
+    let load = rt.block_on(async { Load::start(Arc::clone(&cc), Arc::clone(&zones)) });
+    // Fare changes all along, through any node, retried until acknowledged.
+    let fares_stop = Arc::new(AtomicBool::new(false));
+    let fare_log: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
+    let fare_task = {
+        let (admin, stop, log, zones) = (
+            Arc::clone(&admin),
+            Arc::clone(&fares_stop),
+            Arc::clone(&fare_log),
+            Arc::clone(&zones),
+        );
+        rt.spawn(async move {
+            let mut version = 10;
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i = (i + 29) % zones.len();
+                let z = zones[i];
+                version += 1;
+                let fare = msg::WireFare {
+                    version,
+                    base_minor: 300,
+                    per_km_minor: 100 + version,
+                    per_min_minor: 20,
+                    minimum_minor: 500,
+                    surge_cap_milli: 3_000,
+                    currency: *b"EUR",
+                };
+                let deadline = Instant::now() + Duration::from_secs(15);
+                loop {
+                    match admin
+                        .call(|c| async move { c.fare_set(z, fare).await })
+                        .await
+                    {
+                        Ok(v) => {
+                            log.lock().expect("lock").push((z, v));
+                            break;
+                        }
+                        Err(e)
+                            if Instant::now() < deadline
+                                && e.code() != Some(ErrorCode::Conflict) =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("fare change for {z:x} v{version} failed: {e}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    for i in 0..3 {
+        c.nodes[i].terminate();
+        c.spawn(i);
+        rt.block_on(c.settle(zones.len() as u32));
+    }
+    let restart_s = started.elapsed().as_secs_f64();
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        fares_stop.store(true, Ordering::Relaxed);
+        fare_task.await.expect("fare task");
+        let (quotes, failed, acked, unacked) = load.stop().await;
+        let lost = lost_events(&cc, &acked).await;
+        // Every acknowledged fare change is in force, as seen from every node.
+        let mut last: std::collections::BTreeMap<u64, u32> = Default::default();
+        for &(z, v) in fare_log.lock().expect("lock").iter() {
+            last.insert(z, v);
+        }
+        let mut lost_fares = 0;
+        for (i, _) in c.nodes.iter().enumerate() {
+            let a = c.admin(i).await;
+            for (&z, &v) in &last {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let got = a.fare_get(z).await.map(|f| f.version).unwrap_or(0);
+                    if got == v {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        lost_fares += 1;
+                        eprintln!("node {}: zone {z:x} fare version {got}, acknowledged {v}", i + 1);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        println!(
+            "(c) rolling restart of 3 nodes in {restart_s:.1} s: quotes {quotes} ok, {} failed; events acked {}, lost {}, not acked {unacked}; \
+             fare changes acked {}, lost {lost_fares}",
+            failed.len(),
+            acked.len(),
+            lost.len(),
+            fare_log.lock().expect("lock").len()
+        );
+        assert!(failed.is_empty(), "failed quotes: {:?}", &failed[..failed.len().min(5)]);
+        assert!(lost.is_empty(), "{} acknowledged events lost", lost.len());
+        assert_eq!(lost_fares, 0, "acknowledged fare changes lost");
+        assert!(!last.is_empty());
+    });
+}
+
+#[test]
+fn d_a_paused_node_is_fenced_off_and_serves_no_events_for_zones_it_lost() {
+    let _g = lock();
+    let c = TestCluster::start(3);
+    runtime().block_on(async {
+        let zones = Arc::new(city_zones());
+        let cc = Arc::new(c.cluster_client(PREMIUM).await);
+        seed_zones(&cc, &zones).await;
+        c.settle(zones.len() as u32).await;
+        let victim = 0;
+        let its_zones = zones_on(&c, victim, &zones).await;
+        let direct = Client::connect(c.nodes[victim].addr, c.client_cfg(PREMIUM)).await.expect("client");
+        let load = Load::start(Arc::clone(&cc), Arc::clone(&zones));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        c.nodes[victim].signal("-STOP");
+        // Past failure detection and the lease (2 s): the others take its zones over.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        c.nodes[victim].signal("-CONT");
+        // Straight after resuming, events sent to it for its old zones must not be applied
+        // on its stale state: each is forwarded to the new owner or answered not serving.
+        let mut next = ids();
+        let evs: Vec<msg::WireEvent> = its_zones.iter().take(50).map(|&z| event(next(), z)).collect();
+        let out = direct.send_events(evs.clone()).await.unwrap_or_default();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let (quotes, failed, mut acked, _) = load.stop().await;
+        let now = Instant::now();
+        for (e, o) in evs.iter().zip(&out) {
+            if *o == outcome::APPLIED || *o == outcome::DUPLICATE {
+                acked.push((*e, now));
+            }
+        }
+        let lost = lost_events(&cc, &acked).await;
+        let stale = c.redis.get("eq:incarnation:stale_writes");
+        let log = c.nodes[victim].log();
+        let fenced_in_log = log.matches("fenced off").count();
+        println!(
+            "(d) node 1 paused 6 s: after resuming, {} of {} direct events acknowledged (forwarded), the rest not serving; \
+             stale snapshot writes rejected by Redis: {stale}; fencing rejections logged by node 1: {fenced_in_log}; \
+             quotes {quotes} ok, {} failed; events acked {}, lost {}",
+            out.iter().filter(|&&o| o == outcome::APPLIED).count(),
+            evs.len(),
+            failed.len(),
+            acked.len(),
+            lost.len()
+        );
+        assert!(out.iter().all(|&o| o == outcome::APPLIED || o == outcome::NOT_SERVING));
+        assert!(stale.parse::<u64>().unwrap_or(0) >= 1, "no stale write was rejected (counter {stale:?})");
+        assert!(fenced_in_log >= 1, "node 1 did not log a fenced-off write");
+        assert!(lost.is_empty(), "{} acknowledged events lost", lost.len());
+        assert!(failed.is_empty(), "failed quotes: {:?}", &failed[..failed.len().min(5)]);
+    });
+}
+
+#[test]
+fn e_a_fourth_node_takes_about_a_quarter_of_the_zones() {
+    let _g = lock();
+    let mut c = TestCluster::start(3);
+    runtime().block_on(async {
+        let zones = Arc::new(city_zones());
+        let cc = Arc::new(c.cluster_client(PREMIUM).await);
+        seed_zones(&cc, &zones).await;
+        let before = c.settle(zones.len() as u32).await;
+        let load = Load::start(Arc::clone(&cc), Arc::clone(&zones));
+        let joined_at = Instant::now();
+        c.add_node();
+        let after = c.settle(zones.len() as u32).await;
+        let took = joined_at.elapsed().as_millis();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (quotes, failed, acked, _) = load.stop().await;
+        let lost = lost_events(&cc, &acked).await;
+        let moved = after[3];
+        let share = f64::from(moved) / zones.len() as f64;
+        println!(
+            "(e) a 4th node joined: {moved} of {} zones moved ({:.1}%) in {took} ms; before {before:?}, after {after:?}; \
+             quotes {quotes} ok, {} failed; events lost {}",
+            zones.len(),
+            share * 100.0,
+            failed.len(),
+            lost.len()
+        );
+        assert!((0.12..=0.40).contains(&share), "the new node took {share:.2} of the zones");
+        for i in 0..3 {
+            assert!(after[i] <= before[i], "node {} gained zones on a join", i + 1);
+        }
+        assert!(lost.is_empty());
+        assert!(failed.is_empty(), "failed quotes: {:?}", &failed[..failed.len().min(5)]);
+    });
+}
+
+#[test]
+fn f_redis_down_quotes_flow_durable_writes_fail_clearly_then_recover() {
+    let _g = lock();
+    let mut c = TestCluster::start(3);
+    runtime().block_on(async {
+        let zones = Arc::new(city_zones());
+        let cc = Arc::new(c.cluster_client(PREMIUM).await);
+        let admin = c.cluster_client(ADMIN).await;
+        seed_zones(&cc, &zones).await;
+        c.settle(zones.len() as u32).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let q = {
+            let (cc, zones, stop, ok, failed) = (Arc::clone(&cc), Arc::clone(&zones), Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i = (i + 13) % zones.len();
+                    match cc.quote(quote_req(zones[i])).await {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        let zone = zones[0];
+        let fare = |version| msg::WireFare {
+            version,
+            base_minor: 300,
+            per_km_minor: 150,
+            per_min_minor: 20,
+            minimum_minor: 500,
+            surge_cap_milli: 3_000,
+            currency: *b"EUR",
+        };
+        c.redis.kill();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let down = admin.call(|c| async move { c.fare_set(zone, fare(50)).await }).await;
+        let code = down.as_ref().err().and_then(|e| e.code());
+        println!("(f) fare change while Redis is down: {down:?}");
+        assert!(
+            matches!(code, Some(ErrorCode::StoreUnavailable)),
+            "expected store_unavailable, got {down:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let restarted = Instant::now();
+        c.redis.spawn();
+        // Durable writes succeed again once the nodes have reconnected and re-taken leases.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let v = loop {
+            match admin.call(|c| async move { c.fare_set(zone, fare(51)).await }).await {
+                Ok(v) => break v,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("durable writes did not recover: {e}"),
+            }
+        };
+        let recovered_ms = restarted.elapsed().as_millis();
+        assert_eq!(v, 51);
+        // And events are served again.
+        let mut next = ids();
+        let out = cc.send_events(zones.iter().take(100).map(|&z| event(next(), z)).collect()).await.expect("events");
+        assert!(out.iter().all(|&o| o == outcome::APPLIED));
+        stop.store(true, Ordering::Relaxed);
+        q.await.expect("quotes");
+        println!(
+            "(f) Redis killed for 5 s and restarted empty: quotes {} ok, {} failed; fare changes refused while down \
+             (store_unavailable), accepted again {recovered_ms} ms after the restart",
+            ok.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed)
+        );
+        assert_eq!(failed.load(Ordering::Relaxed), 0);
+    });
+}

@@ -1,0 +1,1660 @@
+//! The node's cluster shell: the I/O around the sans-IO cores of the `cluster` crate.
+//!
+//! - **Peer endpoint**: QUIC with mutual TLS (every peer presents a certificate signed by the
+//!   cluster CA; anything else fails the handshake), ALPN `equilibrium-peer/1`. Gossip rides
+//!   datagrams; snapshot replication rides unidirectional streams; forwarded requests
+//!   (events, fare changes) ride bidirectional streams as ordinary protocol frames.
+//! - **Membership**: [`cluster::membership::Membership`] (SWIM, foca) ticked every 20 ms; the
+//!   live set gives the ownership [`View`].
+//! - **Coordinator** (every 100 ms): acquires and renews fenced leases in Redis for the
+//!   groups this node owns in its view, restores a group's zones from Redis before serving
+//!   it, hands over groups it no longer owns (final fenced write, then release), and drops
+//!   groups whose lease lapsed. A node serves events for a group only while its lease is
+//!   valid (checked at event time against the lease's local deadline).
+//! - **Persister** (every `snapshot_interval_ms`): writes changed zones, grouped, fenced by
+//!   epoch, pipelined over one multiplexed Redis connection; failed writes are retried.
+//! - **Replicator**: every tick's new snapshots (and, once a second, the list of unchanged
+//!   ones) go to every other member, so any node answers quotes for any zone from memory.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use cluster::lease::{LeaseConfig, Leases, Reply, Request, StoreError};
+use cluster::membership::{Membership, MembershipConfig, Peer};
+use cluster::ownership::{Member, NodeId, View};
+use cluster::redis_store::{RedisLeaseStore, WRITE_ZONES_MAX};
+use engine::shard::{TickOutput, TickSink};
+use engine::snapshot::SnapshotFields;
+use engine::{Currency, Engine, FareTable, PriceSnapshot, ZoneCore, ZoneId};
+use protocol::msg::{self, outcome, Message};
+use protocol::ErrorCode;
+use quinn::VarInt;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::ClusterConfig;
+
+/// ALPN of the peer protocol.
+pub const PEER_ALPN: &[u8] = b"equilibrium-peer/1";
+/// The name in every cluster certificate (peers verify it).
+pub const PEER_SERVER_NAME: &str = "equilibrium-cluster";
+/// Largest replication batch or forwarded frame read from a peer.
+const PEER_MESSAGE_MAX: usize = 64 << 20;
+/// Encoded size of one replicated snapshot.
+const SNAP_BYTES: usize = 8 + 8 + 4 + 4 + 24 + 3 + 4 + 2 + 4 * 4 + 8;
+/// Forwarded requests queued for the node before `overloaded`.
+const FORWARD_QUEUE_MAX: usize = 1_024;
+
+/// Node-local monotonic milliseconds (leases are timed with this, never the wall clock).
+pub fn mono_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Why the cluster shell could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A credential file is missing or invalid.
+    #[error("cluster credential: {0}")]
+    Credential(String),
+    /// TLS setup failed.
+    #[error("cluster TLS: {0}")]
+    Tls(String),
+    /// The peer socket could not be bound.
+    #[error("binding peer endpoint {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Counters the cluster shell keeps (read by status and metrics).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Snapshot writes Redis refused because their epoch was not current (fencing).
+    pub fencing_rejections: AtomicU64,
+    /// Zone snapshots written.
+    pub zones_written: AtomicU64,
+    /// Writes that failed because Redis was unreachable.
+    pub store_errors: AtomicU64,
+    /// 1 while the last Redis operation succeeded.
+    pub store_up: AtomicBool,
+    /// Groups taken over (restored from Redis).
+    pub groups_acquired: AtomicU64,
+    /// Groups handed over (final write, release).
+    pub groups_released: AtomicU64,
+    /// Groups dropped because their lease lapsed.
+    pub groups_lost: AtomicU64,
+    /// Zones restored from Redis.
+    pub zones_restored: AtomicU64,
+    /// Lease renewals granted.
+    pub lease_renewals: AtomicU64,
+    /// Events forwarded to their owner.
+    pub events_forwarded: AtomicU64,
+    /// Events answered `not serving`.
+    pub events_not_serving: AtomicU64,
+    /// Replication batches sent / received.
+    pub replication_sent: AtomicU64,
+    /// Replication batches received.
+    pub replication_received: AtomicU64,
+    /// Tick outputs dropped because the replication queue was full.
+    pub replication_dropped: AtomicU64,
+    /// Membership changes seen.
+    pub membership_changes: AtomicU64,
+    /// Members declared down (as seen by this node).
+    pub members_down: AtomicU64,
+}
+
+/// The ownership view as the node uses it.
+#[derive(Debug, Clone)]
+pub struct ViewState {
+    /// The view (epoch, checksum, owner function).
+    pub view: View,
+    /// The live members with their peer addresses.
+    pub peers: Vec<Peer>,
+}
+
+/// A request forwarded by a peer, for the node to answer locally (never forwarded again).
+pub type Forwarded = (Message, tokio::sync::oneshot::Sender<Message>);
+
+/// Creates the engine's tick sink and the channel the replicator reads.
+pub fn tick_channel(capacity: usize, stats: Arc<ClusterStats>) -> (TickSink, TickReceiver) {
+    let (tx, rx) = mpsc::channel::<TickMsg>(capacity);
+    let sink: TickSink = Arc::new(move |out: &TickOutput<'_>| {
+        if out.published.is_empty() && out.unchanged.is_empty() {
+            return;
+        }
+        let m = TickMsg {
+            now_ms: out.now_ms,
+            published: out.published.to_vec(),
+            unchanged: out.unchanged.to_vec(),
+        };
+        if tx.try_send(m).is_err() {
+            stats.replication_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    (sink, TickReceiver(rx))
+}
+
+/// The replicator's end of [`tick_channel`].
+#[derive(Debug)]
+pub struct TickReceiver(mpsc::Receiver<TickMsg>);
+
+#[derive(Debug)]
+struct TickMsg {
+    now_ms: u64,
+    published: Vec<PriceSnapshot>,
+    unchanged: Vec<ZoneId>,
+}
+
+/// Writes a cluster CA and one cluster certificate signed by it into `dir`: `ca.pem`,
+/// `ca-key.pem` (keep it offline), `node.pem`, `node-key.pem` (every node's credential).
+pub fn write_credentials(dir: &Path) -> Result<(), ClusterError> {
+    let e = |x: rcgen::Error| ClusterError::Credential(x.to_string());
+    let io = |x: std::io::Error| ClusterError::Credential(format!("{}: {x}", dir.display()));
+    let ca_key = rcgen::KeyPair::generate().map_err(e)?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "equilibrium cluster CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+    let node_key = rcgen::KeyPair::generate().map_err(e)?;
+    let mut leaf = rcgen::CertificateParams::new(vec![PEER_SERVER_NAME.to_owned()]).map_err(e)?;
+    leaf.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
+    let node_cert = leaf.signed_by(&node_key, &issuer).map_err(e)?;
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).map_err(io)?;
+    std::fs::write(dir.join("ca-key.pem"), ca_key.serialize_pem()).map_err(io)?;
+    std::fs::write(dir.join("node.pem"), node_cert.pem()).map_err(io)?;
+    std::fs::write(dir.join("node-key.pem"), node_key.serialize_pem()).map_err(io)?;
+    Ok(())
+}
+
+fn peer_configs(
+    c: &ClusterConfig,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), ClusterError> {
+    let cred = |p: &Path, what: &str, x: &dyn std::fmt::Display| {
+        ClusterError::Credential(format!("{what} {}: {x}", p.display()))
+    };
+    let ca: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.ca_cert_path)
+        .map_err(|x| cred(&c.ca_cert_path, "CA certificate", &x))?
+        .collect::<Result<_, _>>()
+        .map_err(|x| cred(&c.ca_cert_path, "CA certificate", &x))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert_path)
+        .map_err(|x| cred(&c.cert_path, "certificate", &x))?
+        .collect::<Result<_, _>>()
+        .map_err(|x| cred(&c.cert_path, "certificate", &x))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&c.key_path).map_err(|x| cred(&c.key_path, "key", &x))?;
+    if ca.is_empty() || certs.is_empty() {
+        return Err(ClusterError::Credential(
+            "the CA and node certificate files must each hold a certificate".into(),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for a in ca {
+        roots
+            .add(a)
+            .map_err(|x| cred(&c.ca_cert_path, "CA certificate", &x))?;
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = |x: rustls::Error| ClusterError::Tls(x.to_string());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::clone(&roots),
+        Arc::clone(&provider),
+    )
+    .build()
+    .map_err(|x| ClusterError::Tls(x.to_string()))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs.clone(), key.clone_key())
+        .map_err(tls)?;
+    server.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(tls)?;
+    client.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(256))
+        .max_concurrent_uni_streams(VarInt::from_u32(256))
+        .keep_alive_interval(Some(Duration::from_millis(500)))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_millis(3_000))
+                .map_err(|x| ClusterError::Tls(x.to_string()))?,
+        ));
+    let transport = Arc::new(transport);
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(server)
+            .map_err(|x| ClusterError::Tls(x.to_string()))?,
+    ));
+    sc.transport_config(Arc::clone(&transport));
+    let mut cc = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(client)
+            .map_err(|x| ClusterError::Tls(x.to_string()))?,
+    ));
+    cc.transport_config(transport);
+    Ok((sc, cc))
+}
+
+/// Outgoing peer connections, one per peer address, made on demand.
+#[derive(Debug)]
+struct Peers {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    connecting: Mutex<HashSet<SocketAddr>>,
+    max: usize,
+}
+
+impl Peers {
+    fn cached(&self, addr: SocketAddr) -> Option<quinn::Connection> {
+        let conns = self.conns.lock().expect("peer map lock");
+        conns
+            .get(&addr)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    /// The connection to `addr`, connecting if needed (one attempt at a time per peer;
+    /// `None` while another is under way or when it fails).
+    async fn get(&self, addr: SocketAddr) -> Option<quinn::Connection> {
+        if let Some(c) = self.cached(addr) {
+            return Some(c);
+        }
+        {
+            let mut busy = self.connecting.lock().expect("peer lock");
+            let open = self.conns.lock().expect("peer map lock").len();
+            if open >= self.max || !busy.insert(addr) {
+                return None;
+            }
+        }
+        let result = match self
+            .endpoint
+            .connect_with(self.client.clone(), addr, PEER_SERVER_NAME)
+        {
+            Ok(connecting) => tokio::time::timeout(Duration::from_millis(1_000), connecting)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(e) => {
+                debug!(%addr, "peer connect: {e}");
+                None
+            }
+        };
+        self.connecting.lock().expect("peer lock").remove(&addr);
+        let c = result?;
+        let mut conns = self.conns.lock().expect("peer map lock");
+        conns.retain(|_, c| c.close_reason().is_none());
+        conns.insert(addr, c.clone());
+        Some(c)
+    }
+}
+
+/// Replies to store requests, gathered by the coordinator.
+type LeaseReplies = Vec<Result<Reply, cluster::redis_store::RedisStoreError>>;
+
+/// The running cluster shell.
+#[derive(Debug)]
+pub struct Cluster {
+    cfg: ClusterConfig,
+    me: NodeId,
+    engine: Arc<Engine>,
+    store: tokio::sync::OnceCell<RedisLeaseStore>,
+    peers: Peers,
+    view: ArcSwap<ViewState>,
+    /// Groups served now → lease deadline (node monotonic ms).
+    serving: std::sync::RwLock<HashMap<u64, u64>>,
+    known_groups: Mutex<HashSet<u64>>,
+    leases: Mutex<Leases>,
+    /// Serializes snapshot writes (periodic, hand-off, write-through fare changes).
+    write_lock: tokio::sync::Mutex<()>,
+    /// Zone snapshots whose write failed (Redis down), by group, retried next interval.
+    unwritten: Mutex<HashMap<u64, BTreeMap<u64, Vec<u8>>>>,
+    /// Counters.
+    pub stats: Arc<ClusterStats>,
+    leaving: AtomicBool,
+    leave_tx: tokio::sync::watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Cluster {
+    /// Binds the peer endpoint, connects to Redis (in the background, retrying), and starts
+    /// membership, the coordinator, the persister and the replicator. Forwarded requests
+    /// arrive on the returned channel.
+    pub fn start(
+        cfg: ClusterConfig,
+        engine: Arc<Engine>,
+        ticks: TickReceiver,
+        stats: Arc<ClusterStats>,
+    ) -> Result<(Arc<Self>, mpsc::Receiver<Forwarded>), ClusterError> {
+        let (server, client) = peer_configs(&cfg)?;
+        let endpoint =
+            quinn::Endpoint::server(server, cfg.listen).map_err(|e| ClusterError::Bind {
+                addr: cfg.listen,
+                source: e,
+            })?;
+        let listen = endpoint.local_addr().unwrap_or(cfg.listen);
+        let me = engine.config().node_id;
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1);
+        let identity = Peer {
+            id: me,
+            addr: listen,
+            generation,
+            weight: cfg.weight,
+        };
+        let mcfg = MembershipConfig {
+            probe_period_ms: cfg.probe_period_ms,
+            probe_rtt_ms: (cfg.probe_period_ms * 2 / 5).max(20),
+            suspect_to_down_ms: cfg.suspect_to_down_ms,
+            ..MembershipConfig::default()
+        };
+        let membership = Membership::new(
+            identity,
+            cfg.seeds.clone(),
+            mcfg,
+            generation ^ u64::from(me),
+        );
+        let view = ViewState {
+            view: membership.view(cfg.group_resolution),
+            peers: membership.live(),
+        };
+        let lease_cfg = LeaseConfig {
+            ttl_ms: cfg.lease_ttl_ms,
+            renew_after_ms: cfg.lease_renew_after_ms,
+            ..LeaseConfig::default()
+        };
+        let (leave_tx, leave_rx) = tokio::sync::watch::channel(false);
+        let this = Arc::new(Self {
+            peers: Peers {
+                endpoint: endpoint.clone(),
+                client,
+                conns: Mutex::new(HashMap::new()),
+                connecting: Mutex::new(HashSet::new()),
+                max: cfg.peer_connections_max as usize,
+            },
+            me,
+            engine,
+            store: tokio::sync::OnceCell::new(),
+            view: ArcSwap::from_pointee(view),
+            serving: std::sync::RwLock::new(HashMap::new()),
+            known_groups: Mutex::new(HashSet::new()),
+            leases: Mutex::new(Leases::new(lease_cfg)),
+            write_lock: tokio::sync::Mutex::new(()),
+            unwritten: Mutex::new(HashMap::new()),
+            stats,
+            leaving: AtomicBool::new(false),
+            leave_tx,
+            tasks: Mutex::new(Vec::new()),
+            cfg,
+        });
+        info!(node = me, peer_addr = %listen, generation, "cluster: joining");
+        let (dgram_tx, dgram_rx) = mpsc::channel(4_096);
+        let (fwd_tx, fwd_rx) = mpsc::channel(FORWARD_QUEUE_MAX);
+        let t = &this;
+        let handles = vec![
+            tokio::spawn(Arc::clone(t).connect_store(generation)),
+            tokio::spawn(Arc::clone(t).accept_peers(endpoint, dgram_tx, fwd_tx)),
+            tokio::spawn(Arc::clone(t).membership_loop(membership, dgram_rx, leave_rx)),
+            tokio::spawn(Arc::clone(t).coordinator_loop()),
+            tokio::spawn(Arc::clone(t).persist_loop()),
+            tokio::spawn(Arc::clone(t).replicate_loop(ticks)),
+        ];
+        this.tasks.lock().expect("tasks lock").extend(handles);
+        Ok((this, fwd_rx))
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.me
+    }
+
+    /// The peer endpoint's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peers.endpoint.local_addr().unwrap_or(self.cfg.listen)
+    }
+
+    /// The current ownership view.
+    pub fn view(&self) -> Arc<ViewState> {
+        self.view.load_full()
+    }
+
+    /// The staleness bound for quotes.
+    pub fn stale_ms(&self) -> u64 {
+        self.cfg.snapshot_stale_ms
+    }
+
+    /// Groups this node serves now.
+    pub fn serving_groups(&self) -> usize {
+        let now = mono_ms();
+        self.serving
+            .read()
+            .expect("serving lock")
+            .values()
+            .filter(|&&until| now < until)
+            .count()
+    }
+
+    fn group_of(&self, zone: ZoneId) -> u64 {
+        self.view.load().view.group_of(zone)
+    }
+
+    fn is_serving(&self, group: u64, now: u64) -> bool {
+        self.serving
+            .read()
+            .expect("serving lock")
+            .get(&group)
+            .is_some_and(|&until| now < until)
+    }
+
+    async fn connect_store(self: Arc<Self>, candidate: u64) {
+        let mut backoff = 100;
+        loop {
+            match RedisLeaseStore::connect(
+                &self.cfg.redis_url,
+                &self.cfg.redis_prefix,
+                self.cfg.lease_ttl_ms,
+                candidate,
+            )
+            .await
+            {
+                Ok(s) => {
+                    info!(url = %self.cfg.redis_url, "redis connected");
+                    self.stats.store_up.store(true, Ordering::Relaxed);
+                    let _ = self.store.set(s);
+                    return;
+                }
+                Err(e) => {
+                    warn!(url = %self.cfg.redis_url, "redis unavailable, retrying in {backoff} ms: {e}");
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
+                    backoff = (backoff * 2).min(2_000);
+                }
+            }
+        }
+    }
+
+    fn note_store(&self, ok: bool) {
+        let was = self.stats.store_up.swap(ok, Ordering::Relaxed);
+        if was && !ok {
+            warn!("redis unavailable: durable writes fail until it is back; quotes continue from memory");
+        } else if !was && ok {
+            info!("redis available again");
+        }
+        if !ok {
+            self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    // ---------------------------------------------------------------- peer endpoint
+
+    async fn accept_peers(
+        self: Arc<Self>,
+        endpoint: quinn::Endpoint,
+        dgrams: mpsc::Sender<Vec<u8>>,
+        forwards: mpsc::Sender<Forwarded>,
+    ) {
+        let open = Arc::new(tokio::sync::Semaphore::new(
+            self.cfg.peer_connections_max as usize,
+        ));
+        while let Some(incoming) = endpoint.accept().await {
+            let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+                warn!(remote = %incoming.remote_address(), "peer connection limit reached: refusing");
+                incoming.refuse();
+                continue;
+            };
+            let (this, dgrams, forwards) = (Arc::clone(&self), dgrams.clone(), forwards.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Includes peers without a certificate signed by the cluster CA.
+                        warn!("peer handshake refused: {e}");
+                        return;
+                    }
+                };
+                this.serve_peer(conn, dgrams, forwards).await;
+            });
+        }
+    }
+
+    async fn serve_peer(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        dgrams: mpsc::Sender<Vec<u8>>,
+        forwards: mpsc::Sender<Forwarded>,
+    ) {
+        let c2 = conn.clone();
+        let d = tokio::spawn(async move {
+            while let Ok(b) = c2.read_datagram().await {
+                // Gossip is loss-tolerant: a full queue drops, as the network would.
+                let _ = dgrams.try_send(b.to_vec());
+            }
+        });
+        let c3 = conn.clone();
+        let this = Arc::clone(&self);
+        let u = tokio::spawn(async move {
+            while let Ok(mut recv) = c3.accept_uni().await {
+                let this = Arc::clone(&this);
+                tokio::spawn(async move {
+                    if let Ok(bytes) = recv.read_to_end(PEER_MESSAGE_MAX).await {
+                        this.on_replication(&bytes);
+                    }
+                });
+            }
+        });
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let forwards = forwards.clone();
+            tokio::spawn(async move {
+                let Ok(bytes) = recv.read_to_end(PEER_MESSAGE_MAX).await else {
+                    return;
+                };
+                let limits = protocol::Limits {
+                    frame_len_max: PEER_MESSAGE_MAX as u32,
+                };
+                let reply = match protocol::decode_frame(&bytes, limits) {
+                    Ok((_, m, _)) => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        if forwards.try_send((m, tx)).is_err() {
+                            error_message(ErrorCode::Overloaded, "peer request queue full")
+                        } else {
+                            rx.await.unwrap_or_else(|_| {
+                                error_message(ErrorCode::ShuttingDown, "node stopping")
+                            })
+                        }
+                    }
+                    Err(e) => error_message(e.code(), e.to_string()),
+                };
+                let mut out = Vec::new();
+                protocol::encode(0, &reply, &mut out);
+                let _ = send.write_all(&out).await;
+                let _ = send.finish();
+            });
+        }
+        d.abort();
+        u.abort();
+    }
+
+    async fn request_peer(&self, owner: NodeId, m: &Message) -> Option<Message> {
+        let addr = self.view.load().peers.iter().find(|p| p.id == owner)?.addr;
+        let conn = self.peers.get(addr).await?;
+        let fut = async {
+            let (mut send, mut recv) = conn.open_bi().await.ok()?;
+            let mut out = Vec::new();
+            protocol::encode(0, m, &mut out);
+            send.write_all(&out).await.ok()?;
+            send.finish().ok()?;
+            let bytes = recv.read_to_end(PEER_MESSAGE_MAX).await.ok()?;
+            let limits = protocol::Limits {
+                frame_len_max: PEER_MESSAGE_MAX as u32,
+            };
+            protocol::decode_frame(&bytes, limits)
+                .ok()
+                .map(|(_, m, _)| m)
+        };
+        tokio::time::timeout(Duration::from_millis(self.cfg.forward_timeout_ms), fut)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    // ---------------------------------------------------------------- membership
+
+    async fn membership_loop(
+        self: Arc<Self>,
+        mut m: Membership,
+        mut dgrams: mpsc::Receiver<Vec<u8>>,
+        mut leave: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut view = View::new(self.cfg.group_resolution);
+        loop {
+            tokio::select! {
+                d = dgrams.recv() => match d {
+                    Some(d) => m.handle_data(&d, mono_ms()),
+                    None => return,
+                },
+                _ = tick.tick() => m.tick(mono_ms()),
+                r = leave.changed() => {
+                    if r.is_ok() && *leave.borrow() {
+                        m.leave(mono_ms());
+                        self.send_gossip(m.take_outbox());
+                        return;
+                    }
+                }
+            }
+            self.send_gossip(m.take_outbox());
+            let changes = m.take_changes();
+            if changes.is_empty() {
+                continue;
+            }
+            let live = m.live();
+            let ids: HashSet<NodeId> = live.iter().map(|p| p.id).collect();
+            let gone: Vec<NodeId> = view
+                .members()
+                .map(|x| x.id)
+                .filter(|id| !ids.contains(id))
+                .collect();
+            for id in gone {
+                view.remove(id);
+            }
+            for p in &live {
+                view.upsert(Member {
+                    id: p.id,
+                    weight: p.weight,
+                });
+            }
+            for c in &changes {
+                if let cluster::membership::Change::Down(p) = c {
+                    self.stats.members_down.fetch_add(1, Ordering::Relaxed);
+                    warn!(node = p.id, addr = %p.addr, "member down");
+                }
+            }
+            let before = self.view.load().view.epoch();
+            if view.epoch() == before {
+                self.view.store(Arc::new(ViewState {
+                    view: view.clone(),
+                    peers: live,
+                }));
+                continue;
+            }
+            self.stats
+                .membership_changes
+                .fetch_add(1, Ordering::Relaxed);
+            let mut ids: Vec<NodeId> = ids.into_iter().collect();
+            ids.sort_unstable();
+            info!(
+                members = ?ids,
+                view_epoch = view.epoch(),
+                view_checksum = format!("{:016x}", view.checksum()),
+                "membership changed"
+            );
+            self.view.store(Arc::new(ViewState {
+                view: view.clone(),
+                peers: live,
+            }));
+        }
+    }
+
+    fn send_gossip(self: &Arc<Self>, out: Vec<(SocketAddr, Vec<u8>)>) {
+        for (addr, data) in out {
+            if let Some(c) = self.peers.cached(addr) {
+                let _ = c.send_datagram(data.into());
+                continue;
+            }
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                if let Some(c) = this.peers.get(addr).await {
+                    let _ = c.send_datagram(data.into());
+                }
+            });
+        }
+    }
+
+    // ---------------------------------------------------------------- coordinator
+
+    async fn coordinator_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut ready: HashSet<u64> = HashSet::new();
+        let mut groups_refreshed_at = 0u64;
+        let mut cleaned_at = 0u64;
+        loop {
+            tick.tick().await;
+            let Some(store) = self.store.get().cloned() else {
+                continue;
+            };
+            let now = mono_ms();
+            if now.saturating_sub(groups_refreshed_at) >= 5_000 {
+                groups_refreshed_at = now;
+                match store.groups().await {
+                    Ok(gs) => self.known_groups.lock().expect("groups lock").extend(gs),
+                    Err(e) => debug!("redis groups: {e}"),
+                }
+            }
+            let leaving = self.leaving.load(Ordering::Acquire);
+            let vs = self.view.load_full();
+            let mut wanted: Vec<u64> = if leaving {
+                Vec::new()
+            } else {
+                self.known_groups
+                    .lock()
+                    .expect("groups lock")
+                    .iter()
+                    .copied()
+                    .filter(|&g| vs.view.owner_of_group(g) == Some(self.me))
+                    .collect()
+            };
+            wanted.sort_unstable();
+            let wanted_set: HashSet<u64> = wanted.iter().copied().collect();
+
+            // Hand over groups no longer ours (view change or leaving), and drop those whose
+            // lease lapsed.
+            let (handoff, lost): (Vec<u64>, Vec<u64>) = {
+                let leases = self.leases.lock().expect("lease lock");
+                let handoff = ready
+                    .iter()
+                    .copied()
+                    .filter(|g| !wanted_set.contains(g) && leases.is_valid(*g, now))
+                    .collect();
+                let lost = ready
+                    .iter()
+                    .copied()
+                    .filter(|g| !leases.is_valid(*g, now))
+                    .collect();
+                (handoff, lost)
+            };
+            if !handoff.is_empty() || !lost.is_empty() {
+                self.drop_groups(&store, &handoff, &lost, &mut ready, &wanted_set)
+                    .await;
+            }
+            if now.saturating_sub(cleaned_at) >= 1_000 {
+                // Zones live here whose group is neither served nor ours any more (a lease
+                // lost, then the view moved the group): the new owner has them now.
+                cleaned_at = now;
+                let all = self.engine.zone_ids().await.unwrap_or_default();
+                let stray: Vec<ZoneId> = all
+                    .into_iter()
+                    .filter(|z| {
+                        let g = vs.view.group_of(*z);
+                        !ready.contains(&g) && !wanted_set.contains(&g)
+                    })
+                    .collect();
+                if !stray.is_empty() {
+                    debug!(
+                        zones = stray.len(),
+                        "dropping zones of groups owned elsewhere"
+                    );
+                    let _ = self.engine.remove(&stray).await;
+                }
+            }
+
+            let reqs = self.leases.lock().expect("lease lock").tick(now, &wanted);
+            if !reqs.is_empty() {
+                let replies = self.run_lease_requests(&store, reqs, now).await;
+                let mut leases = self.leases.lock().expect("lease lock");
+                let at = mono_ms();
+                for r in replies {
+                    match r {
+                        Ok(reply) => {
+                            if let (Request::Renew { .. }, Ok(_)) = (reply.request, reply.result) {
+                                self.stats.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                            }
+                            leases.on_reply(at, reply);
+                        }
+                        Err(e) => debug!("lease request: {e}"),
+                    }
+                }
+            }
+
+            // Restore groups newly held, then serve them.
+            let now = mono_ms();
+            let to_restore: Vec<u64> = {
+                let leases = self.leases.lock().expect("lease lock");
+                leases
+                    .valid_groups(now)
+                    .filter(|g| !ready.contains(g) && wanted_set.contains(g))
+                    .collect()
+            };
+            for g in to_restore {
+                let span = info_span!("takeover", group = format!("{g:x}"));
+                if self.restore_group(&store, g).instrument(span).await {
+                    ready.insert(g);
+                }
+            }
+            let now = mono_ms();
+            let leases = self.leases.lock().expect("lease lock");
+            let mut serving = self.serving.write().expect("serving lock");
+            serving.clear();
+            for &g in &ready {
+                if let Some(until) = leases.valid_until(g, now) {
+                    serving.insert(g, until);
+                }
+            }
+        }
+    }
+
+    async fn run_lease_requests(
+        &self,
+        store: &RedisLeaseStore,
+        reqs: Vec<Request>,
+        sent: u64,
+    ) -> LeaseReplies {
+        let mut set = tokio::task::JoinSet::new();
+        for r in reqs {
+            let s = store.clone();
+            let me = self.me;
+            set.spawn(async move {
+                let ans = match r {
+                    Request::Acquire { group, min_epoch } => s.acquire(group, me, min_epoch).await,
+                    Request::Renew { group, epoch } => s.renew(group, me, epoch).await,
+                    Request::Release { group, epoch } => s.release(group, me, epoch).await,
+                };
+                ans.map(|(incarnation, result)| Reply {
+                    request: r,
+                    sent_at_ms: sent,
+                    incarnation,
+                    result,
+                })
+            });
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        while let Some(r) = set.join_next().await {
+            if let Ok(r) = r {
+                ok &= r.is_ok();
+                out.push(r);
+            }
+        }
+        self.note_store(ok);
+        out
+    }
+
+    async fn restore_group(&self, store: &RedisLeaseStore, g: u64) -> bool {
+        let stored = match store.read_group(g).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.note_store(false);
+                warn!("restoring: redis read failed, retrying: {e}");
+                return false;
+            }
+        };
+        let limits = &self.engine.config().zone;
+        let mut cores: Vec<ZoneCore> = Vec::with_capacity(stored.len());
+        for (zone, bytes) in &stored {
+            match cluster::persist::decode(bytes, limits) {
+                Ok(core) => cores.push(core),
+                Err(e) => warn!(zone = format!("{zone:x}"), "stored snapshot refused: {e}"),
+            }
+        }
+        let n = cores.len();
+        // Zones in Redis replace any local copy. A zone live here but absent from Redis (the
+        // store restarted empty, or it was never written) keeps its in-memory state: it is
+        // the newest there is.
+        match self.engine.import(cores).await {
+            Ok(failed) => {
+                if failed > 0 {
+                    warn!(failed, "zone limit reached while restoring");
+                }
+                let epoch = self
+                    .leases
+                    .lock()
+                    .expect("lease lock")
+                    .epoch(g, mono_ms())
+                    .unwrap_or(0);
+                self.stats.groups_acquired.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .zones_restored
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                info!(zones = n, epoch, "group taken over");
+                true
+            }
+            Err(e) => {
+                warn!("restoring: engine: {e}");
+                false
+            }
+        }
+    }
+
+    /// Stops serving `handoff` (final fenced write, zones removed, then the lease is
+    /// released by the next lease tick) and `lost` (lease lapsed: a last fenced write the
+    /// store may refuse; the zones stay live for quotes, without events, while the group is
+    /// still this node's in its view, until the lease is back).
+    async fn drop_groups(
+        &self,
+        store: &RedisLeaseStore,
+        handoff: &[u64],
+        lost: &[u64],
+        ready: &mut HashSet<u64>,
+        wanted: &HashSet<u64>,
+    ) {
+        {
+            let mut serving = self.serving.write().expect("serving lock");
+            for g in handoff.iter().chain(lost) {
+                serving.remove(g);
+                ready.remove(g);
+            }
+        }
+        let _w = self.write_lock.lock().await;
+        let all = self.engine.zone_ids().await.unwrap_or_default();
+        let vs = self.view.load_full();
+        let set: HashSet<u64> = handoff.iter().chain(lost).copied().collect();
+        let (remove, keep): (Vec<ZoneId>, Vec<ZoneId>) = all
+            .into_iter()
+            .filter(|z| set.contains(&vs.view.group_of(*z)))
+            .partition(|z| !wanted.contains(&vs.view.group_of(*z)));
+        let mut exports = self.engine.remove(&remove).await.unwrap_or_default();
+        exports.extend(self.engine.export(&keep).await.unwrap_or_default());
+        let mut by_group: HashMap<u64, Vec<(u64, Vec<u8>)>> = HashMap::new();
+        for e in &exports {
+            by_group
+                .entry(vs.view.group_of(e.zone))
+                .or_default()
+                .push((e.zone.raw(), cluster::persist::encode(e)));
+        }
+        let epochs: HashMap<u64, u64> = {
+            let leases = self.leases.lock().expect("lease lock");
+            let now = mono_ms();
+            set.iter()
+                .filter_map(|&g| leases.epoch(g, now).map(|e| (g, e)))
+                .collect()
+        };
+        for g in handoff {
+            let span = info_span!(
+                "handoff",
+                group = format!("{g:x}"),
+                epoch = epochs.get(g).copied().unwrap_or(0)
+            );
+            let zones = by_group.remove(g).unwrap_or_default();
+            let n = zones.len();
+            let ok = match epochs.get(g) {
+                Some(&e) => self.write_group(store, *g, e, zones).await,
+                None => false,
+            };
+            self.unwritten.lock().expect("unwritten lock").remove(g);
+            self.stats.groups_released.fetch_add(1, Ordering::Relaxed);
+            span.in_scope(|| info!(zones = n, written = ok, "group handed over"));
+        }
+        for g in lost {
+            // The lease lapsed (this node was paused, cut off, or Redis was away). Try to save
+            // the state with the old epoch: the store accepts it only if no one else took
+            // the group, and refuses (and counts) it otherwise.
+            let mut zones = by_group.remove(g).unwrap_or_default();
+            if let Some(mut pending) = self.unwritten.lock().expect("unwritten lock").remove(g) {
+                for (z, b) in zones.drain(..) {
+                    pending.insert(z, b);
+                }
+                zones = pending.into_iter().collect();
+            }
+            let last_epoch = self.leases.lock().expect("lease lock").last_epoch(*g);
+            let n = zones.len();
+            let ok = match last_epoch {
+                Some(e) if n > 0 => self.write_group(store, *g, e, zones).await,
+                _ => false,
+            };
+            self.stats.groups_lost.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                group = format!("{g:x}"),
+                zones = n,
+                saved = ok,
+                "lease lapsed: stopped serving the group"
+            );
+        }
+    }
+
+    /// A fenced write of a group's zones, in chunks. True when every chunk was stored.
+    async fn write_group(
+        &self,
+        store: &RedisLeaseStore,
+        g: u64,
+        epoch: u64,
+        zones: Vec<(u64, Vec<u8>)>,
+    ) -> bool {
+        let mut all = true;
+        for chunk in zones.chunks(WRITE_ZONES_MAX) {
+            match store.write(g, epoch, chunk).await {
+                Ok((_, Ok(_))) => {
+                    self.note_store(true);
+                    self.stats
+                        .zones_written
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                Ok((_, Err(StoreError::Stale { current }))) => {
+                    self.note_store(true);
+                    self.stats
+                        .fencing_rejections
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        group = format!("{g:x}"),
+                        epoch, current, "snapshot write fenced off (stale epoch)"
+                    );
+                    return false;
+                }
+                Ok((_, Err(e))) => {
+                    warn!(group = format!("{g:x}"), "snapshot write refused: {e:?}");
+                    return false;
+                }
+                Err(e) => {
+                    self.note_store(false);
+                    debug!("snapshot write failed: {e}");
+                    all = false;
+                }
+            }
+        }
+        all
+    }
+
+    // ---------------------------------------------------------------- persister
+
+    async fn persist_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.snapshot_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            self.flush(false).await;
+        }
+    }
+
+    /// Writes changed zones (`all`: every zone) of every served group; what fails stays
+    /// queued for the next try.
+    async fn flush(&self, all: bool) {
+        let Some(store) = self.store.get().cloned() else {
+            return;
+        };
+        let _w = self.write_lock.lock().await;
+        let Ok(exports) = self.engine.export_dirty(all).await else {
+            return;
+        };
+        let vs = self.view.load_full();
+        let mut pending = std::mem::take(&mut *self.unwritten.lock().expect("unwritten lock"));
+        for e in &exports {
+            pending
+                .entry(vs.view.group_of(e.zone))
+                .or_default()
+                .insert(e.zone.raw(), cluster::persist::encode(e));
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let now = mono_ms();
+        let epochs: HashMap<u64, u64> = {
+            let leases = self.leases.lock().expect("lease lock");
+            pending
+                .keys()
+                .filter_map(|&g| leases.epoch(g, now).map(|e| (g, e)))
+                .collect()
+        };
+        let mut set = tokio::task::JoinSet::new();
+        for (g, zones) in pending {
+            let Some(&epoch) = epochs.get(&g) else {
+                // Not ours any more: the coordinator's hand-off or loss path handles it.
+                continue;
+            };
+            let store = store.clone();
+            set.spawn(async move {
+                let zones: Vec<(u64, Vec<u8>)> = zones.into_iter().collect();
+                let mut result = Ok(());
+                for chunk in zones.chunks(WRITE_ZONES_MAX) {
+                    match store.write(g, epoch, chunk).await {
+                        Ok((_, Ok(_))) => {}
+                        Ok((_, Err(e))) => {
+                            result = Err(Some(e));
+                            break;
+                        }
+                        Err(_) => {
+                            result = Err(None);
+                            break;
+                        }
+                    }
+                }
+                (g, epoch, zones, result)
+            });
+        }
+        let mut store_ok = true;
+        while let Some(r) = set.join_next().await {
+            let Ok((g, epoch, zones, result)) = r else {
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    self.stats
+                        .zones_written
+                        .fetch_add(zones.len() as u64, Ordering::Relaxed);
+                }
+                Err(Some(StoreError::Stale { current })) => {
+                    self.stats
+                        .fencing_rejections
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        group = format!("{g:x}"),
+                        epoch, current, "snapshot write fenced off (stale epoch)"
+                    );
+                }
+                Err(Some(e)) => warn!(group = format!("{g:x}"), "snapshot write refused: {e:?}"),
+                Err(None) => {
+                    store_ok = false;
+                    self.unwritten
+                        .lock()
+                        .expect("unwritten lock")
+                        .entry(g)
+                        .or_default()
+                        .extend(zones);
+                }
+            }
+        }
+        self.note_store(store_ok);
+    }
+
+    // ---------------------------------------------------------------- replication
+
+    async fn replicate_loop(self: Arc<Self>, mut ticks: TickReceiver) {
+        while let Some(t) = ticks.0.recv().await {
+            let bytes: Arc<[u8]> = encode_replication(self.me, &t).into();
+            let vs = self.view.load_full();
+            for p in vs.peers.iter().filter(|p| p.id != self.me) {
+                let (this, bytes, addr) = (Arc::clone(&self), Arc::clone(&bytes), p.addr);
+                tokio::spawn(async move {
+                    let Some(c) = this.peers.get(addr).await else {
+                        return;
+                    };
+                    if let Ok(mut s) = c.open_uni().await {
+                        if s.write_all(&bytes).await.is_ok() && s.finish().is_ok() {
+                            this.stats.replication_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    fn on_replication(&self, bytes: &[u8]) {
+        let Some((from, now_ms, snaps, unchanged)) = decode_replication(bytes) else {
+            debug!("malformed replication batch dropped");
+            return;
+        };
+        self.stats
+            .replication_received
+            .fetch_add(1, Ordering::Relaxed);
+        let vs = self.view.load();
+        let table = self.engine.table();
+        let now = mono_ms();
+        let mut groups = Vec::new();
+        for s in snaps {
+            let g = vs.view.group_of(s.zone);
+            groups.push(g);
+            if vs.view.owner_of_group(g) != Some(from) || self.is_serving(g, now) {
+                continue;
+            }
+            if let Ok(slot) = table.insert(s.zone) {
+                table.publish(slot, &s);
+            }
+        }
+        for z in unchanged {
+            let g = vs.view.group_of(z);
+            if vs.view.owner_of_group(g) != Some(from) || self.is_serving(g, now) {
+                continue;
+            }
+            if let Some(slot) = table.slot_of(z) {
+                table.touch(slot, now_ms);
+            }
+        }
+        let mut known = self.known_groups.lock().expect("groups lock");
+        known.extend(groups);
+    }
+
+    // ---------------------------------------------------------------- requests
+
+    /// Routes a batch of events: those of groups served here are applied; the others are
+    /// forwarded (one hop) to their owner, unless this batch was itself forwarded. Fills
+    /// `outcomes` for the events listed in `valid` (index into the batch, engine event).
+    pub async fn route_events(
+        &self,
+        wire: &[msg::WireEvent],
+        valid: Vec<(usize, engine::Event)>,
+        outcomes: &mut [u8],
+        forwarded: bool,
+        apply: impl AsyncFnOnce(Vec<engine::Event>) -> Result<Vec<u8>, (ErrorCode, String)>,
+    ) -> Result<(), (ErrorCode, String)> {
+        let now = mono_ms();
+        let vs = self.view.load_full();
+        let mut local = Vec::new();
+        let mut local_idx = Vec::new();
+        let mut remote: BTreeMap<NodeId, (Vec<usize>, Vec<msg::WireEvent>)> = BTreeMap::new();
+        {
+            let serving = self.serving.read().expect("serving lock");
+            let mut known = self.known_groups.lock().expect("groups lock");
+            for (i, ev) in valid {
+                let g = vs.view.group_of(ev.zone);
+                known.insert(g);
+                if serving.get(&g).is_some_and(|&until| now < until) {
+                    local.push(ev);
+                    local_idx.push(i);
+                    continue;
+                }
+                match vs.view.owner_of_group(g) {
+                    Some(o) if o != self.me && !forwarded => {
+                        let r = remote.entry(o).or_default();
+                        r.0.push(i);
+                        r.1.push(wire[i]);
+                    }
+                    _ => outcomes[i] = outcome::NOT_SERVING,
+                }
+            }
+        }
+        let fwd = async {
+            let mut res = Vec::new();
+            for (owner, (idx, events)) in remote {
+                let n = events.len() as u64;
+                let m = Message::EventBatch(msg::EventBatch { events });
+                let r = self.request_peer(owner, &m).await;
+                self.stats.events_forwarded.fetch_add(n, Ordering::Relaxed);
+                res.push((idx, r));
+            }
+            res
+        };
+        let (applied, forwarded_res) = tokio::join!(
+            async {
+                if local.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    apply(local).await
+                }
+            },
+            fwd
+        );
+        for (o, i) in applied?.into_iter().zip(local_idx) {
+            outcomes[i] = o;
+        }
+        for (idx, r) in forwarded_res {
+            match r {
+                Some(Message::EventBatchOk(rep)) if rep.outcomes.len() == idx.len() => {
+                    for (i, o) in idx.into_iter().zip(rep.outcomes) {
+                        outcomes[i] = o;
+                    }
+                }
+                _ => {
+                    for i in idx {
+                        outcomes[i] = outcome::NOT_SERVING;
+                    }
+                }
+            }
+        }
+        let ns = outcomes
+            .iter()
+            .filter(|&&o| o == outcome::NOT_SERVING)
+            .count();
+        self.stats
+            .events_not_serving
+            .fetch_add(ns as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A durable fare change: made on the zone's owner, written through to Redis (fenced),
+    /// applied only once Redis confirmed. Forwarded to the owner when that is another node.
+    pub async fn fare_set(
+        &self,
+        zone: ZoneId,
+        fare: FareTable,
+        forwarded: bool,
+    ) -> Result<u32, (ErrorCode, String)> {
+        let g = self.group_of(zone);
+        self.known_groups.lock().expect("groups lock").insert(g);
+        if !self.is_serving(g, mono_ms()) {
+            let owner = self.view.load().view.owner_of_group(g);
+            return match owner {
+                Some(o) if o != self.me && !forwarded => {
+                    let m = Message::FareSet(msg::FareSet {
+                        zone: zone.raw(),
+                        fare: wire_fare(&fare),
+                    });
+                    match self.request_peer(o, &m).await {
+                        Some(Message::FareSetOk(v)) => Ok(v.version),
+                        Some(Message::Error(e)) => Err((
+                            ErrorCode::from_code(e.code).unwrap_or(ErrorCode::Internal),
+                            String::from_utf8_lossy(&e.message).into_owned(),
+                        )),
+                        _ => Err((ErrorCode::Unavailable, format!("zone {zone}'s owner (node {o}) did not answer; nothing changed"))),
+                    }
+                }
+                _ if !self.stats.store_up.load(Ordering::Relaxed) => Err((
+                    ErrorCode::StoreUnavailable,
+                    format!("redis is unavailable, so zone {zone}'s lease cannot be held; the fare table was not changed"),
+                )),
+                _ => Err((ErrorCode::Unavailable, format!("zone {zone} is changing owner; nothing changed, retry"))),
+            };
+        }
+        let Some(store) = self.store.get().cloned() else {
+            return Err((
+                ErrorCode::StoreUnavailable,
+                "redis is not connected; the fare table was not changed".into(),
+            ));
+        };
+        let _w = self.write_lock.lock().await;
+        let cfg = self.engine.config();
+        let limits = &cfg.zone;
+        let current = self
+            .engine
+            .export(&[zone])
+            .await
+            .map_err(|e| (ErrorCode::Overloaded, e.to_string()))?
+            .pop();
+        let mut core = match current {
+            Some(e) => {
+                ZoneCore::import(e, limits).map_err(|e| (ErrorCode::Internal, e.to_string()))?
+            }
+            None => {
+                let default = cfg
+                    .default_fare
+                    .to_table()
+                    .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+                ZoneCore::new(zone, default, self.engine.clock().now_ms(), limits)
+            }
+        };
+        core.set_fare(fare, limits).map_err(|e| match e {
+            engine::core::FareChangeError::StaleVersion { .. } => {
+                (ErrorCode::Conflict, e.to_string())
+            }
+            _ => (ErrorCode::InvalidValue, e.to_string()),
+        })?;
+        let epoch = self
+            .leases
+            .lock()
+            .expect("lease lock")
+            .epoch(g, mono_ms())
+            .ok_or((
+                ErrorCode::Unavailable,
+                format!("zone {zone}'s lease lapsed; nothing changed, retry"),
+            ))?;
+        let bytes = cluster::persist::encode(&core.export());
+        match store.write(g, epoch, &[(zone.raw(), bytes)]).await {
+            Ok((_, Ok(_))) => self.note_store(true),
+            Ok((_, Err(e))) => {
+                self.stats
+                    .fencing_rejections
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err((
+                    ErrorCode::Unavailable,
+                    format!("zone {zone} changed owner ({e:?}); nothing changed, retry"),
+                ));
+            }
+            Err(e) => {
+                self.note_store(false);
+                return Err((
+                    ErrorCode::StoreUnavailable,
+                    format!("redis: {e}; the fare table was not changed"),
+                ));
+            }
+        }
+        self.engine
+            .set_fare(zone, fare)
+            .await
+            .map_err(|e| (ErrorCode::Internal, format!("stored but not applied: {e}")))?;
+        Ok(fare.version)
+    }
+
+    /// A durable policy change: stored in Redis first, then applied here; the other nodes
+    /// pick it up from Redis within a second.
+    pub async fn policy_set(
+        &self,
+        frame: Vec<u8>,
+        version: u32,
+    ) -> Result<(), (ErrorCode, String)> {
+        let Some(store) = self.store.get().cloned() else {
+            return Err((
+                ErrorCode::StoreUnavailable,
+                "redis is not connected; the policy was not changed".into(),
+            ));
+        };
+        let mut conn = store.connection();
+        let key = format!("{}:policy", self.cfg.redis_prefix);
+        // Compare-and-set on the version, atomically.
+        let script = redis::Script::new(
+            r"local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+              if tonumber(ARGV[1]) <= v then return v end
+              redis.call('HSET', KEYS[1], 'version', ARGV[1], 'frame', ARGV[2])
+              return -1",
+        );
+        let r: Result<i64, _> = script
+            .key(&key)
+            .arg(version)
+            .arg(frame)
+            .invoke_async(&mut conn)
+            .await;
+        match r {
+            Ok(-1) => {
+                self.note_store(true);
+                Ok(())
+            }
+            Ok(v) => Err((
+                ErrorCode::Conflict,
+                format!("policy version {version} is not newer than the stored {v}"),
+            )),
+            Err(e) => {
+                self.note_store(false);
+                Err((
+                    ErrorCode::StoreUnavailable,
+                    format!("redis: {e}; the policy was not changed"),
+                ))
+            }
+        }
+    }
+
+    /// The stored policy frame, if any (nodes poll it).
+    pub async fn stored_policy(&self) -> Option<Vec<u8>> {
+        let store = self.store.get()?;
+        let mut conn = store.connection();
+        let key = format!("{}:policy", self.cfg.redis_prefix);
+        redis::cmd("HGET")
+            .arg(key)
+            .arg("frame")
+            .query_async(&mut conn)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Graceful leave: tell the others, hand every group over (final fenced writes, leases
+    /// released), then stop gossiping. Bounded by `timeout`.
+    pub async fn leave(&self, timeout: Duration) {
+        info!("cluster: leaving");
+        self.leaving.store(true, Ordering::Release);
+        let _ = self.leave_tx.send(true);
+        let deadline = Instant::now() + timeout;
+        while self.serving_groups() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Release what is left (the coordinator's next lease tick sends the releases).
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        self.flush(true).await;
+        for t in self.tasks.lock().expect("tasks lock").drain(..) {
+            t.abort();
+        }
+        self.peers.endpoint.close(VarInt::from_u32(0), b"leaving");
+    }
+}
+
+fn error_message(code: ErrorCode, m: impl Into<String>) -> Message {
+    Message::Error(msg::ErrorReply {
+        code: code.code(),
+        message: m.into().into_bytes(),
+    })
+}
+
+/// The wire form of a fare table.
+pub fn wire_fare(f: &FareTable) -> msg::WireFare {
+    msg::WireFare {
+        version: f.version,
+        base_minor: f.base_minor,
+        per_km_minor: f.per_km_minor,
+        per_min_minor: f.per_min_minor,
+        minimum_minor: f.minimum_minor,
+        surge_cap_milli: f.surge_cap_milli,
+        currency: f.currency.bytes(),
+    }
+}
+
+fn encode_replication(me: NodeId, t: &TickMsg) -> Vec<u8> {
+    let mut b = Vec::with_capacity(19 + t.published.len() * SNAP_BYTES + t.unchanged.len() * 8);
+    b.push(1);
+    b.extend_from_slice(&me.to_le_bytes());
+    b.extend_from_slice(&t.now_ms.to_le_bytes());
+    b.extend_from_slice(&(t.published.len() as u32).to_le_bytes());
+    b.extend_from_slice(&(t.unchanged.len() as u32).to_le_bytes());
+    for s in &t.published {
+        let f = &s.fare;
+        b.extend_from_slice(&s.zone.raw().to_le_bytes());
+        b.extend_from_slice(&s.version.to_le_bytes());
+        b.extend_from_slice(&s.multiplier_milli.to_le_bytes());
+        b.extend_from_slice(&s.target_milli.to_le_bytes());
+        for x in [
+            f.version,
+            f.base_minor,
+            f.per_km_minor,
+            f.per_min_minor,
+            f.minimum_minor,
+            f.surge_cap_milli,
+        ] {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        b.extend_from_slice(&f.currency.bytes());
+        b.extend_from_slice(&s.policy_version.to_le_bytes());
+        b.extend_from_slice(&s.confidence_permille.to_le_bytes());
+        for x in [s.supply, s.demand, s.quotes, s.neighbour_mean_milli] {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        b.extend_from_slice(&s.computed_at_ms.to_le_bytes());
+    }
+    for z in &t.unchanged {
+        b.extend_from_slice(&z.raw().to_le_bytes());
+    }
+    b
+}
+
+type Decoded = (NodeId, u64, Vec<PriceSnapshot>, Vec<ZoneId>);
+
+fn decode_replication(b: &[u8]) -> Option<Decoded> {
+    struct R<'a>(&'a [u8]);
+    impl R<'_> {
+        fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+            let (h, t) = self.0.split_at_checked(N)?;
+            self.0 = t;
+            h.try_into().ok()
+        }
+        fn u16(&mut self) -> Option<u16> {
+            self.take().map(u16::from_le_bytes)
+        }
+        fn u32(&mut self) -> Option<u32> {
+            self.take().map(u32::from_le_bytes)
+        }
+        fn u64(&mut self) -> Option<u64> {
+            self.take().map(u64::from_le_bytes)
+        }
+    }
+    let mut r = R(b);
+    if r.take::<1>()? != [1] {
+        return None;
+    }
+    let from = r.u16()?;
+    let now = r.u64()?;
+    let np = r.u32()? as usize;
+    let nu = r.u32()? as usize;
+    if r.0.len() != np * SNAP_BYTES + nu * 8 {
+        return None;
+    }
+    let mut snaps = Vec::with_capacity(np);
+    for _ in 0..np {
+        let zone = ZoneId::new(r.u64()?).ok()?;
+        let version = r.u64()?;
+        let multiplier_milli = r.u32()?;
+        let target_milli = r.u32()?;
+        let fare = FareTable {
+            version: r.u32()?,
+            base_minor: r.u32()?,
+            per_km_minor: r.u32()?,
+            per_min_minor: r.u32()?,
+            minimum_minor: r.u32()?,
+            surge_cap_milli: r.u32()?,
+            currency: Currency::from_bytes(r.take::<3>()?).ok()?,
+        };
+        let fields = SnapshotFields {
+            zone,
+            version,
+            multiplier_milli,
+            target_milli,
+            fare,
+            policy_version: r.u32()?,
+            confidence_permille: r.u16()?,
+            supply: r.u32()?,
+            demand: r.u32()?,
+            quotes: r.u32()?,
+            neighbour_mean_milli: r.u32()?,
+            computed_at_ms: r.u64()?,
+        };
+        snaps.push(PriceSnapshot::seal(fields));
+    }
+    let mut unchanged = Vec::with_capacity(nu);
+    for _ in 0..nu {
+        unchanged.push(ZoneId::new(r.u64()?).ok()?);
+    }
+    Some((from, now, snaps, unchanged))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_batches_round_trip_and_garbage_is_refused() {
+        let zone = ZoneId::from_lat_lng(52.52, 13.40, 8).expect("zone");
+        let fare = FareTable {
+            version: 3,
+            base_minor: 250,
+            per_km_minor: 120,
+            per_min_minor: 30,
+            minimum_minor: 500,
+            surge_cap_milli: 3_000,
+            currency: Currency::from_bytes(*b"EUR").expect("currency"),
+        };
+        let snap = PriceSnapshot::seal(SnapshotFields {
+            zone,
+            version: 9,
+            multiplier_milli: 1_400,
+            target_milli: 1_600,
+            fare,
+            policy_version: 2,
+            confidence_permille: 800,
+            supply: 4,
+            demand: 11,
+            quotes: 20,
+            neighbour_mean_milli: 1_200,
+            computed_at_ms: 1_700_000_000_000,
+        });
+        let t = TickMsg {
+            now_ms: 42,
+            published: vec![snap],
+            unchanged: vec![zone],
+        };
+        let b = encode_replication(7, &t);
+        let (from, now, snaps, unchanged) = decode_replication(&b).expect("decodes");
+        assert_eq!((from, now), (7, 42));
+        assert_eq!(snaps, vec![snap]);
+        assert!(snaps[0].is_intact());
+        assert_eq!(unchanged, vec![zone]);
+        for cut in 0..b.len() {
+            assert!(
+                decode_replication(&b[..cut]).is_none(),
+                "truncated at {cut}"
+            );
+        }
+        let mut bad = b.clone();
+        bad[0] = 2;
+        assert!(decode_replication(&bad).is_none());
+    }
+}
