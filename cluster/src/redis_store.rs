@@ -133,7 +133,14 @@ impl RedisLeaseStore {
         candidate_incarnation: u64,
     ) -> Result<Self, RedisStoreError> {
         let client = redis::Client::open(url)?;
-        let conn = client.get_connection_manager().await?;
+        // Bounded: a dead or hung Redis answers an error within a fraction of a lease, so
+        // the node notices (and reports) it instead of waiting; reconnects back off to 1 s.
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
+            .set_response_timeout(Some(std::time::Duration::from_millis(500)))
+            .set_number_of_retries(2)
+            .set_max_delay(std::time::Duration::from_millis(1_000));
+        let conn = client.get_connection_manager_with_config(cfg).await?;
         let s = |body: &str| Script::new(&format!("{PROLOGUE}{body}"));
         Ok(Self {
             conn,

@@ -735,8 +735,14 @@ impl Cluster {
             if now.saturating_sub(groups_refreshed_at) >= 5_000 {
                 groups_refreshed_at = now;
                 match store.groups().await {
-                    Ok(gs) => self.known_groups.lock().expect("groups lock").extend(gs),
-                    Err(e) => debug!("redis groups: {e}"),
+                    Ok(gs) => {
+                        self.note_store(true);
+                        self.known_groups.lock().expect("groups lock").extend(gs);
+                    }
+                    Err(e) => {
+                        self.note_store(false);
+                        debug!("redis groups: {e}");
+                    }
                 }
             }
             let leaving = self.leaving.load(Ordering::Acquire);
@@ -1117,6 +1123,7 @@ impl Cluster {
                 (g, epoch, zones, result)
             });
         }
+        let attempted = !set.is_empty();
         let mut store_ok = true;
         while let Some(r) = set.join_next().await {
             let Ok((g, epoch, zones, result)) = r else {
@@ -1149,7 +1156,9 @@ impl Cluster {
                 }
             }
         }
-        self.note_store(store_ok);
+        if attempted {
+            self.note_store(store_ok);
+        }
     }
 
     // ---------------------------------------------------------------- replication
