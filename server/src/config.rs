@@ -27,6 +27,61 @@ pub struct NodeConfig {
     /// Client tokens and their tiers.
     #[serde(default)]
     pub clients: Vec<ClientEntry>,
+    /// TCP address of the HTTP endpoint serving Prometheus `/metrics` and `/health`.
+    /// Default `127.0.0.1:9400`; the empty string `""` turns the endpoint off.
+    #[serde(default = "default_metrics_listen", deserialize_with = "optional_addr")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9400)))
+}
+
+/// An address, or `""` for none.
+fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.trim().parse().map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not an address like 127.0.0.1:9400 ({e}); \"\" turns the endpoint off"
+        ))
+    })
+}
+
+/// How the node logs (to standard error). `RUST_LOG`, when set, replaces `level`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` (default) or `json` (one object per line, with span fields).
+    pub format: LogFormat,
+    /// A `tracing` filter: `error`, `warn`, `info` (default), `debug`, `trace`, or
+    /// directives such as `info,server=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 fn default_listen() -> SocketAddr {
@@ -70,6 +125,13 @@ pub struct LimitsConfig {
     pub drain_timeout_ms: u64,
     /// A connection idle this long is closed. Default 30,000 ms.
     pub idle_timeout_ms: u64,
+    /// Most concurrent connections to the metrics endpoint. Default 16.
+    pub metrics_connections_max: u32,
+    /// Longest HTTP request head the metrics endpoint reads, bytes. Default 8,192.
+    pub metrics_request_len_max: u32,
+    /// Longest a metrics client may take to send its request and read the reply. Default
+    /// 5,000 ms.
+    pub metrics_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -84,6 +146,9 @@ impl Default for LimitsConfig {
             connections_max: 1_024,
             drain_timeout_ms: 5_000,
             idle_timeout_ms: 30_000,
+            metrics_connections_max: 16,
+            metrics_request_len_max: 8 * 1024,
+            metrics_timeout_ms: 5_000,
         }
     }
 }
@@ -285,6 +350,21 @@ impl NodeConfig {
                 "limits.streams_per_connection_max / connections_max",
                 "must be at least 1",
             ));
+        }
+        if l.metrics_connections_max == 0 || l.metrics_timeout_ms == 0 {
+            return Err(invalid(
+                "limits.metrics_connections_max / metrics_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if !(256..=1 << 20).contains(&l.metrics_request_len_max) {
+            return Err(invalid(
+                "limits.metrics_request_len_max",
+                "must be within 256..=1048576 bytes",
+            ));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty (e.g. \"info\")"));
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.clients {
