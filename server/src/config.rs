@@ -381,3 +381,46 @@ impl NodeConfig {
         Ok(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "cluster_key_hex = \"00112233445566778899aabbccddeeff\"\n";
+
+    fn parse(extra: &str) -> Result<NodeConfig, NodeConfigError> {
+        NodeConfig::from_toml(&format!("{KEY}{extra}"), Path::new("node.toml"))
+    }
+
+    #[test]
+    fn the_metrics_endpoint_defaults_on_and_an_empty_address_turns_it_off() {
+        let d = parse("").expect("defaults");
+        assert_eq!(
+            d.metrics_listen,
+            Some("127.0.0.1:9400".parse().expect("addr"))
+        );
+        assert_eq!(d.log, LogConfig::default());
+        assert_eq!(
+            parse("metrics_listen = \"\"\n")
+                .expect("off")
+                .metrics_listen,
+            None
+        );
+        let e = parse("metrics_listen = \"nowhere\"\n").expect_err("not an address");
+        assert!(e.to_string().contains("turns the endpoint off"), "{e}");
+        let j = parse("[log]\nformat = \"json\"\nlevel = \"debug\"\n").expect("json");
+        assert_eq!(j.log.format, LogFormat::Json);
+        let e = parse("[limits]\nmetrics_request_len_max = 10\n").expect_err("too small");
+        assert!(e.to_string().contains("metrics_request_len_max"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_node_config_loads() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/node.toml"));
+        let cfg = NodeConfig::load(path).expect("configs/node.toml is valid");
+        assert_eq!(
+            cfg.metrics_listen,
+            Some("127.0.0.1:9400".parse().expect("addr"))
+        );
+    }
+}
