@@ -138,11 +138,21 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let node = Node::start(&cfg, Arc::clone(&engine))?;
-        // Tests and scripts wait for these lines: the address comes last on each.
-        println!("equilibrium node listening on {}", node.local_addr()?);
-        match node.metrics_addr() {
-            Some(a) => println!("metrics and health on http://{a}"),
-            None => println!("metrics endpoint off"),
+        // Tests and scripts wait for these lines: the address comes last on each. One write,
+        // errors ignored: a reader that takes the first line and closes the pipe must not
+        // bring the node down.
+        let metrics = match node.metrics_addr() {
+            Some(a) => format!("metrics and health on http://{a}"),
+            None => "metrics endpoint off".to_owned(),
+        };
+        let banner = format!(
+            "equilibrium node listening on {}\n{metrics}\n",
+            node.local_addr()?
+        );
+        {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
         }
         wait_for_signal().await;
         node.shutdown().await;
