@@ -27,8 +27,10 @@ async fn health_is_200_while_serving_and_503_once_shutting_down() {
         Path::new("node.toml"),
     )
     .expect("config");
-    let mut ecfg = engine::EngineConfig::default();
-    ecfg.node_id = 9;
+    let ecfg = engine::EngineConfig {
+        node_id: 9,
+        ..Default::default()
+    };
     let key = engine::QuoteKey::from_hex(1, &cfg.cluster_key_hex).expect("key");
     let engine =
         Arc::new(engine::Engine::start(ecfg, key, Arc::new(engine::SystemClock)).expect("engine"));
