@@ -4,7 +4,8 @@
 #   ./scripts/test.sh
 #
 # 1. installs what the tests need and the machine lacks: aioquic from PyPI (Python client
-#    test) and redis-server from Debian packages (cluster lease tests);
+#    test), and from Debian packages redis-server (cluster lease tests) and prometheus, for
+#    its promtool (the metrics exposition and the alert rules are checked with it);
 # 2. checks formatting and lints (clippy, warnings are errors);
 # 3. runs every test: unit, property, integration (real actor system, real node processes
 #    over real QUIC, a Python client written from PROTOCOL.md), and
@@ -43,6 +44,20 @@ if ! command -v redis-server >/dev/null 2>&1; then
     fi
 fi
 echo "$(redis-server --version 2>/dev/null | cut -d' ' -f1-3 || echo 'redis-server missing')"
+
+# The metrics tests check a live node's /metrics and configs/alerts.yml with promtool, which the
+# Debian package `prometheus` provides. Installing it does not start a Prometheus server
+# without an init system (invoke-rc.d declines), and the tests need none.
+if ! command -v promtool >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "installing promtool (Debian package prometheus)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    else
+        echo "promtool not found and cannot be installed here (needs root and apt-get): the promtool checks will be SKIPPED" >&2
+    fi
+fi
+echo "$(promtool --version 2>/dev/null | head -1 || echo 'promtool missing')"
 
 step "formatting"
 if cargo fmt --version >/dev/null 2>&1; then

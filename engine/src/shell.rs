@@ -9,13 +9,13 @@
 //! Each zone's state is owned by exactly one shard actor. Quotes never enter a mailbox:
 //! they read the [`SnapshotTable`] directly through the [`Quoter`].
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use actix::prelude::*;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
@@ -100,6 +100,43 @@ pub struct MemoryStats {
     pub table_bytes: usize,
 }
 
+/// What the shell reports after each timer tick of a shard (for metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TickReport {
+    /// The shard that ticked.
+    pub shard: usize,
+    /// How long its tick took (wall time, measured by the shell).
+    pub elapsed: Duration,
+    /// What the tick did.
+    pub stats: TickStats,
+}
+
+/// A function told about every timer tick; see [`Engine::observe_ticks`].
+pub struct TickObserver(Box<dyn Fn(&TickReport) + Send + Sync>);
+
+impl std::fmt::Debug for TickObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TickObserver")
+    }
+}
+
+/// Per-shard counters the shell keeps for observability: relaxed atomics, touched once per
+/// message and once per tick, never per event or quote.
+#[derive(Debug, Default)]
+struct ShardGauges {
+    /// Messages sent to the shard and not yet handled.
+    mailbox_depth: AtomicUsize,
+    /// Engine time of the shard's last completed tick (0 before the first).
+    last_tick_ms: AtomicU64,
+}
+
+#[derive(Debug)]
+struct ShellStats {
+    shards: Box<[ShardGauges]>,
+    zones: Arc<AtomicUsize>,
+    tick_observer: ArcSwapOption<TickObserver>,
+}
+
 enum Command {
     Apply {
         events: Vec<Event>,
@@ -155,9 +192,11 @@ impl Message for Command {
 }
 
 struct ShardActor {
+    index: usize,
     shard: Shard,
     clock: Arc<dyn Clock>,
     tick_interval_ms: u64,
+    stats: Arc<ShellStats>,
 }
 
 impl Actor for ShardActor {
@@ -166,8 +205,19 @@ impl Actor for ShardActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         if self.tick_interval_ms > 0 {
             ctx.run_interval(Duration::from_millis(self.tick_interval_ms), |act, _| {
+                let started = std::time::Instant::now();
                 let now = act.clock.now_ms();
-                act.shard.tick(now);
+                let stats = act.shard.tick(now);
+                act.stats.shards[act.index]
+                    .last_tick_ms
+                    .store(now, Ordering::Relaxed);
+                if let Some(observer) = act.stats.tick_observer.load().as_ref() {
+                    (observer.0)(&TickReport {
+                        shard: act.index,
+                        elapsed: started.elapsed(),
+                        stats,
+                    });
+                }
             });
         }
     }
@@ -177,6 +227,9 @@ impl Handler<Command> for ShardActor {
     type Result = ();
 
     fn handle(&mut self, cmd: Command, _: &mut Self::Context) {
+        self.stats.shards[self.index]
+            .mailbox_depth
+            .fetch_sub(1, Ordering::Relaxed);
         let now = self.clock.now_ms();
         // A dropped receiver means the caller gave up; nothing to do about it.
         match cmd {
@@ -187,6 +240,9 @@ impl Handler<Command> for ShardActor {
             }
             Command::Tick { reply } => {
                 let _ = reply.send(self.shard.tick(now));
+                self.stats.shards[self.index]
+                    .last_tick_ms
+                    .store(now, Ordering::Relaxed);
             }
             Command::SetFare { zone, fare, reply } => {
                 let _ = reply.send(self.shard.set_fare(zone, fare, now));
@@ -236,6 +292,7 @@ pub struct Engine {
     policy: ArcSwap<SurgePolicy>,
     config: EngineConfig,
     clock: Arc<dyn Clock>,
+    stats: Arc<ShellStats>,
     system: Option<(actix_rt::System, JoinHandle<()>)>,
 }
 
@@ -283,6 +340,11 @@ impl Engine {
                 .saturating_add(extra_slots),
         ));
         let zone_count = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(ShellStats {
+            shards: (0..shard_n).map(|_| ShardGauges::default()).collect(),
+            zones: Arc::clone(&zone_count),
+            tick_observer: ArcSwapOption::empty(),
+        });
         let settings = Arc::new(ShardSettings {
             limits: config.zone.clone(),
             default_fare: config.default_fare.to_table().map_err(ConfigError::from)?,
@@ -303,6 +365,7 @@ impl Engine {
         let mailbox = a.mailbox_capacity;
         let tick_ms = a.tick_interval_ms;
         let (t2, c2, p2) = (Arc::clone(&table), Arc::clone(&clock), Arc::clone(&policy));
+        let s2 = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("equilibrium-actors".into())
             .spawn(move || {
@@ -321,14 +384,17 @@ impl Engine {
                             shard.set_sink(Arc::clone(sink));
                         }
                         let clock = Arc::clone(&c2);
+                        let stats = Arc::clone(&s2);
                         ShardActor::start_in_arbiter(
                             &arbiters[i % arbiter_n].handle(),
                             move |ctx| {
                                 ctx.set_mailbox_capacity(mailbox);
                                 ShardActor {
+                                    index: i,
                                     shard,
                                     clock,
                                     tick_interval_ms: tick_ms,
+                                    stats,
                                 }
                             },
                         )
@@ -352,8 +418,42 @@ impl Engine {
             policy: ArcSwap::new(policy),
             config,
             clock,
+            stats,
             system: Some((system, thread)),
         })
+    }
+
+    /// Calls `observer` after every timer tick of every shard, on the shard's thread (keep it
+    /// cheap: it runs between ticks). Replaces any earlier observer.
+    pub fn observe_ticks(&self, observer: impl Fn(&TickReport) + Send + Sync + 'static) {
+        self.stats
+            .tick_observer
+            .store(Some(Arc::new(TickObserver(Box::new(observer)))));
+    }
+
+    /// Messages waiting in each shard's mailbox now (each bounded by
+    /// `actors.mailbox_capacity`).
+    pub fn mailbox_depths(&self) -> impl Iterator<Item = usize> + '_ {
+        self.stats
+            .shards
+            .iter()
+            .map(|s| s.mailbox_depth.load(Ordering::Relaxed))
+    }
+
+    /// Engine time of the least recent shard tick (0 if some shard has not ticked yet): every
+    /// live zone's snapshot was confirmed at or after it.
+    pub fn oldest_tick_ms(&self) -> u64 {
+        self.stats
+            .shards
+            .iter()
+            .map(|s| s.last_tick_ms.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Zones live in this engine now (all shards).
+    pub fn zones_live(&self) -> usize {
+        self.stats.zones.load(Ordering::Relaxed)
     }
 
     /// The quoter: call it from any thread; it never touches an actor.
@@ -381,9 +481,15 @@ impl Engine {
     }
 
     fn send(&self, shard: usize, cmd: Command) -> Result<(), ShellError> {
-        self.shards[shard].try_send(cmd).map_err(|e| match e {
-            SendError::Full(_) => ShellError::Overloaded,
-            SendError::Closed(_) => ShellError::Stopped,
+        // Counted before sending, so the handler's decrement can never come first.
+        let depth = &self.stats.shards[shard].mailbox_depth;
+        depth.fetch_add(1, Ordering::Relaxed);
+        self.shards[shard].try_send(cmd).map_err(|e| {
+            depth.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                SendError::Full(_) => ShellError::Overloaded,
+                SendError::Closed(_) => ShellError::Stopped,
+            }
         })
     }
 

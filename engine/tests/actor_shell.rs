@@ -376,3 +376,45 @@ impl NowForTest for ManualClock {
         engine::Clock::now_ms(self)
     }
 }
+
+#[tokio::test]
+async fn the_shell_reports_zones_mailbox_depths_tick_times_and_timer_ticks() {
+    let (engine, clock) = start(config());
+    assert_eq!(engine.zones_live(), 0);
+    assert_eq!(engine.oldest_tick_ms(), 0, "no shard has ticked yet");
+    let events: Vec<Event> = (0..10)
+        .map(|i| ev(u64::from(i), zone(i), EventKind::RiderDemand))
+        .collect();
+    engine.apply_batch(events).await.expect("batch");
+    assert_eq!(engine.zones_live(), 10);
+    // Every message sent was handled: nothing left queued.
+    assert!(engine.mailbox_depths().all(|d| d == 0));
+    assert_eq!(engine.mailbox_depths().count(), 4);
+    clock.advance(250);
+    engine.tick_now().await.expect("tick");
+    assert_eq!(engine.oldest_tick_ms(), T0 + 250);
+    assert!(engine.mailbox_depths().all(|d| d == 0));
+
+    // Timer ticks are reported to the observer, with the zones they ticked.
+    let mut c = config();
+    c.actors.tick_interval_ms = 10;
+    let (engine, _clock) = start(c);
+    engine
+        .apply_batch(vec![ev(1, zone(0), EventKind::RiderDemand)])
+        .await
+        .expect("batch");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    engine.observe_ticks(move |r| {
+        let _ = tx.send(*r);
+    });
+    let mut zones_ticked = 0;
+    for _ in 0..40 {
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a timer tick within 5 s")
+            .expect("observer alive");
+        assert!(r.shard < 4);
+        zones_ticked += r.stats.zones;
+    }
+    assert!(zones_ticked > 0, "the shard holding the zone ticked it");
+}

@@ -1,8 +1,9 @@
-//! `equilibrium`: the one binary of the project: the node, the client commands, the engine
-//! demo and small tools; later issues add `sim` and the admin commands.
+//! `equilibrium`: the one binary of the project: the node, the client and admin commands,
+//! the engine demo and small tools; a later issue adds `sim`.
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod demo;
 mod net;
 
@@ -12,14 +13,20 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use engine::config::EngineConfig;
-use engine::ZoneId;
 
 /// Equilibrium: a dynamic-pricing engine for ride-hailing.
 ///
 /// Zones are H3 cells; each zone turns driver and rider events into a surge multiplier
 /// several times a second, and quotes are answered from memory in microseconds.
 #[derive(Debug, Parser)]
-#[command(name = "equilibrium", version, propagate_version = true)]
+#[command(
+    name = "equilibrium",
+    version,
+    propagate_version = true,
+    after_help = "Exit codes: 0 ok; 1 usage error or other failure; 2 node unreachable; \
+3 credential refused or role not allowed; 4 not found or invalid (zone, value, token); \
+5 version conflict (someone changed it first); 6 node overloaded or shutting down."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,18 +51,17 @@ enum Command {
     Verify(net::TokenArgs),
     /// Explain a quote token: the inputs behind its price.
     Explain(net::TokenArgs),
-    /// Show the H3 zone of a point, and its neighbours.
-    Zone {
-        /// Latitude in degrees, within [-90, 90].
-        #[arg(long, allow_negative_numbers = true)]
-        lat: f64,
-        /// Longitude in degrees, within [-180, 180].
-        #[arg(long, allow_negative_numbers = true)]
-        lng: f64,
-        /// H3 resolution (0..=15).
-        #[arg(long, default_value_t = engine::zone::RESOLUTION_DEFAULT)]
-        res: u8,
-    },
+    /// A node's status: uptime, zones, load, shed requests, policy version (role `read`).
+    Status(admin::StatusArgs),
+    /// A zone's hot state and current snapshot on a node (`zone ID`, role `read`), or the
+    /// H3 zone of a point and its neighbours (`zone --lat --lng`, no node needed).
+    Zone(admin::ZoneArgs),
+    /// Read or change a zone's fare table.
+    #[command(subcommand)]
+    Fare(admin::FareCommand),
+    /// Read or change the surge policy.
+    #[command(subcommand)]
+    Policy(admin::PolicyCommand),
     /// Work with engine configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -79,18 +85,30 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version are successes; usage errors exit 1 (2 means unreachable).
+            return if e.use_stderr() {
+                ExitCode::from(admin::Exit::Failure as u8)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    // The node sets up logging from its config file; the other commands log warnings.
+    if !matches!(cli.command, Command::Node(_)) {
+        let _ = telemetry::logs::init(telemetry::logs::LogFormat::Human, "warn");
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if let Some(h) = admin::hint(&e) {
+                eprintln!("hint: {h}");
+            }
+            ExitCode::from(admin::exit_code(&e) as u8)
         }
     }
 }
@@ -103,16 +121,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SendEvents(args) => net::send_events(args),
         Command::Verify(args) => net::verify(args),
         Command::Explain(args) => net::explain(args),
-        Command::Zone { lat, lng, res } => {
-            let z = ZoneId::from_lat_lng(lat, lng, res)?;
-            let (clat, clng) = z.center();
-            println!("zone        {z}");
-            println!("resolution  {}", z.resolution());
-            println!("centre      {clat:.6}, {clng:.6}");
-            let n: Vec<String> = z.neighbours().iter().map(|n| n.to_string()).collect();
-            println!("neighbours  {}", n.join(" "));
-            Ok(())
-        }
+        Command::Status(args) => admin::status(args),
+        Command::Zone(args) => admin::zone(args),
+        Command::Fare(cmd) => admin::fare(cmd),
+        Command::Policy(cmd) => admin::policy(cmd),
         Command::ClusterCredentials { out } => {
             server::cluster::write_credentials(&out)?;
             println!(

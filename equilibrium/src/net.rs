@@ -1,5 +1,5 @@
 //! The network commands: `node` (serve clients) and the client commands `quote`,
-//! `send-events`, `verify`, `explain`.
+//! `send-events`, `verify`, `explain`. The administrative commands are in `admin`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +33,9 @@ pub(crate) struct NodeArgs {
     /// Override `[cluster] redis_url`.
     #[arg(long, env = "EQUILIBRIUM_REDIS_URL")]
     redis_url: Option<String>,
+    /// Override `metrics_listen` (TCP address of /metrics and /health); "" turns it off.
+    #[arg(long, env = "EQUILIBRIUM_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 /// How client commands reach a node.
@@ -40,10 +43,11 @@ pub(crate) struct NodeArgs {
 pub(crate) struct Target {
     /// Node address.
     #[arg(long, env = "EQUILIBRIUM_ADDR", default_value = "127.0.0.1:7400")]
-    addr: SocketAddr,
-    /// Client token (as configured in the node's [[clients]]).
-    #[arg(long, env = "EQUILIBRIUM_TOKEN", default_value = "premium-demo-token")]
-    token: String,
+    pub(crate) addr: SocketAddr,
+    /// Client token (as configured in the node's [[clients]]). Default: the sample config's
+    /// `premium-demo-token` for client commands, `admin-demo-token` for admin commands.
+    #[arg(long, env = "EQUILIBRIUM_TOKEN")]
+    token: Option<String>,
     /// Trust the node certificate signed by this CA (PEM). Without it (and without
     /// --insecure) the node's certificate cannot be verified and the command fails.
     #[arg(long, env = "EQUILIBRIUM_CA")]
@@ -56,8 +60,16 @@ pub(crate) struct Target {
     server_name: String,
 }
 
+/// The sample config's client token, the default of the client commands.
+pub(crate) const CLIENT_TOKEN_DEFAULT: &str = "premium-demo-token";
+
 impl Target {
     async fn connect(&self) -> anyhow::Result<Client> {
+        self.connect_as(CLIENT_TOKEN_DEFAULT).await
+    }
+
+    /// Connects with `--token`, or `default_token` without it.
+    pub(crate) async fn connect_as(&self, default_token: &str) -> anyhow::Result<Client> {
         let trust = match (&self.ca, self.insecure) {
             (Some(ca), _) => {
                 let pem = std::fs::read_to_string(ca)
@@ -71,7 +83,8 @@ impl Target {
                 "no way to verify the node: pass --ca FILE, or --insecure for a development node"
             ),
         };
-        let mut cfg = ClientConfig::new(self.token.clone(), trust);
+        let token = self.token.as_deref().unwrap_or(default_token);
+        let mut cfg = ClientConfig::new(token, trust);
         cfg.server_name = self.server_name.clone();
         cfg.name = "equilibrium-cli".into();
         cfg.lanes = 1;
@@ -94,7 +107,7 @@ fn pem_certificates(pem: &str) -> anyhow::Result<Vec<Vec<u8>>> {
 
 use rustls::pki_types as rustls_pki;
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -103,8 +116,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
     let mut cfg = NodeConfig::load(&args.config)?;
+    let format = match cfg.log.format {
+        server::config::LogFormat::Human => telemetry::logs::LogFormat::Human,
+        server::config::LogFormat::Json => telemetry::logs::LogFormat::Json,
+    };
+    telemetry::logs::init(format, &cfg.log.level)
+        .with_context(|| format!("{}: [log]", args.config.display()))?;
     if let Some(l) = args.listen {
         cfg.listen = l;
+    }
+    if let Some(m) = &args.metrics_listen {
+        cfg.metrics_listen = if m.trim().is_empty() {
+            None
+        } else {
+            Some(m.trim().parse().with_context(|| {
+                format!("--metrics-listen {m:?}: expected an address like 127.0.0.1:9400, or \"\"")
+            })?)
+        };
     }
     let mut engine_cfg = cfg.load_engine()?;
     if let Some(id) = args.node_id {
@@ -131,8 +159,7 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
         )?);
         rt.block_on(async {
             let node = Node::start(&cfg, Arc::clone(&engine))?;
-            // Tests and scripts wait for this line.
-            println!("equilibrium node listening on {}", node.local_addr()?);
+            banner(&node)?;
             wait_for_signal().await;
             node.shutdown().await;
             anyhow::Ok(())
@@ -150,19 +177,45 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
         ccfg.replica_zones_max,
     )?);
     rt.block_on(async {
-        let (cluster, forwarded) =
-            server::cluster::Cluster::start(ccfg, Arc::clone(&engine), ticks, stats)?;
+        let metrics = Arc::new(telemetry::Metrics::new(engine.config().node_id));
+        let (cluster, forwarded) = server::cluster::Cluster::start(
+            ccfg,
+            Arc::clone(&engine),
+            ticks,
+            stats,
+            Arc::clone(&metrics),
+        )?;
         let peer = cluster.peer_addr();
-        let node = Node::start_clustered(&cfg, Arc::clone(&engine), Some((cluster, forwarded)))?;
-        // Tests and scripts wait for this line.
-        println!(
-            "equilibrium node listening on {} (cluster peer endpoint {peer})",
-            node.local_addr()?
-        );
+        let node = Node::start_clustered(
+            &cfg,
+            Arc::clone(&engine),
+            metrics,
+            Some((cluster, forwarded)),
+        )?;
+        tracing::info!(%peer, "cluster peer endpoint");
+        banner(&node)?;
         wait_for_signal().await;
         node.shutdown().await;
         anyhow::Ok(())
     })?;
+    Ok(())
+}
+
+/// Prints the lines tests and scripts wait for: the address comes last on each. One write,
+/// errors ignored: a reader that takes the first line and closes the pipe must not bring the
+/// node down.
+fn banner(node: &Node) -> anyhow::Result<()> {
+    let metrics = match node.metrics_addr() {
+        Some(a) => format!("metrics and health on http://{a}"),
+        None => "metrics endpoint off".to_owned(),
+    };
+    let banner = format!(
+        "equilibrium node listening on {}\n{metrics}\n",
+        node.local_addr()?
+    );
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     Ok(())
 }
 
@@ -201,6 +254,9 @@ pub(crate) struct QuoteArgs {
     /// Trip duration, seconds.
     #[arg(long, default_value_t = 900)]
     duration_s: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) fn quote(a: QuoteArgs) -> anyhow::Result<()> {
@@ -216,24 +272,33 @@ pub(crate) fn quote(a: QuoteArgs) -> anyhow::Result<()> {
             }
             _ => bail!("give --zone, or --lat and --lng"),
         };
+        c.close().await;
+        if a.json {
+            crate::admin::print_json(&serde_json::json!({
+                "zone": format!("{:x}", q.zone),
+                "amount_minor": q.amount_minor,
+                "currency": String::from_utf8_lossy(&q.currency),
+                "multiplier_milli": q.multiplier_milli,
+                "snapshot_version": q.snapshot_version,
+                "snapshot_age_ms": q.snapshot_age_ms,
+                "expires_at_ms": q.expires_at_ms,
+                "token": hex(&q.token),
+            }));
+            return Ok(());
+        }
         println!("zone        {:x}", q.zone);
         println!(
             "amount      {} {} (minor units)",
             q.amount_minor,
             String::from_utf8_lossy(&q.currency)
         );
-        println!(
-            "multiplier  {}.{:03}x",
-            q.multiplier_milli / 1000,
-            q.multiplier_milli % 1000
-        );
+        println!("multiplier  {}", crate::admin::milli(q.multiplier_milli));
         println!(
             "snapshot    v{} ({} ms old)",
             q.snapshot_version, q.snapshot_age_ms
         );
         println!("expires     {} (ms since epoch)", q.expires_at_ms);
         println!("token       {}", hex(&q.token));
-        c.close().await;
         Ok(())
     })
 }
@@ -347,6 +412,9 @@ pub(crate) struct TokenArgs {
     /// The quote token, hex, as printed by `equilibrium quote`.
     #[arg(value_name = "QUOTE_TOKEN")]
     quote_token: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_token(hex: &str) -> anyhow::Result<[u8; TOKEN_LEN]> {
@@ -365,7 +433,7 @@ fn parse_token(hex: &str) -> anyhow::Result<[u8; TOKEN_LEN]> {
     Ok(t)
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -374,6 +442,11 @@ pub(crate) fn verify(a: TokenArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let c = a.target.connect().await?;
         let t = c.verify(token).await?;
+        c.close().await;
+        if a.json {
+            crate::admin::print_json(&crate::admin::token_json(&t));
+            return Ok(());
+        }
         println!(
             "valid: quote {:#x}, zone {:x}, {} {} at {}.{:03}x, expires {}",
             t.quote_id,
@@ -384,7 +457,6 @@ pub(crate) fn verify(a: TokenArgs) -> anyhow::Result<()> {
             t.multiplier_milli % 1000,
             t.expires_at_ms
         );
-        c.close().await;
         Ok(())
     })
 }
@@ -394,8 +466,23 @@ pub(crate) fn explain(a: TokenArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let c = a.target.connect().await?;
         let e = c.explain(token).await?;
-        print!("{}", String::from_utf8_lossy(&e.text));
         c.close().await;
+        if a.json {
+            let mut j = crate::admin::token_json(&e.token);
+            j["fare"] = if e.fare_known != 0 {
+                crate::admin::fare_json(&e.fare)
+            } else {
+                serde_json::Value::Null
+            };
+            j["policy_known"] = serde_json::Value::Bool(e.policy_known != 0);
+            j["ratio"] = serde_json::json!(e.ratio);
+            j["recomputed_minor"] = serde_json::json!(e.recomputed_minor);
+            j["matches"] = serde_json::json!(e.recomputed_minor == e.token.amount_minor);
+            j["text"] = serde_json::json!(String::from_utf8_lossy(&e.text));
+            crate::admin::print_json(&j);
+            return Ok(());
+        }
+        print!("{}", String::from_utf8_lossy(&e.text));
         Ok(())
     })
 }

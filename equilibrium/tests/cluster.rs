@@ -251,6 +251,7 @@ impl TestCluster {
                 r#"listen = "{addr}"
 engine_config = "{engine}"
 cluster_key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+metrics_listen = "127.0.0.1:0"
 [tls]
 cert_path = "cert.pem"
 key_path = "key.pem"

@@ -336,6 +336,7 @@ pub struct Cluster {
     unwritten: Mutex<HashMap<u64, BTreeMap<u64, Vec<u8>>>>,
     /// Counters.
     pub stats: Arc<ClusterStats>,
+    metrics: Arc<telemetry::Metrics>,
     leaving: AtomicBool,
     leave_tx: tokio::sync::watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -350,7 +351,9 @@ impl Cluster {
         engine: Arc<Engine>,
         ticks: TickReceiver,
         stats: Arc<ClusterStats>,
+        metrics: Arc<telemetry::Metrics>,
     ) -> Result<(Arc<Self>, mpsc::Receiver<Forwarded>), ClusterError> {
+        metrics.redis.configured.set_bool(true);
         let (server, client) = peer_configs(&cfg)?;
         let endpoint =
             quinn::Endpoint::server(server, cfg.listen).map_err(|e| ClusterError::Bind {
@@ -409,6 +412,7 @@ impl Cluster {
             write_lock: tokio::sync::Mutex::new(()),
             unwritten: Mutex::new(HashMap::new()),
             stats,
+            metrics,
             leaving: AtomicBool::new(false),
             leave_tx,
             tasks: Mutex::new(Vec::new()),
@@ -487,6 +491,7 @@ impl Cluster {
                 Ok(s) => {
                     info!(url = %self.cfg.redis_url, "redis connected");
                     self.stats.store_up.store(true, Ordering::Relaxed);
+                    self.metrics.redis.up.set_bool(true);
                     let _ = self.store.set(s);
                     return;
                 }
@@ -500,6 +505,10 @@ impl Cluster {
     }
 
     fn note_store(&self, ok: bool) {
+        self.metrics.redis.up.set_bool(ok);
+        if !ok {
+            self.metrics.redis.errors.inc();
+        }
         let was = self.stats.store_up.swap(ok, Ordering::Relaxed);
         if was && !ok {
             warn!("redis unavailable: durable writes fail until it is back; quotes continue from memory");
@@ -674,6 +683,7 @@ impl Cluster {
             for c in &changes {
                 if let cluster::membership::Change::Down(p) = c {
                     self.stats.members_down.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.cluster.suspicions.inc();
                     warn!(node = p.id, addr = %p.addr, "member down");
                 }
             }
@@ -810,12 +820,22 @@ impl Cluster {
                 for r in replies {
                     match r {
                         Ok(reply) => {
-                            if let (Request::Renew { .. }, Ok(_)) = (reply.request, reply.result) {
-                                self.stats.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                            match (reply.request, reply.result) {
+                                (Request::Renew { .. }, Ok(_)) => {
+                                    self.stats.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                                    self.metrics.cluster.lease_renewals_ok.inc();
+                                }
+                                (Request::Renew { .. }, Err(_)) => {
+                                    self.metrics.cluster.lease_renewals_failed.inc();
+                                }
+                                _ => {}
                             }
                             leases.on_reply(at, reply);
                         }
-                        Err(e) => debug!("lease request: {e}"),
+                        Err(e) => {
+                            self.metrics.cluster.lease_renewals_failed.inc();
+                            debug!("lease request: {e}");
+                        }
                     }
                 }
             }
@@ -831,7 +851,9 @@ impl Cluster {
             };
             for g in to_restore {
                 let span = info_span!("takeover", group = format!("{g:x}"));
+                let t0 = Instant::now();
                 if self.restore_group(&store, g).instrument(span).await {
+                    self.metrics.cluster.handoff_duration.observe(t0.elapsed());
                     ready.insert(g);
                 }
             }
@@ -844,6 +866,10 @@ impl Cluster {
                     serving.insert(g, until);
                 }
             }
+            self.metrics
+                .cluster
+                .groups_owned
+                .set_u64(serving.len() as u64);
         }
     }
 
@@ -916,6 +942,7 @@ impl Cluster {
                     .epoch(g, mono_ms())
                     .unwrap_or(0);
                 self.stats.groups_acquired.fetch_add(1, Ordering::Relaxed);
+                self.metrics.cluster.handoffs_acquired.inc();
                 self.stats
                     .zones_restored
                     .fetch_add(n as u64, Ordering::Relaxed);
@@ -986,6 +1013,7 @@ impl Cluster {
             };
             self.unwritten.lock().expect("unwritten lock").remove(g);
             self.stats.groups_released.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cluster.handoffs_released.inc();
             span.in_scope(|| info!(zones = n, written = ok, "group handed over"));
         }
         for g in lost {
@@ -1025,7 +1053,10 @@ impl Cluster {
     ) -> bool {
         let mut all = true;
         for chunk in zones.chunks(WRITE_ZONES_MAX) {
-            match store.write(g, epoch, chunk).await {
+            let t0 = Instant::now();
+            let r = store.write(g, epoch, chunk).await;
+            self.metrics.redis.write_duration.observe(t0.elapsed());
+            match r {
                 Ok((_, Ok(_))) => {
                     self.note_store(true);
                     self.stats
@@ -1104,11 +1135,15 @@ impl Cluster {
                 continue;
             };
             let store = store.clone();
+            let metrics = Arc::clone(&self.metrics);
             set.spawn(async move {
                 let zones: Vec<(u64, Vec<u8>)> = zones.into_iter().collect();
                 let mut result = Ok(());
                 for chunk in zones.chunks(WRITE_ZONES_MAX) {
-                    match store.write(g, epoch, chunk).await {
+                    let t0 = Instant::now();
+                    let r = store.write(g, epoch, chunk).await;
+                    metrics.redis.write_duration.observe(t0.elapsed());
+                    match r {
                         Ok((_, Ok(_))) => {}
                         Ok((_, Err(e))) => {
                             result = Err(Some(e));

@@ -27,9 +27,64 @@ pub struct NodeConfig {
     /// Client tokens and their tiers.
     #[serde(default)]
     pub clients: Vec<ClientEntry>,
+    /// TCP address of the HTTP endpoint serving Prometheus `/metrics` and `/health`.
+    /// Default `127.0.0.1:9400`; the empty string `""` turns the endpoint off.
+    #[serde(default = "default_metrics_listen", deserialize_with = "optional_addr")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
     /// Clustering; without this section the node runs alone (no peers, no Redis).
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+}
+
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9400)))
+}
+
+/// An address, or `""` for none.
+fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.trim().parse().map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not an address like 127.0.0.1:9400 ({e}); \"\" turns the endpoint off"
+        ))
+    })
+}
+
+/// How the node logs (to standard error). `RUST_LOG`, when set, replaces `level`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` (default) or `json` (one object per line, with span fields).
+    pub format: LogFormat,
+    /// A `tracing` filter: `error`, `warn`, `info` (default), `debug`, `trace`, or
+    /// directives such as `info,server=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The `[cluster]` section: peers, the cluster credential, Redis, and timing.
@@ -182,6 +237,13 @@ pub struct LimitsConfig {
     pub drain_timeout_ms: u64,
     /// A connection idle this long is closed. Default 30,000 ms.
     pub idle_timeout_ms: u64,
+    /// Most concurrent connections to the metrics endpoint. Default 16.
+    pub metrics_connections_max: u32,
+    /// Longest HTTP request head the metrics endpoint reads, bytes. Default 8,192.
+    pub metrics_request_len_max: u32,
+    /// Longest a metrics client may take to send its request and read the reply. Default
+    /// 5,000 ms.
+    pub metrics_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -196,6 +258,9 @@ impl Default for LimitsConfig {
             connections_max: 1_024,
             drain_timeout_ms: 5_000,
             idle_timeout_ms: 30_000,
+            metrics_connections_max: 16,
+            metrics_request_len_max: 8 * 1024,
+            metrics_timeout_ms: 5_000,
         }
     }
 }
@@ -410,6 +475,21 @@ impl NodeConfig {
                 "must be at least 1",
             ));
         }
+        if l.metrics_connections_max == 0 || l.metrics_timeout_ms == 0 {
+            return Err(invalid(
+                "limits.metrics_connections_max / metrics_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if !(256..=1 << 20).contains(&l.metrics_request_len_max) {
+            return Err(invalid(
+                "limits.metrics_request_len_max",
+                "must be within 256..=1048576 bytes",
+            ));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty (e.g. \"info\")"));
+        }
         if let Some(c) = &self.cluster {
             if c.group_resolution > 15 {
                 return Err(invalid("cluster.group_resolution", "must be within 0..=15"));
@@ -449,5 +529,48 @@ impl NodeConfig {
             }
         }
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "cluster_key_hex = \"00112233445566778899aabbccddeeff\"\n";
+
+    fn parse(extra: &str) -> Result<NodeConfig, NodeConfigError> {
+        NodeConfig::from_toml(&format!("{KEY}{extra}"), Path::new("node.toml"))
+    }
+
+    #[test]
+    fn the_metrics_endpoint_defaults_on_and_an_empty_address_turns_it_off() {
+        let d = parse("").expect("defaults");
+        assert_eq!(
+            d.metrics_listen,
+            Some("127.0.0.1:9400".parse().expect("addr"))
+        );
+        assert_eq!(d.log, LogConfig::default());
+        assert_eq!(
+            parse("metrics_listen = \"\"\n")
+                .expect("off")
+                .metrics_listen,
+            None
+        );
+        let e = parse("metrics_listen = \"nowhere\"\n").expect_err("not an address");
+        assert!(e.to_string().contains("turns the endpoint off"), "{e}");
+        let j = parse("[log]\nformat = \"json\"\nlevel = \"debug\"\n").expect("json");
+        assert_eq!(j.log.format, LogFormat::Json);
+        let e = parse("[limits]\nmetrics_request_len_max = 10\n").expect_err("too small");
+        assert!(e.to_string().contains("metrics_request_len_max"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_node_config_loads() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/node.toml"));
+        let cfg = NodeConfig::load(path).expect("configs/node.toml is valid");
+        assert_eq!(
+            cfg.metrics_listen,
+            Some("127.0.0.1:9400".parse().expect("addr"))
+        );
     }
 }

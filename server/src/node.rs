@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use engine::fare::Trip;
 use engine::quote::{QuoteError, TokenError};
@@ -17,6 +17,8 @@ use protocol::frame::{Header, Limits, HEADER_LEN};
 use protocol::msg::{self, event_kind, outcome, Message};
 use protocol::ErrorCode;
 use quinn::VarInt;
+use telemetry::http::{HttpLimits, MetricsServer};
+use telemetry::{HealthState, Metrics, Op, TierLabel};
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, ConnectionLoad};
@@ -38,6 +40,14 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The metrics endpoint's TCP socket could not be bound.
+    #[error("binding the metrics endpoint (metrics_listen) {addr}: {source}; choose another address with metrics_listen or --metrics-listen, or \"\" to turn it off")]
+    MetricsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// State shared by every connection task.
@@ -51,6 +61,9 @@ struct Shared {
     stopping: AtomicBool,
     node_id: u16,
     cluster: Option<Arc<Cluster>>,
+    /// Client connections: one permit each, `connections_max` in all.
+    open: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 /// A connection's authentication and load.
@@ -88,19 +101,34 @@ pub struct Node {
     shared: Arc<Shared>,
     accept: tokio::task::JoinHandle<()>,
     self_signed: Option<Vec<u8>>,
+    http: Option<MetricsServer>,
 }
 
 impl Node {
-    /// Binds the endpoint and starts accepting clients for `engine`.
+    /// Binds the endpoint and starts accepting clients for `engine`, with metrics of its own.
     pub fn start(cfg: &NodeConfig, engine: Arc<Engine>) -> Result<Self, StartError> {
-        Self::start_clustered(cfg, engine, None)
+        let metrics = Arc::new(Metrics::new(engine.config().node_id));
+        Self::start_with_metrics(cfg, engine, metrics)
     }
 
-    /// [`start`](Self::start), as a member of a cluster: events and fare changes are routed
-    /// through `cluster`, and requests forwarded by peers arrive on the receiver.
+    /// Binds the endpoint and starts accepting clients for `engine`, recording into
+    /// `metrics` (shared with whatever else feeds it, e.g. the cluster layer), and serves
+    /// `/metrics` and `/health` on `cfg.metrics_listen` when set.
+    pub fn start_with_metrics(
+        cfg: &NodeConfig,
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StartError> {
+        Self::start_clustered(cfg, engine, metrics, None)
+    }
+
+    /// [`start_with_metrics`](Self::start_with_metrics), as a member of a cluster: events
+    /// and fare changes are routed through `cluster`, and requests forwarded by peers arrive
+    /// on the receiver.
     pub fn start_clustered(
         cfg: &NodeConfig,
         engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
         cluster: Option<(Arc<Cluster>, tokio::sync::mpsc::Receiver<Forwarded>)>,
     ) -> Result<Self, StartError> {
         let (cluster, forwarded) = match cluster {
@@ -157,6 +185,8 @@ impl Node {
             ),
             stopping: AtomicBool::new(false),
             started: std::time::Instant::now(),
+            open: Arc::new(tokio::sync::Semaphore::new(l.connections_max as usize)),
+            metrics: Arc::clone(&metrics),
             cluster,
         });
         if let Some(mut rx) = forwarded {
@@ -172,13 +202,40 @@ impl Node {
             let shared = Arc::clone(&shared);
             tokio::spawn(async move { poll_policy(shared).await });
         }
+        observe(&shared);
+        let http = match cfg.metrics_listen {
+            Some(addr) => {
+                let limits = HttpLimits {
+                    connections_max: l.metrics_connections_max,
+                    request_len_max: l.metrics_request_len_max,
+                    timeout_ms: l.metrics_timeout_ms,
+                };
+                let server = MetricsServer::start(addr, limits, Arc::clone(&metrics))
+                    .map_err(|e| StartError::MetricsBind { addr, source: e })?;
+                info!(addr = %server.local_addr(), "metrics endpoint: /metrics and /health");
+                Some(server)
+            }
+            None => None,
+        };
         let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
+        metrics.health.set(HealthState::Serving);
         Ok(Self {
             endpoint,
             shared,
             accept,
             self_signed,
+            http,
         })
+    }
+
+    /// The metrics this node records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Where `/metrics` and `/health` are served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(MetricsServer::local_addr)
     }
 
     /// The address the node listens on (useful with port 0).
@@ -200,6 +257,7 @@ impl Node {
     /// `drain_timeout_ms`) for in-flight requests, then close every connection with code 51.
     pub async fn shutdown(self) {
         info!("shutting down: draining in-flight requests");
+        self.shared.metrics.health.set(HealthState::ShuttingDown);
         if let Some(c) = &self.shared.cluster {
             // Hand every zone over first (final writes, leases released), while still
             // answering quotes; peers forward events to the new owners.
@@ -226,10 +284,72 @@ impl Node {
     }
 }
 
+/// Feeds the metrics from the engine: every timer tick, and the gauges at each scrape. The
+/// hooks hold the node weakly, so they never keep it (or its engine) alive.
+fn observe(shared: &Arc<Shared>) {
+    let m = Arc::downgrade(&shared.metrics);
+    shared.engine.observe_ticks(move |r| {
+        if let Some(m) = m.upgrade() {
+            m.engine.tick_duration.observe(r.elapsed);
+            m.engine.snapshots_published.add(r.stats.published as u64);
+            m.engine.zones_evicted.add(r.stats.evicted as u64);
+        }
+    });
+    let weak: Weak<Shared> = Arc::downgrade(shared);
+    shared.metrics.on_scrape(move |m| {
+        let Some(s) = weak.upgrade() else { return };
+        let e = &s.engine;
+        m.requests
+            .in_flight
+            .set_u64(u64::from(s.admission.in_flight()));
+        let open = (s.limits.connections_max as usize).saturating_sub(s.open.available_permits());
+        m.requests.connections.set_u64(open as u64);
+        m.engine.zones_owned.set_u64(e.zones_live() as u64);
+        let (mut sum, mut max) = (0usize, 0usize);
+        for d in e.mailbox_depths() {
+            sum += d;
+            max = max.max(d);
+        }
+        m.engine.mailbox_depth.set_u64(sum as u64);
+        m.engine.mailbox_depth_max.set_u64(max as u64);
+        m.engine
+            .mailbox_capacity
+            .set_u64(e.config().actors.mailbox_capacity as u64);
+        let oldest = e.oldest_tick_ms();
+        let age_ms = if oldest == 0 {
+            0
+        } else {
+            e.clock().now_ms().saturating_sub(oldest)
+        };
+        m.engine.snapshot_age_seconds.set(age_ms as f64 / 1000.0);
+    });
+}
+
+/// The latency histogram a request kind is recorded in (none for `HELLO` and unknown kinds).
+fn op_of(kind: u8) -> Option<Op> {
+    use protocol::Kind as K;
+    Some(match protocol::Kind::from_byte(kind)? {
+        K::Quote => Op::Quote,
+        K::QuoteBatch => Op::QuoteBatch,
+        K::EventBatch => Op::Events,
+        K::Verify => Op::Verify,
+        K::Explain => Op::Explain,
+        K::ZoneState | K::FareGet | K::FareSet | K::PolicyGet | K::PolicySet | K::Status => {
+            Op::Admin
+        }
+        _ => return None,
+    })
+}
+
+fn tier_label(t: Tier) -> TierLabel {
+    match t {
+        Tier::Premium => TierLabel::Premium,
+        Tier::Shared => TierLabel::Shared,
+    }
+}
+
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
-    let open = Arc::new(tokio::sync::Semaphore::new(
-        shared.limits.connections_max as usize,
-    ));
+    let open = Arc::clone(&shared.open);
     while let Some(incoming) = endpoint.accept().await {
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
             warn!(remote = %incoming.remote_address(), "connection limit reached: refusing");
@@ -269,7 +389,14 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
     }
 }
 
-fn error_frame(id: u64, code: ErrorCode, message: impl Into<String>, out: &mut Vec<u8>) {
+fn error_frame(
+    metrics: &Metrics,
+    id: u64,
+    code: ErrorCode,
+    message: impl Into<String>,
+    out: &mut Vec<u8>,
+) {
+    metrics.requests.error(code);
     let m = Message::Error(msg::ErrorReply {
         code: code.code(),
         message: message.into().into_bytes(),
@@ -306,6 +433,11 @@ async fn serve_stream(
             }
         };
         inbuf.extend_from_slice(&chunk[..n]);
+        // Every request of a chunk is answered by the one write at its end: each one's
+        // latency is from here to that write. Requests are tallied by op and tier and
+        // recorded together, two clock reads per chunk, not per request.
+        let read_at = Instant::now();
+        let mut tally = [[0u32; 2]; Op::ALL.len()];
         let mut pos = 0;
         let mut admitted = 0u32;
         let mut after = After::Continue;
@@ -320,7 +452,7 @@ async fn serve_stream(
                     // Framing is lost: answer, stop reading (STOP_SENDING with the code) and
                     // finish our side once the answer is delivered.
                     let id = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-                    error_frame(id, e.code(), e.to_string(), &mut out);
+                    error_frame(&shared.metrics, id, e.code(), e.to_string(), &mut out);
                     let code = VarInt::from_u32(u32::from(e.code().code()));
                     let _ = recv.stop(code);
                     if send.write_all(&out).await.is_ok() && send.finish().is_ok() {
@@ -339,6 +471,7 @@ async fn serve_stream(
             let tier = state.tier().unwrap_or(Tier::Shared);
             if shared.stopping.load(Ordering::Acquire) {
                 error_frame(
+                    &shared.metrics,
                     header.request_id,
                     ErrorCode::ShuttingDown,
                     "node is shutting down",
@@ -347,7 +480,9 @@ async fn serve_stream(
                 continue;
             }
             if !shared.admission.try_admit(&state.load, tier) {
+                shared.metrics.requests.shed[tier_label(tier) as usize].inc();
                 error_frame(
+                    &shared.metrics,
                     header.request_id,
                     ErrorCode::Overloaded,
                     "too many requests in flight; retry with backoff",
@@ -357,6 +492,11 @@ async fn serve_stream(
             }
             admitted += 1;
             after = answer(&shared, &state, &header, body, now, &mut out).await;
+            if let Some(op) = op_of(header.kind) {
+                // The tier as authenticated (a request before HELLO counts as shared).
+                let tier = state.tier().unwrap_or(Tier::Shared);
+                tally[op as usize][tier_label(tier) as usize] += 1;
+            }
             if matches!(after, After::CloseConnection(_)) {
                 break;
             }
@@ -369,6 +509,19 @@ async fn serve_stream(
         };
         out.clear();
         shared.admission.release(&state.load, admitted);
+        if tally.iter().flatten().any(|&n| n > 0) {
+            let took = read_at.elapsed();
+            for op in Op::ALL {
+                for t in TierLabel::ALL {
+                    let n = tally[op as usize][t as usize];
+                    shared
+                        .metrics
+                        .requests
+                        .latency(op, t)
+                        .observe_n(took, u64::from(n));
+                }
+            }
+        }
         if written.is_err() {
             return;
         }
@@ -402,7 +555,7 @@ async fn answer(
     let message = match protocol::decode(header, body) {
         Ok(m) => m,
         Err(e) => {
-            error_frame(id, e.code(), e.to_string(), out);
+            error_frame(&shared.metrics, id, e.code(), e.to_string(), out);
             return After::Continue;
         }
     };
@@ -427,13 +580,20 @@ async fn answer(
             }
             None => {
                 warn!("HELLO with an unknown client token: closing the connection");
-                error_frame(id, ErrorCode::BadCredentials, "unknown client token", out);
+                error_frame(
+                    &shared.metrics,
+                    id,
+                    ErrorCode::BadCredentials,
+                    "unknown client token",
+                    out,
+                );
                 After::CloseConnection(ErrorCode::BadCredentials)
             }
         };
     }
     if state.tier().is_none() {
         error_frame(
+            &shared.metrics,
             id,
             ErrorCode::NotAuthenticated,
             "send HELLO with a client token first",
@@ -444,7 +604,7 @@ async fn answer(
     let kind = message.kind();
     if kind.is_request() && !state.role().allows(kind) {
         let text = format!("this credential ({:?}) may not send {kind:?}", state.role());
-        error_frame(id, ErrorCode::Forbidden, text, out);
+        error_frame(&shared.metrics, id, ErrorCode::Forbidden, text, out);
         return After::Continue;
     }
     let reply = match message {
@@ -466,7 +626,7 @@ async fn answer(
     };
     match reply {
         Ok(m) => protocol::encode(id, &m, out),
-        Err((code, text)) => error_frame(id, code, text, out),
+        Err((code, text)) => error_frame(&shared.metrics, id, code, text, out),
     }
     After::Continue
 }
@@ -625,6 +785,11 @@ async fn events(
             outcomes[i] = o;
         }
     }
+    let mut by_code = [0u64; 9];
+    for &o in &outcomes {
+        by_code[usize::from(o).min(8)] += 1;
+    }
+    shared.metrics.events.add_outcomes(&by_code);
     Ok(msg::EventBatchReply { outcomes })
 }
 

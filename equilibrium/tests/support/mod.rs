@@ -19,6 +19,8 @@ pub(crate) const READER: &str = "reader-test-token";
 pub(crate) struct TestNode {
     pub(crate) child: Option<Child>,
     pub(crate) addr: SocketAddr,
+    /// Where the node serves `/metrics` and `/health`.
+    pub(crate) metrics_addr: SocketAddr,
     pub(crate) dir: PathBuf,
     pub(crate) cert_der: Vec<u8>,
 }
@@ -72,6 +74,7 @@ impl TestNode {
             format!(
                 r#"listen = "{listen}"
 engine_config = "{engine}"
+metrics_listen = "127.0.0.1:0"
 cluster_key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 [tls]
 cert_path = "cert.pem"
@@ -123,14 +126,30 @@ name = "test-reader"
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        line.clear();
+        reader
+            .read_line(&mut line)
+            .expect("node prints its metrics address");
+        let metrics_addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected second line {line:?}"));
         // Keep draining stdout so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in reader.lines() {});
         Self {
             child: Some(child),
             addr,
+            metrics_addr,
             dir,
             cert_der,
         }
+    }
+
+    /// `GET path` on the node's metrics endpoint: (HTTP status, body).
+    pub(crate) fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.metrics_addr, path)
     }
 
     pub(crate) fn trust(&self) -> Trust {
@@ -180,4 +199,22 @@ fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A minimal HTTP/1.1 GET (the node answers one request per connection and closes it).
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint accepts");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("reply");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("status line in {head:?}"));
+    (status, body.to_owned())
 }

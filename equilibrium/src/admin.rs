@@ -1,0 +1,601 @@
+//! The administrative commands: `status`, `zone ID`, `fare get|set`, `policy get|set`, and
+//! what every command shares: exit codes, error hints, tables and `--json`.
+//!
+//! # Adding a command
+//!
+//! A command is an `Args` struct with a flattened [`AdminTarget`] (address, credential, TLS,
+//! `--json`) and a function that connects with [`AdminTarget::connect`], makes its requests
+//! and prints either [`Table`] rows or one JSON value ([`print_json`]). Errors are returned,
+//! not printed: `main` maps them to an exit code with [`exit_code`].
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use client::{Client, ClientError};
+use protocol::msg;
+use protocol::ErrorCode;
+use serde_json::{json, Value};
+
+use crate::net::Target;
+
+/// The sample config's admin token, the default of the admin commands.
+const ADMIN_TOKEN_DEFAULT: &str = "admin-demo-token";
+
+/// Exit codes of every command (documented in the README and `--help`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Exit {
+    /// Usage errors (bad arguments) and any other failure.
+    Failure = 1,
+    /// The node could not be reached (nothing listening, timed out, connection lost).
+    Unreachable = 2,
+    /// The node refused the credential (`bad_credentials`) or its role does not allow the
+    /// request (`forbidden`).
+    Denied = 3,
+    /// Not found or invalid: unknown zone, invalid zone, value, trip, coordinates or token.
+    Invalid = 4,
+    /// A fare table or policy version not newer than the node's (`conflict`).
+    Conflict = 5,
+    /// The node is overloaded or shutting down; retry later.
+    Busy = 6,
+}
+
+/// Classifies an error by the client error inside it.
+pub(crate) fn exit_code(e: &anyhow::Error) -> Exit {
+    let Some(ce) = e.chain().find_map(|c| c.downcast_ref::<ClientError>()) else {
+        return Exit::Failure;
+    };
+    match ce {
+        ClientError::Connection(_) | ClientError::Timeout(_) => Exit::Unreachable,
+        ClientError::Refused { .. } => match ce.code() {
+            Some(
+                ErrorCode::BadCredentials | ErrorCode::Forbidden | ErrorCode::NotAuthenticated,
+            ) => Exit::Denied,
+            Some(
+                ErrorCode::UnknownZone
+                | ErrorCode::InvalidZone
+                | ErrorCode::InvalidValue
+                | ErrorCode::InvalidTrip
+                | ErrorCode::InvalidCoordinates
+                | ErrorCode::InvalidToken
+                | ErrorCode::ExpiredToken
+                | ErrorCode::BatchTooLarge,
+            ) => Exit::Invalid,
+            Some(ErrorCode::Conflict) => Exit::Conflict,
+            Some(ErrorCode::Overloaded | ErrorCode::ShuttingDown) => Exit::Busy,
+            _ => Exit::Failure,
+        },
+        _ => Exit::Failure,
+    }
+}
+
+/// A line of advice after the error message, for the errors a person can fix.
+pub(crate) fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    let ce = e.chain().find_map(|c| c.downcast_ref::<ClientError>())?;
+    match (exit_code(e), ce.code()) {
+        (Exit::Unreachable, _) => Some(
+            "the node is unreachable: is it running, and are --addr (EQUILIBRIUM_ADDR) and its TLS settings right?",
+        ),
+        (Exit::Denied, Some(ErrorCode::Forbidden)) => Some(
+            "this credential's role does not allow that: reads need role `read` or `admin`, changes need `admin` (see [[clients]] in the node config)",
+        ),
+        (Exit::Denied, _) => Some(
+            "the node does not know this credential: check --token (EQUILIBRIUM_TOKEN) against [[clients]] in the node config",
+        ),
+        (Exit::Conflict, _) => Some(
+            "someone changed it first: read the current version and retry with a newer one",
+        ),
+        _ => None,
+    }
+}
+
+/// How an admin command reaches a node, and how it prints.
+#[derive(Debug, Args)]
+pub(crate) struct AdminTarget {
+    #[command(flatten)]
+    target: Target,
+    /// Print JSON instead of a table (for scripts).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl AdminTarget {
+    /// Connects with `--token`, or the sample config's admin token.
+    pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
+        self.target.connect_as(ADMIN_TOKEN_DEFAULT).await
+    }
+
+    /// Runs `f` against the node on a small runtime, closing the connection after.
+    fn run<T>(&self, f: impl AsyncFnOnce(&Client) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        crate::net::runtime()?.block_on(async {
+            let c = self.connect().await?;
+            let out = f(&c).await;
+            c.close().await;
+            out
+        })
+    }
+}
+
+/// Rows of `label  value`, aligned.
+#[derive(Debug, Default)]
+pub(crate) struct Table(Vec<(&'static str, String)>);
+
+impl Table {
+    pub(crate) fn row(mut self, label: &'static str, value: impl std::fmt::Display) -> Self {
+        self.0.push((label, value.to_string()));
+        self
+    }
+
+    pub(crate) fn print(&self) {
+        let w = self.0.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+        for (l, v) in &self.0 {
+            println!("{l:<w$}  {v}");
+        }
+    }
+}
+
+/// Prints one JSON value, pretty, on standard output.
+pub(crate) fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    );
+}
+
+/// Thousandths as a multiplier: `1250` → `1.250x`.
+pub(crate) fn milli(m: u32) -> String {
+    format!("{}.{:03}x", m / 1000, m % 1000)
+}
+
+/// A zone id as printed everywhere: H3 hex.
+fn zone_hex(z: u64) -> String {
+    format!("{z:x}")
+}
+
+fn parse_zone(s: &str) -> anyhow::Result<u64> {
+    let z: engine::ZoneId = s
+        .parse()
+        .with_context(|| format!("zone {s:?} (an H3 cell in hex, e.g. 881f1d4899fffff)"))?;
+    Ok(z.raw())
+}
+
+/// A multiplier given as a decimal (`2.5`) in thousandths.
+fn parse_milli(s: &str) -> Result<u32, String> {
+    let v: f64 = s
+        .trim_end_matches('x')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number like 2.5"))?;
+    if !(v.is_finite() && (0.0..=1_000.0).contains(&v)) {
+        return Err(format!("{s} is out of range"));
+    }
+    Ok((v * 1000.0).round() as u32)
+}
+
+pub(crate) fn fare_json(f: &msg::WireFare) -> Value {
+    json!({
+        "version": f.version,
+        "currency": String::from_utf8_lossy(&f.currency),
+        "base_minor": f.base_minor,
+        "per_km_minor": f.per_km_minor,
+        "per_min_minor": f.per_min_minor,
+        "minimum_minor": f.minimum_minor,
+        "surge_cap_milli": f.surge_cap_milli,
+    })
+}
+
+fn fare_table(f: &msg::WireFare, t: Table) -> Table {
+    t.row("version", f.version)
+        .row("currency", String::from_utf8_lossy(&f.currency))
+        .row("base", format!("{} (minor units)", f.base_minor))
+        .row("per km", f.per_km_minor)
+        .row("per min", f.per_min_minor)
+        .row("minimum", f.minimum_minor)
+        .row("surge cap", milli(f.surge_cap_milli))
+}
+
+pub(crate) fn token_json(t: &msg::TokenInfo) -> Value {
+    json!({
+        "quote_id": t.quote_id,
+        "zone": zone_hex(t.zone),
+        "amount_minor": t.amount_minor,
+        "currency": String::from_utf8_lossy(&t.currency),
+        "multiplier_milli": t.multiplier_milli,
+        "snapshot_version": t.snapshot_version,
+        "issued_at_ms": t.issued_at_ms,
+        "expires_at_ms": t.expires_at_ms,
+        "fare_version": t.fare_version,
+        "policy_version": t.policy_version,
+        "distance_m": t.distance_m,
+        "duration_s": t.duration_s,
+        "supply": t.supply,
+        "demand": t.demand,
+        "quotes": t.quotes,
+        "neighbour_mean_milli": t.neighbour_mean_milli,
+        "target_milli": t.target_milli,
+        "confidence_permille": t.confidence_permille,
+        "key_id": t.key_id,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// status
+
+/// Options of `equilibrium status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    to: AdminTarget,
+}
+
+pub(crate) fn status(a: StatusArgs) -> anyhow::Result<()> {
+    let s = a.to.run(async |c| Ok(c.status().await?))?;
+    if a.to.json {
+        print_json(&json!({
+            "node_id": s.node_id,
+            "uptime_ms": s.uptime_ms,
+            "zones": s.zones,
+            "in_flight": s.in_flight,
+            "shed_premium": s.shed_premium,
+            "shed_shared": s.shed_shared,
+            "policy_version": s.policy_version,
+        }));
+        return Ok(());
+    }
+    Table::default()
+        .row("node", s.node_id)
+        .row("uptime", format!("{:.1} s", s.uptime_ms as f64 / 1000.0))
+        .row("zones", s.zones)
+        .row("in flight", s.in_flight)
+        .row(
+            "shed",
+            format!("premium {}, shared {}", s.shed_premium, s.shed_shared),
+        )
+        .row("policy", format!("v{}", s.policy_version))
+        .print();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// zone
+
+/// Options of `equilibrium zone`.
+#[derive(Debug, Args)]
+pub(crate) struct ZoneArgs {
+    /// A zone (H3 cell, hex): show its hot state and current snapshot on the node.
+    #[arg(value_name = "ZONE", conflicts_with_all = ["lat", "lng"], required_unless_present_all = ["lat", "lng"])]
+    zone: Option<String>,
+    /// Or: a latitude in degrees, within [-90, 90], to find its zone locally (no node).
+    #[arg(long, allow_negative_numbers = true, requires = "lng")]
+    lat: Option<f64>,
+    /// With --lat: a longitude in degrees, within [-180, 180].
+    #[arg(long, allow_negative_numbers = true, requires = "lat")]
+    lng: Option<f64>,
+    /// With --lat/--lng: the H3 resolution (0..=15).
+    #[arg(long, default_value_t = engine::zone::RESOLUTION_DEFAULT)]
+    res: u8,
+    #[command(flatten)]
+    to: AdminTarget,
+}
+
+pub(crate) fn zone(a: ZoneArgs) -> anyhow::Result<()> {
+    let (Some(z), None, None) = (&a.zone, a.lat, a.lng) else {
+        let (Some(lat), Some(lng)) = (a.lat, a.lng) else {
+            bail!("give a ZONE, or --lat and --lng");
+        };
+        return locate(lat, lng, a.res, a.to.json);
+    };
+    let raw = parse_zone(z)?;
+    let s = a.to.run(async |c| Ok(c.zone_state(raw).await?))?;
+    if a.to.json {
+        print_json(&json!({
+            "zone": zone_hex(s.zone),
+            "snapshot_version": s.version,
+            "multiplier_milli": s.multiplier_milli,
+            "drivers": s.drivers,
+            "demand": s.demand,
+            "quotes": s.quotes,
+            "accepted": s.accepted,
+            "dedupe_ids": s.dedupe_ids,
+            "last_event_ms": s.last_event_ms,
+            "fare": fare_json(&s.fare),
+        }));
+        return Ok(());
+    }
+    let f = &s.fare;
+    Table::default()
+        .row("zone", zone_hex(s.zone))
+        .row(
+            "snapshot",
+            format!("v{}, multiplier {}", s.version, milli(s.multiplier_milli)),
+        )
+        .row("drivers", format!("{} available", s.drivers))
+        .row("demand", format!("{} signals in the window", s.demand))
+        .row("quotes", format!("{} in the window", s.quotes))
+        .row("accepted", format!("{} trips in the window", s.accepted))
+        .row("dedupe ids", s.dedupe_ids)
+        .row(
+            "last event",
+            format!("{} (ms since epoch)", s.last_event_ms),
+        )
+        .row(
+            "fare",
+            format!(
+                "v{}: base {}, per km {}, per min {}, minimum {}, cap {} ({})",
+                f.version,
+                f.base_minor,
+                f.per_km_minor,
+                f.per_min_minor,
+                f.minimum_minor,
+                milli(f.surge_cap_milli),
+                String::from_utf8_lossy(&f.currency)
+            ),
+        )
+        .print();
+    Ok(())
+}
+
+/// `zone --lat --lng`: the H3 cell of a point and its neighbours, computed locally.
+fn locate(lat: f64, lng: f64, res: u8, json: bool) -> anyhow::Result<()> {
+    let z = engine::ZoneId::from_lat_lng(lat, lng, res)?;
+    let (clat, clng) = z.center();
+    let n: Vec<String> = z.neighbours().iter().map(|n| n.to_string()).collect();
+    if json {
+        print_json(&json!({
+            "zone": z.to_string(),
+            "resolution": z.resolution(),
+            "centre": [clat, clng],
+            "neighbours": n,
+        }));
+        return Ok(());
+    }
+    Table::default()
+        .row("zone", z)
+        .row("resolution", z.resolution())
+        .row("centre", format!("{clat:.6}, {clng:.6}"))
+        .row("neighbours", n.join(" "))
+        .print();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// fare
+
+/// `equilibrium fare`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum FareCommand {
+    /// Show a zone's fare table (role `read` or `admin`).
+    Get {
+        /// The zone (H3 cell, hex).
+        zone: String,
+        #[command(flatten)]
+        to: AdminTarget,
+    },
+    /// Change a zone's fare table (role `admin`). Fields not given keep their current
+    /// values; the version defaults to the current one plus 1. Prints the new version once
+    /// the zone applied it (quotes use it from the next tick).
+    Set(FareSetArgs),
+}
+
+/// Options of `equilibrium fare set`.
+#[derive(Debug, Args)]
+pub(crate) struct FareSetArgs {
+    /// The zone (H3 cell, hex).
+    zone: String,
+    /// The new version; must be newer than the zone's (default: current + 1).
+    #[arg(long)]
+    version: Option<u32>,
+    /// Base fare, minor units.
+    #[arg(long)]
+    base: Option<u32>,
+    /// Per kilometre, minor units.
+    #[arg(long)]
+    per_km: Option<u32>,
+    /// Per minute, minor units.
+    #[arg(long)]
+    per_min: Option<u32>,
+    /// Minimum fare, minor units.
+    #[arg(long)]
+    minimum: Option<u32>,
+    /// Surge cap as a multiplier, e.g. 2.5.
+    #[arg(long, value_parser = parse_milli)]
+    cap: Option<u32>,
+    /// Currency, three letters (ISO 4217), e.g. EUR.
+    #[arg(long)]
+    currency: Option<String>,
+    #[command(flatten)]
+    to: AdminTarget,
+}
+
+pub(crate) fn fare(cmd: FareCommand) -> anyhow::Result<()> {
+    match cmd {
+        FareCommand::Get { zone, to } => {
+            let raw = parse_zone(&zone)?;
+            let f = to.run(async |c| Ok(c.fare_get(raw).await?))?;
+            if to.json {
+                let mut j = fare_json(&f);
+                j["zone"] = json!(zone_hex(raw));
+                print_json(&j);
+            } else {
+                fare_table(&f, Table::default().row("zone", zone_hex(raw))).print();
+            }
+            Ok(())
+        }
+        FareCommand::Set(a) => {
+            let raw = parse_zone(&a.zone)?;
+            let currency = match &a.currency {
+                Some(c) => {
+                    let b: [u8; 3] = c
+                        .as_bytes()
+                        .try_into()
+                        .ok()
+                        .filter(|b: &[u8; 3]| b.iter().all(u8::is_ascii_uppercase))
+                        .with_context(|| {
+                            format!("--currency {c:?}: three upper-case letters, e.g. EUR")
+                        })?;
+                    Some(b)
+                }
+                None => None,
+            };
+            let f = a.to.run(async |c| {
+                let cur = c.fare_get(raw).await?;
+                let new = msg::WireFare {
+                    version: a.version.unwrap_or(cur.version.saturating_add(1)),
+                    base_minor: a.base.unwrap_or(cur.base_minor),
+                    per_km_minor: a.per_km.unwrap_or(cur.per_km_minor),
+                    per_min_minor: a.per_min.unwrap_or(cur.per_min_minor),
+                    minimum_minor: a.minimum.unwrap_or(cur.minimum_minor),
+                    surge_cap_milli: a.cap.unwrap_or(cur.surge_cap_milli),
+                    currency: currency.unwrap_or(cur.currency),
+                };
+                c.fare_set(raw, new).await?;
+                Ok(new)
+            })?;
+            if a.to.json {
+                let mut j = fare_json(&f);
+                j["zone"] = json!(zone_hex(raw));
+                print_json(&j);
+            } else {
+                println!("zone {} now has fare table v{}", zone_hex(raw), f.version);
+                fare_table(&f, Table::default()).print();
+            }
+            Ok(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// policy
+
+/// `equilibrium policy`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Show the surge policy (role `read` or `admin`).
+    Get {
+        #[command(flatten)]
+        to: AdminTarget,
+    },
+    /// Change the surge policy on every zone of the node (role `admin`). Fields not given
+    /// keep their current values; the version defaults to the current one plus 1.
+    Set(PolicySetArgs),
+}
+
+/// Options of `equilibrium policy set` (meanings as in configs/engine.toml `[policy]`).
+#[derive(Debug, Args)]
+pub(crate) struct PolicySetArgs {
+    /// The new version; must be newer than the node's (default: current + 1).
+    #[arg(long)]
+    version: Option<u32>,
+    /// Demand/supply ratio at which surge starts.
+    #[arg(long)]
+    ratio_threshold: Option<f64>,
+    /// Multiplier added per unit of ratio above the threshold.
+    #[arg(long)]
+    sensitivity: Option<f64>,
+    /// How much one quote counts as demand.
+    #[arg(long)]
+    quote_demand_weight: Option<f64>,
+    /// EWMA weight of the newest target, (0, 1].
+    #[arg(long)]
+    ewma_alpha: Option<f64>,
+    /// Weight of the neighbours' mean multiplier, [0, 1).
+    #[arg(long)]
+    neighbour_weight: Option<f64>,
+    /// Supply counts as at least this many drivers.
+    #[arg(long)]
+    supply_floor: Option<u32>,
+    /// Highest multiplier, e.g. 3.0.
+    #[arg(long, value_parser = parse_milli)]
+    cap: Option<u32>,
+    /// Dead band for reversals, as a multiplier difference, e.g. 0.05.
+    #[arg(long, value_parser = parse_milli)]
+    hysteresis: Option<u32>,
+    /// Largest change per tick, as a multiplier difference, e.g. 0.1.
+    #[arg(long, value_parser = parse_milli)]
+    step_max: Option<u32>,
+    /// Observations for full confidence.
+    #[arg(long)]
+    confidence_full_at: Option<u32>,
+    /// Ticks against the trend before a small reversal.
+    #[arg(long)]
+    reversal_dwell_ticks: Option<u16>,
+    #[command(flatten)]
+    to: AdminTarget,
+}
+
+fn policy_json(p: &msg::WirePolicy) -> Value {
+    json!({
+        "version": p.version,
+        "ratio_threshold": p.ratio_threshold,
+        "sensitivity": p.sensitivity,
+        "quote_demand_weight": p.quote_demand_weight,
+        "ewma_alpha": p.ewma_alpha,
+        "neighbour_weight": p.neighbour_weight,
+        "supply_floor": p.supply_floor,
+        "cap_milli": p.cap_milli,
+        "hysteresis_milli": p.hysteresis_milli,
+        "step_max_milli": p.step_max_milli,
+        "confidence_full_at": p.confidence_full_at,
+        "reversal_dwell_ticks": p.reversal_dwell_ticks,
+    })
+}
+
+fn policy_table(p: &msg::WirePolicy) {
+    Table::default()
+        .row("version", p.version)
+        .row("ratio threshold", p.ratio_threshold)
+        .row("sensitivity", p.sensitivity)
+        .row("quote weight", p.quote_demand_weight)
+        .row("ewma alpha", p.ewma_alpha)
+        .row("neighbour weight", p.neighbour_weight)
+        .row("supply floor", p.supply_floor)
+        .row("cap", milli(p.cap_milli))
+        .row("hysteresis", milli(p.hysteresis_milli))
+        .row("step max", milli(p.step_max_milli))
+        .row(
+            "confidence at",
+            format!("{} observations", p.confidence_full_at),
+        )
+        .row(
+            "reversal dwell",
+            format!("{} ticks", p.reversal_dwell_ticks),
+        )
+        .print();
+}
+
+pub(crate) fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
+    let (p, to, changed) = match cmd {
+        PolicyCommand::Get { to } => (to.run(async |c| Ok(c.policy_get().await?))?, to, false),
+        PolicyCommand::Set(a) => {
+            let p = a.to.run(async |c| {
+                let cur = c.policy_get().await?;
+                let new = msg::WirePolicy {
+                    version: a.version.unwrap_or(cur.version.saturating_add(1)),
+                    ratio_threshold: a.ratio_threshold.unwrap_or(cur.ratio_threshold),
+                    sensitivity: a.sensitivity.unwrap_or(cur.sensitivity),
+                    quote_demand_weight: a.quote_demand_weight.unwrap_or(cur.quote_demand_weight),
+                    ewma_alpha: a.ewma_alpha.unwrap_or(cur.ewma_alpha),
+                    neighbour_weight: a.neighbour_weight.unwrap_or(cur.neighbour_weight),
+                    supply_floor: a.supply_floor.unwrap_or(cur.supply_floor),
+                    cap_milli: a.cap.unwrap_or(cur.cap_milli),
+                    hysteresis_milli: a.hysteresis.unwrap_or(cur.hysteresis_milli),
+                    step_max_milli: a.step_max.unwrap_or(cur.step_max_milli),
+                    confidence_full_at: a.confidence_full_at.unwrap_or(cur.confidence_full_at),
+                    reversal_dwell_ticks: a
+                        .reversal_dwell_ticks
+                        .unwrap_or(cur.reversal_dwell_ticks),
+                };
+                c.policy_set(new).await?;
+                Ok(new)
+            })?;
+            (p, a.to, true)
+        }
+    };
+    if to.json {
+        print_json(&policy_json(&p));
+    } else {
+        if changed {
+            println!("surge policy is now v{}", p.version);
+        }
+        policy_table(&p);
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! Observability for Equilibrium nodes: what a node counts, how Prometheus reads it, and how
+//! it logs.
+//!
+//! # Layout
+//!
+//! - [`metric`]: the primitives: [`Counter`], [`Gauge`], [`Histogram`]. Plain atomics with
+//!   relaxed ordering, fixed at construction: recording never locks and never allocates, so
+//!   the quote path can afford it.
+//! - [`registry`]: [`Metrics`], every metric a node exports, grouped by who feeds it
+//!   (requests, events, engine, cluster, Redis), and its rendering in the Prometheus text
+//!   format 0.0.4.
+//! - [`health`]: [`Health`], the node's readiness as `/health` reports it.
+//! - [`http`]: a tiny GET-only HTTP/1.1 server for `/metrics` and `/health`, with a bounded
+//!   connection count, request size and time.
+//! - [`logs`]: the `tracing` subscriber, human or JSON, with `RUST_LOG` overriding the level.
+//!
+//! # What this crate is not
+//!
+//! It knows nothing of the engine, the protocol or the cluster: they feed it numbers (or
+//! register scrape hooks that read theirs), it does not reach into them.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod health;
+pub mod http;
+pub mod logs;
+pub mod metric;
+pub mod registry;
+
+pub use health::{Health, HealthState};
+pub use metric::{Counter, Gauge, Histogram};
+pub use registry::{Metrics, Op, TierLabel};
