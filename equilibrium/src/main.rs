@@ -1,10 +1,11 @@
 //! `equilibrium`: the one binary of the project: the node, the client commands, the engine
-//! demo and small tools; later issues add `sim` and the admin commands.
+//! demo, the traffic simulator (`sim`) and small tools.
 
 #![forbid(unsafe_code)]
 
 mod demo;
 mod net;
+mod sim_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,13 @@ enum Command {
         #[arg(long, default_value_t = engine::zone::RESOLUTION_DEFAULT)]
         res: u8,
     },
+    /// Traffic simulator: generate, import and replay traces; run load scenarios and
+    /// report latency, throughput and errors against the objectives.
+    ///
+    /// Quick start against a development node (self-signed certificate):
+    ///   equilibrium sim run --scenario configs/scenarios/normal.toml --node 127.0.0.1:7400 --insecure --json report.json --svg report.svg
+    #[command(subcommand)]
+    Sim(sim_cmd::SimCommand),
     /// Work with engine configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -95,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SendEvents(args) => net::send_events(args),
         Command::Verify(args) => net::verify(args),
         Command::Explain(args) => net::explain(args),
+        Command::Sim(cmd) => sim_cmd::run(cmd),
         Command::Zone { lat, lng, res } => {
             let z = ZoneId::from_lat_lng(lat, lng, res)?;
             let (clat, clng) = z.center();

@@ -314,6 +314,113 @@ struct Pool {
     event: [Vec<Vec<Client>>; 2],
 }
 
+/// Event batches queued per event connection before new ones count as
+/// `sim_in_flight_limit`.
+const EVENT_QUEUE_LEN: usize = 16_384;
+
+/// Most events in one wire batch when queued batches are merged (the node's default
+/// `batch_len_max`; the node's own limit applies when lower).
+const MERGED_EVENTS_MAX: usize = 4_096;
+
+/// A batch of events due at `due`, waiting for its connection.
+#[derive(Debug)]
+struct EventJob {
+    events: Vec<WireEvent>,
+    tier: Tier,
+    due: Instant,
+    series_us: u64,
+    /// The replay window's permit (`Speed::Max`), held until answered.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// One event connection's sender: one wire batch in flight at a time, so a zone's events
+/// reach the node in schedule order; batches that fall due meanwhile are merged into the
+/// next wire batch (up to the node's batch limit), so throughput does not suffer. Each
+/// merged batch is still recorded as its own request with its own latency.
+async fn event_sender(
+    client: Client,
+    mut rx: tokio::sync::mpsc::Receiver<EventJob>,
+    shared: Arc<Shared>,
+) {
+    let cap = match client.welcome().await {
+        Ok(w) => (w.batch_len_max as usize).clamp(1, MERGED_EVENTS_MAX),
+        Err(_) => MERGED_EVENTS_MAX,
+    };
+    let mut carry: Option<EventJob> = None;
+    loop {
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        let mut n = first.events.len();
+        let mut jobs = vec![first];
+        while n < cap {
+            match rx.try_recv() {
+                Ok(j) if n + j.events.len() <= cap => {
+                    n += j.events.len();
+                    jobs.push(j);
+                }
+                Ok(j) => {
+                    carry = Some(j);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let mut all = Vec::with_capacity(n);
+        for j in &jobs {
+            all.extend_from_slice(&j.events);
+        }
+        let result = client.send_events(all).await;
+        let mut rec = shared.rec();
+        let mut at = 0;
+        for j in jobs {
+            let latency_us = j.due.elapsed().as_micros() as u64;
+            let error = match &result {
+                Ok(outcomes) => {
+                    for x in outcomes.iter().skip(at).take(j.events.len()) {
+                        rec.event_outcomes[usize::from(*x).min(8)] += 1;
+                    }
+                    at += j.events.len();
+                    None
+                }
+                Err(e) => Some(error_name(e)),
+            };
+            let failed = error.is_some();
+            rec.done(Kind::Events, j.tier, j.series_us, latency_us, error);
+            if failed {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared.answered.fetch_add(1, Ordering::Relaxed);
+            }
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            drop(j.permit);
+        }
+    }
+}
+
+/// The senders of the event connections, per tier, per node.
+type EventQueues = [Vec<Vec<tokio::sync::mpsc::Sender<EventJob>>>; 2];
+
+fn start_event_senders(pool: &Pool, shared: &Arc<Shared>) -> EventQueues {
+    let mut out: EventQueues = [Vec::new(), Vec::new()];
+    for tier in Tier::ALL {
+        for node in &pool.event[tier as usize] {
+            let mut senders = Vec::new();
+            for c in node {
+                let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE_LEN);
+                tokio::spawn(event_sender(c.clone(), rx, Arc::clone(shared)));
+                senders.push(tx);
+            }
+            out[tier as usize].push(senders);
+        }
+    }
+    out
+}
+
 impl Pool {
     async fn connect(target: &Target, c: &Connections) -> anyhow::Result<Self> {
         if target.nodes.is_empty() {
@@ -358,11 +465,8 @@ impl Pool {
         Ok(pool)
     }
 
-    fn pick(&self, r: &Request) -> &Client {
-        let conns = match r.body {
-            Body::Quote(_) => &self.quote[r.tier as usize][r.node],
-            Body::Events(_) => &self.event[r.tier as usize][r.node],
-        };
+    fn quote_client(&self, r: &Request) -> &Client {
+        let conns = &self.quote[r.tier as usize][r.node];
         &conns[r.conn % conns.len()]
     }
 
@@ -549,6 +653,7 @@ pub(crate) async fn run_records(
         due_us: AtomicU64::new(0),
     });
     let planner = Planner::new(records, target.nodes.len(), conns.clone());
+    let queues = start_event_senders(&pool, &shared);
     let handle = tokio::runtime::Handle::current();
     let started_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -566,7 +671,18 @@ pub(crate) async fn run_records(
         let handle = handle.clone();
         std::thread::Builder::new()
             .name("sim-dispatch".into())
-            .spawn(move || dispatch(planner, handle, shared, pool, start, speed, in_flight_max))
+            .spawn(move || {
+                dispatch(
+                    planner,
+                    handle,
+                    shared,
+                    pool,
+                    queues,
+                    start,
+                    speed,
+                    in_flight_max,
+                )
+            })
             .context("starting the dispatcher thread")?
     };
     let dispatched = tokio::task::spawn_blocking(move || dispatcher.join())
@@ -650,6 +766,7 @@ fn dispatch<I: Iterator<Item = anyhow::Result<Record>>>(
     handle: tokio::runtime::Handle,
     shared: Arc<Shared>,
     pool: Arc<Pool>,
+    queues: EventQueues,
     start: Instant,
     speed: Speed,
     in_flight_max: usize,
@@ -703,38 +820,50 @@ fn dispatch<I: Iterator<Item = anyhow::Result<Record>>>(
             continue;
         }
         shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        let client = pool.pick(&req).clone();
-        let shared = Arc::clone(&shared);
         let tier = req.tier;
-        handle.spawn(async move {
-            let (error, outcomes) = match req.body {
-                Body::Quote(q) => (client.quote(q).await.err().map(|e| error_name(&e)), None),
-                Body::Events(ev) => match client.send_events(ev).await {
-                    Ok(o) => (None, Some(o)),
-                    Err(e) => (Some(error_name(&e)), None),
-                },
-            };
-            let latency_us = due.elapsed().as_micros() as u64;
-            {
-                let mut rec = shared.rec();
-                if let Some(o) = outcomes {
-                    for x in o {
-                        rec.event_outcomes[usize::from(x).min(8)] += 1;
-                    }
-                }
-                let failed = error.is_some();
-                rec.done(kind, tier, series_us, latency_us, error);
-                if failed {
+        let q = match req.body {
+            Body::Events(events) => {
+                let job = EventJob {
+                    events,
+                    tier,
+                    due,
+                    series_us,
+                    permit,
+                };
+                let tx =
+                    &queues[tier as usize][req.node][req.conn % conns_len(&queues, tier, req.node)];
+                if tx.try_send(job).is_err() {
+                    shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    shared
+                        .rec()
+                        .done(kind, tier, series_us, 0, Some(SIM_IN_FLIGHT_LIMIT.into()));
                     shared.errors.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    shared.answered.fetch_add(1, Ordering::Relaxed);
                 }
+                continue;
+            }
+            Body::Quote(q) => q,
+        };
+        let client = pool.quote_client(&req).clone();
+        let shared = Arc::clone(&shared);
+        handle.spawn(async move {
+            let error = client.quote(q).await.err().map(|e| error_name(&e));
+            let latency_us = due.elapsed().as_micros() as u64;
+            let failed = error.is_some();
+            shared.rec().done(kind, tier, series_us, latency_us, error);
+            if failed {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared.answered.fetch_add(1, Ordering::Relaxed);
             }
             shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             drop(permit);
         });
     }
     Ok(())
+}
+
+fn conns_len(q: &EventQueues, tier: Tier, node: usize) -> usize {
+    q[tier as usize][node].len()
 }
 
 fn progress_bar(shared: &Shared, stop: &AtomicBool, start: Instant, expected_s: Option<f64>) {
