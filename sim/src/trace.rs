@@ -563,6 +563,29 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_trace_md_is_what_the_writer_writes() {
+        let bytes = encode(&[Record {
+            at_us: 1_500,
+            tier: Tier::Premium,
+            op: Op::Quote {
+                zone: 0x881f1d4899fffff,
+                distance_m: 4_200,
+                duration_s: 600,
+            },
+        }]);
+        let body = &bytes[16 + 4..];
+        assert_eq!(
+            &body[..16],
+            &[
+                0x01, 0xff, 0xff, 0x9f, 0x89, 0xd4, 0xf1, 0x81, 0x08, 0x10, 0xdc, 0x0b, 0x00, 0xe8,
+                0x20, 0xd8
+            ]
+        );
+        assert_eq!(body[16], 0x04);
+        assert_eq!(body[17], TAG_END);
+    }
+
+    #[test]
     fn out_of_order_records_are_refused_by_the_writer() {
         let mut s = sample();
         s.swap(0, 1);
