@@ -76,7 +76,8 @@ pub async fn run_scenario(
 }
 
 /// Runs a capacity search: steps of `capacity.step_s` at `start_users`, then
-/// `step_factor` times more each step, until an objective breaks or `steps_max`. The
+/// `step_factor` times more each step, until an objective breaks (confirmed by
+/// `confirm_runs` more runs of the step) or `steps_max`. The
 /// report is that of the last step that held (or the first step when none did), with the
 /// steps attached.
 pub async fn run_capacity(
@@ -112,7 +113,20 @@ pub async fn run_capacity(
         if opts.progress {
             eprintln!("{}: offering {:.0} req/s", o.name, step.offered_per_s());
         }
-        let r = run_scenario(&step, target, &o).await?;
+        let mut r = run_scenario(&step, target, &o).await?;
+        for retry in 0..search.confirm_runs {
+            if r.pass {
+                break;
+            }
+            if opts.progress {
+                eprintln!(
+                    "{}: broke an objective; confirming (run {})",
+                    o.name,
+                    retry + 2
+                );
+            }
+            r = run_scenario(&step, target, &o).await?;
+        }
         let q = |tier: &str| r.kind("quote", tier).map_or(0, |k| k.latency_us.p99);
         steps.push(report::CapacityStep {
             users: step.config.users,

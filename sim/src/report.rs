@@ -179,6 +179,9 @@ pub struct Report {
     pub event_outcomes: BTreeMap<String, u64>,
     /// Requests shed by the nodes (`overloaded`).
     pub shed: Shed,
+    /// How late the simulator sent requests after their scheduled time: its own share of
+    /// every latency (large values mean the machine running the simulator was saturated).
+    pub sim_lag_us: Latency,
     /// The objectives (empty for a replay without objectives).
     pub objectives: Vec<Objective>,
     /// Every objective held.
@@ -320,6 +323,7 @@ pub(crate) fn build(rec: &Recorder, m: Meta) -> Report {
             shared: shed[1],
             shared_percent: 100.0 * ratio(shed[1], tier_sent[1]),
         },
+        sim_lag_us: latency(&rec.lag_us),
         objectives: Vec::new(),
         pass: true,
         series,
@@ -474,6 +478,14 @@ impl Report {
             s,
             "shed (overloaded): premium {}, shared {} ({:.2}% of shared)",
             self.shed.premium, self.shed.shared, self.shed.shared_percent
+        );
+        let _ = writeln!(
+            s,
+            "simulator send lag (ms after schedule): p50 {}, p99 {}, p999 {}, max {}",
+            ms(self.sim_lag_us.p50),
+            ms(self.sim_lag_us.p99),
+            ms(self.sim_lag_us.p999),
+            ms(self.sim_lag_us.max)
         );
         if let Some(c) = &self.capacity {
             let _ = writeln!(

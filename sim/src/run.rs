@@ -531,6 +531,9 @@ pub(crate) struct Recorder {
     pub(crate) event_outcomes: [u64; 9],
     pub(crate) events_sent: u64,
     pub(crate) last_due_us: u64,
+    /// How late the dispatcher sent requests after their scheduled time (the simulator's
+    /// own lag, already inside every latency).
+    pub(crate) lag_us: Histogram<u64>,
 }
 
 /// Seconds of series kept at most (longer runs fold the rest into the last second).
@@ -550,6 +553,7 @@ impl Recorder {
             event_outcomes: [0; 9],
             events_sent: 0,
             last_due_us: 0,
+            lag_us: hist(),
         }
     }
 
@@ -561,7 +565,8 @@ impl Recorder {
         &mut self.series[i]
     }
 
-    fn sent(&mut self, kind: Kind, tier: Tier, due_us: u64, events: usize) {
+    fn sent(&mut self, kind: Kind, tier: Tier, due_us: u64, events: usize, lag_us: u64) {
+        self.lag_us.saturating_record(lag_us.max(1));
         self.cells[kind as usize][tier as usize].sent += 1;
         self.events_sent += events as u64;
         self.last_due_us = self.last_due_us.max(due_us);
@@ -806,7 +811,10 @@ fn dispatch<I: Iterator<Item = anyhow::Result<Record>>>(
             Body::Events(e) => e.len(),
             Body::Quote(_) => 0,
         };
-        shared.rec().sent(kind, req.tier, series_us, n_events);
+        let lag_us = due.elapsed().as_micros() as u64;
+        shared
+            .rec()
+            .sent(kind, req.tier, series_us, n_events, lag_us);
         shared.sent.fetch_add(1, Ordering::Relaxed);
         if shared.in_flight.load(Ordering::Acquire) >= in_flight_max {
             shared.rec().done(

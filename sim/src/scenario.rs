@@ -129,6 +129,14 @@ pub struct CapacitySearch {
     pub step_s: f64,
     /// Most steps.
     pub steps_max: u32,
+    /// A step that breaks an objective is run again this many times; it counts as broken
+    /// only if every run breaks (a shared machine's hiccup does not end the search).
+    #[serde(default = "default_confirm_runs")]
+    pub confirm_runs: u32,
+}
+
+fn default_confirm_runs() -> u32 {
+    1
 }
 
 impl ScenarioConfig {
