@@ -1,11 +1,12 @@
 //! `equilibrium`: the one binary of the project: the node, the client and admin commands,
-//! the engine demo and small tools; a later issue adds `sim`.
+//! the engine demo, the traffic simulator (`sim`) and small tools.
 
 #![forbid(unsafe_code)]
 
 mod admin;
 mod demo;
 mod net;
+mod sim_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +63,13 @@ enum Command {
     /// Read or change the surge policy.
     #[command(subcommand)]
     Policy(admin::PolicyCommand),
+    /// Traffic simulator: generate, import and replay traces; run load scenarios and
+    /// report latency, throughput and errors against the objectives.
+    ///
+    /// Quick start against a development node (self-signed certificate):
+    ///   equilibrium sim run --scenario configs/scenarios/normal.toml --node 127.0.0.1:7400 --insecure --json report.json --svg report.svg
+    #[command(subcommand)]
+    Sim(sim_cmd::SimCommand),
     /// Work with engine configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -121,6 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SendEvents(args) => net::send_events(args),
         Command::Verify(args) => net::verify(args),
         Command::Explain(args) => net::explain(args),
+        Command::Sim(cmd) => sim_cmd::run(cmd),
         Command::Status(args) => admin::status(args),
         Command::Zone(args) => admin::zone(args),
         Command::Fare(cmd) => admin::fare(cmd),

@@ -94,7 +94,7 @@ impl Target {
     }
 }
 
-fn pem_certificates(pem: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+pub(crate) fn pem_certificates(pem: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     use rustls_pki::pem::PemObject;
     let certs: Result<Vec<_>, _> =
         rustls_pki::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();

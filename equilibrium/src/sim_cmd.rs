@@ -1,0 +1,342 @@
+//! `equilibrium sim ...`: the traffic simulator's commands (the `sim` crate does the work).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use client::Trust;
+use sim::trace::{self, Op, Tier};
+
+/// The simulator's commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SimCommand {
+    /// Generate a trace from a synthetic city (seeded: same city and seed, same bytes).
+    Generate {
+        /// City configuration (area, hotspots, rush hours, drivers, riders, trips).
+        #[arg(long, default_value = "configs/city.toml")]
+        city: PathBuf,
+        /// Seed (default: the city file's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Trace length in seconds (default: the city's `clock.duration_s`).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Where to write the trace (.eqt, see sim/TRACE.md).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Expand an aggregated demand profile (trips per 15-minute slot per origin/destination
+    /// zone pair, CSV) into a trace: Poisson arrivals within each slot.
+    ImportProfile {
+        /// Profile CSV: `slot,origin,destination,trips` (slot as HH:MM).
+        #[arg(long)]
+        profile: PathBuf,
+        /// Centroid CSV: `zone,lat,lng`.
+        #[arg(long)]
+        centroids: PathBuf,
+        /// Where to write the trace.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the arrivals.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Trace seconds per 15-minute slot (900 keeps real time; 60 replays a day in 96 min).
+        #[arg(long, default_value_t = 900.0)]
+        slot_seconds: f64,
+        /// Share of riders on the premium tier.
+        #[arg(long, default_value_t = 0.3)]
+        premium_share: f64,
+        /// H3 resolution of zones (the node's).
+        #[arg(long, default_value_t = engine::zone::RESOLUTION_DEFAULT)]
+        resolution: u8,
+    },
+    /// Print a trace's header and what it holds.
+    Info {
+        /// The trace.
+        trace: PathBuf,
+    },
+    /// Replay a trace against nodes at 1x, Nx or as fast as possible.
+    Replay {
+        /// The trace.
+        trace: PathBuf,
+        #[command(flatten)]
+        target: SimTarget,
+        /// `1` (real time), any factor such as `10`, or `max` (as fast as the nodes answer,
+        /// 1,024 requests in flight).
+        #[arg(long, default_value = "1")]
+        speed: String,
+        #[command(flatten)]
+        out: Outputs,
+    },
+    /// Run a load scenario (open loop) and report against its objectives. A scenario with a
+    /// [capacity] section runs the capacity search.
+    Run {
+        /// Scenario file (configs/scenarios/*.toml).
+        #[arg(long)]
+        scenario: PathBuf,
+        #[command(flatten)]
+        target: SimTarget,
+        /// Override the scenario's duration (seconds at full load; a capacity step's length).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Override the scenario's ramp-up (seconds).
+        #[arg(long)]
+        ramp_up: Option<f64>,
+        /// Override the number of users.
+        #[arg(long)]
+        users: Option<u32>,
+        /// Exit with status 2 when an objective fails.
+        #[arg(long)]
+        strict: bool,
+        #[command(flatten)]
+        out: Outputs,
+    },
+}
+
+/// The nodes and credentials.
+#[derive(Debug, Args)]
+pub(crate) struct SimTarget {
+    /// Node addresses, comma-separated; traffic is spread over them by zone.
+    #[arg(long, value_delimiter = ',', required = true)]
+    node: Vec<SocketAddr>,
+    /// Premium-tier client token.
+    #[arg(
+        long,
+        env = "EQUILIBRIUM_PREMIUM_TOKEN",
+        default_value = "premium-demo-token"
+    )]
+    premium_token: String,
+    /// Shared-tier client token.
+    #[arg(
+        long,
+        env = "EQUILIBRIUM_SHARED_TOKEN",
+        default_value = "shared-demo-token"
+    )]
+    shared_token: String,
+    /// Trust node certificates signed by this CA (PEM).
+    #[arg(long, env = "EQUILIBRIUM_CA")]
+    ca: Option<PathBuf>,
+    /// Accept any node certificate (development nodes with a self-signed certificate).
+    #[arg(long, env = "EQUILIBRIUM_INSECURE")]
+    insecure: bool,
+    /// TLS server name.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// No progress bar on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Report files.
+#[derive(Debug, Args)]
+pub(crate) struct Outputs {
+    /// Write the report as JSON (schema: sim/REPORT.md).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a latency and throughput chart (SVG).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+impl SimTarget {
+    fn target(&self) -> anyhow::Result<sim::Target> {
+        let trust = match (&self.ca, self.insecure) {
+            (Some(ca), _) => {
+                let pem = std::fs::read_to_string(ca)
+                    .with_context(|| format!("reading {}", ca.display()))?;
+                Trust::Roots(
+                    crate::net::pem_certificates(&pem)
+                        .with_context(|| format!("in {}", ca.display()))?,
+                )
+            }
+            (None, true) => Trust::InsecureAnyCertificate,
+            (None, false) => bail!(
+                "no way to verify the nodes: pass --ca FILE, or --insecure for development nodes"
+            ),
+        };
+        Ok(sim::Target {
+            nodes: self.node.clone(),
+            trust,
+            server_name: self.server_name.clone(),
+            premium_token: self.premium_token.clone(),
+            shared_token: self.shared_token.clone(),
+        })
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn write_outputs(report: &sim::Report, out: &Outputs) -> anyhow::Result<()> {
+    report.print_table();
+    if let Some(p) = &out.json {
+        std::fs::write(p, report.to_json()).with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("report: {}", p.display());
+    }
+    if let Some(p) = &out.svg {
+        std::fs::write(p, report.to_svg()).with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("chart: {}", p.display());
+    }
+    Ok(())
+}
+
+pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
+    match cmd {
+        SimCommand::Generate {
+            city,
+            seed,
+            duration,
+            out,
+        } => {
+            let cfg = sim::city::CityConfig::load(&city)?;
+            let seed = seed.unwrap_or(cfg.seed);
+            let c = sim::city::City::new(cfg)?;
+            let meta = format!(
+                "city {} ({}), seed {seed}, {} zones",
+                c.config().name,
+                city.display(),
+                c.zones().len()
+            );
+            let n = trace::write_file(
+                &out,
+                c.config().resolution,
+                &meta,
+                sim::city::CityTrace::new(&c, seed, duration),
+            )?;
+            let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            println!("{}: {n} records, {bytes} bytes ({meta})", out.display());
+            Ok(())
+        }
+        SimCommand::ImportProfile {
+            profile,
+            centroids,
+            out,
+            seed,
+            slot_seconds,
+            premium_share,
+            resolution,
+        } => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            let rows = sim::profile::parse_profile(&read(&profile)?)
+                .with_context(|| format!("in {}", profile.display()))?;
+            let cents = sim::profile::parse_centroids(&read(&centroids)?)
+                .with_context(|| format!("in {}", centroids.display()))?;
+            let opts = sim::profile::ExpandOptions {
+                seed,
+                slot_seconds,
+                resolution,
+                premium_share,
+                ..Default::default()
+            };
+            let records = sim::profile::expand(&rows, &cents, &opts)?;
+            let meta = format!(
+                "profile {} with centroids {}, seed {seed}, {slot_seconds} s per slot",
+                profile.display(),
+                centroids.display()
+            );
+            let n = trace::write_file(&out, resolution, &meta, records)?;
+            println!("{}: {n} records ({meta})", out.display());
+            Ok(())
+        }
+        SimCommand::Info { trace: path } => {
+            let r = trace::open_file(&path)?;
+            println!("format      v{}", r.header().version);
+            println!("resolution  {}", r.header().resolution);
+            println!("meta        {}", r.header().meta);
+            let (mut quotes, mut events, mut premium, mut last, mut zones) =
+                (0u64, 0u64, 0u64, 0u64, std::collections::HashSet::new());
+            for rec in r {
+                let rec = rec?;
+                match rec.op {
+                    Op::Quote { .. } => quotes += 1,
+                    Op::Event(_) => events += 1,
+                }
+                if rec.tier == Tier::Premium {
+                    premium += 1;
+                }
+                zones.insert(rec.op.zone());
+                last = rec.at_us;
+            }
+            println!("length      {:.3} s", last as f64 / 1e6);
+            println!("quotes      {quotes}");
+            println!("events      {events}");
+            println!("premium     {premium} of {}", quotes + events);
+            println!("zones       {}", zones.len());
+            println!("checksum    ok");
+            Ok(())
+        }
+        SimCommand::Replay {
+            trace: path,
+            target,
+            speed,
+            out,
+        } => {
+            let speed = sim::Speed::parse(&speed)?;
+            let t = target.target()?;
+            let opts = sim::RunOptions {
+                progress: !target.quiet,
+                ..Default::default()
+            };
+            let report = runtime()?.block_on(sim::replay_file(
+                &path,
+                &t,
+                &sim::Connections::default(),
+                speed,
+                &opts,
+            ))?;
+            write_outputs(&report, &out)
+        }
+        SimCommand::Run {
+            scenario,
+            target,
+            duration,
+            ramp_up,
+            users,
+            strict,
+            out,
+        } => {
+            let mut s = sim::Scenario::load(&scenario)?;
+            if let Some(d) = duration {
+                if d <= 0.0 {
+                    bail!("--duration must be above 0");
+                }
+                s.config.duration_s = d;
+                if let Some(c) = s.config.capacity.as_mut() {
+                    c.step_s = d;
+                }
+            }
+            if let Some(r) = ramp_up {
+                s.config.ramp_up_s = r.max(0.0);
+            }
+            if let Some(u) = users {
+                if u == 0 {
+                    bail!("--users must be at least 1");
+                }
+                s.config.users = u;
+            }
+            let t = target.target()?;
+            let opts = sim::RunOptions {
+                progress: !target.quiet,
+                ..Default::default()
+            };
+            let rt = runtime()?;
+            let report = if s.config.capacity.is_some() {
+                rt.block_on(sim::run_capacity(&s, &t, &opts))?
+            } else {
+                rt.block_on(sim::run_scenario(&s, &t, &opts))?
+            };
+            write_outputs(&report, &out)?;
+            if strict && !report.pass {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The simulator against real node processes: a replayed trace leaves the same zone state
+//! every time, and a short scenario run through the CLI reports consistent counts.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Command;
+
+use sim::city::{City, CityConfig, CityTrace};
+use support::{TestNode, ADMIN, PREMIUM, SHARED};
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+fn target(node: &TestNode) -> sim::Target {
+    sim::Target {
+        nodes: vec![node.addr],
+        trust: node.trust(),
+        server_name: "localhost".into(),
+        premium_token: PREMIUM.into(),
+        shared_token: SHARED.into(),
+    }
+}
+
+/// The parts of a zone's state that do not depend on when ticks ran: distinct drivers,
+/// demand and accepted trips in the window (the replay takes far less than the window and
+/// the driver TTL), remembered event ids, the fare table version. Not compared: the
+/// multiplier, snapshot version and quote count, which ticks produce.
+type ZoneFacts = (u32, u32, u32, u32, u32);
+
+async fn replay_into_fresh_node(
+    trace: &std::path::Path,
+    zones: &BTreeSet<u64>,
+) -> (BTreeMap<u64, ZoneFacts>, BTreeMap<String, u64>) {
+    let node = TestNode::start("");
+    let report = sim::replay_file(
+        trace,
+        &target(&node),
+        &sim::Connections::default(),
+        sim::Speed::Max { in_flight: 256 },
+        &sim::RunOptions::default(),
+    )
+    .await
+    .expect("replay");
+    let events = report.kinds.iter().filter(|k| k.kind == "events");
+    assert_eq!(
+        events.map(|k| k.errors).sum::<u64>(),
+        0,
+        "every event batch answered: {:?}",
+        report.errors_by_code
+    );
+    let admin = node.client(ADMIN).await;
+    let mut state = BTreeMap::new();
+    for z in zones {
+        let s = admin.zone_state(*z).await.expect("zone state");
+        state.insert(
+            *z,
+            (
+                s.drivers,
+                s.demand,
+                s.accepted,
+                s.dedupe_ids,
+                s.fare.version,
+            ),
+        );
+    }
+    admin.close().await;
+    (state, report.event_outcomes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_trace_into_fresh_nodes_twice_leaves_identical_zone_state() {
+    let city =
+        City::new(CityConfig::load(&repo("configs/city.toml")).expect("city")).expect("city");
+    let dir = std::env::temp_dir().join(format!("eq-sim-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("city.eqt");
+    let records: Vec<_> = CityTrace::new(&city, 5, Some(15.0)).collect();
+    let zones: BTreeSet<u64> = records.iter().map(|r| r.op.zone()).collect();
+    sim::trace::write_file(&path, 8, "test", records).expect("write trace");
+
+    let (a, outcomes_a) = replay_into_fresh_node(&path, &zones).await;
+    let (b, outcomes_b) = replay_into_fresh_node(&path, &zones).await;
+    assert_eq!(outcomes_a, outcomes_b, "same per-event outcomes");
+    assert!(outcomes_a.get("applied").copied().unwrap_or(0) > 1_000);
+    let drivers: u32 = a.values().map(|f| f.0).sum();
+    let demand: u32 = a.values().map(|f| f.1).sum();
+    assert!(
+        drivers > 100 && demand > 100,
+        "the trace moved the city: {drivers} drivers, {demand} demand"
+    );
+    assert_eq!(a, b, "identical zone state after each replay");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_short_scenario_run_reports_every_request_once_in_json_and_svg() {
+    let node = TestNode::start("");
+    let dir = node.dir.join("sim");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let scenario = dir.join("tiny.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            r#"name = "tiny"
+city = "{}"
+users = 50
+premium_share = 0.5
+ramp_up_s = 1.0
+duration_s = 2.0
+city_hour = 8.0
+[per_user]
+quotes_per_s = 4.0
+events_per_s = 4.0
+[objectives]
+premium_p99_ms = 1000.0
+error_rate_max = 0.5
+"#,
+            repo("configs/city.toml").display()
+        ),
+    )
+    .expect("scenario");
+    let (json, svg) = (dir.join("r.json"), dir.join("r.svg"));
+    let out = Command::new(env!("CARGO_BIN_EXE_equilibrium"))
+        .args(["sim", "run", "--quiet", "--scenario"])
+        .arg(&scenario)
+        .args(["--node", &node.addr.to_string(), "--ca"])
+        .arg(node.dir.join("cert.pem"))
+        .args([
+            "--premium-token",
+            PREMIUM,
+            "--shared-token",
+            SHARED,
+            "--json",
+        ])
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .expect("sim run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("objectives:"), "{stdout}");
+
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid JSON");
+    assert_eq!(r["schema"], "equilibrium-sim-report/1");
+    for field in [
+        "name",
+        "nodes",
+        "speed",
+        "wall_s",
+        "schedule_s",
+        "offered_per_s",
+        "totals",
+        "kinds",
+        "errors_by_code",
+        "event_outcomes",
+        "shed",
+        "objectives",
+        "pass",
+        "series",
+    ] {
+        assert!(r.get(field).is_some(), "report has {field}");
+    }
+    let n = |v: &serde_json::Value| v.as_u64().expect("a count");
+    let t = &r["totals"];
+    assert_eq!(
+        n(&t["sent"]),
+        n(&t["answered"]) + n(&t["errors"]),
+        "sent = answered + errors"
+    );
+    assert_eq!(n(&t["unfinished"]), 0);
+    // 50 users × 8 requests/s over ~2.5 s of full-load equivalent: hundreds of requests.
+    assert!(n(&t["sent"]) > 300, "{t}");
+    let kinds = r["kinds"].as_array().expect("kinds");
+    assert_eq!(kinds.len(), 4, "quote and events × premium and shared");
+    let mut sum = 0;
+    for k in kinds {
+        assert_eq!(n(&k["sent"]), n(&k["answered"]) + n(&k["errors"]), "{k}");
+        let errs: u64 = k["errors_by_code"]
+            .as_object()
+            .expect("codes")
+            .values()
+            .map(n)
+            .sum();
+        assert_eq!(errs, n(&k["errors"]), "{k}");
+        for p in ["p50", "p95", "p99", "p999", "max"] {
+            assert!(k["latency_us"].get(p).is_some(), "{p}");
+        }
+        if n(&k["answered"]) > 0 {
+            assert!(n(&k["latency_us"]["p50"]) <= n(&k["latency_us"]["max"]));
+        }
+        sum += n(&k["sent"]);
+    }
+    assert_eq!(sum, n(&t["sent"]));
+    let series_sent: u64 = r["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .map(|s| n(&s["sent"]))
+        .sum();
+    assert_eq!(
+        series_sent,
+        n(&t["sent"]),
+        "the series accounts for every request"
+    );
+    let events_sent = n(&t["events_sent"]);
+    let outcomes: u64 = r["event_outcomes"]
+        .as_object()
+        .expect("outcomes")
+        .values()
+        .map(n)
+        .sum();
+    assert!(outcomes <= events_sent && outcomes > 0);
+    assert_eq!(r["objectives"].as_array().expect("objectives").len(), 2);
+    let svg = std::fs::read_to_string(&svg).expect("svg");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("<polyline"));
+}
