@@ -504,6 +504,26 @@ impl Client {
         .await
     }
 
+    /// The cluster as this node sees it: members, view epoch and checksum, zones per owner,
+    /// hottest zones, Redis state (needs a `read` or `admin` credential).
+    pub async fn cluster(&self) -> Result<msg::ClusterReply, ClientError> {
+        self.call(Message::Cluster(msg::Empty { reserved: 0 }), |m| match m {
+            Message::ClusterOk(r) => Some(r),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Drains node `node_id` (hands its zones over, then it leaves and stops). Needs an
+    /// `admin` credential; any node forwards it to the named one.
+    pub async fn drain(&self, node_id: u16) -> Result<msg::DrainReply, ClientError> {
+        self.call(Message::Drain(msg::DrainRequest { node_id }), |m| match m {
+            Message::DrainOk(r) => Some(r),
+            _ => None,
+        })
+        .await
+    }
+
     /// A batcher that groups events into batches by size and time.
     pub fn event_batcher(&self) -> EventBatcher {
         EventBatcher::start(self.clone())

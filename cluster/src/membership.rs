@@ -32,6 +32,8 @@ pub struct Peer {
     pub id: NodeId,
     /// Where its peer endpoint listens.
     pub addr: SocketAddr,
+    /// Where clients reach it.
+    pub client: SocketAddr,
     /// Increases with each restart and each rejoin after being declared down.
     pub generation: u64,
     /// Its share of zones (ownership weight), at least 1.
@@ -219,6 +221,7 @@ impl Membership {
                 let dst = Peer {
                     id: NodeId::MAX,
                     addr,
+                    client: addr,
                     generation: 0,
                     weight: 1,
                 };

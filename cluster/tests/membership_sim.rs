@@ -43,6 +43,7 @@ fn run(seed: u64) -> Result<(), String> {
             Peer {
                 id: i,
                 addr: addr(i),
+                client: addr(i),
                 generation: gen,
                 weight: 1,
             },

@@ -535,6 +535,15 @@ impl SnapshotTable {
         self.slot_of(zone).and_then(|i| self.load(i))
     }
 
+    /// Every zone with a slot (live, replicated or passivated), in slot order. Not for the
+    /// quote path: it walks the whole table.
+    pub fn zones(&self) -> impl Iterator<Item = (ZoneId, SlotIdx)> + '_ {
+        let used = self.used.load(Ordering::Acquire).min(self.prices.len());
+        self.prices[..used].iter().enumerate().filter_map(|(i, p)| {
+            ZoneId::from_raw_trusted(p.key.load(Ordering::Acquire)).map(|z| (z, SlotIdx(i as u32)))
+        })
+    }
+
     /// When the owner last confirmed this slot's snapshot current.
     pub fn fresh_at_ms(&self, idx: SlotIdx) -> u64 {
         self.details[idx.0 as usize]

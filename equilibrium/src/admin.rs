@@ -1,5 +1,6 @@
-//! The administrative commands: `status`, `zone ID`, `fare get|set`, `policy get|set`, and
-//! what every command shares: exit codes, error hints, tables and `--json`.
+//! The administrative commands: `status`, `members`, `zones`, `drain`, `zone ID`,
+//! `fare get|set`, `policy get|set`, and what every command shares: exit codes, error hints,
+//! tables and `--json`.
 //!
 //! # Adding a command
 //!
@@ -35,7 +36,8 @@ pub(crate) enum Exit {
     Invalid = 4,
     /// A fare table or policy version not newer than the node's (`conflict`).
     Conflict = 5,
-    /// The node is overloaded or shutting down; retry later.
+    /// The node is overloaded, shutting down, or cannot make the change durable now
+    /// (ownership moving, Redis down); retry later.
     Busy = 6,
 }
 
@@ -61,7 +63,13 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> Exit {
                 | ErrorCode::BatchTooLarge,
             ) => Exit::Invalid,
             Some(ErrorCode::Conflict) => Exit::Conflict,
-            Some(ErrorCode::Overloaded | ErrorCode::ShuttingDown) => Exit::Busy,
+            Some(
+                ErrorCode::Overloaded
+                | ErrorCode::ShuttingDown
+                | ErrorCode::Unavailable
+                | ErrorCode::Stale
+                | ErrorCode::StoreUnavailable,
+            ) => Exit::Busy,
             _ => Exit::Failure,
         },
         _ => Exit::Failure,
@@ -226,8 +234,108 @@ pub(crate) struct StatusArgs {
     to: AdminTarget,
 }
 
+/// One node's answers, as `status` and `zones` gather them.
+struct NodeView {
+    addr: std::net::SocketAddr,
+    status: Option<msg::StatusReply>,
+    cluster: Option<msg::ClusterReply>,
+    error: Option<String>,
+}
+
+fn utf8(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asks the given node, then every member it knows of, for status and cluster view.
+fn gather(to: &AdminTarget) -> anyhow::Result<(msg::ClusterReply, Vec<NodeView>)> {
+    crate::net::runtime()?.block_on(async {
+        let first = to.connect().await?;
+        let cluster = first.cluster().await?;
+        let status = first.status().await?;
+        first.close().await;
+        let mut views = vec![NodeView {
+            addr: to.target.addr,
+            status: Some(status),
+            cluster: Some(cluster.clone()),
+            error: None,
+        }];
+        for m in cluster
+            .members
+            .iter()
+            .filter(|m| m.node_id != cluster.node_id)
+        {
+            let addr: std::net::SocketAddr = match utf8(&m.client_addr).parse() {
+                Ok(a) => a,
+                Err(e) => bail!("member {} has a bad address: {e}", m.node_id),
+            };
+            let v = match to.target.connect_to(addr, ADMIN_TOKEN_DEFAULT).await {
+                Ok(c) => {
+                    let r = (c.status().await, c.cluster().await);
+                    c.close().await;
+                    match r {
+                        (Ok(s), Ok(cl)) => NodeView {
+                            addr,
+                            status: Some(s),
+                            cluster: Some(cl),
+                            error: None,
+                        },
+                        (Err(e), _) | (_, Err(e)) => NodeView {
+                            addr,
+                            status: None,
+                            cluster: None,
+                            error: Some(e.to_string()),
+                        },
+                    }
+                }
+                Err(e) => NodeView {
+                    addr,
+                    status: None,
+                    cluster: None,
+                    error: Some(format!("{e:#}")),
+                },
+            };
+            views.push(v);
+        }
+        views.sort_by_key(|v| v.cluster.as_ref().map_or(u16::MAX, |c| c.node_id));
+        Ok((cluster, views))
+    })
+}
+
+fn node_json(v: &NodeView) -> Value {
+    match (&v.status, &v.cluster) {
+        (Some(s), Some(c)) => json!({
+            "node_id": s.node_id,
+            "addr": v.addr.to_string(),
+            "healthy": true,
+            "uptime_ms": s.uptime_ms,
+            "zones": s.zones,
+            "zones_owned": c.zones_owned,
+            "groups_served": c.groups_served,
+            "in_flight": s.in_flight,
+            "shed_premium": s.shed_premium,
+            "shed_shared": s.shed_shared,
+            "policy_version": s.policy_version,
+            "view_epoch": c.view_epoch,
+            "view_checksum": format!("{:016x}", c.view_checksum),
+            "members": c.members.iter().map(|m| m.node_id).collect::<Vec<_>>(),
+            "redis_up": c.redis_up == 1,
+            "view_owners": c.owners.iter().map(|o| (o.node_id.to_string(), json!(o.zones))).collect::<serde_json::Map<_, _>>(),
+        }),
+        _ => json!({
+            "addr": v.addr.to_string(),
+            "healthy": false,
+            "error": v.error,
+        }),
+    }
+}
+
 pub(crate) fn status(a: StatusArgs) -> anyhow::Result<()> {
-    let s = a.to.run(async |c| Ok(c.status().await?))?;
+    let (cluster, views) = gather(&a.to)?;
+    let s = views[0].status.expect("the first node answered");
+    let agree = views
+        .iter()
+        .filter_map(|v| v.cluster.as_ref())
+        .all(|c| c.view_checksum == cluster.view_checksum);
     if a.to.json {
         print_json(&json!({
             "node_id": s.node_id,
@@ -237,20 +345,234 @@ pub(crate) fn status(a: StatusArgs) -> anyhow::Result<()> {
             "shed_premium": s.shed_premium,
             "shed_shared": s.shed_shared,
             "policy_version": s.policy_version,
+            "clustered": cluster.clustered == 1,
+            "views_agree": agree,
+            "nodes": views.iter().map(node_json).collect::<Vec<_>>(),
         }));
         return Ok(());
     }
-    Table::default()
-        .row("node", s.node_id)
-        .row("uptime", format!("{:.1} s", s.uptime_ms as f64 / 1000.0))
-        .row("zones", s.zones)
-        .row("in flight", s.in_flight)
-        .row(
-            "shed",
-            format!("premium {}, shared {}", s.shed_premium, s.shed_shared),
-        )
-        .row("policy", format!("v{}", s.policy_version))
-        .print();
+    if cluster.clustered == 0 {
+        Table::default()
+            .row("node", s.node_id)
+            .row("uptime", format!("{:.1} s", s.uptime_ms as f64 / 1000.0))
+            .row("zones", s.zones)
+            .row("in flight", s.in_flight)
+            .row(
+                "shed",
+                format!("premium {}, shared {}", s.shed_premium, s.shed_shared),
+            )
+            .row("policy", format!("v{}", s.policy_version))
+            .row("cluster", "none (standalone node)")
+            .print();
+        return Ok(());
+    }
+    println!(
+        "{:<5} {:<22} {:<8} {:>7} {:>7} {:>10} {:>6} {:<18} {:<6} {:>9}",
+        "node",
+        "address",
+        "health",
+        "zones",
+        "groups",
+        "view epoch",
+        "policy",
+        "view checksum",
+        "redis",
+        "uptime"
+    );
+    for v in &views {
+        match (&v.status, &v.cluster) {
+            (Some(s), Some(c)) => println!(
+                "{:<5} {:<22} {:<8} {:>7} {:>7} {:>10} {:>6} {:<18} {:<6} {:>8.1}s",
+                s.node_id,
+                v.addr,
+                "up",
+                c.zones_owned,
+                c.groups_served,
+                c.view_epoch,
+                format!("v{}", s.policy_version),
+                format!("{:016x}", c.view_checksum),
+                if c.redis_up == 1 { "up" } else { "DOWN" },
+                s.uptime_ms as f64 / 1000.0
+            ),
+            _ => println!(
+                "{:<5} {:<22} {:<8} {}",
+                "?",
+                v.addr,
+                "DOWN",
+                v.error.as_deref().unwrap_or("")
+            ),
+        }
+    }
+    println!(
+        "\n{} members; views {}",
+        cluster.members.len(),
+        if agree {
+            "agree (same checksum on every node)"
+        } else {
+            "DIFFER: membership is changing or split"
+        }
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// members, zones, drain
+
+/// Options of `equilibrium members`.
+#[derive(Debug, Args)]
+pub(crate) struct MembersArgs {
+    #[command(flatten)]
+    to: AdminTarget,
+}
+
+pub(crate) fn members(a: MembersArgs) -> anyhow::Result<()> {
+    let c = a.to.run(async |c| Ok(c.cluster().await?))?;
+    if a.to.json {
+        print_json(&json!({
+            "node_id": c.node_id,
+            "view_epoch": c.view_epoch,
+            "view_checksum": format!("{:016x}", c.view_checksum),
+            "members": c.members.iter().map(|m| json!({
+                "node_id": m.node_id,
+                "client_addr": utf8(&m.client_addr),
+                "peer_addr": utf8(&m.peer_addr),
+                "generation": m.generation,
+                "weight": m.weight,
+            })).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    if c.clustered == 0 {
+        println!(
+            "node {} runs alone (no [cluster] section): no members",
+            c.node_id
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<5} {:<22} {:<22} {:>6} {:>15}",
+        "node", "client address", "peer address", "weight", "generation"
+    );
+    for m in &c.members {
+        println!(
+            "{:<5} {:<22} {:<22} {:>6} {:>15}",
+            m.node_id,
+            utf8(&m.client_addr),
+            utf8(&m.peer_addr),
+            m.weight,
+            m.generation
+        );
+    }
+    println!(
+        "\nas seen by node {}: view epoch {}, checksum {:016x}",
+        c.node_id, c.view_epoch, c.view_checksum
+    );
+    Ok(())
+}
+
+/// Options of `equilibrium zones`.
+#[derive(Debug, Args)]
+pub(crate) struct ZonesArgs {
+    #[command(flatten)]
+    to: AdminTarget,
+}
+
+pub(crate) fn zones(a: ZonesArgs) -> anyhow::Result<()> {
+    let (cluster, views) = gather(&a.to)?;
+    let total: u32 = views
+        .iter()
+        .filter_map(|v| v.cluster.as_ref())
+        .map(|c| c.zones_owned)
+        .sum();
+    if a.to.json {
+        print_json(&json!({
+            "total_zones_owned": total,
+            "nodes": views.iter().map(node_json).collect::<Vec<_>>(),
+            "hottest": cluster.hottest.iter().map(|h| json!({
+                "zone": format!("{:x}", h.zone),
+                "multiplier": f64::from(h.multiplier_milli) / 1000.0,
+                "owner": h.owner,
+            })).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    println!(
+        "{:<5} {:>12} {:>14}   its view: zones per owner",
+        "node", "zones owned", "share"
+    );
+    for v in &views {
+        if let Some(c) = &v.cluster {
+            let share = if total > 0 {
+                f64::from(c.zones_owned) * 100.0 / f64::from(total)
+            } else {
+                0.0
+            };
+            let owners: Vec<String> = c
+                .owners
+                .iter()
+                .map(|o| format!("{}:{}", o.node_id, o.zones))
+                .collect();
+            println!(
+                "{:<5} {:>12} {:>13.1}%   {}",
+                c.node_id,
+                c.zones_owned,
+                share,
+                owners.join(" ")
+            );
+        } else {
+            println!(
+                "{:<5} {:>12}   unreachable: {}",
+                "?",
+                "-",
+                v.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    println!("\n{total} zones owned in all");
+    if !cluster.hottest.is_empty() {
+        println!("\nhottest zones (as node {} sees them):", cluster.node_id);
+        for h in &cluster.hottest {
+            println!(
+                "  {:x}  {}  owner {}",
+                h.zone,
+                milli(h.multiplier_milli),
+                h.owner
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Options of `equilibrium drain`.
+#[derive(Debug, Args)]
+pub(crate) struct DrainArgs {
+    /// The node to drain (its id): it hands every zone over, then leaves and stops.
+    node: u16,
+    #[command(flatten)]
+    to: AdminTarget,
+}
+
+pub(crate) fn drain(a: DrainArgs) -> anyhow::Result<()> {
+    let r = a.to.run(async |c| Ok(c.drain(a.node).await?))?;
+    if a.to.json {
+        print_json(&json!({
+            "node_id": r.node_id,
+            "groups_handed_over": r.groups_handed_over,
+            "groups_left": r.groups_left,
+        }));
+    } else {
+        println!(
+            "node {} drained: {} zone groups handed over, {} left; it is leaving the cluster and stopping",
+            r.node_id, r.groups_handed_over, r.groups_left
+        );
+    }
+    if r.groups_left > 0 {
+        bail!(
+            "node {} still held {} zone groups when the drain timed out",
+            r.node_id,
+            r.groups_left
+        );
+    }
     Ok(())
 }
 

@@ -52,8 +52,17 @@ enum Command {
     Verify(net::TokenArgs),
     /// Explain a quote token: the inputs behind its price.
     Explain(net::TokenArgs),
-    /// A node's status: uptime, zones, load, shed requests, policy version (role `read`).
+    /// Status of a node and of every cluster member it knows: health, zones, view epoch and
+    /// checksum, Redis, load, policy version (role `read`).
     Status(admin::StatusArgs),
+    /// The cluster's members as a node sees them: ids, addresses, generations (role `read`).
+    Members(admin::MembersArgs),
+    /// Zone ownership: zones owned per node, each node's view of the split, hottest zones
+    /// (role `read`).
+    Zones(admin::ZonesArgs),
+    /// Drain a node: it hands its zones over (final snapshots, leases released), then
+    /// leaves the cluster and stops (role `admin`).
+    Drain(admin::DrainArgs),
     /// A zone's hot state and current snapshot on a node (`zone ID`, role `read`), or the
     /// H3 zone of a point and its neighbours (`zone --lat --lng`, no node needed).
     Zone(admin::ZoneArgs),
@@ -131,6 +140,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain(args) => net::explain(args),
         Command::Sim(cmd) => sim_cmd::run(cmd),
         Command::Status(args) => admin::status(args),
+        Command::Members(args) => admin::members(args),
+        Command::Zones(args) => admin::zones(args),
+        Command::Drain(args) => admin::drain(args),
         Command::Zone(args) => admin::zone(args),
         Command::Fare(cmd) => admin::fare(cmd),
         Command::Policy(cmd) => admin::policy(cmd),

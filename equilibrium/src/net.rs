@@ -70,6 +70,15 @@ impl Target {
 
     /// Connects with `--token`, or `default_token` without it.
     pub(crate) async fn connect_as(&self, default_token: &str) -> anyhow::Result<Client> {
+        self.connect_to(self.addr, default_token).await
+    }
+
+    /// Connects to another node (a cluster member) with the same credential and TLS settings.
+    pub(crate) async fn connect_to(
+        &self,
+        addr: SocketAddr,
+        default_token: &str,
+    ) -> anyhow::Result<Client> {
         let trust = match (&self.ca, self.insecure) {
             (Some(ca), _) => {
                 let pem = std::fs::read_to_string(ca)
@@ -88,9 +97,9 @@ impl Target {
         cfg.server_name = self.server_name.clone();
         cfg.name = "equilibrium-cli".into();
         cfg.lanes = 1;
-        Client::connect(self.addr, cfg)
+        Client::connect(addr, cfg)
             .await
-            .with_context(|| format!("connecting to {}", self.addr))
+            .with_context(|| format!("connecting to {addr}"))
     }
 }
 
@@ -184,8 +193,10 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
             ticks,
             stats,
             Arc::clone(&metrics),
+            cfg.listen,
         )?;
         let peer = cluster.peer_addr();
+        let drained = Arc::clone(&cluster);
         let node = Node::start_clustered(
             &cfg,
             Arc::clone(&engine),
@@ -194,7 +205,10 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
         )?;
         tracing::info!(%peer, "cluster peer endpoint");
         banner(&node)?;
-        wait_for_signal().await;
+        tokio::select! {
+            () = wait_for_signal() => {}
+            () = drained.drained() => tracing::info!("drained: shutting down"),
+        }
         node.shutdown().await;
         anyhow::Ok(())
     })?;

@@ -1040,3 +1040,142 @@ fn f_redis_down_quotes_flow_durable_writes_fail_clearly_then_recover() {
         assert_eq!(failed.load(Ordering::Relaxed), 0);
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// The admin CLI against a real cluster (issue 6).
+
+impl TestCluster {
+    /// Runs the `equilibrium` binary with `args` against node `i`, as the admin; returns
+    /// (exit code, stdout).
+    fn cli(&self, i: usize, args: &[&str]) -> (i32, String) {
+        let ca = self.creds.join("client-ca.pem");
+        std::fs::write(&ca, &self.cert_pem).expect("ca file");
+        let out = Command::new(env!("CARGO_BIN_EXE_equilibrium"))
+            .args(args)
+            .args([
+                "--addr",
+                &self.nodes[i].addr.to_string(),
+                "--token",
+                ADMIN,
+                "--ca",
+            ])
+            .arg(&ca)
+            .output()
+            .expect("cli runs");
+        if !out.status.success() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    fn cli_json(&self, i: usize, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let (code, out) = self.cli(i, &a);
+        assert_eq!(code, 0, "equilibrium {args:?} failed");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    }
+}
+
+#[test]
+fn g_admin_cli_ownership_fares_and_drain_match_the_cluster() {
+    let _g = lock();
+    let mut c = TestCluster::start(3);
+    let rt = runtime();
+    let zones = Arc::new(city_zones());
+    let cc = Arc::new(rt.block_on(c.cluster_client(PREMIUM)));
+    rt.block_on(async {
+        seed_zones(&cc, &zones).await;
+        c.settle(zones.len() as u32).await;
+        // Replicas everywhere before comparing views.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    });
+
+    // `zones`: per-node counts sum to the zone count, and match every node's own view.
+    let z = c.cli_json(0, &["zones"]);
+    assert_eq!(z["total_zones_owned"], zones.len() as u64, "{z}");
+    let nodes = z["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    for n in nodes {
+        let id = n["node_id"].as_u64().expect("id").to_string();
+        for other in nodes {
+            assert_eq!(
+                other["view_owners"][&id], n["zones_owned"],
+                "node {}'s view of node {id} differs from what node {id} owns: {z}",
+                other["node_id"]
+            );
+        }
+        assert_eq!(n["view_checksum"], nodes[0]["view_checksum"]);
+    }
+    let s = c.cli_json(1, &["status"]);
+    assert_eq!(s["views_agree"], true, "{s}");
+    assert_eq!(s["nodes"].as_array().map(Vec::len), Some(3));
+    let m = c.cli_json(2, &["members"]);
+    assert_eq!(m["members"].as_array().map(Vec::len), Some(3), "{m}");
+
+    // `fare set` through one node: visible from every node, and after the owner restarts.
+    let zone = format!("{:x}", zones[5]);
+    let set = c.cli_json(
+        0,
+        &["fare", "set", &zone, "--version", "40", "--per-km", "177"],
+    );
+    assert_eq!(set["version"], 40, "{set}");
+    let see_everywhere = |c: &TestCluster| {
+        for i in 0..c.nodes.len() {
+            if c.nodes[i].child.is_none() {
+                continue;
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let f = c.cli_json(i, &["fare", "get", &zone]);
+                if f["version"] == 40 && f["per_km_minor"] == 177 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {} shows {f}", i + 1);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    see_everywhere(&c);
+    let owner = (0..3)
+        .find(|&i| c.cli(i, &["zone", &zone, "--json"]).0 == 0)
+        .expect("an owner");
+    c.nodes[owner].terminate();
+    c.spawn(owner);
+    rt.block_on(c.settle(zones.len() as u32));
+    see_everywhere(&c);
+
+    // `drain`: under quote load, no quote fails and the drained node ends with no zone.
+    let load = rt.block_on(async { Load::start(Arc::clone(&cc), Arc::clone(&zones)) });
+    std::thread::sleep(Duration::from_secs(1));
+    let d = c.cli_json(0, &["drain", "2"]);
+    assert_eq!(d["groups_left"], 0, "{d}");
+    assert!(d["groups_handed_over"].as_u64().unwrap_or(0) > 0, "{d}");
+    // The drained node stops by itself.
+    let mut child = c.nodes[1].child.take().expect("node 2");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "the drained node did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let counts = rt.block_on(c.settle(zones.len() as u32));
+    std::thread::sleep(Duration::from_secs(1));
+    let (quotes, failed, acked, _) = rt.block_on(load.stop());
+    let lost = rt.block_on(lost_events(&cc, &acked));
+    println!(
+        "(g) drain node 2: {} groups handed over; zones now {counts:?}; quotes {quotes} ok, {} failed; events lost {}",
+        d["groups_handed_over"],
+        failed.len(),
+        lost.len()
+    );
+    assert_eq!(counts[1], 0);
+    assert!(
+        failed.is_empty(),
+        "failed quotes: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert!(lost.is_empty());
+}

@@ -35,6 +35,10 @@ pub enum Kind {
     PolicySet = 0x0B,
     /// Admin (read) → node: the node's status ([`Empty`]).
     Status = 0x0C,
+    /// Admin (read) → node: the cluster as this node sees it ([`Empty`]).
+    Cluster = 0x0D,
+    /// Admin → node: drain a node: hand its zones over, then it leaves ([`DrainRequest`]).
+    Drain = 0x0E,
     /// Node → client: reply to `Hello` ([`Welcome`]).
     Welcome = 0x81,
     /// Node → client: reply to `Quote` ([`QuoteReply`]).
@@ -59,13 +63,17 @@ pub enum Kind {
     PolicySetOk = 0x8B,
     /// Node → admin: reply to `Status` ([`StatusReply`]).
     StatusOk = 0x8C,
+    /// Node → admin: reply to `Cluster` ([`ClusterReply`]).
+    ClusterOk = 0x8D,
+    /// Node → admin: reply to `Drain` ([`DrainReply`]): the node handed its zones over.
+    DrainOk = 0x8E,
     /// Node → client: the request failed ([`ErrorReply`]).
     Error = 0xFF,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 29] = [
         Self::Hello,
         Self::Quote,
         Self::QuoteBatch,
@@ -78,6 +86,8 @@ impl Kind {
         Self::PolicyGet,
         Self::PolicySet,
         Self::Status,
+        Self::Cluster,
+        Self::Drain,
         Self::Welcome,
         Self::QuoteOk,
         Self::QuoteBatchOk,
@@ -90,6 +100,8 @@ impl Kind {
         Self::PolicyGetOk,
         Self::PolicySetOk,
         Self::StatusOk,
+        Self::ClusterOk,
+        Self::DrainOk,
         Self::Error,
     ];
 
@@ -485,6 +497,87 @@ pub struct StatusReply {
     pub node_id: u16,
 }
 
+/// A cluster member as a node sees it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WireMember {
+    /// Increases with each restart and rejoin.
+    pub generation: u64,
+    /// Ownership weight.
+    pub weight: u32,
+    /// Node id.
+    pub node_id: u16,
+    /// Where clients reach it (UTF-8 `ip:port`).
+    pub client_addr: Vec<u8>,
+    /// Its peer endpoint (UTF-8 `ip:port`).
+    pub peer_addr: Vec<u8>,
+}
+
+/// Zones per owner, by the answering node's view.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnerCount {
+    /// Zones known to the answering node that its view gives to `node_id`.
+    pub zones: u32,
+    /// The owner.
+    pub node_id: u16,
+}
+
+/// A zone's current price, for the hottest-zones list.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HotZone {
+    /// The zone.
+    pub zone: u64,
+    /// Its multiplier, thousandths.
+    pub multiplier_milli: u32,
+    /// Its owner by the answering node's view.
+    pub owner: u16,
+}
+
+/// The cluster as one node sees it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ClusterReply {
+    /// Membership changes this node has applied (local; differs between nodes).
+    pub view_epoch: u64,
+    /// Hash of the member set: equal on nodes that agree on the membership.
+    pub view_checksum: u64,
+    /// Live members (this node included), by id.
+    pub members: Vec<WireMember>,
+    /// Zones known here (owned or replicated), per owner in this node's view.
+    pub owners: Vec<OwnerCount>,
+    /// The ten zones with the highest multiplier known here.
+    pub hottest: Vec<HotZone>,
+    /// Zones this node holds and serves now.
+    pub zones_owned: u32,
+    /// Zone groups whose lease this node holds now.
+    pub groups_served: u32,
+    /// The answering node.
+    pub node_id: u16,
+    /// Zones are owned in groups: their parent cell at this H3 resolution.
+    pub group_resolution: u8,
+    /// 1 when the node's last Redis operation succeeded.
+    pub redis_up: u8,
+    /// 1 when the node runs in a cluster; 0 for a standalone node (the rest is then its
+    /// own view of itself).
+    pub clustered: u8,
+}
+
+/// Drain a node: it hands its zones over and leaves the cluster.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainRequest {
+    /// The node to drain (any node forwards the request to it).
+    pub node_id: u16,
+}
+
+/// A node was drained.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainReply {
+    /// Zone groups it handed over.
+    pub groups_handed_over: u32,
+    /// Zone groups it still held when the drain timed out (0 on success).
+    pub groups_left: u32,
+    /// The drained node.
+    pub node_id: u16,
+}
+
 /// A failed request.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ErrorReply {
@@ -522,6 +615,10 @@ pub enum Message {
     PolicyGetOk(WirePolicy),
     PolicySetOk(VersionReply),
     StatusOk(StatusReply),
+    Cluster(Empty),
+    Drain(DrainRequest),
+    ClusterOk(ClusterReply),
+    DrainOk(DrainReply),
     Error(ErrorReply),
 }
 
@@ -553,6 +650,10 @@ impl Message {
             Self::PolicyGetOk(_) => Kind::PolicyGetOk,
             Self::PolicySetOk(_) => Kind::PolicySetOk,
             Self::StatusOk(_) => Kind::StatusOk,
+            Self::Cluster(_) => Kind::Cluster,
+            Self::Drain(_) => Kind::Drain,
+            Self::ClusterOk(_) => Kind::ClusterOk,
+            Self::DrainOk(_) => Kind::DrainOk,
             Self::Error(_) => Kind::Error,
         }
     }

@@ -60,4 +60,15 @@ fn archived_layouts_are_as_documented() {
     layout!(ArchivedStatusReply, size 40, align 8, {
         uptime_ms @ 0, shed_premium @ 8, shed_shared @ 16, zones @ 24, in_flight @ 28, policy_version @ 32, node_id @ 36,
     });
+    layout!(ArchivedWireMember, size 32, align 8, {
+        generation @ 0, weight @ 8, node_id @ 12, client_addr @ 16, peer_addr @ 24,
+    });
+    layout!(ArchivedOwnerCount, size 8, align 4, { zones @ 0, node_id @ 4 });
+    layout!(ArchivedHotZone, size 16, align 8, { zone @ 0, multiplier_milli @ 8, owner @ 12 });
+    layout!(ArchivedClusterReply, size 56, align 8, {
+        view_epoch @ 0, view_checksum @ 8, members @ 16, owners @ 24, hottest @ 32, zones_owned @ 40,
+        groups_served @ 44, node_id @ 48, group_resolution @ 50, redis_up @ 51, clustered @ 52,
+    });
+    layout!(ArchivedDrainRequest, size 2, align 2, { node_id @ 0 });
+    layout!(ArchivedDrainReply, size 12, align 4, { groups_handed_over @ 0, groups_left @ 4, node_id @ 8 });
 }

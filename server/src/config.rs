@@ -302,10 +302,10 @@ impl Role {
         match kind {
             K::Hello | K::Quote | K::QuoteBatch | K::Verify | K::Explain => true,
             K::EventBatch => matches!(self, Self::Client | Self::Admin),
-            K::ZoneState | K::FareGet | K::PolicyGet | K::Status => {
+            K::ZoneState | K::FareGet | K::PolicyGet | K::Status | K::Cluster => {
                 matches!(self, Self::Read | Self::Admin)
             }
-            K::FareSet | K::PolicySet => self == Self::Admin,
+            K::FareSet | K::PolicySet | K::Drain => self == Self::Admin,
             _ => false,
         }
     }

@@ -615,6 +615,8 @@ async fn answer(
         Message::PolicyGet(_) => Ok(Message::PolicyGetOk(wire_policy(&shared.engine.policy()))),
         Message::PolicySet(p) => policy_set(shared, &p).await.map(Message::PolicySetOk),
         Message::Status(_) => status(shared).await.map(Message::StatusOk),
+        Message::Cluster(_) => cluster_status(shared).await.map(Message::ClusterOk),
+        Message::Drain(d) => drain(shared, d.node_id, false).await.map(Message::DrainOk),
         Message::QuoteBatch(b) => quote_batch(shared, &b, now).map(Message::QuoteBatchOk),
         Message::EventBatch(b) => events(shared, b, false).await.map(Message::EventBatchOk),
         Message::Verify(t) => verify(shared, &t, now).map(Message::VerifyOk),
@@ -798,6 +800,7 @@ async fn answer_forwarded(shared: &Shared, m: Message) -> Message {
     let r = match m {
         Message::EventBatch(b) => events(shared, b, true).await.map(Message::EventBatchOk),
         Message::FareSet(f) => fare_set(shared, &f, true).await.map(Message::FareSetOk),
+        Message::Drain(d) => drain(shared, d.node_id, true).await.map(Message::DrainOk),
         other => Err((
             ErrorCode::UnknownKind,
             format!(
@@ -1079,6 +1082,39 @@ async fn policy_set(shared: &Shared, w: &msg::WirePolicy) -> Answer<msg::Version
             PolicyChangeError::Shell(_) => (ErrorCode::Overloaded, e.to_string()),
         })?;
     Ok(msg::VersionReply { version: w.version })
+}
+
+async fn cluster_status(shared: &Shared) -> Answer<msg::ClusterReply> {
+    let zones = shared.engine.zones_live().try_into().unwrap_or(u32::MAX);
+    if let Some(c) = &shared.cluster {
+        return Ok(c.describe(zones));
+    }
+    Ok(msg::ClusterReply {
+        view_epoch: 0,
+        view_checksum: 0,
+        members: Vec::new(),
+        owners: vec![msg::OwnerCount {
+            zones,
+            node_id: shared.node_id,
+        }],
+        hottest: Vec::new(),
+        zones_owned: zones,
+        groups_served: 0,
+        node_id: shared.node_id,
+        group_resolution: 0,
+        redis_up: 0,
+        clustered: 0,
+    })
+}
+
+async fn drain(shared: &Shared, node: u16, forwarded: bool) -> Answer<msg::DrainReply> {
+    match &shared.cluster {
+        Some(c) => c.drain(node, forwarded).await,
+        None => Err((
+            ErrorCode::Unavailable,
+            "this node runs alone (no [cluster]): there is nothing to drain to".into(),
+        )),
+    }
 }
 
 async fn status(shared: &Shared) -> Answer<msg::StatusReply> {

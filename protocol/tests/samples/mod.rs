@@ -272,6 +272,62 @@ pub(crate) fn all() -> Vec<(&'static str, u64, Message)> {
                 node_id: 1,
             }),
         ),
+        ("0d-cluster", 14, Message::Cluster(Empty { reserved: 0 })),
+        (
+            "8d-cluster-ok",
+            14,
+            Message::ClusterOk(ClusterReply {
+                view_epoch: 3,
+                view_checksum: 0x5f0a_19da_ca84_d047,
+                members: vec![
+                    WireMember {
+                        generation: 1_795_337_750_511,
+                        weight: 1,
+                        node_id: 1,
+                        client_addr: b"10.0.0.1:7400".to_vec(),
+                        peer_addr: b"10.0.0.1:7500".to_vec(),
+                    },
+                    WireMember {
+                        generation: 1_795_337_750_600,
+                        weight: 2,
+                        node_id: 2,
+                        client_addr: b"10.0.0.2:7400".to_vec(),
+                        peer_addr: b"10.0.0.2:7500".to_vec(),
+                    },
+                ],
+                owners: vec![
+                    OwnerCount {
+                        zones: 281,
+                        node_id: 1,
+                    },
+                    OwnerCount {
+                        zones: 561,
+                        node_id: 2,
+                    },
+                ],
+                hottest: vec![HotZone {
+                    zone: 0x0882_a100_d67f_ffff,
+                    multiplier_milli: 1_800,
+                    owner: 2,
+                }],
+                zones_owned: 281,
+                groups_served: 40,
+                node_id: 1,
+                group_resolution: 7,
+                redis_up: 1,
+                clustered: 1,
+            }),
+        ),
+        ("0e-drain", 15, Message::Drain(DrainRequest { node_id: 2 })),
+        (
+            "8e-drain-ok",
+            15,
+            Message::DrainOk(DrainReply {
+                groups_handed_over: 40,
+                groups_left: 0,
+                node_id: 2,
+            }),
+        ),
         (
             "ff-error",
             7,
