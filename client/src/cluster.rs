@@ -26,6 +26,8 @@ pub struct ClusterClient {
     epoch: std::time::Instant,
     /// How long `send_events` keeps resending events not yet applied. Default 10 s.
     pub event_deadline: Duration,
+    /// How long `call` (and so `quote`) keeps trying other nodes. Default 3 s.
+    pub call_deadline: Duration,
 }
 
 /// Errors worth trying another node for.
@@ -73,6 +75,7 @@ impl ClusterClient {
             cfg,
             next: AtomicUsize::new(0),
             event_deadline: Duration::from_secs(10),
+            call_deadline: Duration::from_secs(3),
         })
     }
 
@@ -89,8 +92,9 @@ impl ClusterClient {
         }
     }
 
-    /// Runs `f` against the nodes in turn, starting with the next one, until one answers
-    /// or the error is not one another node could fix.
+    /// Runs `f` against the nodes in turn, starting with the next one, until one answers,
+    /// the error is not one another node could fix, or `call_deadline` passes. A node that
+    /// just failed to answer is skipped for a second.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
         F: Fn(Client) -> Fut,
@@ -99,7 +103,8 @@ impl ClusterClient {
         let n = self.nodes.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = ClientError::Connection("no node reachable".into());
-        for round in 0..2 {
+        let deadline = tokio::time::Instant::now() + self.call_deadline;
+        for round in 0.. {
             for k in 0..n {
                 let i = (start + k) % n;
                 let now = self.epoch.elapsed().as_millis() as u64;
@@ -123,9 +128,10 @@ impl ClusterClient {
                     Err(e) => return Err(e),
                 }
             }
-            if round == 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            if tokio::time::Instant::now() >= deadline {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(if round == 0 { 20 } else { 100 })).await;
         }
         Err(last)
     }
