@@ -134,9 +134,14 @@ impl Table {
     }
 
     pub(crate) fn print(&self) {
+        use std::io::Write as _;
         let w = self.0.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+        let mut out = std::io::stdout().lock();
         for (l, v) in &self.0 {
-            println!("{l:<w$}  {v}");
+            // A closed pipe (`| head`) ends the output quietly instead of panicking.
+            if writeln!(out, "{l:<w$}  {v}").is_err() {
+                return;
+            }
         }
     }
 }

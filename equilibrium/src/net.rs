@@ -374,21 +374,46 @@ pub(crate) fn send_events(a: SendEventsArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let c = a.target.connect().await?;
         let batcher = c.event_batcher();
-        let mut waits = Vec::with_capacity(events.len());
-        for e in events {
-            let b = batcher.clone();
-            waits.push(tokio::spawn(async move { b.send(e).await }));
-        }
-        let mut counts = [0u64; 9];
+        let mut counts = [0u64; 10];
         let mut failed = 0u64;
-        for w in waits {
-            match w.await? {
-                Ok(o) => counts[usize::from(o).min(8)] += 1,
-                Err(e) => {
-                    failed += 1;
-                    eprintln!("error: {e}");
+        // Events a cluster could not serve this moment (ownership moving: outcome
+        // `not_serving`) or an overloaded shard refused are resent with the same ids (so
+        // never applied twice), with backoff, for up to 10 s.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut backoff = 50;
+        let mut todo = events;
+        loop {
+            let mut waits = Vec::with_capacity(todo.len());
+            for e in todo {
+                let b = batcher.clone();
+                waits.push((e, tokio::spawn(async move { b.send(e).await })));
+            }
+            let mut again = Vec::new();
+            let retry_left = std::time::Instant::now() < deadline;
+            for (e, w) in waits {
+                match w.await? {
+                    Ok(o)
+                        if retry_left
+                            && (o == outcome::NOT_SERVING || o == outcome::OVERLOADED) =>
+                    {
+                        again.push(e);
+                    }
+                    Ok(o) => counts[usize::from(o).min(9)] += 1,
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("error: {e}");
+                    }
                 }
             }
+            if again.is_empty() {
+                break;
+            }
+            if !retry_left {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
+            backoff = (backoff * 2).min(1_000);
+            todo = again;
         }
         let names = [
             "applied",
@@ -400,6 +425,7 @@ pub(crate) fn send_events(a: SendEventsArgs) -> anyhow::Result<()> {
             "overloaded",
             "stopped",
             "unknown_kind",
+            "not_serving",
         ];
         for (name, n) in names.iter().zip(counts) {
             if n > 0 {
