@@ -572,5 +572,34 @@ mod tests {
             cfg.metrics_listen,
             Some("127.0.0.1:9400".parse().expect("addr"))
         );
+        assert_eq!(cfg.cluster, None);
+    }
+
+    #[test]
+    fn the_documented_cluster_defaults_are_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/node.toml"));
+        let text = std::fs::read_to_string(path).expect("read");
+        let from = text
+            .find("# [cluster]")
+            .expect("documented [cluster] section");
+        // Uncomment the section's settings (not its comments).
+        let section: String = text[from..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let documented = parse(&section).expect("the documented section parses");
+        let minimal = parse(
+            "[cluster]\nlisten = \"127.0.0.1:7500\"\nseeds = [\"127.0.0.1:7500\", \"127.0.0.1:7501\", \"127.0.0.1:7502\"]\n\
+             ca_cert_path = \"cluster-credentials/ca.pem\"\ncert_path = \"cluster-credentials/node.pem\"\n\
+             key_path = \"cluster-credentials/node-key.pem\"\n",
+        )
+        .expect("minimal");
+        assert_eq!(documented.cluster, minimal.cluster);
+        let e =
+            parse(&section.replace("lease_renew_after_ms = 500", "lease_renew_after_ms = 1500"))
+                .expect_err("renewal beyond half the lease");
+        assert!(e.to_string().contains("lease"), "{e}");
     }
 }
