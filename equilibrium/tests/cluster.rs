@@ -1148,6 +1148,22 @@ fn g_admin_cli_ownership_fares_and_drain_match_the_cluster() {
     rt.block_on(c.settle(zones.len() as u32));
     see_everywhere(&c);
 
+    // `policy set` through one node: stored in Redis first, then in force on every node.
+    let before = c.cli_json(0, &["policy", "get"])["version"].as_u64().expect("version");
+    let set = c.cli_json(0, &["policy", "set", "--cap", "2.5"]);
+    assert_eq!(set["version"].as_u64(), Some(before + 1), "{set}");
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let p = c.cli_json(i, &["policy", "get"]);
+            if p["version"].as_u64() == Some(before + 1) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {} still has {p}", i + 1);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     // `drain`: under quote load, no quote fails and the drained node ends with no zone.
     let load = rt.block_on(async { Load::start(Arc::clone(&cc), Arc::clone(&zones)) });
     std::thread::sleep(Duration::from_secs(1));
