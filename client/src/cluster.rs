@@ -1,5 +1,10 @@
 //! A client for a whole cluster: one connection per node, with fail-over.
 //!
+//! [`ClusterClient::discover`] learns the members and the ownership rule from any node
+//! (`CLUSTER`), so events go straight to their zone's owner (no forwarding hop); the map is
+//! refreshed when a node answers `not serving`, and every other path still works without it
+//! (any node forwards).
+//!
 //! Any node answers quotes for any zone (owners replicate their price snapshots), so a quote
 //! goes to the next node in turn and, if that node is down, slow, stopping or has only a
 //! stale price, to the next. Events go to any node, which forwards them to the zone's owner;
@@ -10,6 +15,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use cluster::ownership::{Member, View};
+use engine::ZoneId;
 use protocol::msg::{self, outcome};
 use protocol::ErrorCode;
 
@@ -28,6 +36,14 @@ pub struct ClusterClient {
     pub event_deadline: Duration,
     /// How long `call` (and so `quote`) keeps trying other nodes. Default 3 s.
     pub call_deadline: Duration,
+    /// The ownership view learnt from the cluster, with each member's index in `nodes`.
+    routes: ArcSwap<Option<Routes>>,
+}
+
+#[derive(Debug)]
+struct Routes {
+    view: View,
+    index: std::collections::HashMap<u16, usize>,
 }
 
 /// Errors worth trying another node for.
@@ -76,7 +92,81 @@ impl ClusterClient {
             next: AtomicUsize::new(0),
             event_deadline: Duration::from_secs(10),
             call_deadline: Duration::from_secs(3),
+            routes: ArcSwap::from_pointee(None),
         })
+    }
+
+    /// Connects to the cluster `seeds` belong to: asks the first that answers for the
+    /// members, connects to each, and routes events to their zones' owners from then on.
+    pub async fn discover(seeds: &[SocketAddr], cfg: ClientConfig) -> Result<Self, ClientError> {
+        let mut last = ClientError::Config("no seed addresses".into());
+        for &seed in seeds {
+            let c = match Client::connect(seed, cfg.clone()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let r = c.cluster().await;
+            c.close().await;
+            let reply = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let mut addrs: Vec<SocketAddr> = reply
+                .members
+                .iter()
+                .filter_map(|m| String::from_utf8_lossy(&m.client_addr).parse().ok())
+                .collect();
+            if addrs.is_empty() {
+                addrs.push(seed);
+            }
+            let me = Self::connect(&addrs, cfg).await?;
+            me.install(&reply);
+            return Ok(me);
+        }
+        Err(last)
+    }
+
+    fn install(&self, reply: &msg::ClusterReply) {
+        if reply.clustered == 0 {
+            return;
+        }
+        let mut view = View::new(reply.group_resolution);
+        let mut index = std::collections::HashMap::new();
+        for m in &reply.members {
+            let Ok(addr) = String::from_utf8_lossy(&m.client_addr).parse::<SocketAddr>() else {
+                continue;
+            };
+            if let Some(i) = self.nodes.iter().position(|(a, _)| *a == addr) {
+                view.upsert(Member {
+                    id: m.node_id,
+                    weight: m.weight,
+                });
+                index.insert(m.node_id, i);
+            }
+        }
+        self.routes
+            .store(std::sync::Arc::new(Some(Routes { view, index })));
+    }
+
+    /// Asks any node for the current members and ownership (after `not serving` answers).
+    pub async fn refresh_routes(&self) {
+        if let Ok(r) = self.call(|c| async move { c.cluster().await }).await {
+            self.install(&r);
+        }
+    }
+
+    /// The node (index into [`addrs`](Self::addrs)) that owns `zone`, by the learnt view.
+    pub fn owner_of(&self, zone: u64) -> Option<usize> {
+        let routes = self.routes.load();
+        let r = routes.as_ref().as_ref()?;
+        let id = r.view.owner(ZoneId::new(zone).ok()?)?;
+        r.index.get(&id).copied()
     }
 
     /// The nodes' addresses.
@@ -149,6 +239,48 @@ impl ClusterClient {
         let mut out = vec![outcome::NOT_SERVING; events.len()];
         let mut todo: Vec<usize> = (0..events.len()).collect();
         let mut backoff = 20;
+        // First, straight to the owners, when the ownership map is known.
+        if self.routes.load().is_some() {
+            let mut by_owner: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+            for (i, e) in events.iter().enumerate() {
+                if let Some(n) = self.owner_of(e.zone) {
+                    by_owner.entry(n).or_default().push(i);
+                }
+            }
+            let mut sends = Vec::new();
+            for (n, idx) in by_owner {
+                let batch: Vec<msg::WireEvent> = idx.iter().map(|&i| events[i]).collect();
+                let node = self.node(n);
+                sends.push(async move {
+                    let r = match node.await {
+                        Some(c) => c.send_events(batch).await.ok(),
+                        None => None,
+                    };
+                    (idx, r)
+                });
+            }
+            let mut stale = false;
+            for (idx, r) in futures_join_all(sends).await {
+                if let Some(r) = r {
+                    for (&i, o) in idx.iter().zip(r) {
+                        out[i] = o;
+                        stale |= o == outcome::NOT_SERVING;
+                    }
+                }
+            }
+            todo.retain(|&i| {
+                matches!(
+                    out[i],
+                    outcome::NOT_SERVING | outcome::OVERLOADED | outcome::STOPPED
+                )
+            });
+            if todo.is_empty() {
+                return Ok(out);
+            }
+            if stale {
+                self.refresh_routes().await;
+            }
+        }
         loop {
             let batch: Vec<msg::WireEvent> = todo.iter().map(|&i| events[i]).collect();
             let res = self
@@ -185,4 +317,28 @@ impl ClusterClient {
             }
         }
     }
+}
+
+/// Awaits every future, concurrently, in order.
+async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = fs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in pinned.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }

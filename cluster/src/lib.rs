@@ -14,4 +14,5 @@ pub mod lease;
 pub mod membership;
 pub mod ownership;
 pub mod persist;
+#[cfg(feature = "redis")]
 pub mod redis_store;

@@ -652,6 +652,29 @@ fn a_three_nodes_form_a_cluster_and_spread_the_zones() {
                 }
             }
         }
+        // A client that learns the ownership map from one node routes each zone to the node
+        // that really owns it.
+        let d = ClusterClient::discover(&[c.nodes[1].addr], c.client_cfg(PREMIUM))
+            .await
+            .expect("discover");
+        assert_eq!(d.addrs().len(), 3);
+        let mut owned: Vec<Vec<u64>> = Vec::new();
+        for i in 0..3 {
+            owned.push(zones_on(&c, i, &zones).await);
+        }
+        for (i, zs) in owned.iter().enumerate() {
+            for &z in zs.iter().step_by(7) {
+                let owner = d.owner_of(z).expect("a route");
+                assert_eq!(d.addrs()[owner], c.nodes[i].addr, "zone {z:x}");
+            }
+        }
+        let mut next = ids();
+        let out = d
+            .send_events(zones.iter().take(200).map(|&z| event(next(), z)).collect())
+            .await
+            .expect("events");
+        assert!(out.iter().all(|&o| o == outcome::APPLIED));
+        d.close().await;
         cc.close().await;
     });
 }
@@ -1149,7 +1172,9 @@ fn g_admin_cli_ownership_fares_and_drain_match_the_cluster() {
     see_everywhere(&c);
 
     // `policy set` through one node: stored in Redis first, then in force on every node.
-    let before = c.cli_json(0, &["policy", "get"])["version"].as_u64().expect("version");
+    let before = c.cli_json(0, &["policy", "get"])["version"]
+        .as_u64()
+        .expect("version");
     let set = c.cli_json(0, &["policy", "set", "--cap", "2.5"]);
     assert_eq!(set["version"].as_u64(), Some(before + 1), "{set}");
     for i in 0..3 {
