@@ -514,6 +514,19 @@ impl Client {
         .await
     }
 
+    /// A zone's recently published snapshots on this node, newest first (needs a `read` or
+    /// `admin` credential).
+    pub async fn zone_history(&self, zone: u64) -> Result<msg::ZoneHistoryReply, ClientError> {
+        self.call(
+            Message::ZoneHistory(msg::ZoneRequest { zone }),
+            |m| match m {
+                Message::ZoneHistoryOk(r) => Some(r),
+                _ => None,
+            },
+        )
+        .await
+    }
+
     /// Drains node `node_id` (hands its zones over, then it leaves and stops). Needs an
     /// `admin` credential; any node forwards it to the named one.
     pub async fn drain(&self, node_id: u16) -> Result<msg::DrainReply, ClientError> {

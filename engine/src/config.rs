@@ -64,6 +64,9 @@ pub struct ActorConfig {
     /// A zone with no event for this long and no available driver is passivated (its
     /// memory freed). Must be at least the dedupe window. Default 600,000 ms.
     pub zone_idle_evict_ms: u64,
+    /// Published snapshots the node remembers (all zones together, newest kept) for the
+    /// admin's zone history; 0 keeps none. Default 65,536 (about 8 MiB).
+    pub snapshot_history_max: usize,
 }
 
 impl Default for ActorConfig {
@@ -76,6 +79,7 @@ impl Default for ActorConfig {
             zones_max: 100_000,
             batch_events_max: 4_096,
             zone_idle_evict_ms: 600_000,
+            snapshot_history_max: 65_536,
         }
     }
 }

@@ -62,6 +62,50 @@ pub struct TickOutput<'a> {
 /// `try_send` to a bounded channel).
 pub type TickSink = Arc<dyn Fn(&TickOutput<'_>) + Send + Sync>;
 
+/// The most recent published snapshots of every zone of a node, newest last, bounded: the
+/// admin's zone history. Shards append once per tick (one short lock per shard per tick,
+/// never on the quote path).
+#[derive(Debug, Default)]
+pub struct SnapshotLog {
+    max: usize,
+    ring: std::sync::Mutex<std::collections::VecDeque<PriceSnapshot>>,
+}
+
+impl SnapshotLog {
+    /// A log keeping at most `max` snapshots (0: none).
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            ring: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// Appends snapshots, dropping the oldest beyond the bound.
+    pub fn record(&self, snaps: &[PriceSnapshot]) {
+        if self.max == 0 || snaps.is_empty() {
+            return;
+        }
+        let mut r = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        for s in snaps.iter().rev().take(self.max).rev() {
+            if r.len() == self.max {
+                r.pop_front();
+            }
+            r.push_back(*s);
+        }
+    }
+
+    /// Up to `n` of `zone`'s remembered snapshots, newest first.
+    pub fn of(&self, zone: ZoneId, n: usize) -> Vec<PriceSnapshot> {
+        let r = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        r.iter()
+            .rev()
+            .filter(|s| s.zone == zone)
+            .take(n)
+            .copied()
+            .collect()
+    }
+}
+
 /// A tick reports the zones with unchanged snapshots once per this many ticks (1 s at the
 /// default 250 ms tick).
 pub const UNCHANGED_REPORT_TICKS: u64 = 4;
@@ -141,7 +185,10 @@ pub struct Shard {
     evict: Vec<ZoneId>,
     ticks: u64,
     sink: Option<Sink>,
+    log: Option<Arc<SnapshotLog>>,
     published: Vec<PriceSnapshot>,
+    /// Snapshots in `published` from zone creations before this tick (already logged).
+    published_before_tick: usize,
     unchanged: Vec<ZoneId>,
 }
 
@@ -165,9 +212,16 @@ impl Shard {
             evict: Vec::new(),
             ticks: 0,
             sink: None,
+            log: None,
             published: Vec::new(),
+            published_before_tick: 0,
             unchanged: Vec::new(),
         }
+    }
+
+    /// Records every published snapshot in `log` from now on.
+    pub fn set_log(&mut self, log: Arc<SnapshotLog>) {
+        self.log = Some(log);
     }
 
     /// Reports every tick's output to `sink` from now on.
@@ -222,6 +276,9 @@ impl Shard {
             .tick(now_ms, &self.policy, &self.settings.limits, 0, mean)
         {
             self.table.publish(slot, &snap);
+            if let Some(log) = &self.log {
+                log.record(&[snap]);
+            }
             if self.sink.is_some() {
                 self.published.push(snap);
             }
@@ -260,7 +317,8 @@ impl Shard {
         self.ticks += 1;
         let (table, settings, policy, ticks) =
             (&self.table, &self.settings, &self.policy, self.ticks);
-        let report = self.sink.is_some();
+        let report = self.sink.is_some() || self.log.is_some();
+        self.published_before_tick = self.published.len();
         let report_unchanged = report && ticks % UNCHANGED_REPORT_TICKS == 0;
         for e in self.zones.iter_mut() {
             stats.zones += 1;
@@ -298,15 +356,19 @@ impl Shard {
                 }
             }
         }
+        if let Some(log) = &self.log {
+            // Creation snapshots were recorded as they were made; these are this tick's.
+            log.record(&self.published[self.published_before_tick..]);
+        }
         if let Some(Sink(sink)) = &self.sink {
             sink(&TickOutput {
                 now_ms,
                 published: &self.published,
                 unchanged: &self.unchanged,
             });
-            self.published.clear();
-            self.unchanged.clear();
         }
+        self.published.clear();
+        self.unchanged.clear();
         stats.published = self.pending.len();
         for (slot, m) in self.pending.drain(..) {
             table.expose_multiplier(slot, m);
@@ -510,6 +572,30 @@ mod tests {
     use super::*;
     use crate::config::EngineConfig;
     use crate::event::EventKind;
+
+    #[test]
+    fn the_snapshot_log_keeps_the_newest_within_its_bound() {
+        let table = Arc::new(SnapshotTable::with_capacity(16));
+        let mut sh = shard(&table);
+        let log = Arc::new(SnapshotLog::new(5));
+        sh.set_log(Arc::clone(&log));
+        let zone = ZoneId::from_lat_lng(52.52, 13.40, 8).expect("zone");
+        let mut out = Vec::new();
+        for i in 0..8u64 {
+            let ev = Event {
+                id: i,
+                zone,
+                kind: EventKind::RiderDemand,
+            };
+            sh.apply(&[ev], i * 1_000, &mut out);
+            sh.tick(i * 1_000 + 500);
+        }
+        let h = log.of(zone, 100);
+        assert!(!h.is_empty() && h.len() <= 5, "{}", h.len());
+        assert!(h.windows(2).all(|w| w[0].version > w[1].version));
+        assert_eq!(h[0].version, table.get(zone).expect("published").version);
+        assert!(SnapshotLog::new(0).of(zone, 3).is_empty());
+    }
 
     fn shard(table: &Arc<SnapshotTable>) -> Shard {
         let cfg = EngineConfig::default();

@@ -26,7 +26,9 @@ use crate::explain::Explanation;
 use crate::fare::FareTable;
 use crate::policy::{PolicyError, SurgePolicy};
 use crate::quote::{QuoteKey, QuoteToken, Quoter, TokenError};
-use crate::shard::{FareSetError, Shard, ShardMemory, ShardSettings, TickSink, TickStats};
+use crate::shard::{
+    FareSetError, Shard, ShardMemory, ShardSettings, SnapshotLog, TickSink, TickStats,
+};
 use crate::snapshot::SnapshotTable;
 use crate::zone::ZoneId;
 
@@ -239,10 +241,12 @@ impl Handler<Command> for ShardActor {
                 let _ = reply.send(out);
             }
             Command::Tick { reply } => {
-                let _ = reply.send(self.shard.tick(now));
+                let stats = self.shard.tick(now);
+                // Recorded before replying, so a caller that awaited the tick sees it.
                 self.stats.shards[self.index]
                     .last_tick_ms
                     .store(now, Ordering::Relaxed);
+                let _ = reply.send(stats);
             }
             Command::SetFare { zone, fare, reply } => {
                 let _ = reply.send(self.shard.set_fare(zone, fare, now));
@@ -293,6 +297,7 @@ pub struct Engine {
     config: EngineConfig,
     clock: Arc<dyn Clock>,
     stats: Arc<ShellStats>,
+    log: Arc<SnapshotLog>,
     system: Option<(actix_rt::System, JoinHandle<()>)>,
 }
 
@@ -366,6 +371,9 @@ impl Engine {
         let tick_ms = a.tick_interval_ms;
         let (t2, c2, p2) = (Arc::clone(&table), Arc::clone(&clock), Arc::clone(&policy));
         let s2 = Arc::clone(&stats);
+        let log_max = a.snapshot_history_max;
+        let log = Arc::new(SnapshotLog::new(log_max));
+        let l2 = Arc::clone(&log);
         let thread = std::thread::Builder::new()
             .name("equilibrium-actors".into())
             .spawn(move || {
@@ -382,6 +390,9 @@ impl Engine {
                         );
                         if let Some(sink) = &sink {
                             shard.set_sink(Arc::clone(sink));
+                        }
+                        if log_max > 0 {
+                            shard.set_log(Arc::clone(&l2));
                         }
                         let clock = Arc::clone(&c2);
                         let stats = Arc::clone(&s2);
@@ -419,6 +430,7 @@ impl Engine {
             config,
             clock,
             stats,
+            log,
             system: Some((system, thread)),
         })
     }
@@ -454,6 +466,12 @@ impl Engine {
     /// Zones live in this engine now (all shards).
     pub fn zones_live(&self) -> usize {
         self.stats.zones.load(Ordering::Relaxed)
+    }
+
+    /// Up to `n` of the zone's recently published snapshots (newest first), from the last
+    /// `snapshot_history_max` published by this node.
+    pub fn history(&self, zone: ZoneId, n: usize) -> Vec<crate::PriceSnapshot> {
+        self.log.of(zone, n)
     }
 
     /// The quoter: call it from any thread; it never touches an actor.

@@ -611,9 +611,25 @@ pub(crate) fn zone(a: ZoneArgs) -> anyhow::Result<()> {
         return locate(lat, lng, a.res, a.to.json);
     };
     let raw = parse_zone(z)?;
-    let s = a.to.run(async |c| Ok(c.zone_state(raw).await?))?;
+    let (s, h) = a.to.run(async |c| {
+        let s = c.zone_state(raw).await?;
+        let h = c.zone_history(raw).await?;
+        Ok((s, h))
+    })?;
     if a.to.json {
         print_json(&json!({
+            "history": h.snapshots.iter().map(|x| json!({
+                "version": x.version,
+                "computed_at_ms": x.computed_at_ms,
+                "multiplier_milli": x.multiplier_milli,
+                "target_milli": x.target_milli,
+                "supply": x.supply,
+                "demand": x.demand,
+                "quotes": x.quotes,
+                "fare_version": x.fare_version,
+                "policy_version": x.policy_version,
+                "confidence_permille": x.confidence_permille,
+            })).collect::<Vec<_>>(),
             "zone": zone_hex(s.zone),
             "snapshot_version": s.version,
             "multiplier_milli": s.multiplier_milli,
@@ -657,6 +673,34 @@ pub(crate) fn zone(a: ZoneArgs) -> anyhow::Result<()> {
             ),
         )
         .print();
+    if !h.snapshots.is_empty() {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "\nrecent snapshots (newest first)\n{:>8} {:>15} {:>10} {:>8} {:>7} {:>7} {:>7} {:>5} {:>7}",
+            "version", "computed at ms", "multiplier", "target", "supply", "demand", "quotes", "fare", "policy"
+        );
+        for x in h.snapshots.iter().take(10) {
+            if writeln!(
+                out,
+                "{:>8} {:>15} {:>10} {:>8} {:>7} {:>7} {:>7} {:>5} {:>7}",
+                format!("v{}", x.version),
+                x.computed_at_ms,
+                milli(x.multiplier_milli),
+                milli(x.target_milli),
+                x.supply,
+                x.demand,
+                x.quotes,
+                format!("v{}", x.fare_version),
+                format!("v{}", x.policy_version)
+            )
+            .is_err()
+            {
+                break;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -84,6 +84,16 @@ async fn admin_commands_show_the_nodes_real_state_and_change_it() {
     assert_eq!(z["snapshot_version"], real.version);
     assert_eq!(z["multiplier_milli"], real.multiplier_milli);
     assert_eq!(z["fare"]["version"], real.fare.version);
+    // The recent history: newest first, versions decreasing, the newest no newer than now.
+    let h = z["history"].as_array().expect("history");
+    assert!(!h.is_empty(), "{z}");
+    let versions: Vec<u64> = h.iter().filter_map(|x| x["version"].as_u64()).collect();
+    assert!(versions.windows(2).all(|w| w[0] > w[1]), "{versions:?}");
+    assert!(
+        versions[0] <= real.version,
+        "{versions:?} vs {}",
+        real.version
+    );
     let human = cli(READER, &["zone", ZONE]);
     assert_eq!(human.code, 0, "{}", human.err);
     assert!(human.out.contains("3 available"), "{}", human.out);

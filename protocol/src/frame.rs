@@ -171,7 +171,8 @@ pub fn encode(request_id: u64, msg: &Message, out: &mut Vec<u8>) {
         Message::QuoteBatch(m) => archive(m, out),
         Message::EventBatch(m) => archive(m, out),
         Message::Verify(m) | Message::Explain(m) => archive(m, out),
-        Message::ZoneState(m) | Message::FareGet(m) => archive(m, out),
+        Message::ZoneState(m) | Message::FareGet(m) | Message::ZoneHistory(m) => archive(m, out),
+        Message::ZoneHistoryOk(m) => archive(m, out),
         Message::FareSet(m) => archive(m, out),
         Message::PolicyGet(m) | Message::Status(m) | Message::Cluster(m) => archive(m, out),
         Message::Drain(m) => archive(m, out),
@@ -236,6 +237,10 @@ pub fn decode(header: &Header, body: &[u8]) -> Result<Message, FrameError> {
         Kind::Drain => Message::Drain(unarchive::<msg::DrainRequest>(kind, body)?),
         Kind::ClusterOk => Message::ClusterOk(unarchive::<msg::ClusterReply>(kind, body)?),
         Kind::DrainOk => Message::DrainOk(unarchive::<msg::DrainReply>(kind, body)?),
+        Kind::ZoneHistory => Message::ZoneHistory(unarchive::<msg::ZoneRequest>(kind, body)?),
+        Kind::ZoneHistoryOk => {
+            Message::ZoneHistoryOk(unarchive::<msg::ZoneHistoryReply>(kind, body)?)
+        }
         Kind::ZoneStateOk => Message::ZoneStateOk(unarchive::<msg::ZoneStateReply>(kind, body)?),
         Kind::FareGetOk => Message::FareGetOk(unarchive::<msg::WireFare>(kind, body)?),
         Kind::FareSetOk => Message::FareSetOk(unarchive::<msg::VersionReply>(kind, body)?),

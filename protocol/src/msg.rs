@@ -39,6 +39,8 @@ pub enum Kind {
     Cluster = 0x0D,
     /// Admin → node: drain a node: hand its zones over, then it leaves ([`DrainRequest`]).
     Drain = 0x0E,
+    /// Admin (read) → node: a zone's recently published snapshots ([`ZoneRequest`]).
+    ZoneHistory = 0x0F,
     /// Node → client: reply to `Hello` ([`Welcome`]).
     Welcome = 0x81,
     /// Node → client: reply to `Quote` ([`QuoteReply`]).
@@ -67,13 +69,15 @@ pub enum Kind {
     ClusterOk = 0x8D,
     /// Node → admin: reply to `Drain` ([`DrainReply`]): the node handed its zones over.
     DrainOk = 0x8E,
+    /// Node → admin: reply to `ZoneHistory` ([`ZoneHistoryReply`]).
+    ZoneHistoryOk = 0x8F,
     /// Node → client: the request failed ([`ErrorReply`]).
     Error = 0xFF,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Self; 29] = [
+    pub const ALL: [Self; 31] = [
         Self::Hello,
         Self::Quote,
         Self::QuoteBatch,
@@ -88,6 +92,7 @@ impl Kind {
         Self::Status,
         Self::Cluster,
         Self::Drain,
+        Self::ZoneHistory,
         Self::Welcome,
         Self::QuoteOk,
         Self::QuoteBatchOk,
@@ -102,6 +107,7 @@ impl Kind {
         Self::StatusOk,
         Self::ClusterOk,
         Self::DrainOk,
+        Self::ZoneHistoryOk,
         Self::Error,
     ];
 
@@ -578,6 +584,41 @@ pub struct DrainReply {
     pub node_id: u16,
 }
 
+/// One published snapshot, as the zone history shows it.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireSnapshot {
+    /// Snapshot version.
+    pub version: u64,
+    /// When it was computed, ms since the epoch.
+    pub computed_at_ms: u64,
+    /// Multiplier, thousandths.
+    pub multiplier_milli: u32,
+    /// The policy's target before smoothing, thousandths.
+    pub target_milli: u32,
+    /// Available drivers.
+    pub supply: u32,
+    /// Demand in the window.
+    pub demand: u32,
+    /// Quotes in the window.
+    pub quotes: u32,
+    /// Fare table version in force.
+    pub fare_version: u32,
+    /// Policy version that priced it.
+    pub policy_version: u32,
+    /// Confidence, per mille.
+    pub confidence_permille: u16,
+}
+
+/// A zone's recent snapshots, newest first (at most 32, from the last
+/// `snapshot_history_max` the node published).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ZoneHistoryReply {
+    /// The zone.
+    pub zone: u64,
+    /// Newest first.
+    pub snapshots: Vec<WireSnapshot>,
+}
+
 /// A failed request.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ErrorReply {
@@ -619,6 +660,8 @@ pub enum Message {
     Drain(DrainRequest),
     ClusterOk(ClusterReply),
     DrainOk(DrainReply),
+    ZoneHistory(ZoneRequest),
+    ZoneHistoryOk(ZoneHistoryReply),
     Error(ErrorReply),
 }
 
@@ -654,6 +697,8 @@ impl Message {
             Self::Drain(_) => Kind::Drain,
             Self::ClusterOk(_) => Kind::ClusterOk,
             Self::DrainOk(_) => Kind::DrainOk,
+            Self::ZoneHistory(_) => Kind::ZoneHistory,
+            Self::ZoneHistoryOk(_) => Kind::ZoneHistoryOk,
             Self::Error(_) => Kind::Error,
         }
     }

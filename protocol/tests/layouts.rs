@@ -70,5 +70,10 @@ fn archived_layouts_are_as_documented() {
         groups_served @ 44, node_id @ 48, group_resolution @ 50, redis_up @ 51, clustered @ 52,
     });
     layout!(ArchivedDrainRequest, size 2, align 2, { node_id @ 0 });
+    layout!(ArchivedWireSnapshot, size 48, align 8, {
+        version @ 0, computed_at_ms @ 8, multiplier_milli @ 16, target_milli @ 20, supply @ 24, demand @ 28,
+        quotes @ 32, fare_version @ 36, policy_version @ 40, confidence_permille @ 44,
+    });
+    layout!(ArchivedZoneHistoryReply, size 16, align 8, { zone @ 0, snapshots @ 8 });
     layout!(ArchivedDrainReply, size 12, align 4, { groups_handed_over @ 0, groups_left @ 4, node_id @ 8 });
 }

@@ -616,6 +616,7 @@ async fn answer(
         Message::PolicySet(p) => policy_set(shared, &p).await.map(Message::PolicySetOk),
         Message::Status(_) => status(shared).await.map(Message::StatusOk),
         Message::Cluster(_) => cluster_status(shared).await.map(Message::ClusterOk),
+        Message::ZoneHistory(z) => zone_history(shared, z.zone).map(Message::ZoneHistoryOk),
         Message::Drain(d) => drain(shared, d.node_id, false).await.map(Message::DrainOk),
         Message::QuoteBatch(b) => quote_batch(shared, &b, now).map(Message::QuoteBatchOk),
         Message::EventBatch(b) => events(shared, b, false).await.map(Message::EventBatchOk),
@@ -1104,6 +1105,31 @@ async fn cluster_status(shared: &Shared) -> Answer<msg::ClusterReply> {
         group_resolution: 0,
         redis_up: 0,
         clustered: 0,
+    })
+}
+
+fn zone_history(shared: &Shared, raw: u64) -> Answer<msg::ZoneHistoryReply> {
+    let zone = admin_zone(shared, raw)?;
+    let snapshots = shared
+        .engine
+        .history(zone, 32)
+        .iter()
+        .map(|s| msg::WireSnapshot {
+            version: s.version,
+            computed_at_ms: s.computed_at_ms,
+            multiplier_milli: s.multiplier_milli,
+            target_milli: s.target_milli,
+            supply: s.supply,
+            demand: s.demand,
+            quotes: s.quotes,
+            fare_version: s.fare.version,
+            policy_version: s.policy_version,
+            confidence_permille: s.confidence_permille,
+        })
+        .collect();
+    Ok(msg::ZoneHistoryReply {
+        zone: raw,
+        snapshots,
     })
 }
 

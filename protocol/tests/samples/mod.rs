@@ -329,6 +329,46 @@ pub(crate) fn all() -> Vec<(&'static str, u64, Message)> {
             }),
         ),
         (
+            "0f-zone-history",
+            16,
+            Message::ZoneHistory(ZoneRequest {
+                zone: 0x0882_a100_d67f_ffff,
+            }),
+        ),
+        (
+            "8f-zone-history-ok",
+            16,
+            Message::ZoneHistoryOk(ZoneHistoryReply {
+                zone: 0x0882_a100_d67f_ffff,
+                snapshots: vec![
+                    WireSnapshot {
+                        version: 12,
+                        computed_at_ms: 1_795_337_860_956,
+                        multiplier_milli: 1_400,
+                        target_milli: 1_650,
+                        supply: 3,
+                        demand: 9,
+                        quotes: 4,
+                        fare_version: 2,
+                        policy_version: 1,
+                        confidence_permille: 450,
+                    },
+                    WireSnapshot {
+                        version: 11,
+                        computed_at_ms: 1_795_337_860_706,
+                        multiplier_milli: 1_300,
+                        target_milli: 1_600,
+                        supply: 3,
+                        demand: 8,
+                        quotes: 4,
+                        fare_version: 2,
+                        policy_version: 1,
+                        confidence_permille: 400,
+                    },
+                ],
+            }),
+        ),
+        (
             "ff-error",
             7,
             Message::Error(ErrorReply {
