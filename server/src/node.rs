@@ -22,7 +22,7 @@ use telemetry::{HealthState, Metrics, Op, TierLabel};
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, ConnectionLoad};
-use crate::cluster::{Cluster, Forwarded};
+use crate::cluster::{wire_fare, Cluster, Forwarded};
 use crate::config::{LimitsConfig, NodeConfig, Role, Tier};
 use crate::tls::Identity;
 
@@ -912,18 +912,6 @@ fn admin_zone(shared: &Shared, raw: u64) -> Answer<ZoneId> {
     ZoneId::new(raw)
         .and_then(|z| z.check_resolution(shared.engine.config().resolution))
         .map_err(|e| (ErrorCode::InvalidZone, e.to_string()))
-}
-
-fn wire_fare(f: &engine::FareTable) -> msg::WireFare {
-    msg::WireFare {
-        version: f.version,
-        base_minor: f.base_minor,
-        per_km_minor: f.per_km_minor,
-        per_min_minor: f.per_min_minor,
-        minimum_minor: f.minimum_minor,
-        surge_cap_milli: f.surge_cap_milli,
-        currency: f.currency.bytes(),
-    }
 }
 
 async fn zone_state(shared: &Shared, raw: u64) -> Answer<msg::ZoneStateReply> {
