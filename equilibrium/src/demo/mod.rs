@@ -596,26 +596,25 @@ async fn tour(
         duration_s: 900,
         origin: msg::ORIGIN_ZONE,
     };
-    // The most surging zone, as node 1 prices it.
-    let mut hottest: Option<(u32, u64)> = None;
-    let mut surging = 0;
+    // The most and the least surging zones, as node 1 prices them.
+    let mut priced: Vec<(u32, u64)> = Vec::new();
     for &z in scenario.city.zones() {
         if let Ok(q) = clients[0].quote(trip(z)).await {
-            if q.multiplier_milli > 1000 {
-                surging += 1;
-            }
-            if hottest.is_none_or(|(m, _)| q.multiplier_milli > m) {
-                hottest = Some((q.multiplier_milli, z));
-            }
+            priced.push((q.multiplier_milli, z));
         }
     }
-    let Some((_, zone)) = hottest else {
+    priced.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let (Some(&(_, zone)), Some(&(calm_m, calm))) = (priced.first(), priced.last()) else {
         bail!("no zone could be quoted after the run");
     };
+    let surging = priced.iter().filter(|(m, _)| *m > 1000).count();
     let zone_hex = format!("{zone:x}");
     println!(
-        "{surging} of {} city zones surge (multiplier above 1.0x); the highest is zone {zone_hex}",
-        scenario.city.zones().len()
+        "{surging} of {} city zones surge (multiplier above 1.0x; quotes count as demand, and \
+         every user asks for one a second); the calmest is {calm:x} at {}, the highest is zone \
+         {zone_hex}",
+        scenario.city.zones().len(),
+        milli(calm_m)
     );
     let mut owner = 0;
     for (i, a) in admin.iter().enumerate() {
