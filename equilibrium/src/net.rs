@@ -365,11 +365,11 @@ pub(crate) fn send_events(a: SendEventsArgs) -> anyhow::Result<()> {
             let b = batcher.clone();
             waits.push(tokio::spawn(async move { b.send(e).await }));
         }
-        let mut counts = [0u64; 9];
+        let mut counts = [0u64; 11];
         let mut failed = 0u64;
         for w in waits {
             match w.await? {
-                Ok(o) => counts[usize::from(o).min(8)] += 1,
+                Ok(o) => counts[usize::from(o).min(10)] += 1,
                 Err(e) => {
                     failed += 1;
                     eprintln!("error: {e}");
@@ -386,6 +386,8 @@ pub(crate) fn send_events(a: SendEventsArgs) -> anyhow::Result<()> {
             "overloaded",
             "stopped",
             "unknown_kind",
+            "not_serving",
+            "other",
         ];
         for (name, n) in names.iter().zip(counts) {
             if n > 0 {

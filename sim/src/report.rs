@@ -745,7 +745,10 @@ mod tests {
     fn every_known_outcome_has_its_own_name_and_unknown_codes_count_as_other() {
         assert_eq!(OUTCOMES[outcome_slot(outcome::APPLIED)], "applied");
         assert_eq!(OUTCOMES[outcome_slot(outcome::DEDUPE_FULL)], "dedupe_full");
-        assert_eq!(OUTCOMES[outcome_slot(outcome::UNKNOWN_KIND)], "unknown_kind");
+        assert_eq!(
+            OUTCOMES[outcome_slot(outcome::UNKNOWN_KIND)],
+            "unknown_kind"
+        );
         assert_eq!(OUTCOMES[outcome_slot(outcome::NOT_SERVING)], "not_serving");
         assert_eq!(OUTCOMES[outcome_slot(outcome::NOT_SERVING + 1)], "other");
         assert_eq!(OUTCOMES[outcome_slot(u8::MAX)], "other");
