@@ -1,7 +1,7 @@
 //! `equilibrium demo` as a user runs it: a real process that starts a real `redis-server`
 //! and three real node processes, replays the city, writes its report and stops everything.
 //! Checked: the exit status, the report files, and that no process the demo started (its
-//! `pids` file names them) is left, also after a SIGINT in the middle of the run and when
+//! `pids` file names them) is left, also after a SIGINT or SIGTERM in the middle of the run and when
 //! Redis is missing (the one-node fallback).
 //!
 //! Needs `redis-server` (scripts/test.sh installs it). The tests run one at a time.
@@ -162,10 +162,10 @@ fn the_demo_runs_a_three_node_cluster_writes_its_report_and_leaves_no_process() 
     let _ = std::fs::remove_dir_all(&out);
 }
 
-#[test]
-fn sigint_in_the_middle_of_the_run_stops_the_demo_and_every_process_it_started() {
-    let _g = lock();
-    let out = temp_dir("sigint");
+/// Starts a long demo, sends `signal` once the city is being replayed, and checks that the
+/// demo exits promptly with `code` and leaves no process.
+fn interrupt_mid_run(signal: &str, code: i32) {
+    let out = temp_dir(signal);
     let mut demo = Demo::start(&["--seconds", "60", "--out", out.to_str().expect("utf-8")]);
     demo.wait_for("replaying the city", Duration::from_secs(40));
     std::thread::sleep(Duration::from_secs(2));
@@ -173,14 +173,14 @@ fn sigint_in_the_middle_of_the_run_stops_the_demo_and_every_process_it_started()
     assert_eq!(pids.len(), 4, "{pids:?}");
     assert!(pids.iter().all(|(_, p)| alive(*p)), "{pids:?}");
     let st = Command::new("kill")
-        .args(["-INT", &demo.child.id().to_string()])
+        .args([&format!("-{signal}"), &demo.child.id().to_string()])
         .status()
         .expect("kill");
     assert!(st.success());
     let sent = Instant::now();
     let (status, stdout, stderr) = demo.finish(Duration::from_secs(20));
-    println!("demo exited {:?} after SIGINT", sent.elapsed());
-    assert_eq!(status.code(), Some(130), "{stdout}\n{stderr}");
+    println!("demo exited {:?} after SIG{signal}", sent.elapsed());
+    assert_eq!(status.code(), Some(code), "{stdout}\n{stderr}");
     assert!(
         stdout.contains("no process of the demo is left"),
         "{stdout}"
@@ -191,6 +191,18 @@ fn sigint_in_the_middle_of_the_run_stops_the_demo_and_every_process_it_started()
     );
     assert_none_left(&out);
     let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn sigint_in_the_middle_of_the_run_stops_the_demo_and_every_process_it_started() {
+    let _g = lock();
+    interrupt_mid_run("INT", 130);
+}
+
+#[test]
+fn sigterm_in_the_middle_of_the_run_stops_the_demo_and_every_process_it_started() {
+    let _g = lock();
+    interrupt_mid_run("TERM", 143);
 }
 
 #[test]
