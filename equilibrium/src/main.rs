@@ -35,12 +35,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the engine on a synthetic city for a few seconds and show prices move.
+    /// Start a local 3-node cluster, replay a city against it, and print the SLA report.
     ///
-    /// Starts the pricing engine in this process (zone actors, ticks, lock-free quotes),
-    /// streams seeded synthetic driver and rider events around a city centre with a demand
-    /// spike in the middle of the run, and prints the surging zones, quote latency, a signed
-    /// quote and its explanation. (Until clustering lands this runs one node in-process.)
+    /// What happens: starts redis-server on a free port (leases and zone snapshots), writes
+    /// a cluster credential (mutual TLS between nodes) and a client certificate into a
+    /// temporary directory, starts three `equilibrium node` processes, waits until every
+    /// node sees the other two and the city's zones are spread over them, replays the
+    /// built-in scenario (a synthetic Berlin in the morning rush, configs/scenarios/demo.toml)
+    /// for --seconds, prints the report and writes report.json and report.svg into --out,
+    /// shows where the zones live, the most surging zone, a quote for it from a node that
+    /// does not own it, and its explanation; then stops every process it started (also on
+    /// Ctrl-C or SIGTERM). Node logs and the PIDs are left in --out.
+    ///
+    /// Without redis-server it warns loudly and runs ONE standalone node instead (not the
+    /// cluster demo). `--engine-only` runs the first demo: the engine alone, in-process.
     Demo(demo::DemoArgs),
     /// Serve clients over QUIC (the binary protocol of PROTOCOL.md).
     Node(net::NodeArgs),

@@ -374,7 +374,7 @@ pub(crate) fn send_events(a: SendEventsArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let c = a.target.connect().await?;
         let batcher = c.event_batcher();
-        let mut counts = [0u64; 10];
+        let mut counts = [0u64; 11];
         let mut failed = 0u64;
         // Events a cluster could not serve this moment (ownership moving: outcome
         // `not_serving`) or an overloaded shard refused are resent with the same ids (so
@@ -398,7 +398,7 @@ pub(crate) fn send_events(a: SendEventsArgs) -> anyhow::Result<()> {
                     {
                         again.push(e);
                     }
-                    Ok(o) => counts[usize::from(o).min(9)] += 1,
+                    Ok(o) => counts[usize::from(o).min(10)] += 1,
                     Err(e) => {
                         failed += 1;
                         eprintln!("error: {e}");
@@ -426,6 +426,7 @@ pub(crate) fn send_events(a: SendEventsArgs) -> anyhow::Result<()> {
             "stopped",
             "unknown_kind",
             "not_serving",
+            "other",
         ];
         for (name, n) in names.iter().zip(counts) {
             if n > 0 {

@@ -45,8 +45,15 @@ fn config_check_accepts_the_shipped_config_and_names_the_bad_field_otherwise() {
 }
 
 #[test]
-fn the_demo_runs_end_to_end_and_shows_a_verified_explained_quote() {
-    let (ok, out, err) = equilibrium(&["demo", "--seconds", "4", "--drivers", "300"]);
+fn the_engine_only_demo_runs_end_to_end_and_shows_a_verified_explained_quote() {
+    let (ok, out, err) = equilibrium(&[
+        "demo",
+        "--engine-only",
+        "--seconds",
+        "4",
+        "--drivers",
+        "300",
+    ]);
     assert!(ok, "{err}");
     assert!(
         out.contains("verifies: true; same token with the amount altered verifies: false"),
@@ -54,4 +61,11 @@ fn the_demo_runs_end_to_end_and_shows_a_verified_explained_quote() {
     );
     assert!(out.contains("matches the quote"), "{out}");
     assert!(out.contains(" 0 rejected"), "{out}");
+}
+
+#[test]
+fn engine_only_options_without_engine_only_are_a_usage_error() {
+    let (ok, _, err) = equilibrium(&["demo", "--drivers", "300"]);
+    assert!(!ok);
+    assert!(err.contains("--engine-only"), "{err}");
 }

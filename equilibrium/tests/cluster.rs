@@ -119,9 +119,22 @@ struct Node {
     peer: SocketAddr,
     dir: PathBuf,
     child: Option<Child>,
+    metrics: Option<SocketAddr>,
 }
 
 impl Node {
+    /// The node's `/metrics` text.
+    fn scrape(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let addr = self.metrics.expect("metrics address");
+        let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out
+    }
+
     fn pid(&self) -> String {
         self.child.as_ref().expect("running").id().to_string()
     }
@@ -225,6 +238,7 @@ impl TestCluster {
             peer,
             dir: temp_dir(&format!("node{id}")),
             child: None,
+            metrics: None,
         }
     }
 
@@ -304,6 +318,13 @@ redis_url = "{redis}"
             line.contains("listening on"),
             "unexpected first line {line:?}"
         );
+        let mut second = String::new();
+        reader.read_line(&mut second).expect("metrics line");
+        self.nodes[i].metrics = second
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok());
         std::thread::spawn(move || for _ in reader.lines() {});
         self.nodes[i].child = Some(child);
     }
@@ -617,6 +638,15 @@ fn a_three_nodes_form_a_cluster_and_spread_the_zones() {
         let cc = c.cluster_client(PREMIUM).await;
         seed_zones(&cc, &zones).await;
         let counts = c.settle(zones.len() as u32).await;
+        for n in &c.nodes {
+            let m = n.scrape();
+            assert!(
+                m.contains("equilibrium_cluster_members 3\n"),
+                "node {}:\n{m}",
+                n.id
+            );
+            assert!(m.contains("equilibrium_redis_up 1\n"), "node {}", n.id);
+        }
         let mean = zones.len() as f64 / 3.0;
         let max = f64::from(*counts.iter().max().expect("nodes"));
         println!(
@@ -921,6 +951,16 @@ fn d_a_paused_node_is_fenced_off_and_serves_no_events_for_zones_it_lost() {
         let stale = c.redis.get("eq:incarnation:stale_writes");
         let log = c.nodes[victim].log();
         let fenced_in_log = log.matches("fenced off").count();
+        let scraped = c.nodes[victim].scrape();
+        let fenced_metric: u64 = scraped
+            .lines()
+            .find_map(|l| l.strip_prefix("equilibrium_cluster_fencing_rejections_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert_eq!(
+            fenced_metric, fenced_in_log as u64,
+            "the fencing metric disagrees with the log"
+        );
         println!(
             "(d) node 1 paused 6 s: after resuming, {} of {} direct events acknowledged (forwarded), the rest not serving; \
              stale snapshot writes rejected by Redis: {stale}; fencing rejections logged by node 1: {fenced_in_log}; \

@@ -356,6 +356,7 @@ impl Cluster {
         client_addr: SocketAddr,
     ) -> Result<(Arc<Self>, mpsc::Receiver<Forwarded>), ClusterError> {
         metrics.redis.configured.set_bool(true);
+        metrics.cluster.members.set_u64(1);
         let (server, client) = peer_configs(&cfg)?;
         let endpoint =
             quinn::Endpoint::server(server, cfg.listen).map_err(|e| ClusterError::Bind {
@@ -506,6 +507,13 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    fn note_fenced(&self) {
+        self.stats
+            .fencing_rejections
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.cluster.fencing_rejections.inc();
     }
 
     fn note_store(&self, ok: bool) {
@@ -698,6 +706,7 @@ impl Cluster {
                     warn!(node = p.id, addr = %p.addr, "member down");
                 }
             }
+            self.metrics.cluster.members.set_u64(live.len() as u64);
             let before = self.view.load().view.epoch();
             if view.epoch() == before {
                 self.view.store(Arc::new(ViewState {
@@ -709,6 +718,7 @@ impl Cluster {
             self.stats
                 .membership_changes
                 .fetch_add(1, Ordering::Relaxed);
+            self.metrics.cluster.membership_changes.inc();
             let mut ids: Vec<NodeId> = ids.into_iter().collect();
             ids.sort_unstable();
             info!(
@@ -1076,9 +1086,7 @@ impl Cluster {
                 }
                 Ok((_, Err(StoreError::Stale { current }))) => {
                     self.note_store(true);
-                    self.stats
-                        .fencing_rejections
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.note_fenced();
                     warn!(
                         group = format!("{g:x}"),
                         epoch, current, "snapshot write fenced off (stale epoch)"
@@ -1182,9 +1190,7 @@ impl Cluster {
                         .fetch_add(zones.len() as u64, Ordering::Relaxed);
                 }
                 Err(Some(StoreError::Stale { current })) => {
-                    self.stats
-                        .fencing_rejections
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.note_fenced();
                     warn!(
                         group = format!("{g:x}"),
                         epoch, current, "snapshot write fenced off (stale epoch)"
@@ -1431,9 +1437,7 @@ impl Cluster {
         match store.write(g, epoch, &[(zone.raw(), bytes)]).await {
             Ok((_, Ok(_))) => self.note_store(true),
             Ok((_, Err(e))) => {
-                self.stats
-                    .fencing_rejections
-                    .fetch_add(1, Ordering::Relaxed);
+                self.note_fenced();
                 return Err((
                     ErrorCode::Unavailable,
                     format!("zone {zone} changed owner ({e:?}); nothing changed, retry"),

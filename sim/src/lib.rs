@@ -44,8 +44,9 @@ pub use crate::report::Report;
 pub use crate::run::{Connections, RunOptions, Speed, Target};
 pub use crate::scenario::Scenario;
 
-/// Runs a scenario: warm-up (one event per city zone, then `traffic.warmup_ms`), then the
-/// open-loop traffic of `ramp_up_s + duration_s`; judges the objectives.
+/// Runs a scenario: warm-up (one event per city zone, `traffic.warmup_ms`, then until every
+/// node quotes every city zone), then the open-loop traffic of `ramp_up_s + duration_s`;
+/// judges the objectives.
 pub async fn run_scenario(
     scenario: &Scenario,
     target: &Target,

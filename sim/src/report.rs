@@ -224,7 +224,9 @@ fn ratio(a: u64, b: u64) -> f64 {
     }
 }
 
-const OUTCOMES: [&str; 9] = [
+/// Names of the per-event outcomes, indexed by their code (`protocol::msg::outcome`); a code
+/// this simulator does not know is counted as `other`.
+pub(crate) const OUTCOMES: [&str; OUTCOME_SLOTS] = [
     "applied",
     "duplicate",
     "invalid_zone",
@@ -234,7 +236,17 @@ const OUTCOMES: [&str; 9] = [
     "overloaded",
     "stopped",
     "unknown_kind",
+    "not_serving",
+    "other",
 ];
+
+/// Known outcome codes plus one slot for unknown ones.
+pub(crate) const OUTCOME_SLOTS: usize = protocol::msg::outcome::NOT_SERVING as usize + 2;
+
+/// The slot of an outcome code.
+pub(crate) fn outcome_slot(code: u8) -> usize {
+    usize::from(code).min(OUTCOME_SLOTS - 1)
+}
 
 pub(crate) fn build(rec: &Recorder, m: Meta) -> Report {
     let span = m.schedule_s.max(1e-3);
@@ -722,4 +734,23 @@ fn svg(r: &Report) -> String {
     }
     let _ = writeln!(s, "</svg>");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::msg::outcome;
+
+    #[test]
+    fn every_known_outcome_has_its_own_name_and_unknown_codes_count_as_other() {
+        assert_eq!(OUTCOMES[outcome_slot(outcome::APPLIED)], "applied");
+        assert_eq!(OUTCOMES[outcome_slot(outcome::DEDUPE_FULL)], "dedupe_full");
+        assert_eq!(
+            OUTCOMES[outcome_slot(outcome::UNKNOWN_KIND)],
+            "unknown_kind"
+        );
+        assert_eq!(OUTCOMES[outcome_slot(outcome::NOT_SERVING)], "not_serving");
+        assert_eq!(OUTCOMES[outcome_slot(outcome::NOT_SERVING + 1)], "other");
+        assert_eq!(OUTCOMES[outcome_slot(u8::MAX)], "other");
+    }
 }

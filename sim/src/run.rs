@@ -382,7 +382,7 @@ async fn event_sender(
             let error = match &result {
                 Ok(outcomes) => {
                     for x in outcomes.iter().skip(at).take(j.events.len()) {
-                        rec.event_outcomes[usize::from(*x).min(8)] += 1;
+                        rec.event_outcomes[report::outcome_slot(*x)] += 1;
                     }
                     at += j.events.len();
                     None
@@ -528,7 +528,7 @@ pub(crate) struct Recorder {
     pub(crate) cells: [[Cell; 2]; 2],
     pub(crate) series: Vec<Second>,
     /// Per-event outcomes of answered batches (see `protocol::msg::outcome`).
-    pub(crate) event_outcomes: [u64; 9],
+    pub(crate) event_outcomes: [u64; report::OUTCOME_SLOTS],
     pub(crate) events_sent: u64,
     pub(crate) last_due_us: u64,
     /// How late the dispatcher sent requests after their scheduled time (the simulator's
@@ -550,7 +550,7 @@ impl Recorder {
         Self {
             cells: [[cell(), cell()], [cell(), cell()]],
             series: Vec::new(),
-            event_outcomes: [0; 9],
+            event_outcomes: [0; report::OUTCOME_SLOTS],
             events_sent: 0,
             last_due_us: 0,
             lag_us: hist(),
@@ -646,8 +646,12 @@ pub(crate) async fn run_records(
 ) -> anyhow::Result<Report> {
     let pool = Arc::new(Pool::connect(target, conns).await?);
     if let Some((zones, wait)) = warmup {
-        warm_up(&pool, zones, target.nodes.len()).await?;
-        tokio::time::sleep(wait).await;
+        let unpriced = warm_up_until_priced(&pool, zones, target.nodes.len(), wait).await?;
+        if unpriced > 0 && opts.progress {
+            eprintln!(
+                "warm-up: {unpriced} zones still had no price on some node after {WARMUP_READY_MAX_MS} ms; running anyway"
+            );
+        }
     }
     let shared = Arc::new(Shared {
         rec: Mutex::new(Recorder::new()),
@@ -707,7 +711,15 @@ pub(crate) async fn run_records(
     if let Some(p) = progress {
         let _ = p.join();
     }
-    pool.close().await;
+    // Closing waits for the connections to drain; a node that died may never answer, so the
+    // wait is bounded (the report is what matters now).
+    if tokio::time::timeout(Duration::from_millis(CLOSE_TIMEOUT_MS), pool.close())
+        .await
+        .is_err()
+        && opts.progress
+    {
+        eprintln!("closing the connections took over {CLOSE_TIMEOUT_MS} ms; not waiting longer");
+    }
     dispatched?;
     let rec = shared.rec();
     Ok(report::build(
@@ -729,9 +741,8 @@ pub(crate) async fn run_records(
 
 /// One event per zone (a driver going offline that never came online: it changes no
 /// supply or demand) so every zone exists and gets a price at the next tick.
-async fn warm_up(pool: &Pool, zones: &[u64], nodes: usize) -> anyhow::Result<()> {
+async fn warm_up(pool: &Pool, zones: &[u64], nodes: usize, base: u64) -> anyhow::Result<()> {
     let mut per_node: Vec<Vec<WireEvent>> = vec![Vec::new(); nodes];
-    let base = warmup_id_base();
     for (i, z) in zones.iter().enumerate() {
         per_node[node_of(*z, nodes)].push(WireEvent {
             id: base + i as u64,
@@ -749,6 +760,73 @@ async fn warm_up(pool: &Pool, zones: &[u64], nodes: usize) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+/// Longest the end of a run waits for its connections to close.
+const CLOSE_TIMEOUT_MS: u64 = 2_000;
+
+/// Longest the warm-up waits for every node to quote every zone.
+pub const WARMUP_READY_MAX_MS: u64 = 15_000;
+
+/// Zones in one readiness probe (a `QUOTE_BATCH`; the node's default `batch_len_max` is 4,096).
+const WARMUP_PROBE_LEN: usize = 1_024;
+
+/// The warm-up: one event per zone, `wait`, then until every node quotes every zone (in a
+/// cluster a zone's first price is published by its owner and then replicated to the
+/// others; a fixed wait is not enough on a busy machine). Zones still unpriced are sent
+/// their event again (a fresh id) every second, since an event can be refused while
+/// ownership moves. Bounded by [`WARMUP_READY_MAX_MS`]; returns the zones still unpriced
+/// then (the run goes on, and their quotes fail as `unknown_zone` until traffic prices them).
+async fn warm_up_until_priced(
+    pool: &Pool,
+    zones: &[u64],
+    nodes: usize,
+    wait: Duration,
+) -> anyhow::Result<usize> {
+    let mut base = warmup_id_base();
+    warm_up(pool, zones, nodes, base).await?;
+    tokio::time::sleep(wait).await;
+    let started = Instant::now();
+    let mut resent = Instant::now();
+    loop {
+        let mut missing: Vec<u64> = Vec::new();
+        for n in 0..nodes {
+            for chunk in zones.chunks(WARMUP_PROBE_LEN) {
+                let probes = chunk
+                    .iter()
+                    .map(|&zone| msg::QuoteRequest {
+                        zone,
+                        lat: 0.0,
+                        lng: 0.0,
+                        distance_m: 1_000,
+                        duration_s: 60,
+                        origin: msg::ORIGIN_ZONE,
+                    })
+                    .collect();
+                match pool.quote[0][n][0].quote_batch(probes).await {
+                    Ok(results) => missing.extend(
+                        chunk
+                            .iter()
+                            .zip(results)
+                            .filter(|(_, r)| r.error != 0)
+                            .map(|(z, _)| *z),
+                    ),
+                    Err(_) => missing.extend_from_slice(chunk),
+                }
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() || started.elapsed() >= Duration::from_millis(WARMUP_READY_MAX_MS) {
+            return Ok(missing.len());
+        }
+        if resent.elapsed() >= Duration::from_secs(1) {
+            resent = Instant::now();
+            base += zones.len() as u64;
+            warm_up(pool, &missing, nodes, base).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Event ids for a run that must not collide with earlier runs against the same nodes

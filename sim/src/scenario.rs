@@ -83,8 +83,8 @@ pub struct Traffic {
     pub in_flight_max: usize,
     /// A request unanswered this long fails with `timeout`, ms.
     pub request_timeout_ms: u64,
-    /// After the warm-up events (one per city zone), wait this long for the nodes to
-    /// publish prices before the run starts, ms.
+    /// After the warm-up events (one per city zone), wait this long, then until every node
+    /// quotes every city zone (at most `run::WARMUP_READY_MAX_MS`), before the run starts, ms.
     pub warmup_ms: u64,
 }
 

@@ -1,4 +1,6 @@
-//! `equilibrium demo`: the engine on a synthetic city, in real time.
+//! `equilibrium demo --engine-only`: the engine alone, in this process, on a synthetic city in
+//! real time (no nodes, no network). The first demo of the project, kept for a look at the
+//! engine by itself.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,35 +16,46 @@ use engine::{
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-/// Options of `equilibrium demo`.
+/// Options of the engine-only demo (`equilibrium demo --engine-only`).
 #[derive(Debug, Args)]
-pub(crate) struct DemoArgs {
-    /// How long to run, in seconds.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
-    seconds: u64,
+#[command(next_help_heading = "Engine-only demo (with --engine-only)")]
+pub(crate) struct EngineOnlyArgs {
     /// Drivers in the city.
-    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = 2_000, requires = "engine_only", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     drivers: u64,
     /// Rider demand signals per second, city-wide, outside the spike (default: a calm
     /// demand/supply ratio of about 0.7).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    #[arg(long, requires = "engine_only", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     riders_per_s: Option<u64>,
     /// City centre latitude.
-    #[arg(long, default_value_t = 52.5200, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 52.5200,
+        requires = "engine_only",
+        allow_negative_numbers = true
+    )]
     lat: f64,
     /// City centre longitude.
-    #[arg(long, default_value_t = 13.4050, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 13.4050,
+        requires = "engine_only",
+        allow_negative_numbers = true
+    )]
     lng: f64,
     /// City radius in kilometres.
-    #[arg(long, default_value_t = 6.0)]
+    #[arg(long, default_value_t = 6.0, requires = "engine_only")]
     radius_km: f64,
-    /// Seed of the synthetic traffic (same seed, same traffic).
-    #[arg(long, default_value_t = 7)]
-    seed: u64,
     /// Engine configuration file. Without one, the defaults apply except that the demand
     /// window is shortened to 10 s so a short run shows prices rise and fall back.
-    #[arg(long)]
+    #[arg(long, requires = "engine_only")]
     config: Option<PathBuf>,
+}
+
+/// The run's length and seed, shared with the cluster demo's options.
+pub(crate) struct Common {
+    pub(crate) seconds: u64,
+    pub(crate) seed: u64,
 }
 
 const KM_PER_DEG_LAT: f64 = 111.32;
@@ -78,7 +91,7 @@ struct Counters {
     rejected_reasons: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
-pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &EngineOnlyArgs, common: Common) -> anyhow::Result<()> {
     let mut cfg = match &args.config {
         Some(p) => crate::load_config(p)?,
         None => {
@@ -120,7 +133,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     println!(
         "Equilibrium demo: {} drivers, {} rider signals/s around ({:.4}, {:.4}), radius {} km, {} s, seed {}",
-        args.drivers, riders_per_s, city.lat, city.lng, city.radius_km, args.seconds, args.seed
+        args.drivers, riders_per_s, city.lat, city.lng, city.radius_km, common.seconds, common.seed
     );
     println!("A demand spike hits the hotspot from 1/3 to 2/3 of the run; watch its zones surge and recover.\n");
 
@@ -133,7 +146,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     });
     let city = Arc::new(city);
     let started = Instant::now();
-    let total = Duration::from_secs(args.seconds);
+    let total = Duration::from_secs(common.seconds);
 
     let traffic = {
         let (engine, stop, counters, city) = (
@@ -142,7 +155,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
             Arc::clone(&counters),
             Arc::clone(&city),
         );
-        let (drivers, seed) = (args.drivers, args.seed);
+        let (drivers, seed) = (args.drivers, common.seed);
         rt.spawn(async move {
             traffic(
                 engine,
@@ -185,7 +198,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     rt.block_on(traffic).context("traffic task")??;
 
     println!();
-    let report = quotes_report(&engine, &city, args.seed)?;
+    let report = quotes_report(&engine, &city, common.seed)?;
     println!("{report}");
     let (a, d, r) = (
         counters.applied.load(Ordering::Relaxed),
