@@ -547,7 +547,12 @@ impl Client {
         if let Some(l) = self.inner.live.lock().await.take() {
             l.conn.close(quinn::VarInt::from_u32(0), b"bye");
         }
-        self.inner.endpoint.wait_idle().await;
+        // Bounded: with the node gone, a closing connection can linger until it times out.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(2_000),
+            self.inner.endpoint.wait_idle(),
+        )
+        .await;
     }
 }
 

@@ -143,7 +143,7 @@ impl fmt::Display for Explanation {
             }
             None => writeln!(
                 f,
-                "  fare table  v{} (no longer retained on this node)",
+                "  fare table  v{} (not held by this node: ask the zone's owner, or it is no longer retained)",
                 t.fare_version
             )?,
         }

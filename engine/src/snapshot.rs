@@ -574,6 +574,12 @@ impl SnapshotTable {
         }
     }
 
+    /// Adds quotes counted elsewhere (another node answered them from its replica of this
+    /// zone) to a slot, through the shared lane. Not for the quote path.
+    pub fn add_quotes(&self, idx: SlotIdx, n: u32) {
+        self.details[idx.0 as usize].quote_lanes[QUOTE_LANES - 1].fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The running total of quotes counted against a slot (wrapping). The owner keeps the
     /// total it saw last and takes the difference at each tick.
     #[inline]

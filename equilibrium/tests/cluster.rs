@@ -698,6 +698,30 @@ fn a_three_nodes_form_a_cluster_and_spread_the_zones() {
                 assert_eq!(d.addrs()[owner], c.nodes[i].addr, "zone {z:x}");
             }
         }
+        // Quotes answered from replicas count as demand at the zone's owner.
+        let z0 = owned[0][0];
+        let other = Client::connect(c.nodes[1].addr, c.client_cfg(PREMIUM))
+            .await
+            .expect("client");
+        for _ in 0..60 {
+            other
+                .quote(quote_req(z0))
+                .await
+                .expect("quote from a replica");
+        }
+        let owner_admin = c.admin(0).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let q = owner_admin.zone_state(z0).await.expect("state").quotes;
+            if q >= 60 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the owner counts only {q} of 60 remote quotes"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let mut next = ids();
         let out = d
             .send_events(zones.iter().take(200).map(|&z| event(next(), z)).collect())

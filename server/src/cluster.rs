@@ -434,6 +434,7 @@ impl Cluster {
             tokio::spawn(Arc::clone(t).coordinator_loop()),
             tokio::spawn(Arc::clone(t).persist_loop()),
             tokio::spawn(Arc::clone(t).replicate_loop(ticks)),
+            tokio::spawn(Arc::clone(t).quote_report_loop()),
         ];
         this.tasks.lock().expect("tasks lock").extend(handles);
         Ok((this, fwd_rx))
@@ -1235,7 +1236,76 @@ impl Cluster {
         }
     }
 
+    /// Once a second, tells each owner how many quotes this node answered from its replicas
+    /// of the owner's zones: quotes count as demand, wherever they were answered.
+    async fn quote_report_loop(self: Arc<Self>) {
+        let mut reported: HashMap<ZoneId, u32> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(1_000));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let vs = self.view.load_full();
+            let now = mono_ms();
+            let table = self.engine.table();
+            let mut by_owner: BTreeMap<NodeId, Vec<(ZoneId, u32)>> = BTreeMap::new();
+            for (zone, slot) in table.zones() {
+                let total = table.quote_total(slot);
+                let last = reported.insert(zone, total).unwrap_or(total);
+                let delta = total.wrapping_sub(last);
+                if delta == 0 || self.is_serving(vs.view.group_of(zone), now) {
+                    continue;
+                }
+                if let Some(owner) = vs.view.owner(zone).filter(|&o| o != self.me) {
+                    by_owner.entry(owner).or_default().push((zone, delta));
+                }
+            }
+            for (owner, counts) in by_owner {
+                let Some(addr) = vs.peers.iter().find(|p| p.id == owner).map(|p| p.addr) else {
+                    continue;
+                };
+                let mut b = Vec::with_capacity(7 + counts.len() * 12);
+                b.push(2);
+                b.extend_from_slice(&self.me.to_le_bytes());
+                b.extend_from_slice(&(counts.len() as u32).to_le_bytes());
+                for (z, n) in &counts {
+                    b.extend_from_slice(&z.raw().to_le_bytes());
+                    b.extend_from_slice(&n.to_le_bytes());
+                }
+                let this = Arc::clone(&self);
+                tokio::spawn(async move {
+                    if let Some(c) = this.peers.get(addr).await {
+                        if let Ok(mut s) = c.open_uni().await {
+                            let _ = s.write_all(&b).await;
+                            let _ = s.finish();
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    fn on_quote_counts(&self, bytes: &[u8]) {
+        let Some(counts) = decode_quote_counts(bytes) else {
+            debug!("malformed quote counts dropped");
+            return;
+        };
+        let now = mono_ms();
+        let vs = self.view.load();
+        let table = self.engine.table();
+        for (zone, n) in counts {
+            // Only for zones served here; otherwise the count is dropped (ownership moved).
+            if self.is_serving(vs.view.group_of(zone), now) {
+                if let Some(slot) = table.slot_of(zone) {
+                    table.add_quotes(slot, n);
+                }
+            }
+        }
+    }
+
     fn on_replication(&self, bytes: &[u8]) {
+        if bytes.first() == Some(&2) {
+            return self.on_quote_counts(bytes);
+        }
         let Some((from, now_ms, snaps, unchanged)) = decode_replication(bytes) else {
             debug!("malformed replication batch dropped");
             return;
@@ -1708,6 +1778,24 @@ fn encode_replication(me: NodeId, t: &TickMsg) -> Vec<u8> {
         b.extend_from_slice(&z.raw().to_le_bytes());
     }
     b
+}
+
+fn decode_quote_counts(b: &[u8]) -> Option<Vec<(ZoneId, u32)>> {
+    let (&kind, rest) = b.split_first()?;
+    if kind != 2 || rest.len() < 6 {
+        return None;
+    }
+    let n = u32::from_le_bytes(rest[2..6].try_into().ok()?) as usize;
+    let body = &rest[6..];
+    if body.len() != n.checked_mul(12)? {
+        return None;
+    }
+    body.chunks_exact(12)
+        .map(|c| {
+            let zone = ZoneId::new(u64::from_le_bytes(c[..8].try_into().ok()?)).ok()?;
+            Some((zone, u32::from_le_bytes(c[8..].try_into().ok()?)))
+        })
+        .collect()
 }
 
 type Decoded = (NodeId, u64, Vec<PriceSnapshot>, Vec<ZoneId>);
