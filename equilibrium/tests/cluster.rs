@@ -302,7 +302,10 @@ redis_url = "{redis}"
             .args(["node", "--config"])
             .arg(n.dir.join("node.toml"))
             .args(["--node-id", &n.id.to_string()])
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("EQ_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -716,10 +719,12 @@ fn a_three_nodes_form_a_cluster_and_spread_the_zones() {
             if q >= 60 {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the owner counts only {q} of 60 remote quotes"
-            );
+            if Instant::now() >= deadline {
+                for n in &c.nodes {
+                    eprintln!("==== node {}\n{}", n.id, n.log());
+                }
+                panic!("the owner counts only {q} of 60 remote quotes in zone {z0:x}");
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let mut next = ids();

@@ -1250,9 +1250,15 @@ impl Cluster {
             let mut by_owner: BTreeMap<NodeId, Vec<(ZoneId, u32)>> = BTreeMap::new();
             for (zone, slot) in table.zones() {
                 let total = table.quote_total(slot);
-                let last = reported.insert(zone, total).unwrap_or(total);
+                // A replica slot starts at 0, so a zone seen for the first time reports all
+                // its quotes; while this node serves the zone its own tick counts them, and
+                // the mark just follows.
+                let last = reported.insert(zone, total).unwrap_or(0);
+                if self.is_serving(vs.view.group_of(zone), now) {
+                    continue;
+                }
                 let delta = total.wrapping_sub(last);
-                if delta == 0 || self.is_serving(vs.view.group_of(zone), now) {
+                if delta == 0 {
                     continue;
                 }
                 if let Some(owner) = vs.view.owner(zone).filter(|&o| o != self.me) {
@@ -1263,6 +1269,7 @@ impl Cluster {
                 let Some(addr) = vs.peers.iter().find(|p| p.id == owner).map(|p| p.addr) else {
                     continue;
                 };
+                debug!(owner, zones = counts.len(), "reporting remote quote counts");
                 let mut b = Vec::with_capacity(7 + counts.len() * 12);
                 b.push(2);
                 b.extend_from_slice(&self.me.to_le_bytes());
@@ -1292,6 +1299,7 @@ impl Cluster {
         let now = mono_ms();
         let vs = self.view.load();
         let table = self.engine.table();
+        debug!(zones = counts.len(), "remote quote counts received");
         for (zone, n) in counts {
             // Only for zones served here; otherwise the count is dropped (ownership moved).
             if self.is_serving(vs.view.group_of(zone), now) {
