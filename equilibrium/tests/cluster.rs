@@ -194,10 +194,16 @@ struct TestCluster {
     cert_pem: String,
     key_pem: String,
     cert_der: Vec<u8>,
+    /// Extra `[cluster]` lines for every node (settings under test).
+    extra: String,
 }
 
 impl TestCluster {
     fn start(n: u16) -> Self {
+        Self::start_with(n, "")
+    }
+
+    fn start_with(n: u16, extra: &str) -> Self {
         let redis = Redis::start();
         let creds = temp_dir("creds");
         let st = Command::new(env!("CARGO_BIN_EXE_equilibrium"))
@@ -216,6 +222,7 @@ impl TestCluster {
             cert_pem: ck.cert.pem(),
             key_pem: ck.signing_key.serialize_pem(),
             cert_der: ck.cert.der().to_vec(),
+            extra: extra.to_owned(),
         };
         let peers: Vec<SocketAddr> = (0..n)
             .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
@@ -285,7 +292,9 @@ ca_cert_path = "{creds}/ca.pem"
 cert_path = "{creds}/node.pem"
 key_path = "{creds}/node-key.pem"
 redis_url = "{redis}"
+{extra}
 "#,
+                extra = self.extra,
                 addr = n.addr,
                 peer = n.peer,
                 seeds = seeds.join(", "),
@@ -1288,4 +1297,44 @@ fn g_admin_cli_ownership_fares_and_drain_match_the_cluster() {
         &failed[..failed.len().min(5)]
     );
     assert!(lost.is_empty());
+}
+
+#[test]
+fn h_no_node_quotes_from_a_snapshot_older_than_the_bound() {
+    let _g = lock();
+    // A short bound, to see it (1.5 s), and slow failure detection, so that the paused
+    // owner's zones are not taken over (and priced afresh) while the test looks.
+    let c = TestCluster::start_with(2, "snapshot_stale_ms = 1500\nsuspect_to_down_ms = 10000");
+    runtime().block_on(async {
+        let zones = city_zones();
+        let cc = c.cluster_client(PREMIUM).await;
+        seed_zones(&cc, &zones).await;
+        c.settle(zones.len() as u32).await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let owned_by_1 = zones_on(&c, 0, &zones).await;
+        let owned_by_2 = zones_on(&c, 1, &zones).await;
+        let both: Vec<&u64> = owned_by_1
+            .iter()
+            .filter(|z| owned_by_2.contains(z))
+            .collect();
+        assert!(both.is_empty(), "{} zones live on both nodes", both.len());
+        let z = owned_by_1[0];
+        let reader = Client::connect(c.nodes[1].addr, c.client_cfg(PREMIUM))
+            .await
+            .expect("client");
+        let fresh = reader.quote(quote_req(z)).await.expect("a fresh replica");
+        assert!(fresh.snapshot_age_ms <= 1_500, "{}", fresh.snapshot_age_ms);
+        // The owner stops refreshing its replicas: past the bound, node 2 answers `stale`.
+        c.nodes[0].signal("-STOP");
+        tokio::time::sleep(Duration::from_millis(1_800)).await;
+        let err = reader.quote(quote_req(z)).await.expect_err("stale");
+        c.nodes[0].signal("-CONT");
+        assert_eq!(err.code(), Some(ErrorCode::Stale), "{err}");
+        println!(
+            "(h) a replica {} ms old was refused: {err}",
+            fresh.snapshot_age_ms
+        );
+        reader.close().await;
+        cc.close().await;
+    });
 }

@@ -872,7 +872,13 @@ impl Cluster {
                     .collect()
             };
             for g in to_restore {
-                let span = info_span!("takeover", group = format!("{g:x}"));
+                let epoch = self
+                    .leases
+                    .lock()
+                    .expect("lease lock")
+                    .epoch(g, mono_ms())
+                    .unwrap_or(0);
+                let span = info_span!("takeover", group = format!("{g:x}"), epoch);
                 let t0 = Instant::now();
                 if self.restore_group(&store, g).instrument(span).await {
                     self.metrics.cluster.handoff_duration.observe(t0.elapsed());
