@@ -36,6 +36,8 @@ pub struct ClusterClient {
     pub event_deadline: Duration,
     /// How long `call` (and so `quote`) keeps trying other nodes. Default 3 s.
     pub call_deadline: Duration,
+    /// How long one node may take to answer before `call` tries the next. Default 750 ms.
+    pub attempt_timeout: Duration,
     /// The ownership view learnt from the cluster, with each member's index in `nodes`.
     routes: ArcSwap<Option<Routes>>,
 }
@@ -92,6 +94,7 @@ impl ClusterClient {
             next: AtomicUsize::new(0),
             event_deadline: Duration::from_secs(10),
             call_deadline: Duration::from_secs(3),
+            attempt_timeout: Duration::from_millis(750),
             routes: ArcSwap::from_pointee(None),
         })
     }
@@ -194,19 +197,29 @@ impl ClusterClient {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = ClientError::Connection("no node reachable".into());
         let deadline = tokio::time::Instant::now() + self.call_deadline;
-        for round in 0.. {
+        for round in 0u32.. {
+            let now = self.epoch.elapsed().as_millis() as u64;
+            // Nodes that just failed to answer are skipped while another may answer; when
+            // all are marked, all are tried.
+            let all_down = (0..n).all(|i| self.down_until[i].load(Ordering::Relaxed) > now);
             for k in 0..n {
                 let i = (start + k) % n;
                 let now = self.epoch.elapsed().as_millis() as u64;
-                // Skip a node that just failed to answer, unless this is the last try.
-                if round == 0 && self.down_until[i].load(Ordering::Relaxed) > now {
+                if !all_down && self.down_until[i].load(Ordering::Relaxed) > now {
                     continue;
                 }
                 let Some(c) = self.node(i).await else {
                     self.down_until[i].store(now + 1_000, Ordering::Relaxed);
                     continue;
                 };
-                match f(c).await {
+                // One node gets at most `attempt_timeout`: a dead node's reconnect attempts
+                // must not eat the whole deadline.
+                let attempt = tokio::time::timeout(self.attempt_timeout, f(c))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ClientError::Timeout(self.attempt_timeout.as_millis() as u64))
+                    });
+                match attempt {
                     Ok(v) => return Ok(v),
                     Err(e) if retryable(&e) => {
                         if matches!(e, ClientError::Connection(_) | ClientError::Timeout(_)) {
@@ -216,6 +229,9 @@ impl ClusterClient {
                         last = e;
                     }
                     Err(e) => return Err(e),
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
                 }
             }
             if tokio::time::Instant::now() >= deadline {

@@ -69,7 +69,7 @@ pub struct MembershipConfig {
     pub probe_period_ms: u64,
     /// How long a probe waits for its answer before asking others to probe. Default 200 ms.
     pub probe_rtt_ms: u64,
-    /// How long a suspected member has to refute before it is declared down. Default 1,000 ms.
+    /// How long a suspected member has to refute before it is declared down. Default 700 ms.
     pub suspect_to_down_ms: u64,
     /// An isolated node announces itself again this often. Default 1,000 ms.
     pub announce_every_ms: u64,
@@ -82,7 +82,7 @@ impl Default for MembershipConfig {
         Self {
             probe_period_ms: 500,
             probe_rtt_ms: 200,
-            suspect_to_down_ms: 1_000,
+            suspect_to_down_ms: 700,
             announce_every_ms: 1_000,
             max_packet_bytes: 1_100,
         }

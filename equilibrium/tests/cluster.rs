@@ -619,7 +619,18 @@ fn wall_ms_of_day() -> u64 {
 
 /// The time of day (ms, UTC) of the first log line containing `needle`.
 fn log_time(log: &str, needle: &str) -> Option<u64> {
-    let line = log.lines().find(|l| l.contains(needle))?;
+    line_time(log.lines().find(|l| l.contains(needle))?)
+}
+
+/// The time of day (ms, UTC) of every log line containing `needle`.
+fn log_times(log: &str, needle: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(line_time)
+        .collect()
+}
+
+fn line_time(line: &str) -> Option<u64> {
     let t = line.find('T')?;
     let hms = &line[t + 1..t + 13]; // HH:MM:SS.mmm
     let h: u64 = hms[0..2].parse().ok()?;
@@ -816,10 +827,18 @@ fn b_kill_9_under_load_loses_no_quote_and_at_most_a_snapshot_interval_of_events(
             .filter_map(|&i| log_time(&c.nodes[i].log(), "member down"))
             .map(|t| t.saturating_sub(killed_wall))
             .collect();
+        // When the survivors had restored (and served) the last of the dead node's groups,
+        // from their logs: the probe above can only be later than that.
+        let restored_ms = [0, 1]
+            .iter()
+            .flat_map(|&i| log_times(&c.nodes[i].log(), "group taken over"))
+            .filter(|&t| t >= killed_wall)
+            .max()
+            .map(|t| t - killed_wall);
         let lost = lost_events(&cc, &acked).await;
         let oldest_lost = lost.iter().map(|(_, t)| killed_at.saturating_duration_since(*t)).max();
         println!(
-            "(b) kill -9 node 3 ({} zones): failure detected after {detect:?} ms; all its zones accept events {takeover_ms} ms after the kill; \
+            "(b) kill -9 node 3 ({} zones): failure detected after {detect:?} ms; its last group restored {restored_ms:?} ms and all its zones seen accepting events by the probe {takeover_ms} ms after the kill; \
              quotes {quotes} ok, {} failed; events acked {}, lost {} (acked at most {:?} before the kill), not acked {unacked}",
             victim_zones.len(),
             failed.len(),

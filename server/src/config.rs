@@ -134,7 +134,7 @@ pub struct ClusterConfig {
     /// SWIM probe period. Default 500 ms.
     #[serde(default = "default_probe")]
     pub probe_period_ms: u64,
-    /// A suspected node is declared down after this long. Default 1,000 ms.
+    /// A suspected node is declared down after this long. Default 700 ms.
     #[serde(default = "default_suspect")]
     pub suspect_to_down_ms: u64,
     /// A forwarded request (events, fare change) waits this long for the owner. Default
@@ -181,7 +181,7 @@ fn default_probe() -> u64 {
     500
 }
 fn default_suspect() -> u64 {
-    1_000
+    700
 }
 fn default_forward_timeout() -> u64 {
     2_000
