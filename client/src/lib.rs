@@ -363,15 +363,8 @@ impl Client {
         distance_m: u32,
         duration_s: u32,
     ) -> Result<msg::QuoteReply, ClientError> {
-        self.quote(msg::QuoteRequest {
-            zone,
-            lat: 0.0,
-            lng: 0.0,
-            distance_m,
-            duration_s,
-            origin: msg::ORIGIN_ZONE,
-        })
-        .await
+        self.quote(msg::QuoteRequest::from_zone(zone, distance_m, duration_s))
+            .await
     }
 
     /// Quotes a trip from a point.
@@ -382,14 +375,9 @@ impl Client {
         distance_m: u32,
         duration_s: u32,
     ) -> Result<msg::QuoteReply, ClientError> {
-        self.quote(msg::QuoteRequest {
-            zone: 0,
-            lat,
-            lng,
-            distance_m,
-            duration_s,
-            origin: msg::ORIGIN_POINT,
-        })
+        self.quote(msg::QuoteRequest::from_point(
+            lat, lng, distance_m, duration_s,
+        ))
         .await
     }
 

@@ -136,10 +136,6 @@ pub struct Membership {
     last_announce_ms: Option<u64>,
     outbox: Vec<(SocketAddr, Vec<u8>)>,
     changes: Vec<Change>,
-    /// Times this node found itself declared down and rejoined.
-    pub rejoins: u64,
-    /// Suspicions raised against others seen (for metrics).
-    pub downs_seen: u64,
     left: bool,
 }
 
@@ -172,8 +168,6 @@ impl Membership {
             last_announce_ms: None,
             outbox: Vec::new(),
             changes: Vec::new(),
-            rejoins: 0,
-            downs_seen: 0,
             left: false,
         }
     }
@@ -295,11 +289,9 @@ impl Membership {
                     self.changes.push(Change::Up(p));
                 }
                 OwnedNotification::MemberDown(p) => {
-                    self.downs_seen += 1;
                     self.changes.push(Change::Down(p));
                 }
                 OwnedNotification::Rename(_, p) => self.changes.push(Change::Up(p)),
-                OwnedNotification::Rejoin(_) => self.rejoins += 1,
                 _ => {}
             }
         }

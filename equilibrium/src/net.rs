@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use client::{Client, ClientConfig, Trust};
+use client::{Client, ClientConfig, ClusterClient, Trust};
 use protocol::msg::{self, event_kind, outcome};
 use protocol::TOKEN_LEN;
 use server::{Node, NodeConfig};
@@ -38,6 +38,40 @@ pub(crate) struct NodeArgs {
     metrics_listen: Option<String>,
 }
 
+/// How a command verifies node certificates.
+#[derive(Debug, Args)]
+pub(crate) struct TlsArgs {
+    /// Trust node certificates signed by this CA (PEM). Without it (and without --insecure)
+    /// node certificates cannot be verified and the command fails.
+    #[arg(long, env = "EQUILIBRIUM_CA")]
+    ca: Option<PathBuf>,
+    /// Accept any node certificate (development nodes with a self-signed certificate).
+    #[arg(long, env = "EQUILIBRIUM_INSECURE")]
+    insecure: bool,
+    /// TLS server name.
+    #[arg(long, default_value = "localhost")]
+    pub(crate) server_name: String,
+}
+
+impl TlsArgs {
+    /// The trust policy these options ask for.
+    pub(crate) fn trust(&self) -> anyhow::Result<Trust> {
+        Ok(match (&self.ca, self.insecure) {
+            (Some(ca), _) => {
+                let pem = std::fs::read_to_string(ca)
+                    .with_context(|| format!("reading {}", ca.display()))?;
+                Trust::Roots(
+                    pem_certificates(&pem).with_context(|| format!("in {}", ca.display()))?,
+                )
+            }
+            (None, true) => Trust::InsecureAnyCertificate,
+            (None, false) => bail!(
+                "no way to verify the node: pass --ca FILE, or --insecure for a development node"
+            ),
+        })
+    }
+}
+
 /// How client commands reach a node.
 #[derive(Debug, Args)]
 pub(crate) struct Target {
@@ -48,16 +82,8 @@ pub(crate) struct Target {
     /// `premium-demo-token` for client commands, `admin-demo-token` for admin commands.
     #[arg(long, env = "EQUILIBRIUM_TOKEN")]
     token: Option<String>,
-    /// Trust the node certificate signed by this CA (PEM). Without it (and without
-    /// --insecure) the node's certificate cannot be verified and the command fails.
-    #[arg(long, env = "EQUILIBRIUM_CA")]
-    ca: Option<PathBuf>,
-    /// Accept any node certificate (development nodes with a self-signed certificate).
-    #[arg(long, env = "EQUILIBRIUM_INSECURE")]
-    insecure: bool,
-    /// TLS server name.
-    #[arg(long, default_value = "localhost")]
-    server_name: String,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// The sample config's client token, the default of the client commands.
@@ -73,30 +99,23 @@ impl Target {
         self.connect_to(self.addr, default_token).await
     }
 
+    /// The client configuration: `--token` (or `default_token`) and the TLS options.
+    fn client_config(&self, default_token: &str) -> anyhow::Result<ClientConfig> {
+        let token = self.token.as_deref().unwrap_or(default_token);
+        let mut cfg = ClientConfig::new(token, self.tls.trust()?);
+        cfg.server_name = self.tls.server_name.clone();
+        cfg.name = "equilibrium-cli".into();
+        cfg.lanes = 1;
+        Ok(cfg)
+    }
+
     /// Connects to another node (a cluster member) with the same credential and TLS settings.
     pub(crate) async fn connect_to(
         &self,
         addr: SocketAddr,
         default_token: &str,
     ) -> anyhow::Result<Client> {
-        let trust = match (&self.ca, self.insecure) {
-            (Some(ca), _) => {
-                let pem = std::fs::read_to_string(ca)
-                    .with_context(|| format!("reading {}", ca.display()))?;
-                Trust::Roots(
-                    pem_certificates(&pem).with_context(|| format!("in {}", ca.display()))?,
-                )
-            }
-            (None, true) => Trust::InsecureAnyCertificate,
-            (None, false) => bail!(
-                "no way to verify the node: pass --ca FILE, or --insecure for a development node"
-            ),
-        };
-        let token = self.token.as_deref().unwrap_or(default_token);
-        let mut cfg = ClientConfig::new(token, trust);
-        cfg.server_name = self.server_name.clone();
-        cfg.name = "equilibrium-cli".into();
-        cfg.lanes = 1;
+        let cfg = self.client_config(default_token)?;
         Client::connect(addr, cfg)
             .await
             .with_context(|| format!("connecting to {addr}"))
@@ -175,9 +194,7 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
         })?;
         return Ok(());
     };
-    let stats = Arc::new(server::cluster::ClusterStats::default());
-    let (sink, ticks) =
-        server::cluster::tick_channel(ccfg.replication_queue_max, Arc::clone(&stats));
+    let (sink, ticks) = server::cluster::tick_channel(ccfg.replication_queue_max);
     let engine = Arc::new(engine::Engine::start_with(
         engine_cfg,
         key,
@@ -191,7 +208,6 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
             ccfg,
             Arc::clone(&engine),
             ticks,
-            stats,
             Arc::clone(&metrics),
             cfg.listen,
         )?;
@@ -372,63 +388,30 @@ pub(crate) fn send_events(a: SendEventsArgs) -> anyhow::Result<()> {
         events.push(parse_event(line).with_context(|| format!("{}:{}", a.file.display(), n + 1))?);
     }
     runtime()?.block_on(async {
-        let c = a.target.connect().await?;
-        let batcher = c.event_batcher();
-        let mut counts = [0u64; 11];
+        let mut cfg = a.target.client_config(CLIENT_TOKEN_DEFAULT)?;
+        cfg.lanes = 4;
+        // The cluster client resends events a cluster could not serve this moment (ownership
+        // moving: `not_serving`) or an overloaded shard refused, with the same ids (so never
+        // applied twice) and backoff, for up to 10 s.
+        let c = ClusterClient::connect(&[a.target.addr], cfg)
+            .await
+            .with_context(|| format!("connecting to {}", a.target.addr))?;
+        let mut counts = [0u64; outcome::NAMES.len()];
         let mut failed = 0u64;
-        // Events a cluster could not serve this moment (ownership moving: outcome
-        // `not_serving`) or an overloaded shard refused are resent with the same ids (so
-        // never applied twice), with backoff, for up to 10 s.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut backoff = 50;
-        let mut todo = events;
-        loop {
-            let mut waits = Vec::with_capacity(todo.len());
-            for e in todo {
-                let b = batcher.clone();
-                waits.push((e, tokio::spawn(async move { b.send(e).await })));
-            }
-            let mut again = Vec::new();
-            let retry_left = std::time::Instant::now() < deadline;
-            for (e, w) in waits {
-                match w.await? {
-                    Ok(o)
-                        if retry_left
-                            && (o == outcome::NOT_SERVING || o == outcome::OVERLOADED) =>
-                    {
-                        again.push(e);
-                    }
-                    Ok(o) => counts[usize::from(o).min(10)] += 1,
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("error: {e}");
+        for batch in events.chunks(EVENTS_PER_BATCH) {
+            match c.send_events(batch.to_vec()).await {
+                Ok(out) => {
+                    for o in out {
+                        counts[outcome::slot(o)] += 1;
                     }
                 }
+                Err(e) => {
+                    failed += batch.len() as u64;
+                    eprintln!("error: {e}");
+                }
             }
-            if again.is_empty() {
-                break;
-            }
-            if !retry_left {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
-            backoff = (backoff * 2).min(1_000);
-            todo = again;
         }
-        let names = [
-            "applied",
-            "duplicate",
-            "invalid_zone",
-            "zone_limit",
-            "drivers_full",
-            "dedupe_full",
-            "overloaded",
-            "stopped",
-            "unknown_kind",
-            "not_serving",
-            "other",
-        ];
-        for (name, n) in names.iter().zip(counts) {
+        for (name, n) in outcome::NAMES.iter().zip(counts) {
             if n > 0 {
                 println!("{name:<13} {n}");
             }
@@ -444,6 +427,9 @@ pub(crate) fn send_events(a: SendEventsArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// Events per request of `send-events` (well under the default `batch_len_max`).
+const EVENTS_PER_BATCH: usize = 1_000;
 
 /// Options of `equilibrium verify` and `equilibrium explain`.
 #[derive(Debug, Args)]

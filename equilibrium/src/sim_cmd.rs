@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use client::Trust;
 use sim::trace::{self, Op, Tier};
 
 /// The simulator's commands.
@@ -114,15 +113,8 @@ pub(crate) struct SimTarget {
         default_value = "shared-demo-token"
     )]
     shared_token: String,
-    /// Trust node certificates signed by this CA (PEM).
-    #[arg(long, env = "EQUILIBRIUM_CA")]
-    ca: Option<PathBuf>,
-    /// Accept any node certificate (development nodes with a self-signed certificate).
-    #[arg(long, env = "EQUILIBRIUM_INSECURE")]
-    insecure: bool,
-    /// TLS server name.
-    #[arg(long, default_value = "localhost")]
-    server_name: String,
+    #[command(flatten)]
+    tls: crate::net::TlsArgs,
     /// No progress bar on stderr.
     #[arg(long)]
     quiet: bool,
@@ -141,35 +133,15 @@ pub(crate) struct Outputs {
 
 impl SimTarget {
     fn target(&self) -> anyhow::Result<sim::Target> {
-        let trust = match (&self.ca, self.insecure) {
-            (Some(ca), _) => {
-                let pem = std::fs::read_to_string(ca)
-                    .with_context(|| format!("reading {}", ca.display()))?;
-                Trust::Roots(
-                    crate::net::pem_certificates(&pem)
-                        .with_context(|| format!("in {}", ca.display()))?,
-                )
-            }
-            (None, true) => Trust::InsecureAnyCertificate,
-            (None, false) => bail!(
-                "no way to verify the nodes: pass --ca FILE, or --insecure for development nodes"
-            ),
-        };
+        let trust = self.tls.trust()?;
         Ok(sim::Target {
             nodes: self.node.clone(),
             trust,
-            server_name: self.server_name.clone(),
+            server_name: self.tls.server_name.clone(),
             premium_token: self.premium_token.clone(),
             shared_token: self.shared_token.clone(),
         })
     }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
 }
 
 fn write_outputs(report: &sim::Report, out: &Outputs) -> anyhow::Result<()> {
@@ -284,7 +256,7 @@ pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
                 progress: !target.quiet,
                 ..Default::default()
             };
-            let report = runtime()?.block_on(sim::replay_file(
+            let report = crate::net::runtime()?.block_on(sim::replay_file(
                 &path,
                 &t,
                 &sim::Connections::default(),
@@ -326,7 +298,7 @@ pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
                 progress: !target.quiet,
                 ..Default::default()
             };
-            let rt = runtime()?;
+            let rt = crate::net::runtime()?;
             let report = if s.config.capacity.is_some() {
                 rt.block_on(sim::run_capacity(&s, &t, &opts))?
             } else {

@@ -173,6 +173,32 @@ pub struct QuoteRequest {
     pub origin: u8,
 }
 
+impl QuoteRequest {
+    /// A trip from a zone.
+    pub fn from_zone(zone: u64, distance_m: u32, duration_s: u32) -> Self {
+        Self {
+            zone,
+            lat: 0.0,
+            lng: 0.0,
+            distance_m,
+            duration_s,
+            origin: ORIGIN_ZONE,
+        }
+    }
+
+    /// A trip from a point (its zone is found by the node).
+    pub fn from_point(lat: f64, lng: f64, distance_m: u32, duration_s: u32) -> Self {
+        Self {
+            zone: 0,
+            lat,
+            lng,
+            distance_m,
+            duration_s,
+            origin: ORIGIN_POINT,
+        }
+    }
+}
+
 /// Several trips to price; answered by one [`QuoteBatchReply`] in the same order.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct QuoteBatch {
@@ -290,6 +316,27 @@ pub mod outcome {
     /// Not applied: the zone's owner is not serving it right now (ownership is moving, or
     /// the owner could not be reached); resend it (ids make resending safe).
     pub const NOT_SERVING: u8 = 9;
+
+    /// Stable snake_case names (CLI output, reports), indexed by code, then `other` for a
+    /// code this version does not know.
+    pub const NAMES: [&str; 11] = [
+        "applied",
+        "duplicate",
+        "invalid_zone",
+        "zone_limit",
+        "drivers_full",
+        "dedupe_full",
+        "overloaded",
+        "stopped",
+        "unknown_kind",
+        "not_serving",
+        "other",
+    ];
+
+    /// The index of a code in [`NAMES`]: unknown codes share the last, `other`.
+    pub fn slot(code: u8) -> usize {
+        usize::from(code).min(NAMES.len() - 1)
+    }
 }
 
 /// One outcome per event of an [`EventBatch`], in order (see [`outcome`]).

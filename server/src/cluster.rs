@@ -77,43 +77,6 @@ pub enum ClusterError {
     },
 }
 
-/// Counters the cluster shell keeps (read by status and metrics).
-#[derive(Debug, Default)]
-pub struct ClusterStats {
-    /// Snapshot writes Redis refused because their epoch was not current (fencing).
-    pub fencing_rejections: AtomicU64,
-    /// Zone snapshots written.
-    pub zones_written: AtomicU64,
-    /// Writes that failed because Redis was unreachable.
-    pub store_errors: AtomicU64,
-    /// 1 while the last Redis operation succeeded.
-    pub store_up: AtomicBool,
-    /// Groups taken over (restored from Redis).
-    pub groups_acquired: AtomicU64,
-    /// Groups handed over (final write, release).
-    pub groups_released: AtomicU64,
-    /// Groups dropped because their lease lapsed.
-    pub groups_lost: AtomicU64,
-    /// Zones restored from Redis.
-    pub zones_restored: AtomicU64,
-    /// Lease renewals granted.
-    pub lease_renewals: AtomicU64,
-    /// Events forwarded to their owner.
-    pub events_forwarded: AtomicU64,
-    /// Events answered `not serving`.
-    pub events_not_serving: AtomicU64,
-    /// Replication batches sent / received.
-    pub replication_sent: AtomicU64,
-    /// Replication batches received.
-    pub replication_received: AtomicU64,
-    /// Tick outputs dropped because the replication queue was full.
-    pub replication_dropped: AtomicU64,
-    /// Membership changes seen.
-    pub membership_changes: AtomicU64,
-    /// Members declared down (as seen by this node).
-    pub members_down: AtomicU64,
-}
-
 /// The ownership view as the node uses it.
 #[derive(Debug, Clone)]
 pub struct ViewState {
@@ -127,8 +90,10 @@ pub struct ViewState {
 pub type Forwarded = (Message, tokio::sync::oneshot::Sender<Message>);
 
 /// Creates the engine's tick sink and the channel the replicator reads.
-pub fn tick_channel(capacity: usize, stats: Arc<ClusterStats>) -> (TickSink, TickReceiver) {
+pub fn tick_channel(capacity: usize) -> (TickSink, TickReceiver) {
     let (tx, rx) = mpsc::channel::<TickMsg>(capacity);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&dropped);
     let sink: TickSink = Arc::new(move |out: &TickOutput<'_>| {
         if out.published.is_empty() && out.unchanged.is_empty() {
             return;
@@ -139,15 +104,19 @@ pub fn tick_channel(capacity: usize, stats: Arc<ClusterStats>) -> (TickSink, Tic
             unchanged: out.unchanged.to_vec(),
         };
         if tx.try_send(m).is_err() {
-            stats.replication_dropped.fetch_add(1, Ordering::Relaxed);
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     });
-    (sink, TickReceiver(rx))
+    (sink, TickReceiver { rx, dropped })
 }
 
-/// The replicator's end of [`tick_channel`].
+/// The replicator's end of [`tick_channel`], with the count of tick outputs dropped because
+/// it was full (the once-a-second confirmations repair what they carried).
 #[derive(Debug)]
-pub struct TickReceiver(mpsc::Receiver<TickMsg>);
+pub struct TickReceiver {
+    rx: mpsc::Receiver<TickMsg>,
+    dropped: Arc<AtomicU64>,
+}
 
 #[derive(Debug)]
 struct TickMsg {
@@ -334,8 +303,8 @@ pub struct Cluster {
     write_lock: tokio::sync::Mutex<()>,
     /// Zone snapshots whose write failed (Redis down), by group, retried next interval.
     unwritten: Mutex<HashMap<u64, BTreeMap<u64, Vec<u8>>>>,
-    /// Counters.
-    pub stats: Arc<ClusterStats>,
+    /// True while the last Redis operation succeeded.
+    store_up: AtomicBool,
     metrics: Arc<telemetry::Metrics>,
     leaving: AtomicBool,
     leave_tx: tokio::sync::watch::Sender<bool>,
@@ -351,7 +320,6 @@ impl Cluster {
         cfg: ClusterConfig,
         engine: Arc<Engine>,
         ticks: TickReceiver,
-        stats: Arc<ClusterStats>,
         metrics: Arc<telemetry::Metrics>,
         client_addr: SocketAddr,
     ) -> Result<(Arc<Self>, mpsc::Receiver<Forwarded>), ClusterError> {
@@ -415,7 +383,7 @@ impl Cluster {
             leases: Mutex::new(Leases::new(lease_cfg)),
             write_lock: tokio::sync::Mutex::new(()),
             unwritten: Mutex::new(HashMap::new()),
-            stats,
+            store_up: AtomicBool::new(false),
             metrics,
             leaving: AtomicBool::new(false),
             leave_tx,
@@ -496,7 +464,7 @@ impl Cluster {
             {
                 Ok(s) => {
                     info!(url = %self.cfg.redis_url, "redis connected");
-                    self.stats.store_up.store(true, Ordering::Relaxed);
+                    self.store_up.store(true, Ordering::Relaxed);
                     self.metrics.redis.up.set_bool(true);
                     let _ = self.store.set(s);
                     return;
@@ -511,9 +479,6 @@ impl Cluster {
     }
 
     fn note_fenced(&self) {
-        self.stats
-            .fencing_rejections
-            .fetch_add(1, Ordering::Relaxed);
         self.metrics.cluster.fencing_rejections.inc();
     }
 
@@ -522,15 +487,13 @@ impl Cluster {
         if !ok {
             self.metrics.redis.errors.inc();
         }
-        let was = self.stats.store_up.swap(ok, Ordering::Relaxed);
+        let was = self.store_up.swap(ok, Ordering::Relaxed);
         if was && !ok {
             warn!("redis unavailable: durable writes fail until it is back; quotes continue from memory");
         } else if !was && ok {
             info!("redis available again");
         }
-        if !ok {
-            self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-        }
+        if !ok {}
     }
 
     // ---------------------------------------------------------------- peer endpoint
@@ -702,7 +665,6 @@ impl Cluster {
             }
             for c in &changes {
                 if let cluster::membership::Change::Down(p) = c {
-                    self.stats.members_down.fetch_add(1, Ordering::Relaxed);
                     self.metrics.cluster.suspicions.inc();
                     warn!(node = p.id, addr = %p.addr, "member down");
                 }
@@ -716,9 +678,6 @@ impl Cluster {
                 }));
                 continue;
             }
-            self.stats
-                .membership_changes
-                .fetch_add(1, Ordering::Relaxed);
             self.metrics.cluster.membership_changes.inc();
             let mut ids: Vec<NodeId> = ids.into_iter().collect();
             ids.sort_unstable();
@@ -844,7 +803,6 @@ impl Cluster {
                         Ok(reply) => {
                             match (reply.request, reply.result) {
                                 (Request::Renew { .. }, Ok(_)) => {
-                                    self.stats.lease_renewals.fetch_add(1, Ordering::Relaxed);
                                     self.metrics.cluster.lease_renewals_ok.inc();
                                 }
                                 (Request::Renew { .. }, Err(_)) => {
@@ -963,18 +921,9 @@ impl Cluster {
                 if failed > 0 {
                     warn!(failed, "zone limit reached while restoring");
                 }
-                let epoch = self
-                    .leases
-                    .lock()
-                    .expect("lease lock")
-                    .epoch(g, mono_ms())
-                    .unwrap_or(0);
-                self.stats.groups_acquired.fetch_add(1, Ordering::Relaxed);
                 self.metrics.cluster.handoffs_acquired.inc();
-                self.stats
-                    .zones_restored
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                info!(zones = n, epoch, "group taken over");
+                // The `takeover` span carries the group and its epoch.
+                info!(zones = n, "group taken over");
                 true
             }
             Err(e) => {
@@ -1040,7 +989,6 @@ impl Cluster {
                 None => false,
             };
             self.unwritten.lock().expect("unwritten lock").remove(g);
-            self.stats.groups_released.fetch_add(1, Ordering::Relaxed);
             self.metrics.cluster.handoffs_released.inc();
             span.in_scope(|| info!(zones = n, written = ok, "group handed over"));
         }
@@ -1061,7 +1009,6 @@ impl Cluster {
                 Some(e) if n > 0 => self.write_group(store, *g, e, zones).await,
                 _ => false,
             };
-            self.stats.groups_lost.fetch_add(1, Ordering::Relaxed);
             warn!(
                 group = format!("{g:x}"),
                 zones = n,
@@ -1079,39 +1026,36 @@ impl Cluster {
         epoch: u64,
         zones: Vec<(u64, Vec<u8>)>,
     ) -> bool {
-        let mut all = true;
-        for chunk in zones.chunks(WRITE_ZONES_MAX) {
-            let t0 = Instant::now();
-            let r = store.write(g, epoch, chunk).await;
-            self.metrics.redis.write_duration.observe(t0.elapsed());
-            match r {
-                Ok((_, Ok(_))) => {
-                    self.note_store(true);
-                    self.stats
-                        .zones_written
-                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                }
-                Ok((_, Err(StoreError::Stale { current }))) => {
-                    self.note_store(true);
-                    self.note_fenced();
-                    warn!(
-                        group = format!("{g:x}"),
-                        epoch, current, "snapshot write fenced off (stale epoch)"
-                    );
-                    return false;
-                }
-                Ok((_, Err(e))) => {
-                    warn!(group = format!("{g:x}"), "snapshot write refused: {e:?}");
-                    return false;
-                }
-                Err(e) => {
-                    self.note_store(false);
-                    debug!("snapshot write failed: {e}");
-                    all = false;
-                }
+        let r = write_chunks(store, &self.metrics, g, epoch, &zones).await;
+        self.note_write(g, epoch, &r)
+    }
+
+    /// Records how a group write ended (Redis state, fencing, logs); true when stored.
+    fn note_write(&self, g: u64, epoch: u64, r: &Result<(), WriteFailure>) -> bool {
+        match r {
+            Ok(()) => {
+                self.note_store(true);
+                true
+            }
+            Err(WriteFailure::Refused(StoreError::Stale { current })) => {
+                self.note_store(true);
+                self.note_fenced();
+                warn!(
+                    group = format!("{g:x}"),
+                    epoch, current, "snapshot write fenced off (stale epoch)"
+                );
+                false
+            }
+            Err(WriteFailure::Refused(e)) => {
+                warn!(group = format!("{g:x}"), "snapshot write refused: {e:?}");
+                false
+            }
+            Err(WriteFailure::Unreachable(e)) => {
+                self.note_store(false);
+                debug!("snapshot write failed: {e}");
+                false
             }
         }
-        all
     }
 
     // ---------------------------------------------------------------- persister
@@ -1160,70 +1104,43 @@ impl Cluster {
                 // Not ours any more: the coordinator's hand-off or loss path handles it.
                 continue;
             };
-            let store = store.clone();
-            let metrics = Arc::clone(&self.metrics);
+            let (store, metrics) = (store.clone(), Arc::clone(&self.metrics));
             set.spawn(async move {
                 let zones: Vec<(u64, Vec<u8>)> = zones.into_iter().collect();
-                let mut result = Ok(());
-                for chunk in zones.chunks(WRITE_ZONES_MAX) {
-                    let t0 = Instant::now();
-                    let r = store.write(g, epoch, chunk).await;
-                    metrics.redis.write_duration.observe(t0.elapsed());
-                    match r {
-                        Ok((_, Ok(_))) => {}
-                        Ok((_, Err(e))) => {
-                            result = Err(Some(e));
-                            break;
-                        }
-                        Err(_) => {
-                            result = Err(None);
-                            break;
-                        }
-                    }
-                }
-                (g, epoch, zones, result)
+                let r = write_chunks(&store, &metrics, g, epoch, &zones).await;
+                (g, epoch, zones, r)
             });
         }
-        let attempted = !set.is_empty();
-        let mut store_ok = true;
         while let Some(r) = set.join_next().await {
-            let Ok((g, epoch, zones, result)) = r else {
+            let Ok((g, epoch, zones, r)) = r else {
                 continue;
             };
-            match result {
-                Ok(()) => {
-                    self.stats
-                        .zones_written
-                        .fetch_add(zones.len() as u64, Ordering::Relaxed);
-                }
-                Err(Some(StoreError::Stale { current })) => {
-                    self.note_fenced();
-                    warn!(
-                        group = format!("{g:x}"),
-                        epoch, current, "snapshot write fenced off (stale epoch)"
-                    );
-                }
-                Err(Some(e)) => warn!(group = format!("{g:x}"), "snapshot write refused: {e:?}"),
-                Err(None) => {
-                    store_ok = false;
-                    self.unwritten
-                        .lock()
-                        .expect("unwritten lock")
-                        .entry(g)
-                        .or_default()
-                        .extend(zones);
-                }
+            // Redis unreachable: keep them for the next try. (Refused: the lease is gone, the
+            // coordinator's loss path takes the group over.)
+            if !self.note_write(g, epoch, &r) && matches!(r, Err(WriteFailure::Unreachable(_))) {
+                self.unwritten
+                    .lock()
+                    .expect("unwritten lock")
+                    .entry(g)
+                    .or_default()
+                    .extend(zones);
             }
-        }
-        if attempted {
-            self.note_store(store_ok);
         }
     }
 
     // ---------------------------------------------------------------- replication
 
     async fn replicate_loop(self: Arc<Self>, mut ticks: TickReceiver) {
-        while let Some(t) = ticks.0.recv().await {
+        let mut dropped_seen = 0;
+        while let Some(t) = ticks.rx.recv().await {
+            let dropped = ticks.dropped.load(Ordering::Relaxed);
+            if dropped > dropped_seen {
+                warn!(
+                    dropped = dropped - dropped_seen,
+                    "replication queue full: tick outputs dropped (confirmed again within 1 s)"
+                );
+                dropped_seen = dropped;
+            }
             let bytes: Arc<[u8]> = encode_replication(self.me, &t).into();
             let vs = self.view.load_full();
             for p in vs.peers.iter().filter(|p| p.id != self.me) {
@@ -1233,8 +1150,8 @@ impl Cluster {
                         return;
                     };
                     if let Ok(mut s) = c.open_uni().await {
-                        if s.write_all(&bytes).await.is_ok() && s.finish().is_ok() {
-                            this.stats.replication_sent.fetch_add(1, Ordering::Relaxed);
+                        if s.write_all(&bytes).await.is_ok() {
+                            let _ = s.finish();
                         }
                     }
                 });
@@ -1324,9 +1241,6 @@ impl Cluster {
             debug!("malformed replication batch dropped");
             return;
         };
-        self.stats
-            .replication_received
-            .fetch_add(1, Ordering::Relaxed);
         let vs = self.view.load();
         let table = self.engine.table();
         let now = mono_ms();
@@ -1396,10 +1310,8 @@ impl Cluster {
         let fwd = async {
             let mut res = Vec::new();
             for (owner, (idx, events)) in remote {
-                let n = events.len() as u64;
                 let m = Message::EventBatch(msg::EventBatch { events });
                 let r = self.request_peer(owner, &m).await;
-                self.stats.events_forwarded.fetch_add(n, Ordering::Relaxed);
                 res.push((idx, r));
             }
             res
@@ -1431,13 +1343,6 @@ impl Cluster {
                 }
             }
         }
-        let ns = outcomes
-            .iter()
-            .filter(|&&o| o == outcome::NOT_SERVING)
-            .count();
-        self.stats
-            .events_not_serving
-            .fetch_add(ns as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1468,7 +1373,7 @@ impl Cluster {
                         _ => Err((ErrorCode::Unavailable, format!("zone {zone}'s owner (node {o}) did not answer; nothing changed"))),
                     }
                 }
-                _ if !self.stats.store_up.load(Ordering::Relaxed) => Err((
+                _ if !self.store_up.load(Ordering::Relaxed) => Err((
                     ErrorCode::StoreUnavailable,
                     format!("redis is unavailable, so zone {zone}'s lease cannot be held; the fare table was not changed"),
                 )),
@@ -1518,22 +1423,18 @@ impl Cluster {
                 format!("zone {zone}'s lease lapsed; nothing changed, retry"),
             ))?;
         let bytes = cluster::persist::encode(&core.export());
-        match store.write(g, epoch, &[(zone.raw(), bytes)]).await {
-            Ok((_, Ok(_))) => self.note_store(true),
-            Ok((_, Err(e))) => {
-                self.note_fenced();
-                return Err((
-                    ErrorCode::Unavailable,
-                    format!("zone {zone} changed owner ({e:?}); nothing changed, retry"),
-                ));
-            }
-            Err(e) => {
-                self.note_store(false);
-                return Err((
+        let r = write_chunks(&store, &self.metrics, g, epoch, &[(zone.raw(), bytes)]).await;
+        if !self.note_write(g, epoch, &r) {
+            return Err(match r {
+                Err(WriteFailure::Unreachable(e)) => (
                     ErrorCode::StoreUnavailable,
                     format!("redis: {e}; the fare table was not changed"),
-                ));
-            }
+                ),
+                _ => (
+                    ErrorCode::Unavailable,
+                    format!("zone {zone} changed owner; nothing changed, retry"),
+                ),
+            });
         }
         self.engine
             .set_fare(zone, fare)
@@ -1651,7 +1552,7 @@ impl Cluster {
             groups_served: self.serving_groups() as u32,
             node_id: self.me,
             group_resolution: self.cfg.group_resolution,
-            redis_up: u8::from(self.stats.store_up.load(Ordering::Relaxed)),
+            redis_up: u8::from(self.store_up.load(Ordering::Relaxed)),
             clustered: 1,
         }
     }
@@ -1735,6 +1636,37 @@ impl Cluster {
             endpoint.close(VarInt::from_u32(0), b"leaving");
         });
     }
+}
+
+/// Why a fenced group write did not complete.
+#[derive(Debug)]
+enum WriteFailure {
+    /// The store refused it (a stale epoch: fenced off).
+    Refused(StoreError),
+    /// Redis did not answer; the write may be retried.
+    Unreachable(cluster::redis_store::RedisStoreError),
+}
+
+/// Writes a group's zones fenced by `epoch`, in chunks of at most `WRITE_ZONES_MAX`, timing
+/// each; stops at the first chunk that fails.
+async fn write_chunks(
+    store: &RedisLeaseStore,
+    metrics: &telemetry::Metrics,
+    g: u64,
+    epoch: u64,
+    zones: &[(u64, Vec<u8>)],
+) -> Result<(), WriteFailure> {
+    for chunk in zones.chunks(WRITE_ZONES_MAX) {
+        let t0 = Instant::now();
+        let r = store.write(g, epoch, chunk).await;
+        metrics.redis.write_duration.observe(t0.elapsed());
+        match r {
+            Ok((_, Ok(_))) => {}
+            Ok((_, Err(e))) => return Err(WriteFailure::Refused(e)),
+            Err(e) => return Err(WriteFailure::Unreachable(e)),
+        }
+    }
+    Ok(())
 }
 
 fn error_message(code: ErrorCode, m: impl Into<String>) -> Message {

@@ -888,15 +888,7 @@ async fn explain(shared: &Shared, t: &msg::TokenRequest) -> Answer<msg::ExplainR
         engine::shell::ExplainError::Token(t) => token_error(t),
         engine::shell::ExplainError::Shell(s) => (ErrorCode::Overloaded, s.to_string()),
     })?;
-    let fare = ex.fare.map(|f| msg::WireFare {
-        version: f.version,
-        base_minor: f.base_minor,
-        per_km_minor: f.per_km_minor,
-        per_min_minor: f.per_min_minor,
-        minimum_minor: f.minimum_minor,
-        surge_cap_milli: f.surge_cap_milli,
-        currency: f.currency.bytes(),
-    });
+    let fare = ex.fare.as_ref().map(wire_fare);
     Ok(msg::ExplainReply {
         token: token_info(&ex.token),
         fare: fare.unwrap_or(msg::WireFare::ZERO),

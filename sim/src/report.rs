@@ -226,27 +226,13 @@ fn ratio(a: u64, b: u64) -> f64 {
 
 /// Names of the per-event outcomes, indexed by their code (`protocol::msg::outcome`); a code
 /// this simulator does not know is counted as `other`.
-pub(crate) const OUTCOMES: [&str; OUTCOME_SLOTS] = [
-    "applied",
-    "duplicate",
-    "invalid_zone",
-    "zone_limit",
-    "drivers_full",
-    "dedupe_full",
-    "overloaded",
-    "stopped",
-    "unknown_kind",
-    "not_serving",
-    "other",
-];
+pub(crate) const OUTCOMES: [&str; OUTCOME_SLOTS] = protocol::msg::outcome::NAMES;
 
 /// Known outcome codes plus one slot for unknown ones.
-pub(crate) const OUTCOME_SLOTS: usize = protocol::msg::outcome::NOT_SERVING as usize + 2;
+pub(crate) const OUTCOME_SLOTS: usize = protocol::msg::outcome::NAMES.len();
 
 /// The slot of an outcome code.
-pub(crate) fn outcome_slot(code: u8) -> usize {
-    usize::from(code).min(OUTCOME_SLOTS - 1)
-}
+pub(crate) use protocol::msg::outcome::slot as outcome_slot;
 
 pub(crate) fn build(rec: &Recorder, m: Meta) -> Report {
     let span = m.schedule_s.max(1e-3);

@@ -247,14 +247,7 @@ impl<I: Iterator<Item = anyhow::Result<Record>>> Planner<I> {
                     tier: r.tier,
                     node: node_of(zone, self.nodes),
                     conn: self.rr % self.conns.quote_per_node,
-                    body: Body::Quote(msg::QuoteRequest {
-                        zone,
-                        lat: 0.0,
-                        lng: 0.0,
-                        distance_m,
-                        duration_s,
-                        origin: msg::ORIGIN_ZONE,
-                    }),
+                    body: Body::Quote(msg::QuoteRequest::from_zone(zone, distance_m, duration_s)),
                 });
             }
             Op::Event(e) => {
