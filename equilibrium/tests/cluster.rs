@@ -588,6 +588,33 @@ async fn seed_zones(cc: &ClusterClient, zones: &[u64]) {
     }
 }
 
+/// Waits (bounded) until every running node quotes every zone from a fresh enough price.
+async fn every_node_quotes_every_zone(c: &TestCluster, zones: &[u64]) {
+    for n in c.nodes.iter().filter(|n| n.child.is_some()) {
+        let cl = Client::connect(n.addr, c.client_cfg(PREMIUM))
+            .await
+            .expect("client");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for &z in zones {
+            loop {
+                match cl.quote(quote_req(z)).await {
+                    Ok(q) => {
+                        assert!(q.snapshot_age_ms <= 10_000);
+                        break;
+                    }
+                    Err(e)
+                        if e.code() == Some(ErrorCode::UnknownZone)
+                            && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("node {} cannot quote zone {z:x}: {e}", n.id),
+                }
+            }
+        }
+    }
+}
+
 /// Zones whose state lives on node `i` (its admin view answers for them).
 async fn zones_on(c: &TestCluster, i: usize, zones: &[u64]) -> Vec<u64> {
     let a = c.admin(i).await;
@@ -648,7 +675,7 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn a_three_nodes_form_a_cluster_and_spread_the_zones() {
     let _g = lock();
-    let c = TestCluster::start(3);
+    let mut c = TestCluster::start(3);
     runtime().block_on(async {
         let zones = city_zones();
         let cc = c.cluster_client(PREMIUM).await;
@@ -675,29 +702,7 @@ fn a_three_nodes_form_a_cluster_and_spread_the_zones() {
             "a node holds {max} zones, over 1.5 × the mean {mean:.0}"
         );
         // Every node answers quotes for every zone (replicated snapshots).
-        for n in &c.nodes {
-            let cl = Client::connect(n.addr, c.client_cfg(PREMIUM))
-                .await
-                .expect("client");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            for &z in &zones {
-                loop {
-                    match cl.quote(quote_req(z)).await {
-                        Ok(q) => {
-                            assert!(q.snapshot_age_ms <= 10_000);
-                            break;
-                        }
-                        Err(e)
-                            if e.code() == Some(ErrorCode::UnknownZone)
-                                && Instant::now() < deadline =>
-                        {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        Err(e) => panic!("node {} cannot quote zone {z:x}: {e}", n.id),
-                    }
-                }
-            }
-        }
+        every_node_quotes_every_zone(&c, &zones).await;
         // A client that learns the ownership map from one node routes each zone to the node
         // that really owns it.
         let d = ClusterClient::discover(&[c.nodes[1].addr], c.client_cfg(PREMIUM))
@@ -748,6 +753,14 @@ fn a_three_nodes_form_a_cluster_and_spread_the_zones() {
         assert!(out.iter().all(|&o| o == outcome::APPLIED));
         d.close().await;
         cc.close().await;
+    });
+    // A node restarted in a quiet cluster (no price changes anywhere) still gets every
+    // zone's price: the others send a newcomer all of theirs.
+    c.nodes[2].terminate();
+    c.spawn(2);
+    runtime().block_on(async {
+        c.settle(city_zones().len() as u32).await;
+        every_node_quotes_every_zone(&c, &city_zones()).await;
     });
 }
 
@@ -920,6 +933,8 @@ fn c_rolling_restart_loses_no_quote_event_or_fare_change() {
     }
     let restart_s = started.elapsed().as_secs_f64();
     rt.block_on(async {
+        // Restarted nodes price every zone again, steady ones included.
+        every_node_quotes_every_zone(&c, &zones).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         fares_stop.store(true, Ordering::Relaxed);
         fare_task.await.expect("fare task");

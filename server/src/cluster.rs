@@ -1132,6 +1132,8 @@ impl Cluster {
 
     async fn replicate_loop(self: Arc<Self>, mut ticks: TickReceiver) {
         let mut dropped_seen = 0;
+        // Members (id, generation) already sent everything this node serves.
+        let mut synced: HashSet<(NodeId, u64)> = HashSet::new();
         while let Some(t) = ticks.rx.recv().await {
             let dropped = ticks.dropped.load(Ordering::Relaxed);
             if dropped > dropped_seen {
@@ -1141,22 +1143,71 @@ impl Cluster {
                 );
                 dropped_seen = dropped;
             }
-            let bytes: Arc<[u8]> = encode_replication(self.me, &t).into();
             let vs = self.view.load_full();
-            for p in vs.peers.iter().filter(|p| p.id != self.me) {
-                let (this, bytes, addr) = (Arc::clone(&self), Arc::clone(&bytes), p.addr);
-                tokio::spawn(async move {
-                    let Some(c) = this.peers.get(addr).await else {
-                        return;
-                    };
-                    if let Ok(mut s) = c.open_uni().await {
-                        if s.write_all(&bytes).await.is_ok() {
-                            let _ = s.finish();
-                        }
-                    }
-                });
+            let others: Vec<Peer> = vs
+                .peers
+                .iter()
+                .filter(|p| p.id != self.me)
+                .copied()
+                .collect();
+            // A member new to this node (joined, or restarted: a new generation) has none of
+            // our prices, and steady zones publish nothing new: send it all of them once.
+            let newcomers: Vec<SocketAddr> = others
+                .iter()
+                .filter(|p| !synced.contains(&(p.id, p.generation)))
+                .map(|p| p.addr)
+                .collect();
+            synced = others.iter().map(|p| (p.id, p.generation)).collect();
+            if !newcomers.is_empty() {
+                let zones = self.engine.zone_ids().await.unwrap_or_default();
+                let table = self.engine.table();
+                let all = TickMsg {
+                    now_ms: t.now_ms,
+                    published: zones.iter().filter_map(|&z| table.get(z)).collect(),
+                    unchanged: Vec::new(),
+                };
+                let bytes: Arc<[u8]> = encode_replication(self.me, &all).into();
+                for addr in newcomers {
+                    self.send_uni_within(addr, Arc::clone(&bytes), 30);
+                }
+            }
+            let bytes: Arc<[u8]> = encode_replication(self.me, &t).into();
+            for p in &others {
+                self.send_uni(p.addr, Arc::clone(&bytes));
             }
         }
+    }
+
+    /// Sends one message on a new unidirectional stream to a peer, in the background, best
+    /// effort (replication is repaired by later ticks).
+    fn send_uni(self: &Arc<Self>, addr: SocketAddr, bytes: Arc<[u8]>) {
+        self.send_uni_within(addr, bytes, 1);
+    }
+
+    /// [`send_uni`](Self::send_uni), trying to reach the peer up to `attempts` times, 100 ms
+    /// apart (for a message no later tick repeats).
+    fn send_uni_within(self: &Arc<Self>, addr: SocketAddr, bytes: Arc<[u8]>, attempts: u32) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut conn = None;
+            for i in 0..attempts {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                conn = this.peers.get(addr).await;
+                if conn.is_some() {
+                    break;
+                }
+            }
+            let Some(c) = conn else {
+                return;
+            };
+            if let Ok(mut s) = c.open_uni().await {
+                if s.write_all(&bytes).await.is_ok() {
+                    let _ = s.finish();
+                }
+            }
+        });
     }
 
     /// Once a second, tells each owner how many quotes this node answered from its replicas
@@ -1201,15 +1252,7 @@ impl Cluster {
                     b.extend_from_slice(&z.raw().to_le_bytes());
                     b.extend_from_slice(&n.to_le_bytes());
                 }
-                let this = Arc::clone(&self);
-                tokio::spawn(async move {
-                    if let Some(c) = this.peers.get(addr).await {
-                        if let Ok(mut s) = c.open_uni().await {
-                            let _ = s.write_all(&b).await;
-                            let _ = s.finish();
-                        }
-                    }
-                });
+                self.send_uni(addr, b.into());
             }
         }
     }
@@ -1248,7 +1291,15 @@ impl Cluster {
         for s in snaps {
             let g = vs.view.group_of(s.zone);
             groups.push(g);
-            if vs.view.owner_of_group(g) != Some(from) || self.is_serving(g, now) {
+            if self.is_serving(g, now) {
+                continue;
+            }
+            // From the owner in this node's view; or, for a zone with no price here yet, from
+            // whoever serves it (this node may not know every member yet: it just joined).
+            let priced = table
+                .slot_of(s.zone)
+                .is_some_and(|i| table.load_price(i).is_some());
+            if vs.view.owner_of_group(g) != Some(from) && priced {
                 continue;
             }
             if let Ok(slot) = table.insert(s.zone) {
