@@ -281,26 +281,40 @@ async fn a_full_mailbox_answers_overloaded_and_loses_nothing_acknowledged() {
     c.actors.mailbox_capacity = 1;
     let (engine, _clock) = start(c);
     let engine = Arc::new(engine);
-    // Fire many batches at once without awaiting: some must be refused as overloaded.
-    let mut tasks = Vec::new();
-    for b in 0..64u64 {
-        let e = Arc::clone(&engine);
-        let batch: Vec<Event> = (0..100)
-            .map(|i| ev(b * 1000 + i, zone(1), EventKind::RiderDemand))
-            .collect();
-        tasks.push(tokio::spawn(async move {
-            e.apply_batch(batch).await.expect("accepted")
-        }));
-    }
+    // Offer 64 batches back to back, in one poll pass (each `apply_batch` tries its send on
+    // its first poll), faster than one actor can take them: some must be refused.
+    let mut pending: Vec<_> = (0..64u64)
+        .map(|b| {
+            let batch: Vec<Event> = (0..100)
+                .map(|i| ev(b * 1000 + i, zone(1), EventKind::RiderDemand))
+                .collect();
+            let e = Arc::clone(&engine);
+            Box::pin(async move { e.apply_batch(batch).await.expect("accepted") })
+        })
+        .collect();
+    let mut results = Vec::new();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|f| match std::future::Future::poll(f.as_mut(), cx) {
+            std::task::Poll::Ready(r) => {
+                results.push(r);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
     let mut applied = 0u32;
     let mut overloaded = 0u32;
-    for t in tasks {
-        for o in t.await.expect("task") {
-            match o {
-                EventOutcome::Applied => applied += 1,
-                EventOutcome::Rejected(RejectReason::Overloaded) => overloaded += 1,
-                other => panic!("unexpected {other:?}"),
-            }
+    for o in results.into_iter().flatten() {
+        match o {
+            EventOutcome::Applied => applied += 1,
+            EventOutcome::Rejected(RejectReason::Overloaded) => overloaded += 1,
+            other => panic!("unexpected {other:?}"),
         }
     }
     assert!(
