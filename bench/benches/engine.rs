@@ -1,5 +1,6 @@
 //! Hot-path benchmarks: quotes (unsigned and signed) over 100,000 zones, one tick over
-//! 100,000 zones, and event ingest through the actor shell in batches of 256.
+//! 100,000 zones, event ingest through the actor shell in batches of 256, and one hot zone
+//! applying events with its dedupe window full.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -194,5 +195,52 @@ fn ingest(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, quotes, tick, ingest);
+/// One hot zone with its dedupe window full: every millisecond the oldest ids expire while
+/// new ones arrive. The cost per event must not grow with the window's size.
+fn hot_zone(c: &mut Criterion) {
+    use engine::{Event, EventKind, ZoneCore, ZoneLimits};
+    const PER_MS: u64 = 8;
+    let zone = city_zones(1)[0];
+    let fare = EngineConfig::default()
+        .default_fare
+        .to_table()
+        .expect("default fare is valid");
+    let mut g = c.benchmark_group("hot zone");
+    for window_ids in [1_024u64, 8_192, 65_536] {
+        let limits = ZoneLimits {
+            dedupe_window_ms: window_ids / PER_MS,
+            dedupe_ids_max: window_ids as usize + 64,
+            ..ZoneLimits::default()
+        };
+        let mut core = ZoneCore::new(zone, fare, NOW, &limits);
+        let mut id = 0u64;
+        let mut apply = |core: &mut ZoneCore| {
+            id += 1;
+            let ev = Event {
+                id,
+                zone,
+                kind: EventKind::RiderDemand,
+            };
+            core.apply(&ev, NOW + id / PER_MS, &limits)
+        };
+        // Fill the window first, so every measured event also expires one.
+        for _ in 0..2 * window_ids {
+            assert_eq!(apply(&mut core), EventOutcome::Applied);
+        }
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(
+            format!("apply, dedupe window of {window_ids} ids full"),
+            |b| {
+                b.iter(|| {
+                    let out = apply(&mut core);
+                    debug_assert_eq!(out, EventOutcome::Applied);
+                    out
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, quotes, tick, ingest, hot_zone);
 criterion_main!(benches);

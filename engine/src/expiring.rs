@@ -1,38 +1,115 @@
 //! A bounded map from ids to the time they were last seen, with exact expiry and amortised
 //! sweeping. Used for the set of available drivers and for event-id dedupe.
 
+use std::collections::VecDeque;
+
 use crate::FixedMap as HashMap;
 
 /// Ids with their last-seen time; an entry lives `ttl_ms` after it was last seen.
 ///
-/// Sweeps are amortised: a sweep runs only when the oldest entry may have expired, and
-/// finds the next oldest as it goes, so a sweep never does useless work twice.
-#[derive(Clone, Debug, Default)]
+/// A small set (under [`QUEUE_FROM`] entries) sweeps in full, only when its oldest entry may
+/// have expired, and finds the next oldest as it goes; its expiry is exact whatever the
+/// clock does. A large set would sweep thousands of entries every millisecond at a steady
+/// event rate, so it queues every touch in time order instead, and expiring pops the queue's
+/// front until it reaches an entry still alive: O(expired). A queued touch that a later touch
+/// or a removal superseded is skipped when it reaches the front. In a large set a touch
+/// earlier than the latest one (the wall clock stepped back) counts as the latest one: an
+/// entry may then live a little longer than `ttl_ms`, never shorter.
+#[derive(Clone, Debug)]
 pub(crate) struct ExpiringSet {
+    /// id -> last seen.
     seen: HashMap<u64, u64>,
-    /// A lower bound on every entry's last-seen time.
-    oldest_ms: u64,
+    sweep: Sweep,
+}
+
+/// How a set finds its expired entries. 16 bytes: a zone holds two sets, and its hot state
+/// has a budget.
+#[derive(Clone, Debug)]
+enum Sweep {
+    /// Small set: a full sweep when the oldest may have expired.
+    Full {
+        /// A lower bound on every entry's last-seen time.
+        oldest_ms: u64,
+    },
+    /// Large set: the touches in time order.
+    Queue(Box<Touches>),
+}
+
+/// (time, id) of every touch, oldest first, times never decreasing. An item is current while
+/// the map holds its time for its id. Compacted when over twice the live entries, so it
+/// stays bounded.
+#[derive(Clone, Debug, Default)]
+struct Touches(VecDeque<(u64, u64)>);
+
+impl Touches {
+    /// The live entries, in time order.
+    fn of(seen: &HashMap<u64, u64>) -> Self {
+        let mut live: Vec<(u64, u64)> = seen.iter().map(|(&id, &t)| (t, id)).collect();
+        live.sort_unstable();
+        Self(live.into())
+    }
+}
+
+impl Default for ExpiringSet {
+    fn default() -> Self {
+        Self {
+            seen: HashMap::default(),
+            sweep: Sweep::Full { oldest_ms: 0 },
+        }
+    }
 }
 
 /// The set is at its size limit and nothing in it has expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Full;
 
+/// A set reaching this many entries starts queueing its touches.
+pub(crate) const QUEUE_FROM: usize = 64;
+/// A queueing set shrinking below this many entries goes back to full sweeps.
+const SWEEP_BELOW: usize = 16;
+/// Queue items tolerated beyond twice the live entries before compaction.
+const ORDER_SLACK: usize = 64;
+
 impl ExpiringSet {
     /// Removes entries last seen `ttl_ms` or more before `now_ms`.
     pub(crate) fn expire(&mut self, now_ms: u64, ttl_ms: u64) {
-        if self.seen.is_empty() || self.oldest_ms.saturating_add(ttl_ms) > now_ms {
-            return;
-        }
-        let mut oldest = u64::MAX;
-        self.seen.retain(|_, &mut t| {
-            let keep = t.saturating_add(ttl_ms) > now_ms;
-            if keep {
-                oldest = oldest.min(t);
+        match &mut self.sweep {
+            Sweep::Full { oldest_ms } => {
+                if self.seen.is_empty() || oldest_ms.saturating_add(ttl_ms) > now_ms {
+                    return;
+                }
+                let mut oldest = u64::MAX;
+                self.seen.retain(|_, &mut t| {
+                    let keep = t.saturating_add(ttl_ms) > now_ms;
+                    if keep {
+                        oldest = oldest.min(t);
+                    }
+                    keep
+                });
+                *oldest_ms = if self.seen.is_empty() { 0 } else { oldest };
             }
-            keep
-        });
-        self.oldest_ms = if self.seen.is_empty() { 0 } else { oldest };
+            Sweep::Queue(q) => {
+                let before = q.0.len();
+                while let Some(&(t, id)) = q.0.front() {
+                    if t.saturating_add(ttl_ms) > now_ms {
+                        break;
+                    }
+                    q.0.pop_front();
+                    if self.seen.get(&id) == Some(&t) {
+                        self.seen.remove(&id);
+                    }
+                }
+                if q.0.len() == before {
+                    return;
+                }
+                if self.seen.len() < SWEEP_BELOW {
+                    let oldest_ms = self.seen.values().copied().min().unwrap_or(0);
+                    self.sweep = Sweep::Full { oldest_ms };
+                } else if q.0.capacity() > 4 * q.0.len().max(4) {
+                    q.0.shrink_to_fit();
+                }
+            }
+        }
         if self.seen.capacity() > 4 * self.seen.len().max(4) {
             self.seen.shrink_to_fit();
         }
@@ -45,16 +122,38 @@ impl ExpiringSet {
 
     /// Records `id` as seen at `now_ms`, refusing a new id when `len_max` are present.
     pub(crate) fn touch(&mut self, id: u64, now_ms: u64, len_max: usize) -> Result<(), Full> {
-        if self.seen.is_empty() {
-            self.oldest_ms = now_ms;
-        }
         let len = self.seen.len();
-        match self.seen.get_mut(&id) {
-            Some(t) => *t = (*t).max(now_ms),
-            None if len >= len_max => return Err(Full),
-            None => {
-                self.seen.insert(id, now_ms);
-                self.oldest_ms = self.oldest_ms.min(now_ms);
+        match &mut self.sweep {
+            Sweep::Full { oldest_ms } => {
+                if len == 0 {
+                    *oldest_ms = now_ms;
+                }
+                match self.seen.get_mut(&id) {
+                    Some(t) => *t = (*t).max(now_ms),
+                    None if len >= len_max => return Err(Full),
+                    None => {
+                        self.seen.insert(id, now_ms);
+                        *oldest_ms = (*oldest_ms).min(now_ms);
+                        if len + 1 >= QUEUE_FROM {
+                            self.sweep = Sweep::Queue(Box::new(Touches::of(&self.seen)));
+                        }
+                    }
+                }
+            }
+            Sweep::Queue(q) => {
+                let now = q.0.back().map_or(now_ms, |&(t, _)| t.max(now_ms));
+                match self.seen.get_mut(&id) {
+                    Some(t) if *t == now => return Ok(()),
+                    Some(t) => *t = now,
+                    None if len >= len_max => return Err(Full),
+                    None => {
+                        self.seen.insert(id, now);
+                    }
+                }
+                q.0.push_back((now, id));
+                if q.0.len() > 2 * self.seen.len() + ORDER_SLACK {
+                    **q = Touches::of(&self.seen);
+                }
             }
         }
         Ok(())
@@ -84,17 +183,42 @@ impl ExpiringSet {
 
     /// A set holding exactly `entries`.
     pub(crate) fn from_entries(entries: &[(u64, u64)]) -> Self {
-        let mut s = Self::default();
+        let mut seen = HashMap::default();
         for &(id, t) in entries {
-            s.seen.insert(id, t);
+            seen.insert(id, t);
         }
-        s.oldest_ms = entries.iter().map(|e| e.1).min().unwrap_or(0);
-        s
+        let sweep = if seen.len() >= QUEUE_FROM {
+            Sweep::Queue(Box::new(Touches::of(&seen)))
+        } else {
+            Sweep::Full {
+                oldest_ms: entries.iter().map(|e| e.1).min().unwrap_or(0),
+            }
+        };
+        Self { seen, sweep }
     }
 
-    /// Heap bytes held by the map (for memory accounting).
+    /// Heap bytes held by the map and its queue (for memory accounting).
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.seen.allocation_size()
+        let queue = match &self.sweep {
+            Sweep::Full { .. } => 0,
+            Sweep::Queue(q) => {
+                std::mem::size_of::<Touches>() + q.0.capacity() * std::mem::size_of::<(u64, u64)>()
+            }
+        };
+        self.seen.allocation_size() + queue
+    }
+
+    #[cfg(test)]
+    fn queued(&self) -> bool {
+        matches!(self.sweep, Sweep::Queue(_))
+    }
+
+    #[cfg(test)]
+    fn queue_len(&self) -> usize {
+        match &self.sweep {
+            Sweep::Full { .. } => 0,
+            Sweep::Queue(q) => q.0.len(),
+        }
     }
 }
 
@@ -122,5 +246,85 @@ mod tests {
         s.touch(1, 0, 1).expect("room");
         assert_eq!(s.touch(2, 1, 1), Err(Full));
         assert_eq!(s.touch(1, 2, 1), Ok(()));
+    }
+
+    proptest::proptest! {
+        /// Against a plain map swept in full: same members after every operation, while the
+        /// set grows past `QUEUE_FROM` and shrinks below `SWEEP_BELOW` again.
+        #[test]
+        fn matches_a_full_sweep(ops in proptest::collection::vec((0u8..8, 0u64..200, 0u64..100), 1..1500)) {
+            const TTL: u64 = 150;
+            const MAX: usize = 120;
+            let mut s = ExpiringSet::default();
+            let mut model: std::collections::BTreeMap<u64, u64> = Default::default();
+            let mut now = 0u64;
+            for (op, id, dt) in ops {
+                // Mostly small steps; now and then a jump that empties most of the set.
+                now += if dt == 99 { 120 } else { dt / 40 };
+                s.expire(now, TTL);
+                model.retain(|_, t| *t + TTL > now);
+                match op {
+                    0..=4 => {
+                        let r = s.touch(id, now, MAX);
+                        if model.contains_key(&id) || model.len() < MAX {
+                            model.insert(id, now);
+                            proptest::prop_assert!(r.is_ok());
+                        } else {
+                            proptest::prop_assert_eq!(r, Err(Full));
+                        }
+                    }
+                    5 => {
+                        proptest::prop_assert_eq!(s.remove(id), model.remove(&id).is_some());
+                    }
+                    _ => {
+                        proptest::prop_assert_eq!(s.contains(id), model.contains_key(&id));
+                    }
+                }
+                let want: Vec<(u64, u64)> = model.iter().map(|(&k, &v)| (k, v)).collect();
+                proptest::prop_assert_eq!(s.entries(), want);
+                proptest::prop_assert!(s.queue_len() <= 2 * s.len() + ORDER_SLACK);
+            }
+        }
+    }
+
+    #[test]
+    fn a_clock_stepping_back_never_shortens_a_life() {
+        // Small set: exact per entry.
+        let mut s = ExpiringSet::default();
+        s.touch(1, 10_000, usize::MAX).expect("room");
+        s.touch(2, 1_000, usize::MAX).expect("room");
+        s.expire(1_999, 1_000);
+        assert!(s.contains(2));
+        s.expire(2_000, 1_000);
+        assert!(!s.contains(2) && s.contains(1));
+        // Large set: an earlier touch counts as the latest.
+        let mut s = ExpiringSet::default();
+        for id in 0..QUEUE_FROM as u64 {
+            s.touch(id, 10_000, usize::MAX).expect("room");
+        }
+        assert!(s.queued());
+        s.touch(1_000, 1_000, usize::MAX).expect("room");
+        s.expire(10_999, 1_000);
+        assert!(s.contains(1_000));
+        s.expire(11_000, 1_000);
+        assert!(s.is_empty() && !s.queued());
+    }
+
+    #[test]
+    fn a_steady_stream_keeps_the_queue_bounded() {
+        let mut s = ExpiringSet::default();
+        for i in 0..100_000u64 {
+            s.expire(i, 1000);
+            // Refresh a few ids over and over, and add a new one each millisecond.
+            s.touch(i % 10, i, usize::MAX).expect("room");
+            s.touch(1_000_000 + i, i, usize::MAX).expect("room");
+            s.remove(1_000_000 + i - i % 3);
+        }
+        assert!(s.len() <= 1010, "{}", s.len());
+        assert!(
+            s.queue_len() <= 2 * s.len() + ORDER_SLACK,
+            "{}",
+            s.queue_len()
+        );
     }
 }
