@@ -21,6 +21,10 @@ pub(crate) struct NodeArgs {
     /// Override `listen` (UDP address for QUIC).
     #[arg(long, env = "EQUILIBRIUM_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Override `premium_listen` (UDP address of the premium tier's own endpoint); "" turns
+    /// it off.
+    #[arg(long, env = "EQUILIBRIUM_PREMIUM_LISTEN")]
+    premium_listen: Option<String>,
     /// Override the engine's `node_id` (unique per node of a cluster).
     #[arg(long, env = "EQUILIBRIUM_NODE_ID")]
     node_id: Option<u16>,
@@ -153,6 +157,16 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(l) = args.listen {
         cfg.listen = l;
     }
+    if let Some(p) = &args.premium_listen {
+        cfg.premium_listen = if p.trim().is_empty() {
+            None
+        } else {
+            Some(p.trim().parse().with_context(|| {
+                format!("--premium-listen {p:?}: expected an address like 127.0.0.1:7401, or \"\"")
+            })?)
+        };
+        cfg = cfg.validate()?;
+    }
     if let Some(m) = &args.metrics_listen {
         cfg.metrics_listen = if m.trim().is_empty() {
             None
@@ -239,8 +253,12 @@ fn banner(node: &Node) -> anyhow::Result<()> {
         Some(a) => format!("metrics and health on http://{a}"),
         None => "metrics endpoint off".to_owned(),
     };
+    let premium = match node.premium_addr() {
+        Some(a) => format!("premium tier endpoint on {}\n", a?),
+        None => String::new(),
+    };
     let banner = format!(
-        "equilibrium node listening on {}\n{metrics}\n",
+        "equilibrium node listening on {}\n{premium}{metrics}\n",
         node.local_addr()?
     );
     use std::io::Write as _;

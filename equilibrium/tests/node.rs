@@ -198,6 +198,76 @@ async fn a_bad_client_token_is_refused_and_its_connection_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_premium_endpoint_serves_the_premium_tier_only_on_a_raised_thread() {
+    let node = TestNode::start_premium();
+    let premium = node
+        .premium_addr
+        .expect("the banner names the premium endpoint");
+    assert_ne!(premium, node.addr);
+    let cfg = |token: &str| client::ClientConfig::new(token, node.trust());
+
+    // A premium client is served there: events, quotes.
+    let c = client::Client::connect(premium, cfg(PREMIUM))
+        .await
+        .expect("premium client connects to the premium endpoint");
+    assert_eq!(c.welcome().await.expect("welcome").tier, 0);
+    let outcomes = c
+        .send_events(vec![ev(1, event_kind::RIDER_DEMAND, 0)])
+        .await
+        .expect("events");
+    assert_eq!(outcomes, vec![outcome::APPLIED]);
+    let q = c.quote_zone(ZONE, 5_000, 900).await.expect("quote");
+    assert!(q.amount_minor > 0);
+
+    // A shared-tier token is refused there, with `forbidden`...
+    let err = client::Client::connect(premium, cfg(SHARED))
+        .await
+        .expect_err("shared token refused on the premium endpoint");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    // ...and served on the main endpoint, which serves premium clients too.
+    let shared = node.client(SHARED).await;
+    shared
+        .quote_zone(ZONE, 5_000, 900)
+        .await
+        .expect("shared quote");
+    node.client(PREMIUM)
+        .await
+        .quote_zone(ZONE, 5_000, 900)
+        .await
+        .expect("premium quote on the main endpoint");
+
+    // The endpoint's thread runs at the configured priority: a 100 us slice (any user, on
+    // Linux 6.12+) and nice -10 (root only).
+    let pid = node.child.as_ref().expect("running").id();
+    let thread = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .filter_map(Result::ok)
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "eq-premium")
+        })
+        .expect("the node has an eq-premium thread");
+    let sched = std::fs::read_to_string(thread.path().join("sched")).expect("sched");
+    let field = |name: &str| {
+        sched
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    if let Some(slice) = field("se.slice") {
+        assert_eq!(slice, 100_000, "slice of the premium thread, ns");
+    }
+    let root = std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if root {
+        // prio = 120 + nice
+        assert_eq!(field("prio"), Some(110), "{sched}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_offering_another_protocol_version_is_refused_in_the_handshake() {
     let node = TestNode::start("");
     let err = client::connect_raw(node.addr, "localhost", &node.trust(), b"equilibrium/0")

@@ -40,6 +40,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The premium endpoint's thread or runtime could not be started.
+    #[error("starting the premium endpoint's thread: {0}")]
+    PremiumThread(std::io::Error),
     /// The metrics endpoint's TCP socket could not be bound.
     #[error("binding the metrics endpoint (metrics_listen) {addr}: {source}; choose another address with metrics_listen or --metrics-listen, or \"\" to turn it off")]
     MetricsBind {
@@ -69,6 +72,8 @@ struct Shared {
 /// A connection's authentication and load.
 #[derive(Debug, Default)]
 struct Connection {
+    /// Accepted on the premium endpoint: only premium-tier credentials may `HELLO`.
+    premium_only: bool,
     /// 0 until `HELLO` succeeds, then 1 + tier.
     tier: AtomicU8,
     /// The credential's role (valid once `tier` is set).
@@ -94,10 +99,18 @@ impl Connection {
     }
 }
 
+/// The premium tier's own endpoint, served by a thread of its own.
+#[derive(Debug)]
+struct PremiumEndpoint {
+    endpoint: quinn::Endpoint,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
 /// A running node: the endpoint and its accept loop.
 #[derive(Debug)]
 pub struct Node {
     endpoint: quinn::Endpoint,
+    premium: Option<PremiumEndpoint>,
     shared: Arc<Shared>,
     accept: tokio::task::JoinHandle<()>,
     self_signed: Option<Vec<u8>>,
@@ -158,6 +171,7 @@ impl Node {
             ));
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
         server.transport_config(Arc::new(transport));
+        let premium_server = server.clone();
         let endpoint =
             quinn::Endpoint::server(server, cfg.listen).map_err(|e| StartError::Bind {
                 addr: cfg.listen,
@@ -217,10 +231,20 @@ impl Node {
             }
             None => None,
         };
-        let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared)));
+        let premium = match cfg.premium_listen {
+            Some(addr) => Some(start_premium(
+                addr,
+                (cfg.premium_nice, cfg.premium_slice_us),
+                premium_server,
+                Arc::clone(&shared),
+            )?),
+            None => None,
+        };
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared), false));
         metrics.health.set(HealthState::Serving);
         Ok(Self {
             endpoint,
+            premium,
             shared,
             accept,
             self_signed,
@@ -243,6 +267,11 @@ impl Node {
         self.endpoint.local_addr()
     }
 
+    /// The premium tier's own endpoint, when configured (`premium_listen`).
+    pub fn premium_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.premium.as_ref().map(|p| p.endpoint.local_addr())
+    }
+
     /// The DER certificate generated at start-up, when no certificate was configured.
     pub fn self_signed_cert(&self) -> Option<&[u8]> {
         self.self_signed.as_deref()
@@ -255,7 +284,7 @@ impl Node {
 
     /// Graceful shutdown: stop accepting, answer new requests `shutting_down`, wait (up to
     /// `drain_timeout_ms`) for in-flight requests, then close every connection with code 51.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         info!("shutting down: draining in-flight requests");
         self.shared.metrics.health.set(HealthState::ShuttingDown);
         if let Some(c) = &self.shared.cluster {
@@ -275,11 +304,16 @@ impl Node {
         if left > 0 {
             warn!(left, "drain timeout: closing with requests still in flight");
         }
-        self.endpoint.close(
-            VarInt::from_u32(u32::from(ErrorCode::ShuttingDown.code())),
-            b"shutting down",
-        );
+        let code = VarInt::from_u32(u32::from(ErrorCode::ShuttingDown.code()));
+        self.endpoint.close(code, b"shutting down");
+        if let Some(p) = &self.premium {
+            p.endpoint.close(code, b"shutting down");
+        }
         self.endpoint.wait_idle().await;
+        if let Some(thread) = self.premium.as_mut().and_then(|p| p.thread.take()) {
+            // Its runtime ends once its endpoint is idle.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         info!("stopped");
     }
 }
@@ -348,7 +382,74 @@ fn tier_label(t: Tier) -> TierLabel {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+/// Starts the premium endpoint: a thread at `nice` running a single-threaded runtime that
+/// owns the endpoint, so premium connections are read, answered and written there.
+fn start_premium(
+    addr: SocketAddr,
+    (nice, slice_us): (i32, u32),
+    server: quinn::ServerConfig,
+    shared: Arc<Shared>,
+) -> Result<PremiumEndpoint, StartError> {
+    let (tx, rx) = std::sync::mpsc::channel::<Result<quinn::Endpoint, StartError>>();
+    let thread = std::thread::Builder::new()
+        .name("eq-premium".into())
+        .spawn(move || {
+            let slice = (slice_us > 0).then(|| Duration::from_micros(u64::from(slice_us)));
+            let raised = priority::raise_this_thread(nice, slice);
+            if let Some(why) = raised.refusal() {
+                warn!(
+                    nice,
+                    slice_us,
+                    "premium endpoint: its thread's priority was not raised as configured ({why}); \
+                     a negative nice needs root or CAP_SYS_NICE, a slice Linux 6.12+"
+                );
+            }
+            let priority = format!(
+                "nice {}, slice {}",
+                priority::this_thread_nice(),
+                priority::this_thread_slice()
+                    .map(|s| format!("{} us", s.as_micros()))
+                    .unwrap_or_else(|| "unknown".into())
+            );
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(StartError::PremiumThread(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let endpoint = match quinn::Endpoint::server(server, addr) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = tx.send(Err(StartError::Bind { addr, source: e }));
+                        return;
+                    }
+                };
+                if let Ok(a) = endpoint.local_addr() {
+                    info!(addr = %a, %priority, "premium endpoint: premium-tier clients only, on a thread of its own");
+                }
+                if tx.send(Ok(endpoint.clone())).is_err() {
+                    return;
+                }
+                accept_loop(endpoint.clone(), shared, true).await;
+                endpoint.wait_idle().await;
+            });
+        })
+        .map_err(StartError::PremiumThread)?;
+    let endpoint = rx.recv().map_err(|_| {
+        StartError::PremiumThread(std::io::Error::other("the premium thread ended at start"))
+    })??;
+    Ok(PremiumEndpoint {
+        endpoint,
+        thread: Some(thread),
+    })
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, premium_only: bool) {
     let open = Arc::clone(&shared.open);
     while let Some(incoming) = endpoint.accept().await {
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
@@ -360,15 +461,18 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let _permit = permit;
             match incoming.await {
-                Ok(conn) => serve_connection(shared, conn).await,
+                Ok(conn) => serve_connection(shared, conn, premium_only).await,
                 Err(e) => debug!("handshake failed: {e}"),
             }
         });
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
-    let state = Arc::new(Connection::default());
+async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, premium_only: bool) {
+    let state = Arc::new(Connection {
+        premium_only,
+        ..Connection::default()
+    });
     debug!(remote = %conn.remote_address(), "connection");
     loop {
         match conn.accept_bi().await {
@@ -561,6 +665,17 @@ async fn answer(
     };
     if let Message::Hello(hello) = &message {
         return match shared.clients.get(&hello.client_token) {
+            Some((Tier::Shared, _, name)) if state.premium_only => {
+                warn!(client = %name, "HELLO with a shared-tier token on the premium endpoint: closing the connection");
+                error_frame(
+                    &shared.metrics,
+                    id,
+                    ErrorCode::Forbidden,
+                    "this endpoint serves the premium tier only; shared-tier clients connect to the node's main address",
+                    out,
+                );
+                After::CloseConnection(ErrorCode::Forbidden)
+            }
             Some((tier, role, name)) => {
                 state.role.store(*role as u8, Ordering::Release);
                 state.tier.store(1 + *tier as u8, Ordering::Release);

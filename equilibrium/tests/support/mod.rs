@@ -19,6 +19,8 @@ pub(crate) const READER: &str = "reader-test-token";
 pub(crate) struct TestNode {
     pub(crate) child: Option<Child>,
     pub(crate) addr: SocketAddr,
+    /// The premium tier's own endpoint, when started with one.
+    pub(crate) premium_addr: Option<SocketAddr>,
     /// Where the node serves `/metrics` and `/health`.
     pub(crate) metrics_addr: SocketAddr,
     pub(crate) dir: PathBuf,
@@ -29,6 +31,19 @@ impl TestNode {
     /// Starts a node with extra `[limits]` lines.
     pub(crate) fn start(limits: &str) -> Self {
         Self::start_on("127.0.0.1:0", limits)
+    }
+
+    /// Starts a node with a premium endpoint (`premium_listen`) on a free port.
+    pub(crate) fn start_premium() -> Self {
+        let ck =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        Self::start_inner(
+            "127.0.0.1:0\"\npremium_listen = \"127.0.0.1:0",
+            "",
+            ck.cert.pem(),
+            ck.signing_key.serialize_pem(),
+            ck.cert.der().to_vec(),
+        )
     }
 
     /// Starts a node on a given address with extra `[limits]` lines.
@@ -130,6 +145,14 @@ name = "test-reader"
         reader
             .read_line(&mut line)
             .expect("node prints its metrics address");
+        let mut premium_addr = None;
+        if line.contains("premium tier endpoint on") {
+            premium_addr = line.trim().rsplit(' ').next().and_then(|a| a.parse().ok());
+            line.clear();
+            reader
+                .read_line(&mut line)
+                .expect("node prints its metrics address");
+        }
         let metrics_addr = line
             .trim()
             .rsplit("http://")
@@ -141,6 +164,7 @@ name = "test-reader"
         Self {
             child: Some(child),
             addr,
+            premium_addr,
             metrics_addr,
             dir,
             cert_der,
