@@ -99,6 +99,10 @@ pub(crate) struct SimTarget {
     /// Node addresses, comma-separated; traffic is spread over them by zone.
     #[arg(long, value_delimiter = ',', required = true)]
     node: Vec<SocketAddr>,
+    /// The nodes' premium endpoints (their `premium_listen`), comma-separated, in the order
+    /// of --node. Without it the premium tier connects to --node like the shared tier.
+    #[arg(long, value_delimiter = ',')]
+    premium_node: Vec<SocketAddr>,
     /// Premium-tier client token.
     #[arg(
         long,
@@ -118,6 +122,20 @@ pub(crate) struct SimTarget {
     /// No progress bar on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Nice value of the premium tier's client thread and of the dispatcher. The premium
+    /// clients stand for devices of their own; on a machine shared with the shared tier's
+    /// load (and perhaps the nodes) a raised priority keeps the simulator's own CPU
+    /// contention out of the premium figures. Below 0 needs root (CAP_SYS_NICE); when
+    /// refused, the run goes on at normal priority and the report says so. 0: normal
+    /// priority.
+    #[arg(long, default_value_t = sim::run::PREMIUM_NICE, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    premium_nice: i32,
+    /// Time slice of those threads, µs: a short one lets them preempt others as soon as they
+    /// wake (Linux 6.12+, no privilege needed). 0: the kernel's default.
+    #[arg(long, default_value_t = sim::run::PREMIUM_SLICE_US,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    premium_slice_us: u32,
 }
 
 /// Report files.
@@ -136,6 +154,7 @@ impl SimTarget {
         let trust = self.tls.trust()?;
         Ok(sim::Target {
             nodes: self.node.clone(),
+            premium_nodes: self.premium_node.clone(),
             trust,
             server_name: self.tls.server_name.clone(),
             premium_token: self.premium_token.clone(),
@@ -254,6 +273,8 @@ pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
             let t = target.target()?;
             let opts = sim::RunOptions {
                 progress: !target.quiet,
+                premium_nice: target.premium_nice,
+                premium_slice_us: target.premium_slice_us,
                 ..Default::default()
             };
             let report = crate::net::runtime()?.block_on(sim::replay_file(
@@ -296,6 +317,8 @@ pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
             let t = target.target()?;
             let opts = sim::RunOptions {
                 progress: !target.quiet,
+                premium_nice: target.premium_nice,
+                premium_slice_us: target.premium_slice_us,
                 ..Default::default()
             };
             let rt = crate::net::runtime()?;

@@ -19,6 +19,7 @@ fn repo(path: &str) -> PathBuf {
 fn target(node: &TestNode) -> sim::Target {
     sim::Target {
         nodes: vec![node.addr],
+        premium_nodes: Vec::new(),
         trust: node.trust(),
         server_name: "localhost".into(),
         premium_token: PREMIUM.into(),
@@ -99,7 +100,9 @@ async fn replaying_a_trace_into_fresh_nodes_twice_leaves_identical_zone_state() 
 
 #[test]
 fn a_short_scenario_run_reports_every_request_once_in_json_and_svg() {
-    let node = TestNode::start("");
+    // The premium tier goes to the node's premium endpoint.
+    let node = TestNode::start_premium();
+    let premium = node.premium_addr.expect("premium endpoint");
     let dir = node.dir.join("sim");
     std::fs::create_dir_all(&dir).expect("dir");
     let scenario = dir.join("tiny.toml");
@@ -128,7 +131,8 @@ error_rate_max = 0.5
     let out = Command::new(env!("CARGO_BIN_EXE_equilibrium"))
         .args(["sim", "run", "--quiet", "--scenario"])
         .arg(&scenario)
-        .args(["--node", &node.addr.to_string(), "--ca"])
+        .args(["--node", &node.addr.to_string()])
+        .args(["--premium-node", &premium.to_string(), "--ca"])
         .arg(node.dir.join("cert.pem"))
         .args([
             "--premium-token",
@@ -171,6 +175,21 @@ error_rate_max = 0.5
     ] {
         assert!(r.get(field).is_some(), "report has {field}");
     }
+    // The premium clients' priority: asked for, and granted or the refusal said.
+    let p = &r["premium_priority"];
+    assert_eq!(
+        (p["nice"].as_i64(), p["slice_us"].as_u64()),
+        (Some(-10), Some(100)),
+        "{p}"
+    );
+    assert!(
+        p["applied"] == true || p["refused"].as_str().is_some_and(|w| !w.is_empty()),
+        "{p}"
+    );
+    assert!(
+        stdout.contains("premium clients: own runtime thread"),
+        "{stdout}"
+    );
     let n = |v: &serde_json::Value| v.as_u64().expect("a count");
     let t = &r["totals"];
     assert_eq!(
@@ -202,6 +221,10 @@ error_rate_max = 0.5
         sum += n(&k["sent"]);
     }
     assert_eq!(sum, n(&t["sent"]));
+    for k in kinds {
+        // Both tiers were served (the premium tier by the premium endpoint), no errors.
+        assert!(n(&k["answered"]) > 0 && n(&k["errors"]) == 0, "{k}");
+    }
     let series_sent: u64 = r["series"]
         .as_array()
         .expect("series")

@@ -18,6 +18,7 @@
 //! let scenario = sim::Scenario::load("configs/scenarios/normal.toml".as_ref())?;
 //! let target = sim::Target {
 //!     nodes,
+//!     premium_nodes: Vec::new(),
 //!     trust: client::Trust::InsecureAnyCertificate,
 //!     server_name: "localhost".into(),
 //!     premium_token: "premium-demo-token".into(),

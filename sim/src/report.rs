@@ -150,6 +150,22 @@ pub struct Capacity {
     pub highest_passing_users: Option<u32>,
 }
 
+/// The premium tier's clients run on their own runtime thread; it and the dispatcher (which
+/// paces both tiers) may run at a raised priority (nice below 0, a short slice), standing
+/// in for premium apps on devices of their own.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PremiumPriority {
+    /// The nice value asked for (0: normal priority).
+    pub nice: i32,
+    /// The time slice asked for, µs (0: the kernel's default).
+    #[serde(default)]
+    pub slice_us: u32,
+    /// All of it was granted on every thread it was asked for.
+    pub applied: bool,
+    /// What was refused and why (e.g. no `CAP_SYS_NICE`, a kernel without custom slices).
+    pub refused: Option<String>,
+}
+
 /// A run's report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -182,6 +198,9 @@ pub struct Report {
     /// How late the simulator sent requests after their scheduled time: its own share of
     /// every latency (large values mean the machine running the simulator was saturated).
     pub sim_lag_us: Latency,
+    /// How the premium tier's clients were scheduled on the simulator's machine.
+    #[serde(default)]
+    pub premium_priority: PremiumPriority,
     /// The objectives (empty for a replay without objectives).
     pub objectives: Vec<Objective>,
     /// Every objective held.
@@ -322,6 +341,7 @@ pub(crate) fn build(rec: &Recorder, m: Meta) -> Report {
             shared_percent: 100.0 * ratio(shed[1], tier_sent[1]),
         },
         sim_lag_us: latency(&rec.lag_us),
+        premium_priority: PremiumPriority::default(),
         objectives: Vec::new(),
         pass: true,
         series,
@@ -485,6 +505,19 @@ impl Report {
             ms(self.sim_lag_us.p999),
             ms(self.sim_lag_us.max)
         );
+        let p = &self.premium_priority;
+        let asked = format!("nice {}, slice {} us", p.nice, p.slice_us);
+        let _ = match (&p.refused, p.applied) {
+            (Some(why), _) => writeln!(
+                s,
+                "premium clients: own runtime thread; {asked} asked, refused ({why})"
+            ),
+            (None, true) => writeln!(
+                s,
+                "premium clients: own runtime thread at {asked} (standing in for devices of their own)"
+            ),
+            (None, false) => writeln!(s, "premium clients: own runtime thread, normal priority"),
+        };
         if let Some(c) = &self.capacity {
             let _ = writeln!(
                 s,

@@ -28,6 +28,9 @@ use crate::trace::{Op, Record, Tier};
 pub struct Target {
     /// The nodes; traffic is spread over them by zone.
     pub nodes: Vec<SocketAddr>,
+    /// The nodes' premium endpoints (`premium_listen`), in the order of `nodes`; empty: the
+    /// premium tier uses `nodes` too.
+    pub premium_nodes: Vec<SocketAddr>,
     /// Which node certificates to accept.
     pub trust: Trust,
     /// TLS server name.
@@ -125,6 +128,67 @@ pub struct RunOptions {
     pub progress: bool,
     /// Expected schedule length, seconds (for the progress bar's percentage).
     pub expected_s: Option<f64>,
+    /// Nice value of the premium tier's runtime thread and of the dispatcher (0: leave
+    /// them at normal priority). See [`PREMIUM_NICE`].
+    pub premium_nice: i32,
+    /// Time slice of those threads, µs (0: the kernel's default). See [`PREMIUM_SLICE_US`].
+    pub premium_slice_us: u32,
+}
+
+/// The premium tier's default priority: its clients stand for devices of their own, so on a
+/// shared test machine they should not queue behind the shared tier's load generator.
+pub const PREMIUM_NICE: i32 = -10;
+
+/// The premium tier's default time slice, µs: short, so its threads preempt others as soon
+/// as they wake (Linux 6.12+; see the `priority` crate).
+pub const PREMIUM_SLICE_US: u32 = 100;
+
+/// How the premium tier's clients ran.
+#[derive(Debug, Default)]
+struct Priority {
+    /// The nice value asked for.
+    nice: i32,
+    /// The slice asked for, µs (0: none).
+    slice_us: u32,
+    /// Why it could not be set, if it could not (first failure).
+    refused: Mutex<Option<String>>,
+}
+
+impl Priority {
+    fn apply(&self) {
+        let slice = (self.slice_us > 0).then(|| Duration::from_micros(u64::from(self.slice_us)));
+        if let Some(why) = priority::raise_this_thread(self.nice, slice).refusal() {
+            let mut r = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            r.get_or_insert(why);
+        }
+    }
+
+    fn report(&self) -> report::PremiumPriority {
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        report::PremiumPriority {
+            nice: self.nice,
+            slice_us: self.slice_us,
+            applied: (self.nice != 0 || self.slice_us > 0) && refused.is_none(),
+            refused,
+        }
+    }
+}
+
+/// The premium tier's own runtime: one worker thread, at the requested priority.
+fn premium_runtime(priority: &Arc<Priority>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let p = Arc::clone(priority);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .thread_name("sim-premium")
+        .enable_all()
+        .on_thread_start(move || p.apply())
+        .build()
+        .context("starting the premium tier's runtime")
 }
 
 /// The message kinds a report tells apart.
@@ -349,6 +413,7 @@ async fn event_sender(
             },
         };
         let mut n = first.events.len();
+        let first_tier = first.tier;
         let mut jobs = vec![first];
         while n < cap {
             match rx.try_recv() {
@@ -368,7 +433,7 @@ async fn event_sender(
             all.extend_from_slice(&j.events);
         }
         let result = client.send_events(all).await;
-        let mut rec = shared.rec();
+        let mut rec = shared.rec(first_tier);
         let mut at = 0;
         for j in jobs {
             let latency_us = j.due.elapsed().as_micros() as u64;
@@ -398,14 +463,18 @@ async fn event_sender(
 /// The senders of the event connections, per tier, per node.
 type EventQueues = [Vec<Vec<tokio::sync::mpsc::Sender<EventJob>>>; 2];
 
-fn start_event_senders(pool: &Pool, shared: &Arc<Shared>) -> EventQueues {
+fn start_event_senders(
+    pool: &Pool,
+    shared: &Arc<Shared>,
+    rts: &[tokio::runtime::Handle; 2],
+) -> EventQueues {
     let mut out: EventQueues = [Vec::new(), Vec::new()];
     for tier in Tier::ALL {
         for node in &pool.event[tier as usize] {
             let mut senders = Vec::new();
             for c in node {
                 let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE_LEN);
-                tokio::spawn(event_sender(c.clone(), rx, Arc::clone(shared)));
+                rts[tier as usize].spawn(event_sender(c.clone(), rx, Arc::clone(shared)));
                 senders.push(tx);
             }
             out[tier as usize].push(senders);
@@ -414,10 +483,33 @@ fn start_event_senders(pool: &Pool, shared: &Arc<Shared>) -> EventQueues {
     out
 }
 
+/// Connects on `rt`, so the connection's tasks run there.
+async fn connect_on(
+    rt: &tokio::runtime::Handle,
+    addr: SocketAddr,
+    cfg: ClientConfig,
+) -> Result<Client, ClientError> {
+    rt.spawn(Client::connect(addr, cfg))
+        .await
+        .unwrap_or_else(|e| Err(ClientError::Connection(format!("connect task: {e}"))))
+}
+
 impl Pool {
-    async fn connect(target: &Target, c: &Connections) -> anyhow::Result<Self> {
+    /// Connects every tier's clients on that tier's runtime (`rts`, indexed by tier).
+    async fn connect(
+        target: &Target,
+        c: &Connections,
+        rts: &[tokio::runtime::Handle; 2],
+    ) -> anyhow::Result<Self> {
         if target.nodes.is_empty() {
             bail!("no node address given");
+        }
+        if !target.premium_nodes.is_empty() && target.premium_nodes.len() != target.nodes.len() {
+            bail!(
+                "{} premium endpoint(s) for {} node(s): give one per node, in the same order",
+                target.premium_nodes.len(),
+                target.nodes.len()
+            );
         }
         let mut pool = Pool {
             quote: [Vec::new(), Vec::new()],
@@ -428,7 +520,12 @@ impl Pool {
                 Tier::Premium => &target.premium_token,
                 Tier::Shared => &target.shared_token,
             };
-            for addr in &target.nodes {
+            let rt = &rts[tier as usize];
+            let addrs = match tier {
+                Tier::Premium if !target.premium_nodes.is_empty() => &target.premium_nodes,
+                _ => &target.nodes,
+            };
+            for addr in addrs {
                 let mk = |lanes: usize, name: String| {
                     let mut cfg = ClientConfig::new(token.clone(), target.trust.clone());
                     cfg.server_name = target.server_name.clone();
@@ -440,14 +537,14 @@ impl Pool {
                 let mut q = Vec::new();
                 for i in 0..c.quote_per_node {
                     let cfg = mk(c.lanes, format!("sim-{}-quotes-{i}", tier.name()));
-                    q.push(Client::connect(*addr, cfg).await.with_context(|| {
+                    q.push(connect_on(rt, *addr, cfg).await.with_context(|| {
                         format!("connecting to {addr} with the {} token", tier.name())
                     })?);
                 }
                 let mut e = Vec::new();
                 for i in 0..c.event_per_node {
                     let cfg = mk(1, format!("sim-{}-events-{i}", tier.name()));
-                    e.push(Client::connect(*addr, cfg).await.with_context(|| {
+                    e.push(connect_on(rt, *addr, cfg).await.with_context(|| {
                         format!("connecting to {addr} with the {} token", tier.name())
                     })?);
                 }
@@ -476,6 +573,12 @@ impl Pool {
 
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Adds `b` to `a`.
+fn add(a: &mut Histogram<u64>, b: &Histogram<u64>) {
+    a.add(b)
+        .expect("histograms of a run share their bounds, so adding cannot overflow them");
 }
 
 fn small_hist() -> Histogram<u64> {
@@ -550,6 +653,39 @@ impl Recorder {
         }
     }
 
+    /// Adds everything `other` recorded.
+    fn merge(&mut self, other: &Recorder) {
+        for (mine, theirs) in self
+            .cells
+            .iter_mut()
+            .flatten()
+            .zip(other.cells.iter().flatten())
+        {
+            mine.sent += theirs.sent;
+            mine.answered += theirs.answered;
+            for (code, n) in &theirs.errors {
+                *mine.errors.entry(code.clone()).or_default() += n;
+            }
+            add(&mut mine.latency_us, &theirs.latency_us);
+        }
+        for (i, s) in other.series.iter().enumerate() {
+            let mine = self.second(i as u64 * 1_000_000);
+            mine.sent += s.sent;
+            mine.answered += s.answered;
+            mine.errors += s.errors;
+            for t in 0..2 {
+                add(&mut mine.quote_us[t], &s.quote_us[t]);
+            }
+            add(&mut mine.events_us, &s.events_us);
+        }
+        for (mine, theirs) in self.event_outcomes.iter_mut().zip(other.event_outcomes) {
+            *mine += theirs;
+        }
+        self.events_sent += other.events_sent;
+        self.last_due_us = self.last_due_us.max(other.last_due_us);
+        add(&mut self.lag_us, &other.lag_us);
+    }
+
     fn second(&mut self, due_us: u64) -> &mut Second {
         let i = ((due_us / 1_000_000) as usize).min(SERIES_LEN_MAX - 1);
         while self.series.len() <= i {
@@ -613,7 +749,9 @@ pub const SIM_IN_FLIGHT_LIMIT: &str = "sim_in_flight_limit";
 
 #[derive(Debug)]
 struct Shared {
-    rec: Mutex<Recorder>,
+    /// One recorder per tier (indexed by tier), so the premium tier's threads never wait
+    /// for a lock the shared tier's threads hold.
+    rec: [Mutex<Recorder>; 2],
     in_flight: AtomicUsize,
     sent: AtomicU64,
     answered: AtomicU64,
@@ -622,9 +760,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn rec(&self) -> std::sync::MutexGuard<'_, Recorder> {
+    fn rec(&self, tier: Tier) -> std::sync::MutexGuard<'_, Recorder> {
         // A panic while holding the lock leaves counts that are still meaningful.
-        self.rec.lock().unwrap_or_else(|p| p.into_inner())
+        self.rec[tier as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -637,7 +777,32 @@ pub(crate) async fn run_records(
     opts: &RunOptions,
     warmup: Option<(&[u64], Duration)>,
 ) -> anyhow::Result<Report> {
-    let pool = Arc::new(Pool::connect(target, conns).await?);
+    let priority = Arc::new(Priority {
+        nice: opts.premium_nice,
+        slice_us: opts.premium_slice_us,
+        refused: Mutex::new(None),
+    });
+    let premium = premium_runtime(&priority)?;
+    let rts = [premium.handle().clone(), tokio::runtime::Handle::current()];
+    let result = run_on(records, target, conns, speed, opts, warmup, &rts, &priority).await;
+    premium.shutdown_background();
+    let mut report = result?;
+    report.premium_priority = priority.report();
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_on(
+    records: Box<dyn Iterator<Item = anyhow::Result<Record>> + Send>,
+    target: &Target,
+    conns: &Connections,
+    speed: Speed,
+    opts: &RunOptions,
+    warmup: Option<(&[u64], Duration)>,
+    rts: &[tokio::runtime::Handle; 2],
+    priority: &Arc<Priority>,
+) -> anyhow::Result<Report> {
+    let pool = Arc::new(Pool::connect(target, conns, rts).await?);
     if let Some((zones, wait)) = warmup {
         let unpriced = warm_up_until_priced(&pool, zones, target.nodes.len(), wait).await?;
         if unpriced > 0 && opts.progress {
@@ -647,7 +812,7 @@ pub(crate) async fn run_records(
         }
     }
     let shared = Arc::new(Shared {
-        rec: Mutex::new(Recorder::new()),
+        rec: [Mutex::new(Recorder::new()), Mutex::new(Recorder::new())],
         in_flight: AtomicUsize::new(0),
         sent: AtomicU64::new(0),
         answered: AtomicU64::new(0),
@@ -655,8 +820,7 @@ pub(crate) async fn run_records(
         due_us: AtomicU64::new(0),
     });
     let planner = Planner::new(records, target.nodes.len(), conns.clone());
-    let queues = start_event_senders(&pool, &shared);
-    let handle = tokio::runtime::Handle::current();
+    let queues = start_event_senders(&pool, &shared, rts);
     let started_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -670,13 +834,16 @@ pub(crate) async fn run_records(
     let dispatcher = {
         let (shared, pool) = (Arc::clone(&shared), Arc::clone(&pool));
         let in_flight_max = conns.in_flight_max;
-        let handle = handle.clone();
+        let rts = rts.clone();
+        let priority = Arc::clone(priority);
         std::thread::Builder::new()
             .name("sim-dispatch".into())
             .spawn(move || {
+                // The dispatcher paces both tiers; it runs at the premium tier's priority.
+                priority.apply();
                 dispatch(
                     planner,
-                    handle,
+                    rts,
                     shared,
                     pool,
                     queues,
@@ -714,7 +881,10 @@ pub(crate) async fn run_records(
         eprintln!("closing the connections took over {CLOSE_TIMEOUT_MS} ms; not waiting longer");
     }
     dispatched?;
-    let rec = shared.rec();
+    let mut rec = Recorder::new();
+    for tier in Tier::ALL {
+        rec.merge(&shared.rec(tier));
+    }
     Ok(report::build(
         &rec,
         report::Meta {
@@ -839,7 +1009,7 @@ fn warmup_id_base() -> u64 {
 #[allow(clippy::too_many_arguments)]
 fn dispatch<I: Iterator<Item = anyhow::Result<Record>>>(
     planner: Planner<I>,
-    handle: tokio::runtime::Handle,
+    rts: [tokio::runtime::Handle; 2],
     shared: Arc<Shared>,
     pool: Arc<Pool>,
     queues: EventQueues,
@@ -859,7 +1029,7 @@ fn dispatch<I: Iterator<Item = anyhow::Result<Record>>>(
         };
         let permit = match &window {
             Some(w) => Some(
-                handle
+                rts[Tier::Shared as usize]
                     .block_on(Arc::clone(w).acquire_owned())
                     .context("replay window closed")?,
             ),
@@ -884,11 +1054,11 @@ fn dispatch<I: Iterator<Item = anyhow::Result<Record>>>(
         };
         let lag_us = due.elapsed().as_micros() as u64;
         shared
-            .rec()
+            .rec(req.tier)
             .sent(kind, req.tier, series_us, n_events, lag_us);
         shared.sent.fetch_add(1, Ordering::Relaxed);
         if shared.in_flight.load(Ordering::Acquire) >= in_flight_max {
-            shared.rec().done(
+            shared.rec(req.tier).done(
                 kind,
                 req.tier,
                 series_us,
@@ -913,9 +1083,13 @@ fn dispatch<I: Iterator<Item = anyhow::Result<Record>>>(
                     &queues[tier as usize][req.node][req.conn % conns_len(&queues, tier, req.node)];
                 if tx.try_send(job).is_err() {
                     shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    shared
-                        .rec()
-                        .done(kind, tier, series_us, 0, Some(SIM_IN_FLIGHT_LIMIT.into()));
+                    shared.rec(tier).done(
+                        kind,
+                        tier,
+                        series_us,
+                        0,
+                        Some(SIM_IN_FLIGHT_LIMIT.into()),
+                    );
                     shared.errors.fetch_add(1, Ordering::Relaxed);
                 }
                 continue;
@@ -924,11 +1098,13 @@ fn dispatch<I: Iterator<Item = anyhow::Result<Record>>>(
         };
         let client = pool.quote_client(&req).clone();
         let shared = Arc::clone(&shared);
-        handle.spawn(async move {
+        rts[tier as usize].spawn(async move {
             let error = client.quote(q).await.err().map(|e| error_name(&e));
             let latency_us = due.elapsed().as_micros() as u64;
             let failed = error.is_some();
-            shared.rec().done(kind, tier, series_us, latency_us, error);
+            shared
+                .rec(tier)
+                .done(kind, tier, series_us, latency_us, error);
             if failed {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
             } else {

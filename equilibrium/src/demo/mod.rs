@@ -325,6 +325,7 @@ async fn cluster_demo(
     ));
     let target = sim::Target {
         nodes: nodes.iter().map(|n| n.addr).collect(),
+        premium_nodes: nodes.iter().filter_map(|n| n.premium).collect(),
         trust: trust.clone(),
         server_name: "localhost".into(),
         premium_token: PREMIUM_TOKEN.into(),
@@ -334,6 +335,8 @@ async fn cluster_demo(
         name: "demo".into(),
         progress: true,
         expected_s: None,
+        premium_nice: sim::run::PREMIUM_NICE,
+        premium_slice_us: sim::run::PREMIUM_SLICE_US,
     };
     let report = sim::run_scenario(&scenario, &target, &opts).await?;
     if let Some((name, st)) = procs.exited() {
@@ -390,6 +393,7 @@ fn cluster_section(peers: &[SocketAddr], i: usize, creds: &Path, redis_url: &str
 fn node_config(cluster: Option<&str>) -> String {
     format!(
         r#"listen = "127.0.0.1:0"
+premium_listen = "127.0.0.1:0"
 engine_config = "engine.toml"
 cluster_key_hex = "{DEMO_CLUSTER_KEY_HEX}"
 metrics_listen = "127.0.0.1:0"
@@ -684,6 +688,15 @@ async fn tour(
 /// `--keep`: the cluster stays up until Ctrl-C; shows how to reach it.
 async fn keep_running(nodes: &[NodeProc], dir: &Path, out: &Path) {
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let premium: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| n.premium.map(|p| p.to_string()))
+        .collect();
+    let premium = if premium.len() == nodes.len() {
+        format!(" --premium-node {}", premium.join(","))
+    } else {
+        String::new()
+    };
     let ca = out.join("tls-cert.pem");
     let _ = std::fs::copy(dir.join("tls-cert.pem"), &ca);
     println!(
@@ -691,7 +704,7 @@ async fn keep_running(nodes: &[NodeProc], dir: &Path, out: &Path) {
          export EQUILIBRIUM_CA={ca} EQUILIBRIUM_ADDR={first}\n  \
          equilibrium status --token {ADMIN_TOKEN}\n  \
          equilibrium quote --lat 52.5251 --lng 13.3694\n  \
-         equilibrium sim run --scenario configs/scenarios/peak.toml --node {all} --ca {ca}\n\
+         equilibrium sim run --scenario configs/scenarios/peak.toml --node {all}{premium} --ca {ca}\n\
          Metrics: {metrics}",
         ca = ca.display(),
         first = addrs[0],

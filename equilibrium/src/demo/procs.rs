@@ -232,6 +232,8 @@ pub(crate) struct NodeProc {
     pub(crate) id: u16,
     pub(crate) pid: u32,
     pub(crate) addr: SocketAddr,
+    /// The premium tier's own endpoint, when the node has one.
+    pub(crate) premium: Option<SocketAddr>,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) log: PathBuf,
 }
@@ -276,13 +278,15 @@ pub(crate) fn start_node(
         })
         .context("starting a reader thread")?;
     let deadline = Instant::now() + Duration::from_millis(NODE_START_TIMEOUT_MS);
-    let (mut addr, mut metrics, mut metrics_seen) = (None, None, false);
+    let (mut addr, mut premium, mut metrics, mut metrics_seen) = (None, None, None, false);
     while addr.is_none() || !metrics_seen {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(line) => {
                 let last = line.rsplit(' ').next().unwrap_or_default();
                 if line.contains("listening on") {
                     addr = last.parse::<SocketAddr>().ok();
+                } else if line.contains("premium tier endpoint on") {
+                    premium = last.parse::<SocketAddr>().ok();
                 } else if line.contains("metrics and health on") {
                     metrics = last.trim_start_matches("http://").parse().ok();
                     metrics_seen = true;
@@ -312,6 +316,7 @@ pub(crate) fn start_node(
         id,
         pid,
         addr,
+        premium,
         metrics,
         log: log.to_owned(),
     })
