@@ -15,8 +15,8 @@
 //! assert_eq!(n, 1);
 //! ```
 //!
-//! This is the only crate of the workspace with `unsafe` code: implementing `GlobalAlloc`
-//! requires it.
+//! One of the two crates of the workspace with `unsafe` code (the other is `priority`):
+//! implementing `GlobalAlloc` requires it.
 
 #![allow(unsafe_code)]
 
