@@ -178,8 +178,30 @@ impl Priority {
     }
 }
 
+/// The premium tier's own runtime. Shut down without waiting when dropped, also when the
+/// run is cancelled (dropping a runtime inside another one's task would panic).
+struct PremiumRuntime(Option<tokio::runtime::Runtime>);
+
+impl PremiumRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("present until dropped")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for PremiumRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// The premium tier's own runtime: one worker thread, at the requested priority.
-fn premium_runtime(priority: &Arc<Priority>) -> anyhow::Result<tokio::runtime::Runtime> {
+fn premium_runtime(priority: &Arc<Priority>) -> anyhow::Result<PremiumRuntime> {
     let p = Arc::clone(priority);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -188,6 +210,7 @@ fn premium_runtime(priority: &Arc<Priority>) -> anyhow::Result<tokio::runtime::R
         .enable_all()
         .on_thread_start(move || p.apply())
         .build()
+        .map(|rt| PremiumRuntime(Some(rt)))
         .context("starting the premium tier's runtime")
 }
 
@@ -783,9 +806,9 @@ pub(crate) async fn run_records(
         refused: Mutex::new(None),
     });
     let premium = premium_runtime(&priority)?;
-    let rts = [premium.handle().clone(), tokio::runtime::Handle::current()];
+    let rts = [premium.handle(), tokio::runtime::Handle::current()];
     let result = run_on(records, target, conns, speed, opts, warmup, &rts, &priority).await;
-    premium.shutdown_background();
+    drop(premium);
     let mut report = result?;
     report.premium_priority = priority.report();
     Ok(report)
