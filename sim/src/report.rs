@@ -510,7 +510,7 @@ impl Report {
         let _ = match (&p.refused, p.applied) {
             (Some(why), _) => writeln!(
                 s,
-                "premium clients: own runtime thread; {asked} asked, refused ({why})"
+                "premium clients: own runtime thread; {asked} asked; refused: {why}"
             ),
             (None, true) => writeln!(
                 s,
