@@ -46,16 +46,38 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// SIGKILLs every recorded child still alive (so a failing test leaves no cluster behind).
+fn kill_recorded(out: &Path) {
+    let Ok(text) = std::fs::read_to_string(out.join("pids")) else {
+        return;
+    };
+    for pid in text
+        .lines()
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u32>().ok())
+    {
+        if alive(pid) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 fn assert_none_left(out: &Path) -> Vec<(String, u32)> {
     let pids = recorded_pids(out);
-    let left: Vec<_> = pids.iter().filter(|(_, p)| alive(*p)).collect();
+    let left: Vec<_> = pids.iter().filter(|(_, p)| alive(*p)).cloned().collect();
+    if !left.is_empty() {
+        kill_recorded(out);
+    }
     assert!(left.is_empty(), "processes left behind: {left:?}");
     pids
 }
 
-/// A running demo whose standard output is read line by line.
+/// A running demo whose standard output is read line by line. If the test panics, the demo
+/// and every child it recorded are killed.
 struct Demo {
     child: Child,
+    out: Option<PathBuf>,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
@@ -77,13 +99,33 @@ impl Demo {
                 let _ = tx.send(l);
             }
         });
+        let out = args
+            .iter()
+            .position(|a| *a == "--out")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from);
         Self {
             child,
+            out,
             lines,
             seen: Vec::new(),
         }
     }
+}
 
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            if let Some(out) = &self.out {
+                kill_recorded(out);
+            }
+        }
+    }
+}
+
+impl Demo {
     /// Waits (bounded) for a line containing `needle`.
     fn wait_for(&mut self, needle: &str, within: Duration) {
         let deadline = Instant::now() + within;
