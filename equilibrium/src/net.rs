@@ -218,12 +218,17 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
     )?);
     rt.block_on(async {
         let metrics = Arc::new(telemetry::Metrics::new(engine.config().node_id));
+        // Bind the client socket first: peers learn this node's client address from the
+        // cluster, so with port 0 they must be told the port actually bound, not 0.
+        let socket = std::net::UdpSocket::bind(cfg.listen)
+            .with_context(|| format!("binding {} (listen)", cfg.listen))?;
+        let client_addr = socket.local_addr()?;
         let (cluster, forwarded) = server::cluster::Cluster::start(
             ccfg,
             Arc::clone(&engine),
             ticks,
             Arc::clone(&metrics),
-            cfg.listen,
+            client_addr,
         )?;
         let peer = cluster.peer_addr();
         let drained = Arc::clone(&cluster);
@@ -232,6 +237,7 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
             Arc::clone(&engine),
             metrics,
             Some((cluster, forwarded)),
+            Some(socket),
         )?;
         tracing::info!(%peer, "cluster peer endpoint");
         banner(&node)?;

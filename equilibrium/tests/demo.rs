@@ -214,6 +214,45 @@ fn interrupt_mid_run(signal: &str, code: i32) {
     let pids = recorded_pids(&out);
     assert_eq!(pids.len(), 4, "{pids:?}");
     assert!(pids.iter().all(|(_, p)| alive(*p)), "{pids:?}");
+    // The nodes listen on port 0; the cluster must still name their real client addresses.
+    let started = demo
+        .seen
+        .iter()
+        .find(|l| l.contains("started 3 nodes"))
+        .expect("the demo names its nodes")
+        .clone();
+    let mut addrs: Vec<String> = started
+        .split("node ")
+        .filter_map(|p| p.split(" on ").nth(1)?.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(addrs.len(), 3, "{started}");
+    let members = Command::new(env!("CARGO_BIN_EXE_equilibrium"))
+        .args([
+            "members",
+            "--json",
+            "--insecure",
+            "--token",
+            "admin-demo-token",
+            "--addr",
+        ])
+        .arg(&addrs[0])
+        .output()
+        .expect("members");
+    let json: serde_json::Value = serde_json::from_slice(&members.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&members.stderr)));
+    let mut seen: Vec<String> = json["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["client_addr"].as_str().expect("client_addr").to_owned())
+        .collect();
+    seen.sort();
+    addrs.sort();
+    assert_eq!(
+        seen, addrs,
+        "the members' client addresses are the ports they listen on"
+    );
     let st = Command::new("kill")
         .args([&format!("-{signal}"), &demo.child.id().to_string()])
         .status()

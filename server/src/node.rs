@@ -132,17 +132,19 @@ impl Node {
         engine: Arc<Engine>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StartError> {
-        Self::start_clustered(cfg, engine, metrics, None)
+        Self::start_clustered(cfg, engine, metrics, None, None)
     }
 
     /// [`start_with_metrics`](Self::start_with_metrics), as a member of a cluster: events
     /// and fare changes are routed through `cluster`, and requests forwarded by peers arrive
-    /// on the receiver.
+    /// on the receiver. `socket`, when given, is the client endpoint's socket, bound already
+    /// (so the cluster could be told its real address when `listen` has port 0).
     pub fn start_clustered(
         cfg: &NodeConfig,
         engine: Arc<Engine>,
         metrics: Arc<Metrics>,
         cluster: Option<(Arc<Cluster>, tokio::sync::mpsc::Receiver<Forwarded>)>,
+        socket: Option<std::net::UdpSocket>,
     ) -> Result<Self, StartError> {
         let (cluster, forwarded) = match cluster {
             Some((c, rx)) => (Some(c), Some(rx)),
@@ -172,11 +174,21 @@ impl Node {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
         server.transport_config(Arc::new(transport));
         let premium_server = server.clone();
-        let endpoint =
-            quinn::Endpoint::server(server, cfg.listen).map_err(|e| StartError::Bind {
-                addr: cfg.listen,
-                source: e,
-            })?;
+        let bind = |e| StartError::Bind {
+            addr: cfg.listen,
+            source: e,
+        };
+        let endpoint = match socket {
+            Some(socket) => quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server),
+                socket,
+                quinn::default_runtime()
+                    .ok_or_else(|| bind(std::io::Error::other("no async runtime")))?,
+            )
+            .map_err(bind)?,
+            None => quinn::Endpoint::server(server, cfg.listen).map_err(bind)?,
+        };
         let clients = cfg
             .clients
             .iter()
