@@ -14,24 +14,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
-
-if ! command -v cargo >/dev/null 2>&1; then
-    echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
-    exit 1
-fi
+. scripts/lib.sh
+require_cargo
 
 step "redis-server (zone leases and snapshots)"
-if ! command -v redis-server >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        echo "installing redis-server"
-        apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-    else
-        echo "redis-server not found and cannot be installed here (needs root and apt-get):" >&2
-        echo "the demo will run ONE standalone node, not the cluster" >&2
-    fi
-fi
+install_deb redis-server redis-server "the demo will run ONE standalone node, not the cluster"
 echo "$(redis-server --version 2>/dev/null | cut -d' ' -f1-3 || echo 'redis-server missing')"
 
 step "build (cargo build --release -p equilibrium)"

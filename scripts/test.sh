@@ -15,12 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
-
-if ! command -v cargo >/dev/null 2>&1; then
-    echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
-    exit 1
-fi
+. scripts/lib.sh
+require_cargo
 
 step "test dependencies"
 # The Python client test (clients/python) needs aioquic from PyPI.
@@ -34,29 +30,13 @@ else
 fi
 
 # The cluster's Redis tests need redis-server (Debian package), started by the tests themselves.
-if ! command -v redis-server >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        echo "installing redis-server"
-        apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-    else
-        echo "redis-server not found and cannot be installed here (needs root and apt-get)" >&2
-    fi
-fi
+install_deb redis-server redis-server "the Redis tests will fail"
 echo "$(redis-server --version 2>/dev/null | cut -d' ' -f1-3 || echo 'redis-server missing')"
 
 # The metrics tests check a live node's /metrics and configs/alerts.yml with promtool, which the
 # Debian package `prometheus` provides. Installing it does not start a Prometheus server
 # without an init system (invoke-rc.d declines), and the tests need none.
-if ! command -v promtool >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        echo "installing promtool (Debian package prometheus)"
-        apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    else
-        echo "promtool not found and cannot be installed here (needs root and apt-get): the promtool checks will be SKIPPED" >&2
-    fi
-fi
+install_deb promtool prometheus "the promtool checks will be SKIPPED" --no-install-recommends
 echo "$(promtool --version 2>/dev/null | head -1 || echo 'promtool missing')"
 
 step "formatting"

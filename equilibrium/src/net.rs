@@ -146,6 +146,17 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// An address flag where `""` means none.
+fn optional_addr(flag: &str, value: &str, example: &str) -> anyhow::Result<Option<SocketAddr>> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .with_context(|| format!("{flag} {value:?}: expected an address like {example}, or \"\""))
+}
+
 pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
     let mut cfg = NodeConfig::load(&args.config)?;
     let format = match cfg.log.format {
@@ -158,24 +169,13 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
         cfg.listen = l;
     }
     if let Some(p) = &args.premium_listen {
-        cfg.premium_listen = if p.trim().is_empty() {
-            None
-        } else {
-            Some(p.trim().parse().with_context(|| {
-                format!("--premium-listen {p:?}: expected an address like 127.0.0.1:7401, or \"\"")
-            })?)
-        };
-        cfg = cfg.validate()?;
+        cfg.premium_listen = optional_addr("--premium-listen", p, "127.0.0.1:7401")?;
     }
     if let Some(m) = &args.metrics_listen {
-        cfg.metrics_listen = if m.trim().is_empty() {
-            None
-        } else {
-            Some(m.trim().parse().with_context(|| {
-                format!("--metrics-listen {m:?}: expected an address like 127.0.0.1:9400, or \"\"")
-            })?)
-        };
+        cfg.metrics_listen = optional_addr("--metrics-listen", m, "127.0.0.1:9400")?;
     }
+    // The flags may have broken what the file's validation checked (e.g. equal ports).
+    let mut cfg = cfg.validate()?;
     let mut engine_cfg = cfg.load_engine()?;
     if let Some(id) = args.node_id {
         engine_cfg.node_id = id;

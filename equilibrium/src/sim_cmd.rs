@@ -150,6 +150,16 @@ pub(crate) struct Outputs {
 }
 
 impl SimTarget {
+    /// Progress and the premium tier's priority, as the flags say.
+    fn options(&self) -> sim::RunOptions {
+        sim::RunOptions {
+            progress: !self.quiet,
+            premium_nice: self.premium_nice,
+            premium_slice_us: self.premium_slice_us,
+            ..Default::default()
+        }
+    }
+
     fn target(&self) -> anyhow::Result<sim::Target> {
         let trust = self.tls.trust()?;
         Ok(sim::Target {
@@ -271,12 +281,7 @@ pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
         } => {
             let speed = sim::Speed::parse(&speed)?;
             let t = target.target()?;
-            let opts = sim::RunOptions {
-                progress: !target.quiet,
-                premium_nice: target.premium_nice,
-                premium_slice_us: target.premium_slice_us,
-                ..Default::default()
-            };
+            let opts = target.options();
             let report = crate::net::runtime()?.block_on(sim::replay_file(
                 &path,
                 &t,
@@ -315,12 +320,7 @@ pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
                 s.config.users = u;
             }
             let t = target.target()?;
-            let opts = sim::RunOptions {
-                progress: !target.quiet,
-                premium_nice: target.premium_nice,
-                premium_slice_us: target.premium_slice_us,
-                ..Default::default()
-            };
+            let opts = target.options();
             let rt = crate::net::runtime()?;
             let report = if s.config.capacity.is_some() {
                 rt.block_on(sim::run_capacity(&s, &t, &opts))?

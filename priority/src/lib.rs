@@ -47,11 +47,6 @@ pub struct Raised {
 }
 
 impl Raised {
-    /// Everything asked for was granted.
-    pub fn all(&self) -> bool {
-        self.nice.is_ok() && self.slice.is_ok()
-    }
-
     /// Why something was refused, if anything was.
     pub fn refusal(&self) -> Option<String> {
         let mut why = Vec::new();

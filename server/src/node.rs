@@ -174,21 +174,11 @@ impl Node {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
         server.transport_config(Arc::new(transport));
         let premium_server = server.clone();
-        let bind = |e| StartError::Bind {
-            addr: cfg.listen,
-            source: e,
+        let socket = match socket {
+            Some(s) => s,
+            None => bind_udp(cfg.listen)?,
         };
-        let endpoint = match socket {
-            Some(socket) => quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                Some(server),
-                socket,
-                quinn::default_runtime()
-                    .ok_or_else(|| bind(std::io::Error::other("no async runtime")))?,
-            )
-            .map_err(bind)?,
-            None => quinn::Endpoint::server(server, cfg.listen).map_err(bind)?,
-        };
+        let endpoint = server_endpoint(cfg.listen, socket, server)?;
         let clients = cfg
             .clients
             .iter()
@@ -402,7 +392,17 @@ fn start_premium(
     server: quinn::ServerConfig,
     shared: Arc<Shared>,
 ) -> Result<PremiumEndpoint, StartError> {
-    let (tx, rx) = std::sync::mpsc::channel::<Result<quinn::Endpoint, StartError>>();
+    // Everything that can fail happens here, on the caller's thread; the endpoint's driver
+    // is spawned onto the premium runtime and runs once the thread drives it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::PremiumThread)?;
+    let endpoint = {
+        let _in = rt.enter();
+        server_endpoint(addr, bind_udp(addr)?, server)?
+    };
+    let driven = endpoint.clone();
     let thread = std::thread::Builder::new()
         .name("eq-premium".into())
         .spawn(move || {
@@ -423,42 +423,35 @@ fn start_premium(
                     .map(|s| format!("{} us", s.as_micros()))
                     .unwrap_or_else(|| "unknown".into())
             );
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(StartError::PremiumThread(e)));
-                    return;
-                }
-            };
+            if let Ok(a) = driven.local_addr() {
+                info!(addr = %a, %priority, "premium endpoint: premium-tier clients only, on a thread of its own");
+            }
             rt.block_on(async move {
-                let endpoint = match quinn::Endpoint::server(server, addr) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let _ = tx.send(Err(StartError::Bind { addr, source: e }));
-                        return;
-                    }
-                };
-                if let Ok(a) = endpoint.local_addr() {
-                    info!(addr = %a, %priority, "premium endpoint: premium-tier clients only, on a thread of its own");
-                }
-                if tx.send(Ok(endpoint.clone())).is_err() {
-                    return;
-                }
-                accept_loop(endpoint.clone(), shared, true).await;
-                endpoint.wait_idle().await;
+                accept_loop(driven.clone(), shared, true).await;
+                driven.wait_idle().await;
             });
         })
         .map_err(StartError::PremiumThread)?;
-    let endpoint = rx.recv().map_err(|_| {
-        StartError::PremiumThread(std::io::Error::other("the premium thread ended at start"))
-    })??;
     Ok(PremiumEndpoint {
         endpoint,
         thread: Some(thread),
     })
+}
+
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, StartError> {
+    std::net::UdpSocket::bind(addr).map_err(|source| StartError::Bind { addr, source })
+}
+
+/// A QUIC server endpoint on a bound socket, driven by the current tokio runtime.
+fn server_endpoint(
+    addr: SocketAddr,
+    socket: std::net::UdpSocket,
+    server: quinn::ServerConfig,
+) -> Result<quinn::Endpoint, StartError> {
+    let bind = |source| StartError::Bind { addr, source };
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| bind(std::io::Error::other("no tokio runtime")))?;
+    quinn::Endpoint::new(Default::default(), Some(server), socket, runtime).map_err(bind)
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, premium_only: bool) {

@@ -219,6 +219,7 @@ pub(crate) struct Meta {
     pub(crate) wall_s: f64,
     pub(crate) schedule_s: f64,
     pub(crate) still_in_flight: u64,
+    pub(crate) premium_priority: PremiumPriority,
 }
 
 fn latency(h: &hdrhistogram::Histogram<u64>) -> Latency {
@@ -341,7 +342,7 @@ pub(crate) fn build(rec: &Recorder, m: Meta) -> Report {
             shared_percent: 100.0 * ratio(shed[1], tier_sent[1]),
         },
         sim_lag_us: latency(&rec.lag_us),
-        premium_priority: PremiumPriority::default(),
+        premium_priority: m.premium_priority,
         objectives: Vec::new(),
         pass: true,
         series,

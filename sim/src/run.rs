@@ -805,27 +805,10 @@ pub(crate) async fn run_records(
         slice_us: opts.premium_slice_us,
         refused: Mutex::new(None),
     });
+    // Shut down when this function returns or is cancelled (see `PremiumRuntime`).
     let premium = premium_runtime(&priority)?;
     let rts = [premium.handle(), tokio::runtime::Handle::current()];
-    let result = run_on(records, target, conns, speed, opts, warmup, &rts, &priority).await;
-    drop(premium);
-    let mut report = result?;
-    report.premium_priority = priority.report();
-    Ok(report)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_on(
-    records: Box<dyn Iterator<Item = anyhow::Result<Record>> + Send>,
-    target: &Target,
-    conns: &Connections,
-    speed: Speed,
-    opts: &RunOptions,
-    warmup: Option<(&[u64], Duration)>,
-    rts: &[tokio::runtime::Handle; 2],
-    priority: &Arc<Priority>,
-) -> anyhow::Result<Report> {
-    let pool = Arc::new(Pool::connect(target, conns, rts).await?);
+    let pool = Arc::new(Pool::connect(target, conns, &rts).await?);
     if let Some((zones, wait)) = warmup {
         let unpriced = warm_up_until_priced(&pool, zones, target.nodes.len(), wait).await?;
         if unpriced > 0 && opts.progress {
@@ -843,7 +826,7 @@ async fn run_on(
         due_us: AtomicU64::new(0),
     });
     let planner = Planner::new(records, target.nodes.len(), conns.clone());
-    let queues = start_event_senders(&pool, &shared, rts);
+    let queues = start_event_senders(&pool, &shared, &rts);
     let started_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -858,7 +841,7 @@ async fn run_on(
         let (shared, pool) = (Arc::clone(&shared), Arc::clone(&pool));
         let in_flight_max = conns.in_flight_max;
         let rts = rts.clone();
-        let priority = Arc::clone(priority);
+        let priority = Arc::clone(&priority);
         std::thread::Builder::new()
             .name("sim-dispatch".into())
             .spawn(move || {
@@ -921,6 +904,7 @@ async fn run_on(
                 Speed::Max { .. } => wall.as_secs_f64(),
             },
             still_in_flight: shared.in_flight.load(Ordering::Acquire) as u64,
+            premium_priority: priority.report(),
         },
     ))
 }

@@ -130,35 +130,25 @@ name = "test-reader"
             .spawn()
             .expect("node starts");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
         let mut reader = BufReader::new(stdout);
-        reader
-            .read_line(&mut line)
-            .expect("node prints its address");
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        line.clear();
-        reader
-            .read_line(&mut line)
-            .expect("node prints its metrics address");
+        // The banner: the client address, the premium endpoint's (when configured), then the
+        // metrics address; the address ends each line.
+        let mut banner_line = |what: &str| {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("node prints its banner");
+            let last = line.trim().rsplit([' ', '/']).next().unwrap_or_default();
+            let addr: SocketAddr = last
+                .parse()
+                .unwrap_or_else(|_| panic!("no {what} address in {line:?}"));
+            (line, addr)
+        };
+        let (_, addr) = banner_line("client");
+        let (line, mut metrics_addr) = banner_line("premium or metrics");
         let mut premium_addr = None;
         if line.contains("premium tier endpoint on") {
-            premium_addr = line.trim().rsplit(' ').next().and_then(|a| a.parse().ok());
-            line.clear();
-            reader
-                .read_line(&mut line)
-                .expect("node prints its metrics address");
+            premium_addr = Some(metrics_addr);
+            metrics_addr = banner_line("metrics").1;
         }
-        let metrics_addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected second line {line:?}"));
         // Keep draining stdout so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in reader.lines() {});
         Self {
