@@ -219,7 +219,7 @@ fn hot_zone(c: &mut Criterion) {
             let ev = Event {
                 id,
                 zone,
-                kind: EventKind::RiderDemand,
+                kind: EventKind::RiderDemand { rider: 0 },
             };
             core.apply(&ev, NOW + id / PER_MS, &limits)
         };

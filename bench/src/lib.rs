@@ -74,7 +74,7 @@ pub fn populated_shard(zones: &[ZoneId], now_ms: u64) -> (Shard, Arc<SnapshotTab
             batch.push(Event {
                 id,
                 zone: *z,
-                kind: EventKind::RiderDemand,
+                kind: EventKind::RiderDemand { rider: 0 },
             });
         }
         shard.apply(&batch, now_ms, &mut out);
@@ -95,8 +95,8 @@ pub fn random_events(rng: &mut SmallRng, zones: &[ZoneId], first_id: u64, n: usi
                 4 => EventKind::DriverBusy {
                     driver: rng.random_range(0..50_000),
                 },
-                5..=7 => EventKind::RiderDemand,
-                8 => EventKind::TripRequested,
+                5..=7 => EventKind::RiderDemand { rider: 0 },
+                8 => EventKind::TripRequested { rider: 0 },
                 _ => EventKind::TripAccepted,
             };
             Event {

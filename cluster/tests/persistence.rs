@@ -33,8 +33,8 @@ fn steps() -> impl Strategy<Value = Vec<(u64, Step)>> {
     let kind = prop_oneof![
         (0u64..20).prop_map(|driver| EventKind::DriverAvailable { driver }),
         (0u64..20).prop_map(|driver| EventKind::DriverBusy { driver }),
-        Just(EventKind::RiderDemand),
-        Just(EventKind::TripRequested),
+        Just(EventKind::RiderDemand { rider: 0 }),
+        Just(EventKind::TripRequested { rider: 0 }),
         Just(EventKind::TripAccepted),
     ];
     prop::collection::vec(

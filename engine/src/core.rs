@@ -216,7 +216,7 @@ impl ZoneCore {
             EventKind::DriverBusy { driver } | EventKind::DriverOffline { driver } => {
                 self.drivers.remove(driver);
             }
-            EventKind::RiderDemand | EventKind::TripRequested => {
+            EventKind::RiderDemand { rider: _ } | EventKind::TripRequested { rider: _ } => {
                 self.windows.add(Counter::Demand, now_ms, b, 1)
             }
             EventKind::TripAccepted => self.windows.add(Counter::Accepted, now_ms, b, 1),
@@ -524,19 +524,19 @@ mod tests {
             ..ZoneLimits::default()
         };
         let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
-        z.apply(&ev(1, EventKind::RiderDemand), 0, &l);
-        z.apply(&ev(2, EventKind::RiderDemand), 0, &l);
+        z.apply(&ev(1, EventKind::RiderDemand { rider: 0 }), 0, &l);
+        z.apply(&ev(2, EventKind::RiderDemand { rider: 0 }), 0, &l);
         assert_eq!(
-            z.apply(&ev(3, EventKind::RiderDemand), 0, &l),
+            z.apply(&ev(3, EventKind::RiderDemand { rider: 0 }), 0, &l),
             EventOutcome::Rejected(RejectReason::DedupeFull)
         );
         assert_eq!(
-            z.apply(&ev(1, EventKind::RiderDemand), 0, &l),
+            z.apply(&ev(1, EventKind::RiderDemand { rider: 0 }), 0, &l),
             EventOutcome::Duplicate
         );
         // After the window slides, there is room again.
         assert_eq!(
-            z.apply(&ev(3, EventKind::RiderDemand), 60_000, &l),
+            z.apply(&ev(3, EventKind::RiderDemand { rider: 0 }), 60_000, &l),
             EventOutcome::Applied
         );
     }
@@ -568,7 +568,7 @@ mod tests {
         let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
         assert!(z.tick(0, &p, &l, 0, None).is_some());
         assert!(z.tick(250, &p, &l, 0, None).is_none());
-        z.apply(&ev(1, EventKind::RiderDemand), 300, &l);
+        z.apply(&ev(1, EventKind::RiderDemand { rider: 0 }), 300, &l);
         assert_eq!(z.tick(500, &p, &l, 0, None).map(|s| s.version), Some(2));
     }
 }

@@ -32,10 +32,19 @@ pub enum EventKind {
         /// Stable driver id.
         driver: u64,
     },
-    /// A rider opened the app or searched here: one unit of demand.
-    RiderDemand,
-    /// A rider requested a trip from here: one unit of demand.
-    TripRequested,
+    /// A rider opened the app or searched here. Demand counts rider *sessions*: a rider seen
+    /// again within the zone's `rider_session_ttl_ms` is not counted again.
+    RiderDemand {
+        /// The rider's session id (stable while the app is open); 0 when the sender does
+        /// not know it, and then every such event counts as a new session.
+        rider: u64,
+    },
+    /// A rider requested a trip from here. Part of the same session as the rider's
+    /// `RiderDemand` (same `rider`), so it does not count twice.
+    TripRequested {
+        /// The rider's session id, as for `RiderDemand`; 0 when unknown.
+        rider: u64,
+    },
     /// A driver accepted a trip from here.
     TripAccepted,
 }

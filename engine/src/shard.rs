@@ -585,7 +585,7 @@ mod tests {
             let ev = Event {
                 id: i,
                 zone,
-                kind: EventKind::RiderDemand,
+                kind: EventKind::RiderDemand { rider: 0 },
             };
             sh.apply(&[ev], i * 1_000, &mut out);
             sh.tick(i * 1_000 + 500);
@@ -618,7 +618,7 @@ mod tests {
             .map(|id| Event {
                 id,
                 zone,
-                kind: EventKind::RiderDemand,
+                kind: EventKind::RiderDemand { rider: 0 },
             })
             .collect()
     }

@@ -61,7 +61,7 @@ async fn events_raise_the_price_after_ticks_and_quotes_reflect_it_without_an_act
         ev(1, z, EventKind::DriverAvailable { driver: 1 }),
         ev(2, z, EventKind::DriverAvailable { driver: 2 }),
     ];
-    events.extend((0..20).map(|i| ev(100 + i, z, EventKind::RiderDemand)));
+    events.extend((0..20).map(|i| ev(100 + i, z, EventKind::RiderDemand { rider: 0 })));
     let out = engine.apply_batch(events).await.expect("batch accepted");
     assert!(out.iter().all(|o| *o == EventOutcome::Applied), "{out:?}");
 
@@ -87,7 +87,7 @@ async fn events_raise_the_price_after_ticks_and_quotes_reflect_it_without_an_act
 async fn a_resent_batch_is_applied_once() {
     let (engine, _clock) = start(config());
     let batch: Vec<Event> = (0..50)
-        .map(|i| ev(i, zone(i as u32 % 7), EventKind::RiderDemand))
+        .map(|i| ev(i, zone(i as u32 % 7), EventKind::RiderDemand { rider: 0 }))
         .collect();
     let first = engine.apply_batch(batch.clone()).await.expect("accepted");
     assert!(first.iter().all(|o| *o == EventOutcome::Applied));
@@ -118,7 +118,7 @@ async fn signed_quotes_verify_explain_and_reject_tampering_and_expiry() {
     engine
         .apply_batch(vec![
             ev(1, z, EventKind::DriverAvailable { driver: 9 }),
-            ev(2, z, EventKind::TripRequested),
+            ev(2, z, EventKind::TripRequested { rider: 0 }),
         ])
         .await
         .expect("ok");
@@ -217,7 +217,7 @@ async fn bad_input_gets_a_specific_answer_and_the_engine_stays_up() {
     let (engine, _clock) = start(c);
 
     let too_big: Vec<Event> = (0..11)
-        .map(|i| ev(i, zone(0), EventKind::RiderDemand))
+        .map(|i| ev(i, zone(0), EventKind::RiderDemand { rider: 0 }))
         .collect();
     assert_eq!(
         engine.apply_batch(too_big).await,
@@ -226,7 +226,7 @@ async fn bad_input_gets_a_specific_answer_and_the_engine_stays_up() {
 
     let res9 = ZoneId::from_lat_lng(52.5, 13.4, 9).expect("valid");
     let out = engine
-        .apply_batch(vec![ev(1, res9, EventKind::RiderDemand)])
+        .apply_batch(vec![ev(1, res9, EventKind::RiderDemand { rider: 0 })])
         .await
         .expect("accepted");
     assert_eq!(
@@ -235,7 +235,7 @@ async fn bad_input_gets_a_specific_answer_and_the_engine_stays_up() {
     );
 
     let four: Vec<Event> = (0..4)
-        .map(|i| ev(10 + i, zone(i as u32), EventKind::RiderDemand))
+        .map(|i| ev(10 + i, zone(i as u32), EventKind::RiderDemand { rider: 0 }))
         .collect();
     let out = engine.apply_batch(four.clone()).await.expect("accepted");
     let live = four[out
@@ -286,7 +286,7 @@ async fn a_full_mailbox_answers_overloaded_and_loses_nothing_acknowledged() {
     let mut pending: Vec<_> = (0..64u64)
         .map(|b| {
             let batch: Vec<Event> = (0..100)
-                .map(|i| ev(b * 1000 + i, zone(1), EventKind::RiderDemand))
+                .map(|i| ev(b * 1000 + i, zone(1), EventKind::RiderDemand { rider: 0 }))
                 .collect();
             let e = Arc::clone(&engine);
             Box::pin(async move { e.apply_batch(batch).await.expect("accepted") })
@@ -336,7 +336,7 @@ async fn idle_zones_are_passivated_and_come_back_on_the_next_event() {
     let (engine, clock) = start(config());
     let z = zone(2);
     engine
-        .apply_batch(vec![ev(1, z, EventKind::RiderDemand)])
+        .apply_batch(vec![ev(1, z, EventKind::RiderDemand { rider: 0 })])
         .await
         .expect("ok");
     assert!(engine.quoter().price(z, TRIP).is_ok());
@@ -349,7 +349,7 @@ async fn idle_zones_are_passivated_and_come_back_on_the_next_event() {
     );
     assert_eq!(engine.hot_state(z).await.expect("answers"), None);
     engine
-        .apply_batch(vec![ev(2, z, EventKind::RiderDemand)])
+        .apply_batch(vec![ev(2, z, EventKind::RiderDemand { rider: 0 })])
         .await
         .expect("ok");
     assert!(engine.quoter().price(z, TRIP).is_ok());
@@ -363,7 +363,7 @@ async fn the_timer_ticks_without_being_asked() {
     let engine = Engine::start(c, key(), clock.clone()).expect("starts");
     let z = zone(4);
     let mut events = vec![ev(1, z, EventKind::DriverAvailable { driver: 1 })];
-    events.extend((0..30).map(|i| ev(10 + i, z, EventKind::RiderDemand)));
+    events.extend((0..30).map(|i| ev(10 + i, z, EventKind::RiderDemand { rider: 0 })));
     engine.apply_batch(events).await.expect("ok");
     // Wait (bounded) for the timer to publish a surged price.
     for _ in 0..500 {
@@ -397,7 +397,7 @@ async fn the_shell_reports_zones_mailbox_depths_tick_times_and_timer_ticks() {
     assert_eq!(engine.zones_live(), 0);
     assert_eq!(engine.oldest_tick_ms(), 0, "no shard has ticked yet");
     let events: Vec<Event> = (0..10)
-        .map(|i| ev(u64::from(i), zone(i), EventKind::RiderDemand))
+        .map(|i| ev(u64::from(i), zone(i), EventKind::RiderDemand { rider: 0 }))
         .collect();
     engine.apply_batch(events).await.expect("batch");
     assert_eq!(engine.zones_live(), 10);
@@ -414,7 +414,7 @@ async fn the_shell_reports_zones_mailbox_depths_tick_times_and_timer_ticks() {
     c.actors.tick_interval_ms = 10;
     let (engine, _clock) = start(c);
     engine
-        .apply_batch(vec![ev(1, zone(0), EventKind::RiderDemand)])
+        .apply_batch(vec![ev(1, zone(0), EventKind::RiderDemand { rider: 0 })])
         .await
         .expect("batch");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

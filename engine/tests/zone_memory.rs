@@ -77,7 +77,7 @@ fn hot_state_fits_in_one_kibibyte_per_zone_with_100k_zones() {
             batch.push(Event {
                 id,
                 zone: *z,
-                kind: EventKind::RiderDemand,
+                kind: EventKind::RiderDemand { rider: 0 },
             });
         }
         out.clear();

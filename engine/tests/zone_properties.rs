@@ -27,8 +27,8 @@ fn kind() -> impl Strategy<Value = EventKind> {
         (0u64..30).prop_map(|driver| EventKind::DriverAvailable { driver }),
         (0u64..30).prop_map(|driver| EventKind::DriverBusy { driver }),
         (0u64..30).prop_map(|driver| EventKind::DriverOffline { driver }),
-        Just(EventKind::RiderDemand),
-        Just(EventKind::TripRequested),
+        Just(EventKind::RiderDemand { rider: 0 }),
+        Just(EventKind::TripRequested { rider: 0 }),
         Just(EventKind::TripAccepted),
     ]
 }
@@ -164,7 +164,7 @@ fn the_cap_of_the_fare_table_holds_under_extreme_demand_and_minimum_fare_is_surg
             &Event {
                 id,
                 zone: zone(),
-                kind: EventKind::RiderDemand,
+                kind: EventKind::RiderDemand { rider: 0 },
             },
             0,
             &limits,

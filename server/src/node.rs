@@ -837,8 +837,8 @@ fn event_of(e: &msg::WireEvent) -> Result<Event, u8> {
         event_kind::DRIVER_AVAILABLE => EventKind::DriverAvailable { driver: e.driver },
         event_kind::DRIVER_BUSY => EventKind::DriverBusy { driver: e.driver },
         event_kind::DRIVER_OFFLINE => EventKind::DriverOffline { driver: e.driver },
-        event_kind::RIDER_DEMAND => EventKind::RiderDemand,
-        event_kind::TRIP_REQUESTED => EventKind::TripRequested,
+        event_kind::RIDER_DEMAND => EventKind::RiderDemand { rider: e.driver },
+        event_kind::TRIP_REQUESTED => EventKind::TripRequested { rider: e.driver },
         event_kind::TRIP_ACCEPTED => EventKind::TripAccepted,
         _ => return Err(outcome::UNKNOWN_KIND),
     };

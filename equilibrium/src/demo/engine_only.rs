@@ -304,9 +304,9 @@ async fn traffic(
             };
             next_id += 1;
             let kind = if rng.random_bool(0.2) {
-                EventKind::TripRequested
+                EventKind::TripRequested { rider: 0 }
             } else {
-                EventKind::RiderDemand
+                EventKind::RiderDemand { rider: 0 }
             };
             pending.push(Event {
                 id: next_id,
