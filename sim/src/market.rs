@@ -1208,3 +1208,175 @@ impl<D: DemandModel> Market<D> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::city::tests_support::SMALL;
+    use crate::city::{City, CityConfig, CityDemand};
+
+    fn city() -> City {
+        City::new(CityConfig::from_toml(SMALL).expect("config")).expect("city")
+    }
+
+    /// Runs `hours` of the small city (200 drivers) at `prices`, checking invariants every
+    /// simulated minute; returns the market and everything it sent.
+    fn run<'a>(
+        city: &'a City,
+        seed: u64,
+        hours: f64,
+        prices: &dyn Prices,
+    ) -> (Market<CityDemand<'a>>, Vec<MarketOutput>) {
+        let demand = CityDemand::new(city, seed, 7.0, hours);
+        let mut m = Market::new(MarketConfig::default(), demand, 200, seed, 1).expect("market");
+        m.record_trips();
+        let mut out = Vec::new();
+        let end = (hours * 3_600_000.0) as u64;
+        let mut t = 0;
+        while t <= end {
+            m.advance(t, prices, &mut out);
+            m.check_invariants();
+            t += 60_000;
+        }
+        (m, out)
+    }
+
+    #[test]
+    fn a_driver_is_in_exactly_one_state_at_every_step_and_the_fleet_follows_its_curve() {
+        let c = city();
+        let surge = |z: u64| if z % 3 == 0 { 1800 } else { 1000 };
+        let (m, _) = run(&c, 5, 2.0, &surge);
+        // At 09:00 the default curve has 70% of the fleet online.
+        let want = (200.0 * m.config().fleet_share(9.0)).round() as usize;
+        assert!(
+            m.online().abs_diff(want) <= 3,
+            "{} online, curve says {want}",
+            m.online()
+        );
+        let s = m.stats();
+        assert!(s.served_total() > 100, "{s:?}");
+        assert!(s.busy_driver_h.iter().sum::<f64>() > 0.0);
+    }
+
+    #[test]
+    fn trips_end_where_they_say() {
+        let c = city();
+        let (m, out) = run(&c, 6, 2.0, &FlatPrices);
+        let trips = m.trips();
+        assert!(trips.len() > 100, "{} trips", trips.len());
+        let mut checked = 0;
+        for t in trips {
+            // The driver's next event after the match: DriverAvailable at the destination
+            // when the trip ends (or nothing, when the shift ended with the trip).
+            let next = out.iter().find(|o| {
+                o.at_ms > t.accepted_ms
+                    && matches!(o.what, Output::Event { kind: EventKind::DriverAvailable { driver }
+                        | EventKind::DriverOffline { driver }
+                        | EventKind::DriverBusy { driver }, .. } if driver == t.driver)
+            });
+            let Some(next) = next else { continue };
+            if next.at_ms < t.end_ms {
+                panic!(
+                    "driver {} was heard from at {} before the trip's end {}",
+                    t.driver, next.at_ms, t.end_ms
+                );
+            }
+            if next.at_ms == t.end_ms {
+                assert_eq!(next.zone, t.destination, "trip {t:?} ended elsewhere");
+                assert!(matches!(
+                    next.what,
+                    Output::Event {
+                        kind: EventKind::DriverAvailable { .. },
+                        ..
+                    }
+                ));
+                checked += 1;
+            }
+        }
+        assert!(
+            checked * 10 >= trips.len() * 8,
+            "{checked} of {} trips checked",
+            trips.len()
+        );
+    }
+
+    #[test]
+    fn riders_declined_on_price_grow_with_price() {
+        let c = city();
+        let mut last = None;
+        for price in [1000u32, 1200, 1500, 2000, 3000] {
+            let p = move |_z: u64| price;
+            let (m, _) = run(&c, 7, 1.0, &p);
+            let declined = m.stats().declined_total();
+            let sessions = m.stats().sessions_total();
+            if price == 1000 {
+                assert_eq!(declined, 0, "nobody declines 1.0x");
+            }
+            if let Some(prev) = last {
+                assert!(
+                    declined > prev,
+                    "{declined} declined at {price}, {prev} below it"
+                );
+            }
+            // The elasticity is the documented one: exp(-(m - 1) / mean) accept (rechecks
+            // at the same price decline again).
+            let want = 1.0 - (-(f64::from(price) / 1000.0 - 1.0)).exp();
+            let got = declined as f64 / sessions as f64;
+            assert!(
+                (got - want).abs() < 0.05,
+                "at {price}: {got:.3} declined, model {want:.3}"
+            );
+            last = Some(declined);
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_market_and_another_seed_another() {
+        let c = city();
+        let (a, oa) = run(&c, 9, 1.0, &FlatPrices);
+        let (b, ob) = run(&c, 9, 1.0, &FlatPrices);
+        assert_eq!(oa, ob);
+        assert_eq!(a.stats(), b.stats());
+        let (_, oc) = run(&c, 10, 1.0, &FlatPrices);
+        assert_ne!(oa, oc);
+    }
+
+    #[test]
+    fn a_rider_session_has_one_nonzero_id_that_its_booking_reuses() {
+        let c = city();
+        let (_, out) = run(&c, 11, 1.0, &FlatPrices);
+        let mut opened = std::collections::BTreeSet::new();
+        let mut requested = 0;
+        for o in &out {
+            match o.what {
+                Output::Event {
+                    kind: EventKind::RiderDemand { rider },
+                    ..
+                } => {
+                    assert_ne!(rider, 0);
+                    opened.insert(rider);
+                }
+                Output::Event {
+                    kind: EventKind::TripRequested { rider },
+                    ..
+                } => {
+                    assert!(
+                        opened.contains(&rider),
+                        "booking of an unknown session {rider}"
+                    );
+                    requested += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(requested > 100);
+        let ids: Vec<u64> = out
+            .iter()
+            .filter_map(|o| match o.what {
+                Output::Event { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "event ids increase");
+    }
+}
