@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod backtest;
 mod demo;
 mod net;
 mod sim_cmd;
@@ -87,6 +88,14 @@ enum Command {
     ///   equilibrium sim run --scenario configs/scenarios/normal.toml --node 127.0.0.1:7400 --insecure --json report.json --svg report.svg
     #[command(subcommand)]
     Sim(sim_cmd::SimCommand),
+    /// Backtest a surge policy on a day of demand, in virtual time, in-process: a synthetic
+    /// city or an imported profile (closed loop: riders decline high prices, drivers move
+    /// towards them) or a trace (open loop), through the engine's shard; prints the
+    /// pricing-realism report (share of zone-time surging by hour, at the cap, quantiles,
+    /// reversals, neighbour differences, spike rise and decay, riders served / declined /
+    /// unserved, utilisation) and judges it against the realism objectives. `--compare`
+    /// runs a second policy on the same inputs and shows where and when they differ.
+    Backtest(backtest::BacktestArgs),
     /// Work with engine configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -147,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => net::verify(args),
         Command::Explain(args) => net::explain(args),
         Command::Sim(cmd) => sim_cmd::run(cmd),
+        Command::Backtest(args) => backtest::run(args),
         Command::Status(args) => admin::status(args),
         Command::Members(args) => admin::members(args),
         Command::Zones(args) => admin::zones(args),

@@ -173,6 +173,22 @@ impl SimTarget {
     }
 }
 
+/// A replay faster than real time compresses the trace's hours into the nodes' wall-clock
+/// windows (demand, driver expiry, smoothing): the latency figures hold, the prices do not.
+fn warn_wall_clock_windows(speed: &sim::Speed) {
+    let label = match speed {
+        sim::Speed::Times(f) => format!("{f}x"),
+        sim::Speed::Max { .. } => "max".to_owned(),
+    };
+    eprintln!(
+        "WARNING: replaying at speed {label}. The nodes' demand windows, driver expiry and price \
+smoothing run on wall-clock time, so this replay packs more of the trace's demand into each \
+window than the traced city had: the prices (and surge) you see are NOT those of the traced \
+city, only the latency and throughput figures are. For prices, replay at --speed 1 or run \
+`equilibrium backtest --trace FILE` (virtual time, in-process)."
+    );
+}
+
 fn write_outputs(report: &sim::Report, out: &Outputs) -> anyhow::Result<()> {
     report.print_table();
     if let Some(p) = &out.json {
@@ -280,6 +296,9 @@ pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
             out,
         } => {
             let speed = sim::Speed::parse(&speed)?;
+            if !matches!(speed, sim::Speed::Times(f) if f <= 1.0) {
+                warn_wall_clock_windows(&speed);
+            }
             let t = target.target()?;
             let opts = target.options();
             let report = crate::net::runtime()?.block_on(sim::replay_file(

@@ -50,6 +50,40 @@ pub struct CityConfig {
     /// Places that pull riders, each with a time-of-day curve.
     #[serde(default)]
     pub hotspots: Vec<Hotspot>,
+    /// Bursts of extra riders in one place (an event venue emptying): the backtest measures
+    /// how prices rise and decay around them.
+    #[serde(default)]
+    pub spikes: Vec<Spike>,
+    /// The market model (drivers' shifts, riders' willingness to pay, matching) used by
+    /// `equilibrium backtest` and `sim generate --market`; defaults when absent.
+    #[serde(default)]
+    pub market: crate::market::MarketConfig,
+    /// Pricing-realism objectives a backtest of this city is judged against; issue 11's
+    /// bounds when absent.
+    #[serde(default)]
+    pub realism: Option<crate::realism::Objectives>,
+}
+
+/// A burst of riders: `riders_per_hour` more riders start within `radius_km` of a point from
+/// `start_hour` to `end_hour` (city time), on top of the usual demand.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spike {
+    /// A name for reports.
+    pub name: String,
+    /// Centre latitude, degrees.
+    pub lat: f64,
+    /// Centre longitude, degrees.
+    pub lng: f64,
+    /// The riders start in the zones whose centre lies within this radius (at least the
+    /// zone of the centre), km.
+    pub radius_km: f64,
+    /// Start, city hour (0.0..24.0).
+    pub start_hour: f64,
+    /// End, city hour (after `start_hour`, at most 24.0).
+    pub end_hour: f64,
+    /// Extra rider sessions per hour while it lasts.
+    pub riders_per_hour: f64,
 }
 
 fn default_resolution() -> u8 {
@@ -114,6 +148,10 @@ pub struct Riders {
     pub request_share: f64,
     /// Weight of origins spread evenly over the area (against the hotspots' weights).
     pub background_weight: f64,
+    /// 24 multipliers of `arrivals_per_hour`, one per city hour (0:00..23:00), interpolated:
+    /// the demand curve of the day (the rush hours multiply on top). All 1 when absent.
+    #[serde(default)]
+    pub curve: Option<Vec<f64>>,
 }
 
 /// Trip lengths: log-normal with a median and a shape, clamped.
@@ -253,6 +291,28 @@ impl CityConfig {
                 );
             }
         }
+        if let Some(c) = &self.riders.curve {
+            ensure!(
+                c.len() == 24 && c.iter().all(|v| v.is_finite() && *v >= 0.0),
+                "riders.curve must have 24 values >= 0"
+            );
+        }
+        for sp in &self.spikes {
+            positive(sp.radius_km, &format!("spike {} radius_km", sp.name))?;
+            ensure!(
+                (0.0..24.0).contains(&sp.start_hour)
+                    && sp.start_hour < sp.end_hour
+                    && sp.end_hour <= 24.0,
+                "spike {}: needs 0 <= start_hour < end_hour <= 24",
+                sp.name
+            );
+            ensure!(
+                sp.riders_per_hour.is_finite() && sp.riders_per_hour >= 0.0,
+                "spike {}: riders_per_hour must be at least 0",
+                sp.name
+            );
+        }
+        self.market.validate()?;
         ensure!(
             self.riders.background_weight > 0.0 || self.hotspots.iter().any(|h| h.weight > 0.0),
             "riders need somewhere to start: background_weight or a hotspot weight above 0"
@@ -391,6 +451,13 @@ impl City {
                 h.name
             );
         }
+        for sp in &city.cfg.spikes {
+            ensure!(
+                city.zone_of((sp.lat, sp.lng)).is_some(),
+                "spike {} lies outside the area",
+                sp.name
+            );
+        }
         Ok(city)
     }
 
@@ -522,6 +589,36 @@ impl City {
             pick -= w;
         }
         self.random_zone(rng)
+    }
+
+    /// The demand curve's multiplier at a city hour (1 without a curve).
+    pub fn demand_factor(&self, hour: f64) -> f64 {
+        self.cfg
+            .riders
+            .curve
+            .as_deref()
+            .map_or(1.0, |c| crate::market::interpolate(c, hour))
+    }
+
+    /// The zones of a spike: those whose centre lies within its radius, at least the zone of
+    /// its centre; sorted.
+    pub fn spike_zones(&self, sp: &Spike) -> Vec<u64> {
+        let mut z: Vec<u64> = self
+            .zones
+            .iter()
+            .copied()
+            .filter(|z| {
+                ZoneId::new(*z)
+                    .is_ok_and(|z| distance_km(z.center(), (sp.lat, sp.lng)) <= sp.radius_km)
+            })
+            .collect();
+        if let Some(c) = self.zone_of((sp.lat, sp.lng)) {
+            if !z.contains(&c) {
+                z.push(c);
+            }
+        }
+        z.sort_unstable();
+        z
     }
 
     /// A trip length, km (log-normal, clamped).
@@ -899,6 +996,138 @@ impl Iterator for CityTrace<'_> {
             let Reverse((at, _, a)) = self.queue.pop()?;
             self.fire(at, a);
         }
+    }
+}
+
+/// The synthetic city as a [`crate::market::DemandModel`], in city time (no `clock.speed`:
+/// market time is city time): rider sessions arrive as a Poisson process of rate
+/// `arrivals_per_hour × curve(hour) × rush factor(hour)` (re-evaluated every city minute),
+/// starting at a hotspot or the background as [`City::origin_zone`] draws; plus each spike's
+/// riders in its zones while it lasts.
+#[derive(Debug)]
+pub struct CityDemand<'a> {
+    city: &'a City,
+    rng: SmallRng,
+    start_hour: f64,
+    t_ms: f64,
+    end_ms: f64,
+    /// (start ms, end ms, riders per ms, zones).
+    spikes: Vec<(f64, f64, f64, Vec<u64>)>,
+}
+
+impl<'a> CityDemand<'a> {
+    /// Riders from city hour `start_hour` for `hours` hours; spikes recur every day of the run.
+    pub fn new(city: &'a City, seed: u64, start_hour: f64, hours: f64) -> Self {
+        let end_ms = hours.max(0.0) * 3_600_000.0;
+        let mut spikes = Vec::new();
+        for sp in &city.cfg.spikes {
+            let zones = city.spike_zones(sp);
+            let first_h = (sp.start_hour - start_hour).rem_euclid(24.0);
+            let mut day = 0.0;
+            while (first_h + day) * 3_600_000.0 < end_ms {
+                let s = (first_h + day) * 3_600_000.0;
+                let e = s + (sp.end_hour - sp.start_hour) * 3_600_000.0;
+                spikes.push((s, e, sp.riders_per_hour / 3_600_000.0, zones.clone()));
+                day += 24.0;
+            }
+        }
+        Self {
+            city,
+            rng: SmallRng::seed_from_u64(seed ^ 0x4445_4d41_4e44),
+            start_hour: start_hour.rem_euclid(24.0),
+            t_ms: 0.0,
+            end_ms,
+            spikes,
+        }
+    }
+
+    /// The spikes of the run: (name, zones, start ms, end ms), in time order.
+    pub fn spike_windows(&self) -> Vec<(String, Vec<u64>, u64, u64)> {
+        let mut out = Vec::new();
+        let per_day = self.city.cfg.spikes.len().max(1);
+        for (i, (s, e, _, zones)) in self.spikes.iter().enumerate() {
+            let name = &self.city.cfg.spikes[i % per_day].name;
+            out.push((name.clone(), zones.clone(), *s as u64, *e as u64));
+        }
+        out.sort_by_key(|w| w.2);
+        out
+    }
+
+    fn base_rate_per_ms(&self, hour: f64) -> f64 {
+        let r = &self.city.cfg.riders;
+        r.arrivals_per_hour * self.city.demand_factor(hour) * self.city.rush_factor(hour)
+            / 3_600_000.0
+    }
+}
+
+impl crate::market::DemandModel for CityDemand<'_> {
+    fn zones(&self) -> &[u64] {
+        self.city.zones()
+    }
+
+    fn next_arrival(&mut self) -> Option<crate::market::Arrival> {
+        loop {
+            if self.t_ms >= self.end_ms {
+                return None;
+            }
+            let t = self.t_ms;
+            let hour = self.hour_at(t as u64);
+            let base = self.base_rate_per_ms(hour);
+            let mut boundary = ((t / 60_000.0).floor() + 1.0) * 60_000.0;
+            let mut spike_rate = 0.0;
+            for (s, e, rate, _) in &self.spikes {
+                if (*s..*e).contains(&t) {
+                    spike_rate += rate;
+                }
+                for b in [*s, *e] {
+                    if b > t {
+                        boundary = boundary.min(b);
+                    }
+                }
+            }
+            let total = base + spike_rate;
+            let gap = exponential(&mut self.rng, total);
+            if t + gap >= boundary {
+                // Memoryless: starting again at the boundary with its rate is exact.
+                self.t_ms = boundary;
+                continue;
+            }
+            self.t_ms = t + gap;
+            let at_ms = self.t_ms as u64;
+            let mut pick = self.rng.random::<f64>() * total;
+            let mut origin = None;
+            if pick >= base {
+                pick -= base;
+                for (s, e, rate, zones) in &self.spikes {
+                    if (*s..*e).contains(&t) {
+                        if pick < *rate && !zones.is_empty() {
+                            origin = Some(zones[self.rng.random_range(0..zones.len())]);
+                            break;
+                        }
+                        pick -= rate;
+                    }
+                }
+            }
+            let origin = origin.unwrap_or_else(|| self.city.origin_zone(&mut self.rng, hour));
+            let km = self.city.trip_km(&mut self.rng);
+            let destination = self.city.destination(&mut self.rng, origin, km);
+            let premium = self.rng.random::<f64>() < self.city.cfg.riders.premium_share;
+            return Some(crate::market::Arrival {
+                at_ms,
+                origin,
+                destination,
+                km,
+                premium,
+            });
+        }
+    }
+
+    fn start_zone(&self, rng: &mut SmallRng, at_ms: u64) -> u64 {
+        self.city.origin_zone(rng, self.hour_at(at_ms))
+    }
+
+    fn hour_at(&self, at_ms: u64) -> f64 {
+        (self.start_hour + at_ms as f64 / 3_600_000.0).rem_euclid(24.0)
     }
 }
 

@@ -12,6 +12,10 @@
 //! - [`scenario`]: load scenarios and their objectives ([`scenario::Scenario`]).
 //! - [`run`] (connections, the open-loop dispatcher) and [`report`] (the [`Report`], its
 //!   JSON schema in `sim/REPORT.md`).
+//! - [`market`]: the market model (drivers on shifts, riders who decline high prices,
+//!   matching), sans-IO; `sim/MARKET.md` says why its numbers are plausible.
+//! - [`backtest`]: a day through the engine's pure shard in virtual time, closed loop with
+//!   the market; [`realism`]: the pricing-realism report it writes.
 //!
 //! ```no_run
 //! # async fn demo(nodes: Vec<std::net::SocketAddr>) -> anyhow::Result<()> {
@@ -32,8 +36,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backtest;
 pub mod city;
+pub mod market;
 pub mod profile;
+pub mod realism;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -24,6 +24,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::city::{distance_km, exponential};
+use crate::market::{Arrival, DemandModel, FlatPrices, Market, MarketConfig, HOURS};
 use crate::trace::{Op, Record, Tier};
 
 /// Minutes per slot.
@@ -151,23 +152,76 @@ pub fn parse_profile(text: &str) -> anyhow::Result<Vec<ProfileRow>> {
         .collect()
 }
 
-/// Parses a centroid CSV into zone id → (lat, lng).
-pub fn parse_centroids(text: &str) -> anyhow::Result<HashMap<String, (f64, f64)>> {
+/// A profile zone's place: its centroid and, for a zone larger than one H3 cell, the radius
+/// its demand is spread over.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Centroid {
+    /// Latitude, degrees.
+    pub lat: f64,
+    /// Longitude, degrees.
+    pub lng: f64,
+    /// The zone's demand starts (and its trips end) in the H3 cells whose centre lies within
+    /// this radius of the centroid (at least the centroid's cell), km; 0: the centroid's cell.
+    pub radius_km: f64,
+}
+
+/// Most H3 cells one profile zone may spread over.
+pub const CELLS_PER_ZONE_MAX: usize = 10_000;
+
+/// Parses a centroid CSV, `zone,lat,lng` or `zone,lat,lng,radius_km`, into zone id →
+/// centroid.
+pub fn parse_centroid_areas(text: &str) -> anyhow::Result<HashMap<String, Centroid>> {
+    let head = text
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .unwrap_or("");
+    let with_radius = head.split(',').count() == 4;
+    let header: &[&str] = if with_radius {
+        &["zone", "lat", "lng", "radius_km"]
+    } else {
+        &["zone", "lat", "lng"]
+    };
     let mut out = HashMap::new();
-    for (n, f) in data_lines(text, &["zone", "lat", "lng"])? {
+    for (n, f) in data_lines(text, header)? {
         let lat: f64 = f[1].parse().with_context(|| format!("line {n}: lat"))?;
         let lng: f64 = f[2].parse().with_context(|| format!("line {n}: lng"))?;
         ensure!(
             (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lng),
             "line {n}: ({lat}, {lng}) is not a point on Earth"
         );
+        let radius_km: f64 = if with_radius {
+            f[3].parse()
+                .with_context(|| format!("line {n}: radius_km"))?
+        } else {
+            0.0
+        };
         ensure!(
-            out.insert(f[0].clone(), (lat, lng)).is_none(),
+            radius_km.is_finite() && (0.0..=50.0).contains(&radius_km),
+            "line {n}: radius_km must be within [0, 50]"
+        );
+        ensure!(
+            out.insert(
+                f[0].clone(),
+                Centroid {
+                    lat,
+                    lng,
+                    radius_km
+                }
+            )
+            .is_none(),
             "line {n}: zone {:?} appears twice",
             f[0]
         );
     }
     Ok(out)
+}
+
+/// Parses a centroid CSV into zone id → (lat, lng) (a radius column, if any, is ignored).
+pub fn parse_centroids(text: &str) -> anyhow::Result<HashMap<String, (f64, f64)>> {
+    Ok(parse_centroid_areas(text)?
+        .into_iter()
+        .map(|(k, c)| (k, (c.lat, c.lng)))
+        .collect())
 }
 
 /// Expands a profile into trace records in time order. Trace time 0 is the start of the
@@ -262,6 +316,285 @@ pub fn expand(
     }
     out.sort_unstable_by_key(|(at, seq, _)| (*at, *seq));
     Ok(out.into_iter().map(|(_, _, r)| r).collect())
+}
+
+/// The H3 cells covering a centroid: those whose centre lies within its radius, found
+/// breadth-first from the centroid's cell; at least that cell. Sorted.
+pub fn cells_of(c: &Centroid, resolution: u8) -> anyhow::Result<Vec<u64>> {
+    let start = ZoneId::from_lat_lng(c.lat, c.lng, resolution)?;
+    let mut out = vec![start.raw()];
+    if c.radius_km > 0.0 {
+        let mut seen = std::collections::HashSet::from([start.raw()]);
+        let mut queue = std::collections::VecDeque::from([start]);
+        while let Some(z) = queue.pop_front() {
+            for n in z.neighbours().iter() {
+                if seen.insert(n.raw()) && distance_km(n.center(), (c.lat, c.lng)) <= c.radius_km {
+                    ensure!(
+                        out.len() < CELLS_PER_ZONE_MAX,
+                        "a radius of {} km covers more than {CELLS_PER_ZONE_MAX} cells at resolution {resolution}",
+                        c.radius_km
+                    );
+                    out.push(n.raw());
+                    queue.push_back(n);
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// A profile as a [`DemandModel`] for the market: each (slot, origin, destination) row's
+/// trips arrive as a Poisson process within the slot (15 minutes of market time), each a
+/// rider session starting in a random cell of the origin zone's cells ([`cells_of`]) and
+/// ending in a random cell of the destination's; trip length is the distance between the
+/// two cells' centres × `detour`, at least `min_km`. Market time 0 is the start of the
+/// earliest slot.
+#[derive(Debug)]
+pub struct ProfileDemand {
+    zones: Vec<u64>,
+    arrivals: Vec<Arrival>,
+    next: usize,
+    start_hour: f64,
+    /// Per hour of day: cumulative origin weights (trips) and their cells, for drivers
+    /// coming online where riders start.
+    starts: Vec<Vec<(f64, u64)>>,
+    sessions_by_hour: [f64; HOURS],
+}
+
+impl ProfileDemand {
+    /// Expands the profile (seeded).
+    pub fn new(
+        rows: &[ProfileRow],
+        centroids: &HashMap<String, Centroid>,
+        opts: &ExpandOptions,
+    ) -> anyhow::Result<Self> {
+        ensure!(
+            (0.0..=1.0).contains(&opts.premium_share),
+            "premium share must be within [0, 1]"
+        );
+        ensure!(
+            opts.detour >= 1.0 && opts.min_km > 0.0,
+            "detour must be at least 1, min_km above 0"
+        );
+        let expected: f64 = rows.iter().map(|r| r.trips).sum();
+        ensure!(
+            expected <= TRIPS_MAX as f64,
+            "the profile holds {expected:.0} trips; at most {TRIPS_MAX}"
+        );
+        ensure!(!rows.is_empty(), "the profile has no rows");
+        let first_slot = rows.iter().map(|r| r.slot).min().unwrap_or(0);
+        let mut cells: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut cells_of_zone = |id: &str| -> anyhow::Result<Vec<u64>> {
+            if let Some(c) = cells.get(id) {
+                return Ok(c.clone());
+            }
+            let c = centroids
+                .get(id)
+                .with_context(|| format!("zone {id:?} has no centroid"))?;
+            let v = cells_of(c, opts.resolution).with_context(|| format!("zone {id:?}"))?;
+            cells.insert(id.to_owned(), v.clone());
+            Ok(v)
+        };
+        let mut rng = SmallRng::seed_from_u64(opts.seed);
+        let slot_ms = f64::from(SLOT_MINUTES) * 60_000.0;
+        let mut arrivals: Vec<(u64, u64, Arrival)> = Vec::new();
+        let mut zones: Vec<u64> = Vec::new();
+        let mut seq = 0u64;
+        let start_hour = f64::from(first_slot * SLOT_MINUTES) / 60.0;
+        let mut start_weight: Vec<HashMap<u64, f64>> = vec![HashMap::new(); HOURS];
+        let mut sessions_by_hour = [0.0; HOURS];
+        for row in rows {
+            let from = cells_of_zone(&row.origin)?;
+            let to = cells_of_zone(&row.destination)?;
+            zones.extend(&from);
+            zones.extend(&to);
+            let hour = (row.slot * SLOT_MINUTES / 60) as usize % HOURS;
+            sessions_by_hour[hour] += row.trips;
+            for c in &from {
+                *start_weight[hour].entry(*c).or_default() += row.trips / from.len() as f64;
+            }
+            let slot_start = f64::from(row.slot - first_slot) * slot_ms;
+            let rate = row.trips / slot_ms;
+            let mut t = exponential(&mut rng, rate);
+            while t < slot_ms {
+                let origin = from[rng.random_range(0..from.len())];
+                let destination = to[rng.random_range(0..to.len())];
+                let centre = |z: u64| ZoneId::new(z).map(|z| z.center()).unwrap_or((0.0, 0.0));
+                let km = (distance_km(centre(origin), centre(destination)) * opts.detour)
+                    .max(opts.min_km);
+                let premium = rng.random::<f64>() < opts.premium_share;
+                seq += 1;
+                let at_ms = (slot_start + t) as u64;
+                arrivals.push((
+                    at_ms,
+                    seq,
+                    Arrival {
+                        at_ms,
+                        origin,
+                        destination,
+                        km,
+                        premium,
+                    },
+                ));
+                t += exponential(&mut rng, rate);
+            }
+        }
+        arrivals.sort_unstable_by_key(|(at, seq, _)| (*at, *seq));
+        zones.sort_unstable();
+        zones.dedup();
+        // Sorted by cell, so the cumulative weights do not depend on hash-map order.
+        let starts = start_weight
+            .into_iter()
+            .map(|m| {
+                let mut v: Vec<(u64, f64)> = m.into_iter().collect();
+                v.sort_unstable_by_key(|(z, _)| *z);
+                let mut acc = 0.0;
+                v.into_iter()
+                    .filter(|(_, w)| *w > 0.0)
+                    .map(|(z, w)| {
+                        acc += w;
+                        (acc, z)
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Self {
+            zones,
+            arrivals: arrivals.into_iter().map(|(_, _, a)| a).collect(),
+            next: 0,
+            start_hour,
+            starts,
+            sessions_by_hour,
+        })
+    }
+
+    /// City hour at market time 0 (the earliest slot's start).
+    pub fn start_hour(&self) -> f64 {
+        self.start_hour
+    }
+
+    /// Market time of the last arrival's slot end, ms.
+    pub fn span_ms(&self) -> u64 {
+        let slot_ms = u64::from(SLOT_MINUTES) * 60_000;
+        self.arrivals
+            .last()
+            .map_or(0, |a| (a.at_ms / slot_ms + 1) * slot_ms)
+    }
+
+    /// Mean rider sessions per hour of day (the profile's trips).
+    pub fn sessions_by_hour(&self) -> &[f64; HOURS] {
+        &self.sessions_by_hour
+    }
+
+    /// A fleet sized so that the busiest hour has `riders_per_driver_hour` sessions per
+    /// online driver under `curve`: `peak sessions / riders_per_driver_hour / curve(peak
+    /// hour)`, at least 1.
+    pub fn fleet_for(&self, cfg: &MarketConfig, riders_per_driver_hour: f64) -> u32 {
+        let (peak_h, peak) =
+            self.sessions_by_hour
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, 0.0),
+                    |(bh, b), (h, v)| if *v > b { (h, *v) } else { (bh, b) },
+                );
+        let share = cfg.fleet_share(peak_h as f64 + 0.5).max(0.05);
+        ((peak / riders_per_driver_hour.max(0.1) / share).ceil() as u32).max(1)
+    }
+}
+
+impl DemandModel for ProfileDemand {
+    fn zones(&self) -> &[u64] {
+        &self.zones
+    }
+
+    fn next_arrival(&mut self) -> Option<Arrival> {
+        let a = self.arrivals.get(self.next).copied();
+        self.next += 1;
+        a
+    }
+
+    fn start_zone(&self, rng: &mut SmallRng, at_ms: u64) -> u64 {
+        let h = self.hour_at(at_ms).floor() as usize % HOURS;
+        let pick = |v: &Vec<(f64, u64)>, rng: &mut SmallRng| {
+            let total = v.last().map_or(0.0, |l| l.0);
+            let x = rng.random::<f64>() * total;
+            v.iter().find(|(c, _)| x < *c).or(v.last()).map(|(_, z)| *z)
+        };
+        // The hour's origins, else the nearest hour with trips, else any zone.
+        (0..HOURS)
+            .map(|d| (h + d) % HOURS)
+            .find(|hh| !self.starts[*hh].is_empty())
+            .and_then(|hh| pick(&self.starts[hh], rng))
+            .unwrap_or_else(|| self.zones[rng.random_range(0..self.zones.len())])
+    }
+
+    fn hour_at(&self, at_ms: u64) -> f64 {
+        (self.start_hour + at_ms as f64 / 3_600_000.0).rem_euclid(24.0)
+    }
+}
+
+/// The fleet of an imported profile.
+#[derive(Clone, Debug, Default)]
+pub struct Fleet {
+    /// Drivers; `None`: sized by [`ProfileDemand::fleet_for`] at
+    /// [`FLEET_RIDERS_PER_DRIVER_HOUR`].
+    pub size: Option<u32>,
+    /// Share of the fleet online per hour of day (24 values); `None`: the market default.
+    pub shift_curve: Option<Vec<f64>>,
+}
+
+/// Sessions per online driver-hour in the busiest hour when a profile's fleet is sized
+/// automatically: the middle of the 1.5–3 seen on real markets (sim/MARKET.md).
+pub const FLEET_RIDERS_PER_DRIVER_HOUR: f64 = 2.0;
+
+impl Fleet {
+    /// The market configuration and fleet size for `demand`.
+    pub fn resolve(&self, demand: &ProfileDemand) -> anyhow::Result<(MarketConfig, u32)> {
+        let mut cfg = MarketConfig::default();
+        if let Some(c) = &self.shift_curve {
+            cfg.fleet_curve = c.clone();
+        }
+        cfg.validate()?;
+        let size = self
+            .size
+            .unwrap_or_else(|| demand.fleet_for(&cfg, FLEET_RIDERS_PER_DRIVER_HOUR));
+        Ok((cfg, size))
+    }
+}
+
+/// Expands a profile with its fleet into trace records in time order: the market of
+/// [`crate::market`] run open loop (every zone priced 1.0×, so no rider declines on price;
+/// a replay against a node prices them), trace time = market time × `slot_seconds / 900`.
+/// Returns the records and the fleet size used.
+pub fn expand_with_fleet(
+    rows: &[ProfileRow],
+    centroids: &HashMap<String, Centroid>,
+    opts: &ExpandOptions,
+    fleet: &Fleet,
+    event_id_base: u64,
+) -> anyhow::Result<(Vec<Record>, u32)> {
+    ensure!(
+        opts.slot_seconds.is_finite() && opts.slot_seconds > 0.0,
+        "slot seconds must be above 0"
+    );
+    let demand = ProfileDemand::new(rows, centroids, opts)?;
+    let (cfg, size) = fleet.resolve(&demand)?;
+    let end_ms = demand.span_ms();
+    let mut market = Market::new(cfg, demand, size, opts.seed, event_id_base)?;
+    let scale = opts.slot_seconds / (f64::from(SLOT_MINUTES) * 60.0);
+    let mut out = Vec::new();
+    let mut records = Vec::new();
+    let mut t = 0;
+    while t <= end_ms {
+        t += 1_000;
+        market.advance(t.min(end_ms), &FlatPrices, &mut out);
+        for o in out.drain(..) {
+            records.push(o.to_record((o.at_ms as f64 * 1000.0 * scale).round() as u64));
+        }
+    }
+    Ok((records, size))
 }
 
 #[cfg(test)]

@@ -899,8 +899,11 @@ pub(crate) async fn run_records(
             speed: speed.label(),
             started_unix_ms,
             wall_s: wall.as_secs_f64(),
+            // The recorder's due times are already wall-clock schedule times (trace time
+            // divided by the speed, see `dispatch`): dividing by the speed again made a
+            // sped-up run report too short a schedule and too high an offered rate.
             schedule_s: match speed {
-                Speed::Times(f) => rec.last_due_us as f64 / 1e6 / f,
+                Speed::Times(_) => rec.last_due_us as f64 / 1e6,
                 Speed::Max { .. } => wall.as_secs_f64(),
             },
             still_in_flight: shared.in_flight.load(Ordering::Acquire) as u64,
