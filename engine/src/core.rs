@@ -21,7 +21,7 @@ pub struct ZoneLimits {
     /// Most distinct available drivers tracked per zone; more are rejected. Default 2,048.
     pub drivers_max: usize,
     /// Half-life of the demand, quote and accepted-trip counters, seconds: a rider session
-    /// counts 1 when it starts and half as much this much later. Default 180.
+    /// counts 1 when it starts and half as much this much later. Default 90.
     pub demand_half_life_s: u32,
     /// A rider (session id) seen again within this long is the same session and does not
     /// count as demand again. Default 600,000 ms (10 minutes).
@@ -45,7 +45,7 @@ impl Default for ZoneLimits {
         Self {
             driver_ttl_ms: 30_000,
             drivers_max: 2_048,
-            demand_half_life_s: 180,
+            demand_half_life_s: 90,
             rider_session_ttl_ms: 600_000,
             riders_max: 4_096,
             dedupe_window_ms: 60_000,

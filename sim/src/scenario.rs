@@ -42,6 +42,9 @@ pub struct ScenarioConfig {
     pub city_hour: f64,
     /// Requests per user.
     pub per_user: PerUser,
+    /// The riders behind the rider events: how many sessions start (each one unit of demand).
+    #[serde(default)]
+    pub market: Market,
     /// How the traffic reaches the nodes.
     #[serde(default)]
     pub traffic: Traffic,
@@ -62,6 +65,33 @@ pub struct PerUser {
     /// Events per second per user (sent in batches, see `traffic.event_batch_len`).
     pub events_per_s: f64,
 }
+
+/// Rider sessions in a scenario's events. A load scenario sends `per_user.events_per_s` events
+/// per user; most are driver heartbeats (the bulk of a real event stream), the rest come from
+/// rider sessions: each session is a `rider_demand` with its own rider id, then, for
+/// `request_share` of them, a `trip_requested` with the same id and a `trip_accepted`. The
+/// engine counts a session once, so demand is set by the session rate, not by the event rate.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Market {
+    /// Rider sessions starting per second, city-wide, at full load; absent: two per driver of
+    /// the city per hour (a plausible market: riders per driver-hour between 1.5 and 3).
+    pub rider_sessions_per_s: Option<f64>,
+    /// Share of sessions that request the trip.
+    pub request_share: f64,
+}
+
+impl Default for Market {
+    fn default() -> Self {
+        Self {
+            rider_sessions_per_s: None,
+            request_share: 0.5,
+        }
+    }
+}
+
+/// Rider sessions per driver-hour when a scenario does not say.
+pub const SESSIONS_PER_DRIVER_HOUR_DEFAULT: f64 = 2.0;
 
 /// Connections, batching and client-side limits.
 #[derive(Clone, Debug, Deserialize)]
@@ -166,6 +196,13 @@ impl ScenarioConfig {
                 && self.per_user.quotes_per_s + self.per_user.events_per_s > 0.0,
             "per_user rates must be >= 0 and not both 0"
         );
+        ensure!(
+            self.market
+                .rider_sessions_per_s
+                .is_none_or(|r| r.is_finite() && r >= 0.0)
+                && (0.0..=1.0).contains(&self.market.request_share),
+            "market.rider_sessions_per_s must be >= 0 and market.request_share within [0, 1]"
+        );
         let t = &self.traffic;
         ensure!(
             (1..=4096).contains(&t.event_batch_len),
@@ -222,6 +259,19 @@ impl Scenario {
         })
     }
 
+    /// Rider sessions starting per second at full load.
+    pub fn rider_sessions_per_s(&self) -> f64 {
+        self.config.market.rider_sessions_per_s.unwrap_or_else(|| {
+            f64::from(self.city.config().drivers.count) * SESSIONS_PER_DRIVER_HOUR_DEFAULT / 3600.0
+        })
+    }
+
+    /// Rider-session events per second at full load (a demand event per session, and a trip
+    /// request and acceptance for those that book).
+    pub fn rider_events_per_s(&self) -> f64 {
+        self.rider_sessions_per_s() * (1.0 + 2.0 * self.config.market.request_share)
+    }
+
     /// Offered requests per second at full load (quotes plus event batches).
     pub fn offered_per_s(&self) -> f64 {
         let c = &self.config;
@@ -238,8 +288,9 @@ fn mix(mut x: u64) -> u64 {
 
 /// A scenario's traffic as trace records: quotes and events from the users active at each
 /// moment (Poisson arrivals, thinned during the ramp), placed by the city's hotspots at the
-/// scenario's city hour. Events: driver heartbeats (50%, each driver in its own zone),
-/// rider demand (35%), trip requests (10%) and accepted trips (5%).
+/// scenario's city hour. Events: rider sessions at `market.rider_sessions_per_s` (see
+/// [`Market`]), origins placed by the hotspots; every other event is a driver heartbeat
+/// (each driver in its own zone).
 #[derive(Debug)]
 pub struct ScenarioLoad {
     scenario: Scenario,
@@ -248,6 +299,10 @@ pub struct ScenarioLoad {
     next_quote_s: f64,
     next_event_s: f64,
     next_id: u64,
+    /// Share of event slots that carry rider-session events.
+    rider_share: f64,
+    /// A session's later events (trip requested, trip accepted), sent in the next rider slots.
+    pending: std::collections::VecDeque<WireEvent>,
 }
 
 impl ScenarioLoad {
@@ -259,6 +314,8 @@ impl ScenarioLoad {
         let next_quote_s = exponential(&mut rng, users * c.per_user.quotes_per_s);
         let next_event_s = exponential(&mut rng, users * c.per_user.events_per_s);
         let end_us = ((c.ramp_up_s + c.duration_s) * 1e6) as u64;
+        let rider_share =
+            (scenario.rider_events_per_s() / (users * c.per_user.events_per_s)).clamp(0.0, 1.0);
         Self {
             scenario,
             rng,
@@ -266,6 +323,8 @@ impl ScenarioLoad {
             next_quote_s,
             next_event_s,
             next_id: id_base,
+            rider_share,
+            pending: std::collections::VecDeque::new(),
         }
     }
 
@@ -329,29 +388,48 @@ impl Iterator for ScenarioLoad {
             } else {
                 let id = self.next_id;
                 self.next_id += 1;
-                let roll: f64 = self.rng.random();
-                let (kind, zone, driver) = if roll < 0.5 {
+                let rider_slot = self.rng.random::<f64>() < self.rider_share;
+                if rider_slot {
+                    if let Some(mut ev) = self.pending.pop_front() {
+                        ev.id = id;
+                        Op::Event(ev)
+                    } else {
+                        // A new session: its rider id is its first event's id (unique).
+                        let zone = city.origin_zone(&mut self.rng, c.city_hour);
+                        if self.rng.random::<f64>() < c.market.request_share {
+                            for kind in [event_kind::TRIP_REQUESTED, event_kind::TRIP_ACCEPTED] {
+                                let driver = if kind == event_kind::TRIP_ACCEPTED {
+                                    0
+                                } else {
+                                    id
+                                };
+                                self.pending.push_back(WireEvent {
+                                    id: 0,
+                                    zone,
+                                    driver,
+                                    kind,
+                                });
+                            }
+                        }
+                        Op::Event(WireEvent {
+                            id,
+                            zone,
+                            driver: id,
+                            kind: event_kind::RIDER_DEMAND,
+                        })
+                    }
+                } else {
                     let drivers = u64::from(city.config().drivers.count.max(1));
                     let d = self.rng.random_range(0..drivers);
                     let zones = city.zones();
                     let zone = zones[(mix(d) % zones.len() as u64) as usize];
-                    (event_kind::DRIVER_AVAILABLE, zone, d + 1)
-                } else {
-                    let kind = if roll < 0.85 {
-                        event_kind::RIDER_DEMAND
-                    } else if roll < 0.95 {
-                        event_kind::TRIP_REQUESTED
-                    } else {
-                        event_kind::TRIP_ACCEPTED
-                    };
-                    (kind, city.origin_zone(&mut self.rng, c.city_hour), 0)
-                };
-                Op::Event(WireEvent {
-                    id,
-                    zone,
-                    driver,
-                    kind,
-                })
+                    Op::Event(WireEvent {
+                        id,
+                        zone,
+                        driver: d + 1,
+                        kind: event_kind::DRIVER_AVAILABLE,
+                    })
+                }
             };
             return Some(Record { at_us, tier, op });
         }
@@ -361,6 +439,75 @@ impl Iterator for ScenarioLoad {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scenario_for_test() -> Scenario {
+        let city = City::new(
+            CityConfig::from_toml(crate::city::tests_support::SMALL).expect("city config"),
+        )
+        .expect("city");
+        let config = ScenarioConfig::from_toml(
+            r#"
+name = "t"
+city = "city.toml"
+users = 1000
+premium_share = 0.25
+ramp_up_s = 2.0
+duration_s = 4.0
+city_hour = 8.0
+[per_user]
+quotes_per_s = 1.0
+events_per_s = 2.0
+"#,
+        )
+        .expect("scenario");
+        Scenario { config, city }
+    }
+
+    #[test]
+    fn rider_events_come_from_sessions_each_with_its_own_rider_id() {
+        let mut sc = scenario_for_test();
+        sc.config.market.rider_sessions_per_s = Some(20.0);
+        sc.config.market.request_share = 0.5;
+        sc.config.ramp_up_s = 0.0;
+        sc.config.duration_s = 20.0;
+        let load = ScenarioLoad::new(sc, 1);
+        let mut sessions = std::collections::HashMap::new();
+        let (mut requested, mut heartbeats) = (0u64, 0u64);
+        for r in load {
+            if let Op::Event(e) = r.op {
+                match e.kind {
+                    event_kind::RIDER_DEMAND => {
+                        assert_ne!(e.driver, 0, "a session has a rider id");
+                        assert!(
+                            sessions.insert(e.driver, e.zone).is_none(),
+                            "one demand event per session"
+                        );
+                    }
+                    event_kind::TRIP_REQUESTED => {
+                        assert_eq!(
+                            sessions.get(&e.driver),
+                            Some(&e.zone),
+                            "a request belongs to a session, in its zone"
+                        );
+                        requested += 1;
+                    }
+                    event_kind::DRIVER_AVAILABLE => heartbeats += 1,
+                    _ => {}
+                }
+            }
+        }
+        // 20 sessions/s for 20 s, Poisson: 400 ± a few standard deviations.
+        let n = sessions.len() as f64;
+        assert!((320.0..=480.0).contains(&n), "{n} sessions");
+        assert!(
+            (0.35..=0.65).contains(&(requested as f64 / n)),
+            "{requested} requests"
+        );
+        assert!(
+            heartbeats as f64 > 10.0 * n,
+            "the rest of the events are heartbeats: {heartbeats}"
+        );
+    }
 
     #[test]
     fn a_scenario_offers_its_rates_after_the_ramp() {

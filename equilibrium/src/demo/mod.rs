@@ -29,7 +29,9 @@ use self::procs::{NodeProc, Procs};
 /// so the demo works from any directory.
 const CITY_TOML: &str = include_str!("../../../configs/city.toml");
 const SCENARIO_TOML: &str = include_str!("../../../configs/scenarios/demo.toml");
-const ENGINE_TOML: &str = include_str!("../../../configs/engine.toml");
+/// The demo's nodes run the market ten times as fast as real time (so that 30 s show a few
+/// city minutes); the file says which constants and why.
+const ENGINE_TOML: &str = include_str!("../../../configs/engine-demo.toml");
 
 const PREMIUM_TOKEN: &str = "premium-demo-token";
 const SHARED_TOKEN: &str = "shared-demo-token";
@@ -227,7 +229,8 @@ async fn cluster_demo(
     println!(
         "Equilibrium demo: {} local nodes, Redis for leases and snapshots, then {} s of a \
          synthetic Berlin ({} zones, city hour {}): {} users, about {:.0} quotes/s and {:.0} \
-         events/s.\n",
+         events/s ({:.0} rider sessions/s; the rest are drivers' heartbeats). The market runs 10x \
+         as fast as real time (configs/engine-demo.toml: demand half-life 9 s, prices held 12 s).\n",
         if redis { NODES } else { 1 },
         args.seconds,
         scenario.city.zones().len(),
@@ -235,6 +238,7 @@ async fn cluster_demo(
         c.users,
         f64::from(c.users) * c.per_user.quotes_per_s,
         f64::from(c.users) * c.per_user.events_per_s,
+        scenario.rider_sessions_per_s(),
     );
     let dir = &work.0;
     let logs = args.out.join("logs");

@@ -33,9 +33,9 @@ pub(crate) fn policy() -> WirePolicy {
         version: 1,
         supply_floor: 1,
         cap_milli: 3000,
-        smoothing_half_life_s: 120,
+        smoothing_half_life_s: 60,
         hold_s: 120,
-        change_per_min_max_milli: 150,
+        change_per_min_max_milli: 250,
         price_step_milli: 50,
         confidence_full_at: 20,
     }
