@@ -28,16 +28,20 @@ fn target(node: &TestNode) -> sim::Target {
 }
 
 /// The parts of a zone's state that do not depend on when ticks ran: distinct drivers,
-/// demand and accepted trips in the window (the replay takes far less than the window and
-/// the driver TTL), remembered event ids, the fare table version. Not compared: the
-/// multiplier, snapshot version and quote count, which ticks produce.
+/// demand and accepted trips (the node's counters decay with a half-life of an hour, so a
+/// replay of a second or two leaves the same counts to within rounding), remembered event
+/// ids, the fare table version. Not compared: the multiplier, snapshot version and quote count, which ticks
+/// produce.
 type ZoneFacts = (u32, u32, u32, u32, u32);
 
 async fn replay_into_fresh_node(
     trace: &std::path::Path,
     zones: &BTreeSet<u64>,
 ) -> (BTreeMap<u64, ZoneFacts>, BTreeMap<String, u64>) {
-    let node = TestNode::start("");
+    let node = TestNode::start_with_engine(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/engine-slow-demand.toml"
+    ));
     let report = sim::replay_file(
         trace,
         &target(&node),
@@ -94,7 +98,26 @@ async fn replaying_a_trace_into_fresh_nodes_twice_leaves_identical_zone_state() 
         drivers > 100 && demand > 100,
         "the trace moved the city: {drivers} drivers, {demand} demand"
     );
-    assert_eq!(a, b, "identical zone state after each replay");
+    // Drivers, remembered event ids and fare versions are exact; demand and accepted trips
+    // are decaying counts, rounded: the two replays' timings may differ by a second, which
+    // moves a count by at most a few thousandths, so by at most one after rounding.
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "the same zones"
+    );
+    for (z, (x, y)) in a.iter().map(|(z, x)| (z, (x, &b[z]))) {
+        let exact = |f: &ZoneFacts| (f.0, f.3, f.4);
+        assert_eq!(
+            exact(x),
+            exact(y),
+            "zone {z:x}: drivers, event ids, fare version"
+        );
+        assert!(
+            x.1.abs_diff(y.1) <= 1 && x.2.abs_diff(y.2) <= 1,
+            "zone {z:x}: demand and accepted {x:?} vs {y:?}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -16,6 +16,13 @@ pub(crate) const SHARED: &str = "shared-test-token";
 pub(crate) const ADMIN: &str = "admin-test-token";
 pub(crate) const READER: &str = "reader-test-token";
 
+/// The engine configuration test nodes run: the market's time constants in seconds, so that a
+/// test of a few seconds sees prices move.
+pub(crate) const FAST_ENGINE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/support/engine-fast.toml"
+);
+
 pub(crate) struct TestNode {
     pub(crate) child: Option<Child>,
     pub(crate) addr: SocketAddr,
@@ -33,6 +40,21 @@ impl TestNode {
         Self::start_on("127.0.0.1:0", limits)
     }
 
+    /// Starts a node whose engine configuration is `engine` (a path) instead of the tests'
+    /// fast market (`tests/support/engine-fast.toml`).
+    pub(crate) fn start_with_engine(engine: &str) -> Self {
+        let ck =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        Self::start_inner(
+            "127.0.0.1:0",
+            "",
+            engine,
+            ck.cert.pem(),
+            ck.signing_key.serialize_pem(),
+            ck.cert.der().to_vec(),
+        )
+    }
+
     /// Starts a node with a premium endpoint (`premium_listen`) on a free port.
     pub(crate) fn start_premium() -> Self {
         let ck =
@@ -40,6 +62,7 @@ impl TestNode {
         Self::start_inner(
             "127.0.0.1:0\"\npremium_listen = \"127.0.0.1:0",
             "",
+            FAST_ENGINE,
             ck.cert.pem(),
             ck.signing_key.serialize_pem(),
             ck.cert.der().to_vec(),
@@ -53,6 +76,7 @@ impl TestNode {
         Self::start_inner(
             listen,
             limits,
+            FAST_ENGINE,
             ck.cert.pem(),
             ck.signing_key.serialize_pem(),
             ck.cert.der().to_vec(),
@@ -64,12 +88,13 @@ impl TestNode {
         let (cert_pem, key_pem) = SAVED
             .with(|s| s.borrow().get(&cert_der).cloned())
             .expect("certificate of an earlier node");
-        Self::start_inner(listen, limits, cert_pem, key_pem, cert_der)
+        Self::start_inner(listen, limits, FAST_ENGINE, cert_pem, key_pem, cert_der)
     }
 
     fn start_inner(
         listen: &str,
         limits: &str,
+        engine: &str,
         cert_pem: String,
         key_pem: String,
         cert_der: Vec<u8>,
@@ -83,10 +108,6 @@ impl TestNode {
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("cert.pem"), &cert_pem).expect("write cert");
         std::fs::write(dir.join("key.pem"), &key_pem).expect("write key");
-        let engine = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/engine-fast.toml"
-        );
         std::fs::write(
             dir.join("node.toml"),
             format!(
