@@ -77,7 +77,8 @@ impl Redis {
             .spawn()
             .expect("redis-server is required (scripts/test.sh installs it)");
         self.child = Some(child);
-        for _ in 0..200 {
+        // Up to 10 s: a loaded 2-core machine can take seconds to start it again.
+        for _ in 0..1000 {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
