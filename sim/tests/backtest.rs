@@ -121,3 +121,68 @@ fn a_small_profile_backtest_meets_the_realism_bounds() {
         .collect();
     assert!(failed.is_empty(), "failed: {failed:#?}\n{}", r.summary());
 }
+
+#[test]
+fn the_day_city_at_one_times_is_a_plausible_market() {
+    // The market alone, every zone at 1.0x: what the city offers before any policy.
+    let city = util::city_day();
+    let demand = sim::city::CityDemand::new(&city, 11, 0.0, 24.0);
+    let mut m = sim::market::Market::new(
+        city.config().market.clone(),
+        demand,
+        city.config().drivers.count,
+        11,
+        1,
+    )
+    .expect("market");
+    let mut out = Vec::new();
+    let mut t = 0;
+    while t < 86_400_000 {
+        t += 10_000;
+        m.advance(t, &sim::market::FlatPrices, &mut out);
+        out.clear();
+    }
+    let s = m.stats();
+    let online: f64 = s.online_driver_h.iter().sum();
+    let rpdh = s.sessions_total() as f64 / online;
+    let util = |h: usize| s.busy_driver_h[h] / s.online_driver_h[h];
+    let peak = (0..24).max_by_key(|h| s.sessions[*h]).expect("hours");
+    let night = s.online_driver_h[4];
+    let day_peak = s.online_driver_h[peak];
+    for h in 0..24 {
+        eprintln!(
+            "{h:02}: sessions {} served {} unserved {} online {:.0} util {:.0}%",
+            s.sessions[h],
+            s.served[h],
+            s.unserved[h],
+            s.online_driver_h[h],
+            100.0 * util(h)
+        );
+    }
+    assert!(
+        (1.5..=3.0).contains(&rpdh),
+        "{rpdh:.2} riders per driver-hour"
+    );
+    assert!(
+        (0.40..=0.70).contains(&util(peak)),
+        "utilisation {:.0}% in the busiest hour ({peak}:00)",
+        100.0 * util(peak)
+    );
+    assert!(
+        night < day_peak / 3.0,
+        "{night:.0} driver-hours at 04:00, {day_peak:.0} at the peak"
+    );
+    let served = s.served_total() as f64 / s.sessions_total() as f64;
+    assert!(
+        served > 0.95,
+        "at 1.0x nearly every rider is served: {:.1}%",
+        100.0 * served
+    );
+    eprintln!(
+        "day city at 1.0x: {} sessions, {rpdh:.2} per driver-hour, utilisation {:.0}% at {peak}:00, {:.0}% over the day, {:.1}% served",
+        s.sessions_total(),
+        100.0 * util(peak),
+        100.0 * s.busy_driver_h.iter().sum::<f64>() / online,
+        100.0 * served
+    );
+}
