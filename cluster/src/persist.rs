@@ -5,15 +5,17 @@
 
 use engine::core::{ImportError, ZoneExport, ZoneLimits};
 use engine::fare::{Currency, FareTable};
-use engine::policy::{PolicyState, Trend};
-use engine::window::BUCKETS;
+use engine::policy::PolicyState;
 use engine::{ZoneCore, ZoneId};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// The first byte of every stored snapshot.
-pub const FORMAT: u8 = 1;
+/// The first byte of every stored snapshot. Format 2 (decaying demand counters, rider
+/// sessions, a policy state in engine time) replaced format 1 (sliding-window buckets, a
+/// per-tick policy state); a format-1 snapshot is refused as an unknown format, so a node of
+/// this build starts such a zone afresh.
+pub const FORMAT: u8 = 2;
 
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 struct StoredFare {
@@ -37,16 +39,17 @@ struct StoredZone {
     zone: u64,
     version: u64,
     last_event_ms: u64,
-    window_head: u64,
+    rates_at_ms: u64,
+    rates: [f64; 3],
     smoothed: f64,
+    stepped_at_ms: u64,
+    changed_at_ms: u64,
     fare: StoredFare,
     published_milli: u32,
-    against_ticks: u16,
-    trend: u8,
-    window_counts: [[u16; BUCKETS]; 3],
     fare_history: Vec<StoredFare>,
     drivers: Vec<StoredEntry>,
     dedupe: Vec<StoredEntry>,
+    riders: Vec<StoredEntry>,
 }
 
 /// Why stored bytes do not restore a zone.
@@ -102,20 +105,17 @@ pub fn encode(e: &ZoneExport) -> Vec<u8> {
         zone: e.zone.raw(),
         version: e.version,
         last_event_ms: e.last_event_ms,
-        window_head: e.window_head,
+        rates_at_ms: e.rates_at_ms,
+        rates: e.rates,
         smoothed: e.policy.smoothed,
+        stepped_at_ms: e.policy.stepped_at_ms,
+        changed_at_ms: e.policy.changed_at_ms,
         fare: stored_fare(&e.fare),
         published_milli: e.policy.published_milli,
-        against_ticks: e.policy.against_ticks,
-        trend: match e.policy.trend {
-            Trend::Flat => 0,
-            Trend::Up => 1,
-            Trend::Down => 2,
-        },
-        window_counts: e.window_counts,
         fare_history: e.fare_history.iter().map(stored_fare).collect(),
         drivers: entries(&e.drivers),
         dedupe: entries(&e.dedupe),
+        riders: entries(&e.riders),
     };
     let body = rkyv::to_bytes::<rancor::Error>(&s).expect("serialising plain data cannot fail");
     let mut out = Vec::with_capacity(body.len() + 1);
@@ -134,12 +134,6 @@ pub fn decode(bytes: &[u8], limits: &ZoneLimits) -> Result<ZoneCore, PersistErro
     aligned.extend_from_slice(&bytes[1..]);
     let s = rkyv::from_bytes::<StoredZone, rancor::Error>(&aligned)
         .map_err(|e| PersistError::Corrupt(e.to_string()))?;
-    let trend = match s.trend {
-        0 => Trend::Flat,
-        1 => Trend::Up,
-        2 => Trend::Down,
-        t => return Err(PersistError::Field(format!("trend {t}"))),
-    };
     let export = ZoneExport {
         zone: ZoneId::new(s.zone).map_err(|e| PersistError::Field(e.to_string()))?,
         fare: fare_of(&s.fare)?,
@@ -150,13 +144,14 @@ pub fn decode(bytes: &[u8], limits: &ZoneLimits) -> Result<ZoneCore, PersistErro
             .collect::<Result<_, _>>()?,
         drivers: s.drivers.iter().map(|e| (e.id, e.at_ms)).collect(),
         dedupe: s.dedupe.iter().map(|e| (e.id, e.at_ms)).collect(),
-        window_head: s.window_head,
-        window_counts: s.window_counts,
+        riders: s.riders.iter().map(|e| (e.id, e.at_ms)).collect(),
+        rates_at_ms: s.rates_at_ms,
+        rates: s.rates,
         policy: PolicyState {
             smoothed: s.smoothed,
             published_milli: s.published_milli,
-            trend,
-            against_ticks: s.against_ticks,
+            stepped_at_ms: s.stepped_at_ms,
+            changed_at_ms: s.changed_at_ms,
         },
         version: s.version,
         last_event_ms: s.last_event_ms,

@@ -1,7 +1,7 @@
 //! A zone persisted and restored (as on takeover) carries on exactly as if it had never
 //! stopped; corrupted or truncated bytes are refused without panicking.
 
-use cluster::persist::{decode, encode, PersistError};
+use cluster::persist::{self, decode, encode, PersistError};
 use engine::fare::{Currency, FareTable};
 use engine::{Event, EventKind, SurgePolicy, ZoneCore, ZoneId, ZoneLimits};
 use proptest::prelude::*;
@@ -33,8 +33,8 @@ fn steps() -> impl Strategy<Value = Vec<(u64, Step)>> {
     let kind = prop_oneof![
         (0u64..20).prop_map(|driver| EventKind::DriverAvailable { driver }),
         (0u64..20).prop_map(|driver| EventKind::DriverBusy { driver }),
-        Just(EventKind::RiderDemand { rider: 0 }),
-        Just(EventKind::TripRequested { rider: 0 }),
+        (0u64..20).prop_map(|rider| EventKind::RiderDemand { rider }),
+        (0u64..20).prop_map(|rider| EventKind::TripRequested { rider }),
         Just(EventKind::TripAccepted),
     ];
     prop::collection::vec(
@@ -158,9 +158,14 @@ fn unknown_formats_and_empty_values_are_named() {
         Some(PersistError::Format(Some(9)))
     );
     assert!(matches!(
-        decode(&[1, 0, 0, 0], &limits),
+        decode(&[persist::FORMAT, 0, 0, 0], &limits),
         Err(PersistError::Corrupt(_))
     ));
+    // A snapshot of the per-tick format 1 (before decaying demand) is named as such.
+    assert_eq!(
+        decode(&[1, 0, 0, 0], &limits).err(),
+        Some(PersistError::Format(Some(1)))
+    );
     // A snapshot from a node with larger limits is refused, not truncated.
     let big = ZoneLimits {
         drivers_max: 100,

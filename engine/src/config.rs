@@ -220,8 +220,14 @@ impl EngineConfig {
                 "must be at least zone.dedupe_window_ms and zone.driver_ttl_ms (evicting sooner would forget event ids)",
             ));
         }
-        if z.demand_window_ms < crate::window::BUCKETS as u64 {
-            return Err(invalid("zone.demand_window_ms", "must be at least 12 ms"));
+        if z.demand_half_life_s == 0 || z.demand_half_life_s > 3600 {
+            return Err(invalid(
+                "zone.demand_half_life_s",
+                "must be within 1..=3600 (seconds)",
+            ));
+        }
+        if z.riders_max > 1_000_000 {
+            return Err(invalid("zone.riders_max", "must be at most 1,000,000"));
         }
         if z.drivers_max == 0 || z.dedupe_ids_max == 0 {
             return Err(invalid(

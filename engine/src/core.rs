@@ -8,7 +8,7 @@ use crate::expiring::{ExpiringSet, Full};
 use crate::fare::{FareTable, MILLI};
 use crate::policy::{PolicyInput, PolicyState, SurgePolicy};
 use crate::snapshot::{PriceSnapshot, SnapshotFields};
-use crate::window::{Counter, Windows, BUCKETS};
+use crate::window::{Counter, Rates};
 use crate::zone::ZoneId;
 
 /// Per-zone limits and windows. Defaults are documented in `configs/engine.toml`.
@@ -20,8 +20,16 @@ pub struct ZoneLimits {
     pub driver_ttl_ms: u64,
     /// Most distinct available drivers tracked per zone; more are rejected. Default 2,048.
     pub drivers_max: usize,
-    /// Length of the demand, quote and accepted-trip windows. Default 120,000 ms.
-    pub demand_window_ms: u64,
+    /// Half-life of the demand, quote and accepted-trip counters, seconds: a rider session
+    /// counts 1 when it starts and half as much this much later. Default 180.
+    pub demand_half_life_s: u32,
+    /// A rider (session id) seen again within this long is the same session and does not
+    /// count as demand again. Default 600,000 ms (10 minutes).
+    pub rider_session_ttl_ms: u64,
+    /// Most rider sessions remembered per zone. Beyond it a new rider's events still count
+    /// as demand, but the zone cannot tell that rider's later events apart, so each of them
+    /// counts again (demand is over-counted, never refused). Default 4,096.
+    pub riders_max: usize,
     /// An event id seen again within this long is a duplicate. Default 60,000 ms.
     pub dedupe_window_ms: u64,
     /// Most event ids remembered per zone; events beyond are rejected (`dedupe_full`) until
@@ -37,7 +45,9 @@ impl Default for ZoneLimits {
         Self {
             driver_ttl_ms: 30_000,
             drivers_max: 2_048,
-            demand_window_ms: 120_000,
+            demand_half_life_s: 180,
+            rider_session_ttl_ms: 600_000,
+            riders_max: 4_096,
             dedupe_window_ms: 60_000,
             dedupe_ids_max: 8_192,
             fare_history_max: 4,
@@ -46,8 +56,8 @@ impl Default for ZoneLimits {
 }
 
 impl ZoneLimits {
-    fn bucket_ms(&self) -> u64 {
-        (self.demand_window_ms / BUCKETS as u64).max(1)
+    fn half_life_ms(&self) -> u64 {
+        (u64::from(self.demand_half_life_s) * 1000).max(1)
     }
 }
 
@@ -89,8 +99,12 @@ pub struct ZoneCore {
     fare_history: Vec<FareTable>,
     drivers: ExpiringSet,
     dedupe: ExpiringSet,
-    /// Demand, quotes and accepted trips in the sliding window.
-    windows: Windows,
+    /// Rider sessions seen within `rider_session_ttl_ms` (a rider counts once per session).
+    /// Boxed and made on the first known rider: most zones of a city hear few riders, and
+    /// the hot state has a budget per zone.
+    riders: Option<Box<ExpiringSet>>,
+    /// Demand, quotes and accepted trips, decaying.
+    rates: Rates,
     policy: PolicyState,
     version: u64,
     last: Option<Published>,
@@ -112,10 +126,12 @@ pub struct ZoneExport {
     pub drivers: Vec<(u64, u64)>,
     /// Event ids in the dedupe window and when each was seen, sorted by id.
     pub dedupe: Vec<(u64, u64)>,
-    /// Index of the newest window bucket.
-    pub window_head: u64,
-    /// Window buckets: demand, quotes, accepted.
-    pub window_counts: [[u16; BUCKETS]; 3],
+    /// Rider sessions and when each was last seen, sorted by id.
+    pub riders: Vec<(u64, u64)>,
+    /// Engine time the decaying counters are decayed to.
+    pub rates_at_ms: u64,
+    /// The decaying counters: demand, quotes, accepted.
+    pub rates: [f64; 3],
     /// The policy's memory.
     pub policy: PolicyState,
     /// Latest snapshot version (the next one is higher).
@@ -143,6 +159,9 @@ pub enum ImportError {
     /// The policy state is out of range.
     #[error("policy state out of range: {0}")]
     Policy(String),
+    /// A decaying counter is negative or not a number.
+    #[error("demand counters out of range: {0:?}")]
+    Rates([f64; 3]),
 }
 
 /// A read-only view of a zone's hot state, for admins and tests.
@@ -152,12 +171,14 @@ pub struct HotState {
     pub zone: ZoneId,
     /// Distinct available drivers.
     pub drivers: usize,
-    /// Demand in the window.
+    /// Recent rider sessions (decaying counter, rounded).
     pub demand: u32,
-    /// Quotes in the window.
+    /// Recent quotes (decaying counter, rounded).
     pub quotes: u32,
-    /// Accepted trips in the window.
+    /// Recent accepted trips (decaying counter, rounded).
     pub accepted: u32,
+    /// Rider sessions remembered (seen within `rider_session_ttl_ms`).
+    pub riders: usize,
     /// Event ids remembered for dedupe.
     pub dedupe_ids: usize,
     /// Current fare table.
@@ -173,15 +194,16 @@ pub struct HotState {
 impl ZoneCore {
     /// A fresh zone at `now_ms` with a fare table.
     pub fn new(zone: ZoneId, fare: FareTable, now_ms: u64, limits: &ZoneLimits) -> Self {
-        let b = limits.bucket_ms();
+        let _ = limits;
         Self {
             zone,
             fare,
             fare_history: Vec::new(),
             drivers: ExpiringSet::default(),
             dedupe: ExpiringSet::default(),
-            windows: Windows::new(now_ms, b),
-            policy: PolicyState::default(),
+            riders: None,
+            rates: Rates::new(now_ms),
+            policy: PolicyState::new(now_ms),
             version: 0,
             last: None,
             last_event_ms: now_ms,
@@ -205,7 +227,7 @@ impl ZoneCore {
         if self.dedupe.len() >= limits.dedupe_ids_max {
             return EventOutcome::Rejected(RejectReason::DedupeFull);
         }
-        let b = limits.bucket_ms();
+        let h = limits.half_life_ms();
         match ev.kind {
             EventKind::DriverAvailable { driver } => {
                 self.drivers.expire(now_ms, limits.driver_ttl_ms);
@@ -216,15 +238,32 @@ impl ZoneCore {
             EventKind::DriverBusy { driver } | EventKind::DriverOffline { driver } => {
                 self.drivers.remove(driver);
             }
-            EventKind::RiderDemand { rider: _ } | EventKind::TripRequested { rider: _ } => {
-                self.windows.add(Counter::Demand, now_ms, b, 1)
+            EventKind::RiderDemand { rider } | EventKind::TripRequested { rider } => {
+                if self.new_session(rider, now_ms, limits) {
+                    self.rates.add(Counter::Demand, now_ms, h, 1.0);
+                }
             }
-            EventKind::TripAccepted => self.windows.add(Counter::Accepted, now_ms, b, 1),
+            EventKind::TripAccepted => self.rates.add(Counter::Accepted, now_ms, h, 1.0),
         }
         // Room was checked above and the id is new, so this cannot fail.
         let _ = self.dedupe.touch(ev.id, now_ms, usize::MAX);
         self.last_event_ms = self.last_event_ms.max(now_ms);
         EventOutcome::Applied
+    }
+
+    /// Whether a rider event starts a new session (and so counts as demand): an unknown
+    /// rider (0) always does; a known one unless seen within the session TTL. Seeing a rider
+    /// renews its session.
+    fn new_session(&mut self, rider: u64, now_ms: u64, limits: &ZoneLimits) -> bool {
+        if rider == 0 {
+            return true;
+        }
+        let riders = self.riders.get_or_insert_with(Box::default);
+        riders.expire(now_ms, limits.rider_session_ttl_ms);
+        let known = riders.contains(rider);
+        // A full set forgets nobody: the rider is simply not remembered.
+        let _ = riders.touch(rider, now_ms, limits.riders_max);
+        !known
     }
 
     /// Replaces the fare table; the next tick publishes it.
@@ -274,18 +313,26 @@ impl ZoneCore {
         quotes: u32,
         neighbour_mean_milli: Option<u32>,
     ) -> Option<PriceSnapshot> {
-        let b = limits.bucket_ms();
+        let h = limits.half_life_ms();
         self.drivers.expire(now_ms, limits.driver_ttl_ms);
         self.dedupe.expire(now_ms, limits.dedupe_window_ms);
-        self.windows.advance(now_ms, b);
+        if let Some(riders) = &mut self.riders {
+            riders.expire(now_ms, limits.rider_session_ttl_ms);
+            if riders.is_empty() {
+                self.riders = None;
+            }
+        }
+        self.rates.advance(now_ms, h);
         if quotes > 0 {
-            self.windows.add(Counter::Quotes, now_ms, b, quotes);
+            self.rates
+                .add(Counter::Quotes, now_ms, h, f64::from(quotes));
         }
 
         let supply = u32::try_from(self.drivers.len()).unwrap_or(u32::MAX);
         let input = PolicyInput {
-            demand: self.windows.total(Counter::Demand),
-            quotes: self.windows.total(Counter::Quotes),
+            now_ms,
+            demand: self.rates.get(Counter::Demand),
+            quotes: self.rates.get(Counter::Quotes),
             supply,
             neighbour_mean_milli,
             fare_cap_milli: self.fare.surge_cap_milli,
@@ -298,8 +345,8 @@ impl ZoneCore {
             target_milli: out.target_milli,
             confidence_permille: out.confidence_permille,
             supply,
-            demand: input.demand,
-            quotes: input.quotes,
+            demand: rounded(input.demand),
+            quotes: rounded(input.quotes),
             neighbour_mean_milli: neighbour_mean_milli.unwrap_or(0),
             fare_version: self.fare.version,
             policy_version: policy.version,
@@ -336,9 +383,10 @@ impl ZoneCore {
         HotState {
             zone: self.zone,
             drivers: self.drivers.len(),
-            demand: self.windows.total(Counter::Demand),
-            quotes: self.windows.total(Counter::Quotes),
-            accepted: self.windows.total(Counter::Accepted),
+            demand: rounded(self.rates.get(Counter::Demand)),
+            quotes: rounded(self.rates.get(Counter::Quotes)),
+            accepted: rounded(self.rates.get(Counter::Accepted)),
+            riders: self.riders.as_ref().map_or(0, |r| r.len()),
             dedupe_ids: self.dedupe.len(),
             fare: self.fare,
             multiplier_milli: self.policy.published_milli,
@@ -349,15 +397,16 @@ impl ZoneCore {
 
     /// Everything this zone holds, for persistence.
     pub fn export(&self) -> ZoneExport {
-        let (window_head, window_counts) = self.windows.parts();
+        let (rates_at_ms, rates) = self.rates.parts();
         ZoneExport {
             zone: self.zone,
             fare: self.fare,
             fare_history: self.fare_history.clone(),
             drivers: self.drivers.entries(),
             dedupe: self.dedupe.entries(),
-            window_head,
-            window_counts,
+            riders: self.riders.as_ref().map_or_else(Vec::new, |r| r.entries()),
+            rates_at_ms,
+            rates,
             policy: self.policy,
             version: self.version,
             last_event_ms: self.last_event_ms,
@@ -389,6 +438,7 @@ impl ZoneCore {
         };
         too_many("drivers", e.drivers.len(), limits.drivers_max)?;
         too_many("dedupe ids", e.dedupe.len(), limits.dedupe_ids_max)?;
+        too_many("riders", e.riders.len(), limits.riders_max)?;
         too_many(
             "fare history",
             e.fare_history.len(),
@@ -404,13 +454,15 @@ impl ZoneCore {
                 p.smoothed, p.published_milli
             )));
         }
+        let rates = Rates::from_parts(e.rates_at_ms, e.rates).ok_or(ImportError::Rates(e.rates))?;
         Ok(Self {
             zone: e.zone,
             fare,
             fare_history: e.fare_history,
             drivers: ExpiringSet::from_entries(&e.drivers),
             dedupe: ExpiringSet::from_entries(&e.dedupe),
-            windows: Windows::from_parts(e.window_head, e.window_counts),
+            riders: (!e.riders.is_empty()).then(|| Box::new(ExpiringSet::from_entries(&e.riders))),
+            rates,
             policy: p,
             version: e.version,
             last: None,
@@ -429,9 +481,19 @@ impl ZoneCore {
     /// id in the window), while the hot state grows only with the drivers present.
     pub fn heap_bytes(&self) -> (usize, usize) {
         let hot = self.drivers.heap_bytes()
+            + self
+                .riders
+                .as_ref()
+                .map_or(0, |r| std::mem::size_of::<ExpiringSet>() + r.heap_bytes())
             + self.fare_history.capacity() * std::mem::size_of::<FareTable>();
         (hot, self.dedupe.heap_bytes())
     }
+}
+
+/// A decaying count as a whole number, for snapshots and admin views.
+fn rounded(x: f64) -> u32 {
+    // Counts are finite and non-negative; `as` saturates.
+    x.round() as u32
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use crate::quote::QuoteToken;
 pub struct Explanation {
     /// The verified quote.
     pub token: QuoteToken,
-    /// `demand + quote_demand_weight · quotes` over `max(supply, supply_floor)`, when the
-    /// policy version is known.
+    /// `demand + quote_demand_weight · quotes` over `max(supply, supply_floor)` (from the
+    /// token's rounded counts), when the policy version is known.
     pub ratio: Option<f64>,
     /// The fare table the quote used, if still retained.
     pub fare: Option<FareTable>,
@@ -75,7 +75,7 @@ impl fmt::Display for Explanation {
         writeln!(f, "  supply      {} available drivers", t.supply)?;
         writeln!(
             f,
-            "  demand      {} signals + {} quotes in window",
+            "  demand      {} recent rider sessions + {} recent quotes (decaying counts)",
             t.demand, t.quotes
         )?;
         if let Some(r) = self.ratio {
@@ -83,13 +83,13 @@ impl fmt::Display for Explanation {
         }
         writeln!(
             f,
-            "  target      {}x before smoothing",
+            "  target      {}x before smoothing (balance and confidence)",
             milli(t.target_milli)
         )?;
         if t.neighbour_mean_milli > 0 {
             writeln!(f, "  neighbours  {}x mean", milli(t.neighbour_mean_milli))?;
         } else {
-            writeln!(f, "  neighbours  none priced")?;
+            writeln!(f, "  neighbours  none")?;
         }
         writeln!(
             f,
@@ -99,13 +99,13 @@ impl fmt::Display for Explanation {
         match &self.policy {
             Some(p) => writeln!(
                 f,
-                "  policy      v{}: threshold {}, sensitivity {}, alpha {}, hysteresis {}, step {}, neighbour weight {}, cap {}x",
+                "  policy      v{}: dead band {} above balance, sensitivity {}, smoothing half-life {} s, hold {} s, at most {}x/min, neighbour weight {}, cap {}x",
                 p.version,
-                p.ratio_threshold,
+                p.balance_dead_band,
                 p.sensitivity,
-                p.ewma_alpha,
-                milli(p.hysteresis_milli),
-                milli(p.step_max_milli),
+                p.smoothing_half_life_s,
+                p.hold_s,
+                milli(p.change_per_min_max_milli),
                 p.neighbour_weight,
                 milli(p.cap_milli)
             )?,

@@ -11,7 +11,8 @@
 //! - [`zone`]: zone ids (H3 cells via `h3o`), neighbours.
 //! - [`fare`]: fare tables, trips, the fare formula and its rounding rule.
 //! - [`policy`]: the surge policy, a pure function.
-//! - [`core`]: one zone's state machine (drivers, demand window, dedupe, ticks).
+//! - [`core`]: one zone's state machine (drivers, rider sessions, decaying demand, dedupe,
+//!   ticks); [`window`]: the decaying counters.
 //! - [`snapshot`]: price snapshots and the lock-free table.
 //! - [`quote`]: the quote path and signed tokens; [`explain`]: the inputs behind a price.
 //! - [`shard`]: the zones one actor owns, as a plain struct.
@@ -49,7 +50,7 @@ pub use crate::core::{HotState, ImportError, ZoneCore, ZoneExport, ZoneLimits};
 pub use crate::event::{Event, EventKind, EventOutcome, RejectReason};
 pub use crate::explain::Explanation;
 pub use crate::fare::{Currency, FareTable, Trip};
-pub use crate::policy::{PolicyInput, PolicyState, SurgePolicy, Trend};
+pub use crate::policy::{PolicyInput, PolicyState, SurgePolicy};
 pub use crate::quote::{Price, QuoteError, QuoteKey, QuoteToken, Quoter, TOKEN_LEN};
 pub use crate::shell::Engine;
 pub use crate::snapshot::{PriceSnapshot, SnapshotTable};

@@ -36,7 +36,10 @@ struct ZoneEntry {
     neighbours: [Option<SlotIdx>; 6],
     /// How many neighbours the zone has (6, or 5 around a pentagon).
     neighbours_len: u8,
-    /// The neighbours' mean multiplier as last read (see `NEIGHBOUR_READ_TICKS`).
+    /// Each neighbour's weight in the blend, proportional to the inverse distance between
+    /// the cells' centres (H3 cells are not all alike), summing to about 255.
+    neighbour_weights: [u8; 6],
+    /// The neighbours' weighted mean multiplier as last read (see `NEIGHBOUR_READ_TICKS`).
     neighbour_mean: Option<u32>,
     /// The slot's quote total at the last tick; the next tick counts the difference.
     quotes_seen: u32,
@@ -136,13 +139,26 @@ impl ZoneEntry {
     }
 
     fn resolve_neighbours(&mut self, table: &SnapshotTable) {
-        let nbs = self.core.zone().neighbours();
-        self.neighbours_len = nbs.len() as u8;
+        let zone = self.core.zone();
+        let nbs = zone.neighbours();
+        if self.neighbours_len == 0 {
+            self.neighbours_len = nbs.len() as u8;
+            self.neighbour_weights = neighbour_weights(zone, nbs.iter());
+        }
         for (n, nb) in self.neighbours.iter_mut().zip(nbs.iter()) {
             if n.is_none() {
                 *n = table.slot_of(nb);
             }
         }
+    }
+
+    fn neighbour_mean(&self, table: &SnapshotTable) -> Option<u32> {
+        let len = usize::from(self.neighbours_len);
+        neighbour_mean(
+            table,
+            &self.neighbours[..len],
+            &self.neighbour_weights[..len],
+        )
     }
 }
 
@@ -262,13 +278,14 @@ impl Shard {
             slot,
             neighbours: [None; 6],
             neighbours_len: 0,
+            neighbour_weights: [0; 6],
             neighbour_mean: None,
             // A passivated zone's slot keeps its old count: start from it.
             quotes_seen: self.table.quote_total(slot),
             dirty: true,
         };
         e.resolve_neighbours(&self.table);
-        let mean = neighbour_mean(&self.table, &e.neighbours);
+        let mean = e.neighbour_mean(&self.table);
         e.neighbour_mean = mean;
         // A new zone gets a price at once: quotes need not wait for the next tick.
         if let Some(snap) = e
@@ -331,7 +348,7 @@ impl Shard {
                 e.resolve_neighbours(table);
             }
             if (ticks + zone.raw()) % NEIGHBOUR_READ_TICKS == 0 {
-                e.neighbour_mean = neighbour_mean(table, &e.neighbours);
+                e.neighbour_mean = e.neighbour_mean(table);
             }
             let total = table.quote_total(e.slot);
             let quotes = total.wrapping_sub(e.quotes_seen);
@@ -544,16 +561,43 @@ impl std::ops::AddAssign for ShardMemory {
 }
 
 /// Mean published multiplier of the neighbour slots that have a price.
-fn neighbour_mean(table: &SnapshotTable, slots: &[Option<SlotIdx>; 6]) -> Option<u32> {
-    let (mut sum, mut n) = (0u32, 0u32);
-    for s in slots.iter().flatten() {
-        let m = table.multiplier_milli(*s);
-        if m > 0 {
-            sum += m;
-            n += 1;
+/// The weighted mean of the neighbours' exposed multipliers, thousandths; a neighbour not
+/// in the table or without a price counts as 1.0× (no data is no evidence of a surge).
+/// `None` for a zone without neighbours.
+fn neighbour_mean(table: &SnapshotTable, slots: &[Option<SlotIdx>], weights: &[u8]) -> Option<u32> {
+    let (mut sum, mut total) = (0u64, 0u64);
+    for (s, &w) in slots.iter().zip(weights) {
+        let m = match s {
+            Some(s) => table.multiplier_milli(*s),
+            None => 0,
+        };
+        let m = if m == 0 { crate::fare::MILLI } else { m };
+        sum += u64::from(w) * u64::from(m);
+        total += u64::from(w);
+    }
+    (total > 0).then(|| ((sum + total / 2) / total) as u32)
+}
+
+/// Blend weights of a zone's neighbours: inverse distance between cell centres, scaled to
+/// sum to about 255 (each at least 1).
+fn neighbour_weights(zone: ZoneId, nbs: impl Iterator<Item = ZoneId>) -> [u8; 6] {
+    let (lat0, lng0) = zone.center();
+    let mut inv = [0f64; 6];
+    for (w, nb) in inv.iter_mut().zip(nbs) {
+        let (lat, lng) = nb.center();
+        // Equirectangular distance: exact enough between adjacent cells.
+        let dx = (lng - lng0) * lat0.to_radians().cos();
+        let dy = lat - lat0;
+        *w = 1.0 / (dx * dx + dy * dy).sqrt().max(1e-9);
+    }
+    let total: f64 = inv.iter().sum();
+    let mut out = [0u8; 6];
+    for (o, w) in out.iter_mut().zip(inv) {
+        if w > 0.0 {
+            *o = ((w / total * 255.0).round() as u8).max(1);
         }
     }
-    (n > 0).then(|| (sum + n / 2) / n)
+    out
 }
 
 /// A fare change refused by a shard.
@@ -623,36 +667,81 @@ mod tests {
             .collect()
     }
 
+    /// Feeds `n` new rider sessions (anonymous) every 10 s to each zone for `minutes`, ticking
+    /// every second; a zone with `n` = 0 gets a driver's heartbeat instead (it stays live
+    /// without demand).
+    fn run_demand(s: &mut Shard, zones: &[(ZoneId, u64)], minutes: u64) {
+        let mut out = Vec::new();
+        let mut id = 0;
+        for t in 0..minutes * 60 {
+            if t % 10 == 0 {
+                for &(z, n) in zones {
+                    if n == 0 {
+                        id += 1;
+                        let hb = Event {
+                            id,
+                            zone: z,
+                            kind: EventKind::DriverAvailable { driver: z.raw() },
+                        };
+                        s.apply(&[hb], t * 1000, &mut out);
+                    }
+                    s.apply(&demand(z, id, n), t * 1000, &mut out);
+                    id += n;
+                }
+            }
+            s.tick(t * 1000 + 500);
+        }
+    }
+
     #[test]
-    fn a_quiet_zone_next_to_a_surging_one_is_priced_above_one() {
+    fn a_calmer_zone_next_to_a_surging_one_is_lifted_but_one_without_demand_is_not() {
         let table = Arc::new(SnapshotTable::with_capacity(100));
         let mut s = shard(&table);
         let hot = ZoneId::from_lat_lng(48.8584, 2.2945, 8).expect("valid");
-        let quiet = hot.neighbours().iter().next().expect("has neighbours");
+        let nb = hot.neighbours();
+        let mut nbs = nb.iter();
+        let calm = nbs.next().expect("has neighbours");
+        let empty = nbs.next().expect("has neighbours");
         let far = ZoneId::from_lat_lng(48.95, 2.5, 8).expect("valid");
-        let mut out = Vec::new();
-        s.apply(&demand(hot, 0, 30), 0, &mut out);
-        s.apply(&demand(quiet, 100, 1), 0, &mut out);
-        s.apply(&demand(far, 200, 1), 0, &mut out);
-        for t in 1..60 {
-            s.tick(t * 250);
-        }
+        // The empty zone exists (a driver is there) but has no rider.
+        // 2 sessions per 10 s decay to about 2 · 180 / 10 / ln 2 ≈ 52 in a window: against the
+        // floor of 1 driver, far above balance.
+        run_demand(&mut s, &[(empty, 0), (hot, 2), (calm, 1), (far, 1)], 20);
         let price = |z: ZoneId| table.get(z).map(|s| s.multiplier_milli).expect("priced");
+        assert!(price(hot) > 2000, "hot zone at {}", price(hot));
         assert!(
-            price(hot) > 2000,
-            "blending with quiet neighbours pulls the hot zone down a little: {}",
-            price(hot)
-        );
-        assert!(
-            price(quiet) > 1000,
-            "neighbour of a surging zone stays at {}",
-            price(quiet)
+            price(calm) > price(far),
+            "the calmer neighbour of a surging zone ({}) is not lifted above a lone zone ({})",
+            price(calm),
+            price(far)
         );
         assert_eq!(
-            price(far),
+            price(empty),
             1000,
-            "a zone with no surging neighbour is not affected"
+            "a zone without demand surged from its neighbours"
         );
+    }
+
+    #[test]
+    fn a_neighbour_without_a_price_counts_as_one() {
+        let table = Arc::new(SnapshotTable::with_capacity(100));
+        let mut s = shard(&table);
+        let hot = ZoneId::from_lat_lng(48.8584, 2.2945, 8).expect("valid");
+        run_demand(&mut s, &[(hot, 2)], 20);
+        let snap = table.get(hot).expect("priced");
+        // All six neighbours are unknown: the mean is exactly 1.0x, and it pulls the price
+        // below the zone's own target.
+        assert_eq!(snap.neighbour_mean_milli, 1000);
+        assert!(snap.multiplier_milli < snap.target_milli);
+    }
+
+    #[test]
+    fn neighbour_weights_follow_the_inverse_distance_and_sum_to_about_255() {
+        let z = ZoneId::from_lat_lng(48.8584, 2.2945, 8).expect("valid");
+        let w = neighbour_weights(z, z.neighbours().iter());
+        let sum: u32 = w.iter().map(|&x| u32::from(x)).sum();
+        assert!((250..=260).contains(&sum), "{w:?}");
+        assert!(w.iter().all(|&x| (35..=50).contains(&x)), "{w:?}");
     }
 
     #[test]
@@ -662,11 +751,8 @@ mod tests {
         let quiet = ZoneId::from_lat_lng(48.8584, 2.2945, 8).expect("valid");
         let hot = quiet.neighbours().iter().next().expect("has neighbours");
         let mut out = Vec::new();
-        s.apply(&demand(quiet, 0, 1), 0, &mut out); // created first: its neighbour has no slot
-        s.apply(&demand(hot, 100, 30), 0, &mut out);
-        for t in 1..=(2 * NEIGHBOUR_RESOLVE_TICKS) {
-            s.tick(t * 250);
-        }
+        s.apply(&demand(quiet, 10_000_000, 1), 0, &mut out); // created first: its neighbour has no slot
+        run_demand(&mut s, &[(quiet, 0), (hot, 2)], 20);
         let m = table
             .get(quiet)
             .map(|s| s.neighbour_mean_milli)

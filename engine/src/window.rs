@@ -1,14 +1,12 @@
-//! Fixed-size sliding-window counters: rings of time buckets sharing one clock position, so
-//! memory does not grow with traffic and a tick advances all of them with one division.
-//! Time is an argument.
+//! Exponentially decaying counters for a zone's demand, quotes and accepted trips: three
+//! numbers and one clock position, so memory does not grow with traffic, nothing empties at
+//! once (each unit halves every half-life), and the result does not depend on how often it
+//! is read. Time is an argument.
 
-/// Number of buckets in a window. The window's resolution is `window_ms / BUCKETS`.
-pub const BUCKETS: usize = 12;
-
-/// Which counter of a [`Windows`].
+/// Which counter of a [`Rates`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Rider demand signals and trip requests.
+    /// Rider sessions started.
     Demand = 0,
     /// Quotes issued.
     Quotes = 1,
@@ -16,86 +14,70 @@ pub enum Counter {
     Accepted = 2,
 }
 
-/// Three counters over the same sliding window (to within one bucket).
+/// Counted values below this are zero: a zone whose demand has decayed away has exactly
+/// none (and no subnormal arithmetic).
+const NEGLIGIBLE: f64 = 1e-3;
+
+/// Three counters decaying with one half-life, as of one engine time.
 ///
-/// Buckets are `u16` and saturate at 65,535 events per bucket per counter (6,553 per second
-/// per zone at the default 10 s buckets); totals are exact sums of the buckets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Windows {
-    /// Index (time / bucket_ms) of the newest bucket.
-    head: u64,
-    counts: [[u16; BUCKETS]; 3],
-    totals: [u32; 3],
+/// A unit added at `t` counts `2^(−(now − t) / half_life)` at `now`: the sum is the number of
+/// recent sessions (about rate × half-life / ln 2 in a steady stream), and it falls smoothly
+/// when the stream stops.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rates {
+    /// Engine time the values are decayed to.
+    at_ms: u64,
+    values: [f64; 3],
 }
 
-impl Windows {
-    /// Empty windows positioned at `now_ms`.
-    pub fn new(now_ms: u64, bucket_ms: u64) -> Self {
+impl Rates {
+    /// Zero counters at `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
         Self {
-            head: now_ms / bucket_ms.max(1),
-            counts: [[0; BUCKETS]; 3],
-            totals: [0; 3],
+            at_ms: now_ms,
+            values: [0.0; 3],
         }
     }
 
-    /// Drops buckets that fell out of the window by `now_ms`. Time never runs backwards here:
-    /// an earlier `now_ms` counts into the newest bucket.
-    pub fn advance(&mut self, now_ms: u64, bucket_ms: u64) {
-        let idx = now_ms / bucket_ms.max(1);
-        if idx <= self.head {
+    /// Decays the counters to `now_ms`. Time never runs backwards here: an earlier `now_ms`
+    /// leaves them as they are (a late unit then counts as if it came at the newest time).
+    pub fn advance(&mut self, now_ms: u64, half_life_ms: u64) {
+        if now_ms <= self.at_ms {
             return;
         }
-        let steps = idx - self.head;
-        if steps >= BUCKETS as u64 {
-            *self = Self {
-                head: idx,
-                counts: [[0; BUCKETS]; 3],
-                totals: [0; 3],
-            };
-            return;
-        }
-        for i in 1..=steps {
-            let slot = ((self.head + i) % BUCKETS as u64) as usize;
-            for c in 0..3 {
-                self.totals[c] -= u32::from(self.counts[c][slot]);
-                self.counts[c][slot] = 0;
+        let dt = (now_ms - self.at_ms) as f64;
+        let f = (-dt / half_life_ms.max(1) as f64).exp2();
+        for v in &mut self.values {
+            *v *= f;
+            if *v < NEGLIGIBLE {
+                *v = 0.0;
             }
         }
-        self.head = idx;
+        self.at_ms = now_ms;
     }
 
-    /// Adds `n` to a counter at `now_ms`.
-    pub fn add(&mut self, counter: Counter, now_ms: u64, bucket_ms: u64, n: u32) {
-        self.advance(now_ms, bucket_ms);
-        let slot = (self.head % BUCKETS as u64) as usize;
-        let c = counter as usize;
-        let before = self.counts[c][slot];
-        let after = before.saturating_add(u16::try_from(n).unwrap_or(u16::MAX));
-        self.counts[c][slot] = after;
-        self.totals[c] += u32::from(after - before);
+    /// Adds `n` units to a counter at `now_ms`.
+    pub fn add(&mut self, counter: Counter, now_ms: u64, half_life_ms: u64, n: f64) {
+        self.advance(now_ms, half_life_ms);
+        self.values[counter as usize] += n;
     }
 
-    /// The newest bucket's index and every bucket (for export).
-    pub fn parts(&self) -> (u64, [[u16; BUCKETS]; 3]) {
-        (self.head, self.counts)
+    /// A counter's value as of the last `advance`/`add`.
+    pub fn get(&self, counter: Counter) -> f64 {
+        self.values[counter as usize]
     }
 
-    /// Windows from exported parts (totals are recomputed).
-    pub fn from_parts(head: u64, counts: [[u16; BUCKETS]; 3]) -> Self {
-        let mut totals = [0u32; 3];
-        for (t, c) in totals.iter_mut().zip(&counts) {
-            *t = c.iter().map(|&x| u32::from(x)).sum();
-        }
-        Self {
-            head,
-            counts,
-            totals,
-        }
+    /// The time the values are decayed to, and the values (for export).
+    pub fn parts(&self) -> (u64, [f64; 3]) {
+        (self.at_ms, self.values)
     }
 
-    /// A counter's total in the window as of the last `advance`/`add`.
-    pub fn total(&self, counter: Counter) -> u32 {
-        self.totals[counter as usize]
+    /// Counters from exported parts; `None` if a value is negative or not finite.
+    pub fn from_parts(at_ms: u64, values: [f64; 3]) -> Option<Self> {
+        values
+            .iter()
+            .all(|v| v.is_finite() && *v >= 0.0)
+            .then_some(Self { at_ms, values })
     }
 }
 
@@ -104,36 +86,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_expire_after_the_window() {
-        let b = 1000;
-        let mut w = Windows::new(0, b);
-        w.add(Counter::Demand, 0, b, 5);
-        w.add(Counter::Demand, 5_500, b, 2);
-        w.add(Counter::Quotes, 5_500, b, 1);
-        assert_eq!(w.total(Counter::Demand), 7);
-        w.advance(11_999, b);
-        assert_eq!(w.total(Counter::Demand), 7);
-        w.advance(12_000, b); // bucket 0 leaves
-        assert_eq!((w.total(Counter::Demand), w.total(Counter::Quotes)), (2, 1));
-        w.advance(100_000, b);
-        assert_eq!(w.total(Counter::Demand), 0);
-        assert_eq!(w.total(Counter::Quotes), 0);
+    fn a_unit_halves_every_half_life() {
+        let mut r = Rates::new(0);
+        r.add(Counter::Demand, 0, 1000, 8.0);
+        r.advance(1000, 1000);
+        assert!((r.get(Counter::Demand) - 4.0).abs() < 1e-9);
+        r.advance(3000, 1000);
+        assert!((r.get(Counter::Demand) - 1.0).abs() < 1e-9);
     }
 
     #[test]
-    fn late_timestamps_count_in_the_newest_bucket() {
-        let mut w = Windows::new(10_000, 1000);
-        w.add(Counter::Accepted, 9_000, 1000, 1);
-        assert_eq!(w.total(Counter::Accepted), 1);
+    fn reading_often_or_rarely_gives_the_same_value() {
+        let (mut a, mut b) = (Rates::new(0), Rates::new(0));
+        a.add(Counter::Quotes, 0, 60_000, 10.0);
+        b.add(Counter::Quotes, 0, 60_000, 10.0);
+        for t in (0..=90_000).step_by(100) {
+            a.advance(t, 60_000);
+        }
+        b.advance(90_000, 60_000);
+        assert!((a.get(Counter::Quotes) - b.get(Counter::Quotes)).abs() < 1e-9);
     }
 
     #[test]
-    fn a_bucket_saturates_instead_of_wrapping() {
-        let mut w = Windows::new(0, 1000);
-        w.add(Counter::Quotes, 0, 1000, 70_000);
-        w.add(Counter::Quotes, 0, 1000, 10);
-        assert_eq!(w.total(Counter::Quotes), 65_535);
-        w.advance(12_000, 1000);
-        assert_eq!(w.total(Counter::Quotes), 0);
+    fn decayed_away_is_exactly_zero() {
+        let mut r = Rates::new(0);
+        r.add(Counter::Accepted, 0, 1000, 1.0);
+        r.advance(20_000, 1000);
+        assert_eq!(r.get(Counter::Accepted), 0.0);
+    }
+
+    #[test]
+    fn late_units_count_at_the_newest_time() {
+        let mut r = Rates::new(10_000);
+        r.add(Counter::Accepted, 9_000, 1000, 1.0);
+        assert_eq!(r.get(Counter::Accepted), 1.0);
+    }
+
+    #[test]
+    fn exported_parts_are_checked() {
+        assert!(Rates::from_parts(0, [1.0, f64::NAN, 0.0]).is_none());
+        assert!(Rates::from_parts(0, [-1.0, 0.0, 0.0]).is_none());
+        assert_eq!(
+            Rates::from_parts(5, [1.0, 2.0, 3.0]).map(|r| r.parts()),
+            Some((5, [1.0, 2.0, 3.0]))
+        );
     }
 }

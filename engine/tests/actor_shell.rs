@@ -55,7 +55,14 @@ const TRIP: Trip = Trip {
 
 #[tokio::test]
 async fn events_raise_the_price_after_ticks_and_quotes_reflect_it_without_an_actor_hop() {
-    let (engine, clock) = start(config());
+    // A policy that follows its target within seconds, so that a few ticks show the surge.
+    let mut c = config();
+    c.zone.demand_half_life_s = 3600;
+    c.policy.smoothing_half_life_s = 0;
+    c.policy.hold_s = 1;
+    c.policy.change_per_min_max_milli = 100_000;
+    c.policy.neighbour_weight = 0.0;
+    let (engine, clock) = start(c);
     let z = zone(0);
     let mut events = vec![
         ev(1, z, EventKind::DriverAvailable { driver: 1 }),
@@ -74,7 +81,7 @@ async fn events_raise_the_price_after_ticks_and_quotes_reflect_it_without_an_act
         clock.advance(250);
         engine.tick_now().await.expect("tick");
     }
-    // ratio 20/2 = 10 → target 1 + 0.5·9 = 5.5, capped at 3.0.
+    // ratio 20/2 = 10 → target 1 + 0.5·(10 − 1.25) = 5.375, capped at 3.0.
     let surged = engine.quoter().price(z, TRIP).expect("priced");
     assert_eq!(surged.multiplier_milli, 3000);
     assert_eq!(surged.amount_minor, 3450);

@@ -27,8 +27,8 @@ fn kind() -> impl Strategy<Value = EventKind> {
         (0u64..30).prop_map(|driver| EventKind::DriverAvailable { driver }),
         (0u64..30).prop_map(|driver| EventKind::DriverBusy { driver }),
         (0u64..30).prop_map(|driver| EventKind::DriverOffline { driver }),
-        Just(EventKind::RiderDemand { rider: 0 }),
-        Just(EventKind::TripRequested { rider: 0 }),
+        (0u64..20).prop_map(|rider| EventKind::RiderDemand { rider }),
+        (0u64..20).prop_map(|rider| EventKind::TripRequested { rider }),
         Just(EventKind::TripAccepted),
     ]
 }
@@ -132,6 +132,24 @@ proptest! {
         prop_assert_eq!(dups(&outcomes), dups(&base_outcomes) + inserted);
     }
 
+    /// A rider who opens the app many times is one session: it counts as demand once.
+    #[test]
+    fn a_rider_counts_once_however_often_the_app_is_opened(opens in 1u64..50, riders in 1u64..30) {
+        let limits = ZoneLimits::default();
+        let mut core = ZoneCore::new(zone(), fare(), 0, &limits);
+        let mut id = 0;
+        for r in 1..=riders {
+            for k in 0..opens {
+                id += 1;
+                let kind = if k + 1 == opens { EventKind::TripRequested { rider: r } } else { EventKind::RiderDemand { rider: r } };
+                core.apply(&Event { id, zone: zone(), kind }, 1000 + k, &limits);
+            }
+        }
+        let h = core.hot_state();
+        prop_assert_eq!(u64::from(h.demand), riders);
+        prop_assert_eq!(h.riders as u64, riders);
+    }
+
     /// The rounding rule: exact rational fare, rounded once, halves up.
     #[test]
     fn fares_round_exactly_once_half_up(
@@ -171,8 +189,20 @@ fn the_cap_of_the_fare_table_holds_under_extreme_demand_and_minimum_fare_is_surg
         );
     }
     let mut last = None;
-    for t in 1..100 {
-        last = core.tick(t * 250, &policy, &limits, 0, None).or(last);
+    let mut id = 1000;
+    for t in 1..1800 {
+        if t % 10 == 0 {
+            for _ in 0..10 {
+                id += 1;
+                let ev = Event {
+                    id,
+                    zone: zone(),
+                    kind: EventKind::RiderDemand { rider: 0 },
+                };
+                core.apply(&ev, t * 1000, &limits);
+            }
+        }
+        last = core.tick(t * 1000, &policy, &limits, 0, None).or(last);
     }
     let snap = last.expect("published");
     assert_eq!(
@@ -190,4 +220,65 @@ fn the_cap_of_the_fare_table_holds_under_extreme_demand_and_minimum_fare_is_surg
         ),
         Ok(1750)
     );
+}
+
+proptest! {
+    // Each case prices 45 minutes at two tick rates (30,000 ticks): fewer cases.
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The same market priced with a 100 ms tick and with a 1 s tick: after warm-up the two
+    /// multipliers stay within 0.05x of each other (every constant is in engine time).
+    #[test]
+    fn a_tenfold_tick_rate_gives_the_same_prices_after_warm_up(
+        riders_per_min in 0u32..120,
+        drivers in 0u64..40,
+        heartbeat_s in 3u64..15,
+    ) {
+        let limits = ZoneLimits::default();
+        let policy = SurgePolicy { neighbour_weight: 0.0, ..SurgePolicy::default() };
+        let start = 1_000_000u64;
+        let minutes = 45u64;
+        let run = |tick_ms: u64| {
+            let mut core = ZoneCore::new(zone(), fare(), start, &limits);
+            // Events at fixed times, ticks at every multiple of `tick_ms`: merge both in time.
+            let mut events = Vec::new();
+            let mut id = 0u64;
+            for s in 0..minutes * 60 {
+                let t = start + s * 1000;
+                if s % heartbeat_s == 0 {
+                    for d in 0..drivers {
+                        id += 1;
+                        events.push((t, Event { id, zone: zone(), kind: EventKind::DriverAvailable { driver: d + 1 } }));
+                    }
+                }
+                if riders_per_min > 0 && (s * u64::from(riders_per_min)) % 60 < u64::from(riders_per_min) {
+                    id += 1;
+                    events.push((t, Event { id, zone: zone(), kind: EventKind::RiderDemand { rider: id } }));
+                }
+            }
+            let mut samples = Vec::new();
+            let mut next = events.into_iter().peekable();
+            let mut m = 1000;
+            let mut t = start;
+            while t < start + minutes * 60_000 {
+                t += tick_ms;
+                while let Some((at, ev)) = next.next_if(|(at, _)| *at <= t) {
+                    core.apply(&ev, at, &limits);
+                }
+                if let Some(snap) = core.tick(t, &policy, &limits, 0, None) {
+                    m = snap.multiplier_milli;
+                }
+                if (t - start) % 10_000 == 0 && t - start >= 30 * 60_000 {
+                    samples.push(m);
+                }
+            }
+            samples
+        };
+        let (fast, slow) = (run(100), run(1000));
+        prop_assert_eq!(fast.len(), slow.len());
+        for (i, (a, b)) in fast.iter().zip(&slow).enumerate() {
+            prop_assert!(a.abs_diff(*b) <= 50, "at sample {i}: 100 ms ticks {a}, 1 s ticks {b}");
+        }
+    }
+
 }

@@ -855,39 +855,42 @@ pub(crate) struct PolicySetArgs {
     /// The new version; must be newer than the node's (default: current + 1).
     #[arg(long)]
     version: Option<u32>,
-    /// Demand/supply ratio at which surge starts.
+    /// How far above balance (demand = supply) the ratio still prices 1.0x, e.g. 0.25.
     #[arg(long)]
-    ratio_threshold: Option<f64>,
-    /// Multiplier added per unit of ratio above the threshold.
+    balance_dead_band: Option<f64>,
+    /// Multiplier added per unit of ratio beyond the dead band.
     #[arg(long)]
     sensitivity: Option<f64>,
-    /// How much one quote counts as demand.
+    /// How much one quote counts as demand (0: quotes are not demand).
     #[arg(long)]
     quote_demand_weight: Option<f64>,
-    /// EWMA weight of the newest target, (0, 1].
-    #[arg(long)]
-    ewma_alpha: Option<f64>,
-    /// Weight of the neighbours' mean multiplier, [0, 1).
+    /// Weight of the neighbours' distance-weighted mean multiplier, [0, 1).
     #[arg(long)]
     neighbour_weight: Option<f64>,
+    /// Own demand (recent rider sessions) a zone needs before neighbours may lift its price.
+    #[arg(long)]
+    neighbour_demand_min: Option<f64>,
     /// Supply counts as at least this many drivers.
     #[arg(long)]
     supply_floor: Option<u32>,
     /// Highest multiplier, e.g. 3.0.
     #[arg(long, value_parser = parse_milli)]
     cap: Option<u32>,
-    /// Dead band for reversals, as a multiplier difference, e.g. 0.05.
+    /// Half-life of the smoothing, seconds.
+    #[arg(long)]
+    smoothing_half_life_s: Option<u32>,
+    /// Least time between two changes of a zone's price, seconds.
+    #[arg(long)]
+    hold_s: Option<u32>,
+    /// Largest change per minute, as a multiplier difference, e.g. 0.15.
     #[arg(long, value_parser = parse_milli)]
-    hysteresis: Option<u32>,
-    /// Largest change per tick, as a multiplier difference, e.g. 0.1.
+    change_per_min_max: Option<u32>,
+    /// Published prices are 1.0x plus whole steps of this, e.g. 0.05.
     #[arg(long, value_parser = parse_milli)]
-    step_max: Option<u32>,
+    price_step: Option<u32>,
     /// Observations for full confidence.
     #[arg(long)]
     confidence_full_at: Option<u32>,
-    /// Ticks against the trend before a small reversal.
-    #[arg(long)]
-    reversal_dwell_ticks: Option<u16>,
     #[command(flatten)]
     to: AdminTarget,
 }
@@ -895,39 +898,50 @@ pub(crate) struct PolicySetArgs {
 fn policy_json(p: &msg::WirePolicy) -> Value {
     json!({
         "version": p.version,
-        "ratio_threshold": p.ratio_threshold,
+        "balance_dead_band": p.balance_dead_band,
         "sensitivity": p.sensitivity,
         "quote_demand_weight": p.quote_demand_weight,
-        "ewma_alpha": p.ewma_alpha,
         "neighbour_weight": p.neighbour_weight,
+        "neighbour_demand_min": p.neighbour_demand_min,
         "supply_floor": p.supply_floor,
         "cap_milli": p.cap_milli,
-        "hysteresis_milli": p.hysteresis_milli,
-        "step_max_milli": p.step_max_milli,
+        "smoothing_half_life_s": p.smoothing_half_life_s,
+        "hold_s": p.hold_s,
+        "change_per_min_max_milli": p.change_per_min_max_milli,
+        "price_step_milli": p.price_step_milli,
         "confidence_full_at": p.confidence_full_at,
-        "reversal_dwell_ticks": p.reversal_dwell_ticks,
     })
 }
 
 fn policy_table(p: &msg::WirePolicy) {
     Table::default()
         .row("version", p.version)
-        .row("ratio threshold", p.ratio_threshold)
+        .row(
+            "dead band",
+            format!("{} above balance", p.balance_dead_band),
+        )
         .row("sensitivity", p.sensitivity)
         .row("quote weight", p.quote_demand_weight)
-        .row("ewma alpha", p.ewma_alpha)
         .row("neighbour weight", p.neighbour_weight)
+        .row(
+            "neighbour lift",
+            format!("needs {} own rider sessions", p.neighbour_demand_min),
+        )
         .row("supply floor", p.supply_floor)
         .row("cap", milli(p.cap_milli))
-        .row("hysteresis", milli(p.hysteresis_milli))
-        .row("step max", milli(p.step_max_milli))
+        .row(
+            "smoothing",
+            format!("half-life {} s", p.smoothing_half_life_s),
+        )
+        .row("hold", format!("{} s between changes", p.hold_s))
+        .row(
+            "rate",
+            format!("at most {} per minute", milli(p.change_per_min_max_milli)),
+        )
+        .row("price step", milli(p.price_step_milli))
         .row(
             "confidence at",
             format!("{} observations", p.confidence_full_at),
-        )
-        .row(
-            "reversal dwell",
-            format!("{} ticks", p.reversal_dwell_ticks),
         )
         .print();
 }
@@ -940,19 +954,24 @@ pub(crate) fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
                 let cur = c.policy_get().await?;
                 let new = msg::WirePolicy {
                     version: a.version.unwrap_or(cur.version.saturating_add(1)),
-                    ratio_threshold: a.ratio_threshold.unwrap_or(cur.ratio_threshold),
+                    balance_dead_band: a.balance_dead_band.unwrap_or(cur.balance_dead_band),
                     sensitivity: a.sensitivity.unwrap_or(cur.sensitivity),
                     quote_demand_weight: a.quote_demand_weight.unwrap_or(cur.quote_demand_weight),
-                    ewma_alpha: a.ewma_alpha.unwrap_or(cur.ewma_alpha),
                     neighbour_weight: a.neighbour_weight.unwrap_or(cur.neighbour_weight),
+                    neighbour_demand_min: a
+                        .neighbour_demand_min
+                        .unwrap_or(cur.neighbour_demand_min),
                     supply_floor: a.supply_floor.unwrap_or(cur.supply_floor),
                     cap_milli: a.cap.unwrap_or(cur.cap_milli),
-                    hysteresis_milli: a.hysteresis.unwrap_or(cur.hysteresis_milli),
-                    step_max_milli: a.step_max.unwrap_or(cur.step_max_milli),
+                    smoothing_half_life_s: a
+                        .smoothing_half_life_s
+                        .unwrap_or(cur.smoothing_half_life_s),
+                    hold_s: a.hold_s.unwrap_or(cur.hold_s),
+                    change_per_min_max_milli: a
+                        .change_per_min_max
+                        .unwrap_or(cur.change_per_min_max_milli),
+                    price_step_milli: a.price_step.unwrap_or(cur.price_step_milli),
                     confidence_full_at: a.confidence_full_at.unwrap_or(cur.confidence_full_at),
-                    reversal_dwell_ticks: a
-                        .reversal_dwell_ticks
-                        .unwrap_or(cur.reversal_dwell_ticks),
                 };
                 c.policy_set(new).await?;
                 Ok(new)

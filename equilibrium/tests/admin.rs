@@ -139,14 +139,14 @@ async fn admins_change_fares_and_policy_readers_read_and_clients_do_neither() {
     );
     let nonsense = msg::WirePolicy {
         version: 3,
-        ewma_alpha: 7.0,
+        neighbour_weight: 7.0,
         ..policy
     };
     assert_eq!(
         admin
             .policy_set(nonsense)
             .await
-            .expect_err("alpha > 1")
+            .expect_err("neighbour weight > 1")
             .code(),
         Some(ErrorCode::InvalidValue)
     );

@@ -37,10 +37,10 @@ fn config_check_accepts_the_shipped_config_and_names_the_bad_field_otherwise() {
     let dir = std::env::temp_dir().join(format!("eq-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[policy]\newma_alpha = 1.5\n").expect("write");
+    std::fs::write(&bad, "[policy]\nneighbour_weight = 1.5\n").expect("write");
     let (ok, _, err) = equilibrium(&["config", "check", bad.to_str().expect("utf-8 path")]);
     assert!(!ok);
-    assert!(err.contains("ewma_alpha"), "{err}");
+    assert!(err.contains("neighbour_weight"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

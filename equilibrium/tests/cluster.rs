@@ -260,7 +260,10 @@ impl TestCluster {
     }
 
     fn spawn(&mut self, i: usize) {
-        let engine = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/engine.toml");
+        let engine = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/engine-fast.toml"
+        );
         let n = &self.nodes[i];
         std::fs::write(n.dir.join("cert.pem"), &self.cert_pem).expect("cert");
         std::fs::write(n.dir.join("key.pem"), &self.key_pem).expect("key");

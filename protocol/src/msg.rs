@@ -495,33 +495,35 @@ pub struct FareSet {
     pub fare: WireFare,
 }
 
-/// The surge policy on the wire (meanings in `configs/engine.toml`).
+/// The surge policy on the wire (meanings in `configs/engine.toml` and `engine::policy`).
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 pub struct WirePolicy {
-    /// Demand/supply ratio at which surge starts.
-    pub ratio_threshold: f64,
-    /// Multiplier added per unit of ratio above the threshold.
+    /// How far above balance the demand/supply ratio still prices 1.0x.
+    pub balance_dead_band: f64,
+    /// Multiplier added per unit of ratio beyond the dead band.
     pub sensitivity: f64,
-    /// How much one quote counts as demand.
+    /// How much one (decayed) quote counts as demand.
     pub quote_demand_weight: f64,
-    /// EWMA weight of the newest target.
-    pub ewma_alpha: f64,
-    /// Weight of the neighbours' mean multiplier.
+    /// Weight of the neighbours' distance-weighted mean multiplier.
     pub neighbour_weight: f64,
+    /// Own demand a zone needs before neighbours may lift its price.
+    pub neighbour_demand_min: f64,
     /// Version; a change must increase it.
     pub version: u32,
     /// Supply counts as at least this many drivers.
     pub supply_floor: u32,
     /// Highest multiplier, thousandths.
     pub cap_milli: u32,
-    /// Dead band for reversals, thousandths.
-    pub hysteresis_milli: u32,
-    /// Largest change per tick, thousandths.
-    pub step_max_milli: u32,
+    /// Half-life of the smoothing, seconds.
+    pub smoothing_half_life_s: u32,
+    /// Least time between two changes of a published multiplier, seconds.
+    pub hold_s: u32,
+    /// Largest change per minute, thousandths.
+    pub change_per_min_max_milli: u32,
+    /// Published multipliers are 1.0x plus whole steps of this, thousandths.
+    pub price_step_milli: u32,
     /// Observations for full confidence.
     pub confidence_full_at: u32,
-    /// Ticks against the trend before a small reversal.
-    pub reversal_dwell_ticks: u16,
 }
 
 /// A change was applied; its version.

@@ -52,9 +52,10 @@ fn archived_layouts_are_as_documented() {
     });
     layout!(ArchivedFareSet, size 40, align 8, { zone @ 0, fare @ 8 });
     layout!(ArchivedWirePolicy, size 72, align 8, {
-        ratio_threshold @ 0, sensitivity @ 8, quote_demand_weight @ 16, ewma_alpha @ 24, neighbour_weight @ 32,
-        version @ 40, supply_floor @ 44, cap_milli @ 48, hysteresis_milli @ 52, step_max_milli @ 56,
-        confidence_full_at @ 60, reversal_dwell_ticks @ 64,
+        balance_dead_band @ 0, sensitivity @ 8, quote_demand_weight @ 16, neighbour_weight @ 24,
+        neighbour_demand_min @ 32, version @ 40, supply_floor @ 44, cap_milli @ 48,
+        smoothing_half_life_s @ 52, hold_s @ 56, change_per_min_max_milli @ 60,
+        price_step_milli @ 64, confidence_full_at @ 68,
     });
     layout!(ArchivedVersionReply, size 4, align 4, { version @ 0 });
     layout!(ArchivedStatusReply, size 40, align 8, {

@@ -1117,34 +1117,36 @@ async fn fare_set(shared: &Shared, f: &msg::FareSet, forwarded: bool) -> Answer<
 
 fn wire_policy(p: &engine::SurgePolicy) -> msg::WirePolicy {
     msg::WirePolicy {
-        ratio_threshold: p.ratio_threshold,
+        balance_dead_band: p.balance_dead_band,
         sensitivity: p.sensitivity,
         quote_demand_weight: p.quote_demand_weight,
-        ewma_alpha: p.ewma_alpha,
         neighbour_weight: p.neighbour_weight,
+        neighbour_demand_min: p.neighbour_demand_min,
         version: p.version,
         supply_floor: p.supply_floor,
         cap_milli: p.cap_milli,
-        hysteresis_milli: p.hysteresis_milli,
-        step_max_milli: p.step_max_milli,
+        smoothing_half_life_s: p.smoothing_half_life_s,
+        hold_s: p.hold_s,
+        change_per_min_max_milli: p.change_per_min_max_milli,
+        price_step_milli: p.price_step_milli,
         confidence_full_at: p.confidence_full_at,
-        reversal_dwell_ticks: p.reversal_dwell_ticks,
     }
 }
 
 fn policy_of(w: &msg::WirePolicy) -> engine::SurgePolicy {
     engine::SurgePolicy {
         version: w.version,
-        ratio_threshold: w.ratio_threshold,
+        balance_dead_band: w.balance_dead_band,
         sensitivity: w.sensitivity,
         supply_floor: w.supply_floor,
         quote_demand_weight: w.quote_demand_weight,
         cap_milli: w.cap_milli,
-        ewma_alpha: w.ewma_alpha,
-        hysteresis_milli: w.hysteresis_milli,
-        reversal_dwell_ticks: w.reversal_dwell_ticks,
-        step_max_milli: w.step_max_milli,
+        smoothing_half_life_s: w.smoothing_half_life_s,
+        hold_s: w.hold_s,
+        change_per_min_max_milli: w.change_per_min_max_milli,
+        price_step_milli: w.price_step_milli,
         neighbour_weight: w.neighbour_weight,
+        neighbour_demand_min: w.neighbour_demand_min,
         confidence_full_at: w.confidence_full_at,
     }
 }

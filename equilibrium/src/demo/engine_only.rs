@@ -95,13 +95,18 @@ pub(crate) fn run(args: &EngineOnlyArgs, common: Common) -> anyhow::Result<()> {
     let mut cfg = match &args.config {
         Some(p) => crate::load_config(p)?,
         None => {
+            // A sped-up market (seconds instead of minutes), so that a run of a few seconds
+            // shows a surge and its recovery; the shipped defaults take minutes.
             let mut c = EngineConfig::default();
-            c.zone.demand_window_ms = 10_000;
+            c.zone.demand_half_life_s = 10;
+            c.policy.smoothing_half_life_s = 5;
+            c.policy.hold_s = 5;
+            c.policy.change_per_min_max_milli = 6_000;
             c
         }
     };
-    // Calm ratio ≈ 0.7: demand in the window over drivers present.
-    let window_s = (cfg.zone.demand_window_ms / 1000).max(1);
+    // Calm ratio ≈ 0.7: decayed demand (about rate × half-life / ln 2) over drivers present.
+    let window_s = (u64::from(cfg.zone.demand_half_life_s) * 1443 / 1000).max(1);
     let riders_per_s = args
         .riders_per_s
         .unwrap_or_else(|| (args.drivers * 7 / 10 / window_s).max(1));

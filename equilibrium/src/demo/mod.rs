@@ -611,13 +611,19 @@ async fn tour(
     let (Some(&(_, zone)), Some(&(calm_m, calm))) = (priced.first(), priced.last()) else {
         bail!("no zone could be quoted after the run");
     };
-    let surging = priced.iter().filter(|(m, _)| *m > 1000).count();
+    let at_one = priced.iter().filter(|(m, _)| *m == 1000).count();
+    let mild = priced
+        .iter()
+        .filter(|(m, _)| (1001..=1500).contains(m))
+        .count();
+    let high = priced.len() - at_one - mild;
     let zone_hex = format!("{zone:x}");
     println!(
-        "{surging} of {} city zones surge (multiplier above 1.0x; quotes count as demand, and \
-         every user asks for one a second); the calmest is {calm:x} at {}, the highest is zone \
-         {zone_hex}",
+        "multipliers of the {} city zones: {at_one} at 1.0x, {mild} above 1.0x up to 1.5x, {high} \
+         above 1.5x; the highest is zone {zone_hex} at {}, the calmest {calm:x} at {} (a zone \
+         holds 1.0x for the policy's hold_s after it is first seen: see configs/engine.toml)",
         scenario.city.zones().len(),
+        milli(priced[0].0),
         milli(calm_m)
     );
     let mut owner = 0;
@@ -625,8 +631,8 @@ async fn tour(
         if let Ok(s) = a.zone_state(zone).await {
             owner = i;
             println!(
-                "  owned by node {}: {} drivers available, {} demand signals and {} quotes in \
-                 the window, snapshot v{} at {}",
+                "  owned by node {}: {} drivers available, {} recent rider sessions and {} \
+                 recent quotes (decaying counts), snapshot v{} at {}",
                 nodes[i].id,
                 s.drivers,
                 s.demand,

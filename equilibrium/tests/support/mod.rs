@@ -83,7 +83,10 @@ impl TestNode {
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("cert.pem"), &cert_pem).expect("write cert");
         std::fs::write(dir.join("key.pem"), &key_pem).expect("write key");
-        let engine = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/engine.toml");
+        let engine = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/engine-fast.toml"
+        );
         std::fs::write(
             dir.join("node.toml"),
             format!(

@@ -25,18 +25,19 @@ pub(crate) fn fare(version: u32) -> WireFare {
 
 pub(crate) fn policy() -> WirePolicy {
     WirePolicy {
-        ratio_threshold: 1.0,
+        balance_dead_band: 0.25,
         sensitivity: 0.5,
-        quote_demand_weight: 0.25,
-        ewma_alpha: 0.3,
-        neighbour_weight: 0.25,
+        quote_demand_weight: 0.0,
+        neighbour_weight: 0.3,
+        neighbour_demand_min: 1.0,
         version: 1,
         supply_floor: 1,
         cap_milli: 3000,
-        hysteresis_milli: 50,
-        step_max_milli: 100,
+        smoothing_half_life_s: 120,
+        hold_s: 120,
+        change_per_min_max_milli: 150,
+        price_step_milli: 50,
         confidence_full_at: 20,
-        reversal_dwell_ticks: 8,
     }
 }
 
