@@ -446,6 +446,27 @@ impl Report {
                 pass: m.is_none_or(|m| m < limit),
             });
         }
+        let quoted = self.quote_prices.quotes > 0;
+        if let Some(limit) = o.quote_surging_share_max {
+            let m = quoted.then_some(self.quote_prices.surging_share);
+            out.push(Objective {
+                name: "quotes above 1.0x".into(),
+                limit,
+                measured: m,
+                unit: "ratio".into(),
+                pass: m.is_none_or(|m| m <= limit),
+            });
+        }
+        if let Some(limit) = o.quote_p99_multiplier_max {
+            let m = quoted.then_some(self.quote_prices.p99);
+            out.push(Objective {
+                name: "quoted multiplier p99".into(),
+                limit,
+                measured: m,
+                unit: "x".into(),
+                pass: m.is_none_or(|m| m <= limit),
+            });
+        }
         self.pass = out.iter().all(|o| o.pass);
         self.objectives = out;
     }
