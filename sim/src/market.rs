@@ -92,10 +92,11 @@ pub struct MarketConfig {
     pub match_retry_s: f64,
     /// From seeing the price to booking, s. Default 20.
     pub book_delay_s: f64,
-    /// Mean of a rider's willingness to pay above 1.0× (exponential), ×. Default 1.0: about
-    /// 40% of riders decline 1.5×, which is in the range of the conversion drops measured on
-    /// a real ride-hailing market (Cohen et al., "Using big data to estimate consumer
-    /// surplus", 2016: demand elasticity about -0.4 to -0.6 around 1.0–2.0×, higher above).
+    /// Mean of a rider's willingness to pay above 1.0× (exponential), ×. Default 1.0: 10% of
+    /// riders decline 1.1×, 39% 1.5×, 63% 2.0×. Steeper than the -0.4 to -0.6 elasticity
+    /// estimated around 1.0–1.5× on UberX (Cohen et al., "Using big data to estimate
+    /// consumer surplus", 2016), close to it above 2×: a documented assumption (sim/MARKET.md)
+    /// that errs towards riders punishing surge.
     pub wtp_surplus_mean: f64,
     /// Share of riders who, having declined, look again once. Default 0.3.
     pub recheck_share: f64,
