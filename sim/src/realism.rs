@@ -220,7 +220,13 @@ pub struct SpikeReport {
     pub rise_s: Option<f64>,
     /// From its end until back at or below 1.1× (`null`: not within 30 minutes), s.
     pub decay_s: Option<f64>,
+    /// Its zones' highest multiplier every [`SPIKE_TRACK_STEP_MS`] from 10 minutes before
+    /// its start to 30 minutes after its end: [s from its start, ×].
+    pub track: Vec<[f64; 2]>,
 }
+
+/// Step of a spike's `track`, ms.
+pub const SPIKE_TRACK_STEP_MS: u64 = 30_000;
 
 /// What the market did, over the run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -572,6 +578,17 @@ impl Realism {
                 } else {
                     Some(0.0)
                 };
+                let mut next = 0;
+                let mut points = Vec::new();
+                for (t, m) in track {
+                    if *t >= next {
+                        points.push([
+                            (*t as f64 - sp.start_ms as f64) / 1000.0,
+                            f64::from(*m) / 1000.0,
+                        ]);
+                        next = t + SPIKE_TRACK_STEP_MS;
+                    }
+                }
                 SpikeReport {
                     name: sp.name.clone(),
                     zones: sp.zones.len(),
@@ -580,6 +597,7 @@ impl Realism {
                     peak: f64::from(peak) / 1000.0,
                     rise_s,
                     decay_s,
+                    track: points,
                 }
             })
             .collect();
