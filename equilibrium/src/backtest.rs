@@ -52,9 +52,9 @@ pub(crate) struct BacktestArgs {
     /// A second engine config to run on the same inputs and compare with.
     #[arg(long)]
     compare: Option<PathBuf>,
-    /// Virtual hours to run.
-    #[arg(long, default_value_t = 24.0)]
-    hours: f64,
+    /// Virtual hours to run (default: 24; a profile: from its first slot to its last).
+    #[arg(long)]
+    hours: Option<f64>,
     /// City hour at the start (--city, --trace; a profile starts at its first slot).
     #[arg(long, default_value_t = 0.0)]
     start_hour: f64,
@@ -119,6 +119,7 @@ impl Input {
         &self,
         cfg: &EngineConfig,
         opts: &Options,
+        hours_given: bool,
         start_hour: f64,
         label: &str,
         quiet: bool,
@@ -153,7 +154,11 @@ impl Input {
                         ..Default::default()
                     },
                 )?;
-                backtest::run_profile(cfg, demand, fleet, *seed, opts, &mut progress)
+                let mut opts = opts.clone();
+                if !hours_given {
+                    opts.hours = (demand.span_ms() as f64 / 3_600_000.0).max(0.25);
+                }
+                backtest::run_profile(cfg, demand, fleet, *seed, &opts, &mut progress)
             }
         }
     }
@@ -161,9 +166,10 @@ impl Input {
 
 fn timing(label: &str, r: &Run) {
     eprintln!(
-        "{label}: {:.1} virtual hours in {:.2} s of CPU ({:.0}x real time): {} events ({:.0} events/s of CPU, {} refused), {} quotes, {} ticks",
+        "{label}: {:.1} virtual hours in {:.2} s of CPU ({:.2} s wall, {:.0}x real time): {} events ({:.0} events/s of CPU, {} refused), {} quotes, {} ticks",
         r.virtual_s / 3600.0,
         r.cpu_s,
+        r.wall_s,
         r.virtual_s / r.cpu_s.max(1e-9),
         r.events,
         r.events_per_cpu_s(),
@@ -214,7 +220,7 @@ pub(crate) fn run(a: BacktestArgs) -> anyhow::Result<()> {
         objectives = Objectives::none();
     }
     let opts = Options {
-        hours: a.hours,
+        hours: a.hours.unwrap_or(24.0),
         sample_interval_ms: (a.sample_s * 1000.0).round() as u64,
         objectives,
     };
@@ -224,18 +230,28 @@ pub(crate) fn run(a: BacktestArgs) -> anyhow::Result<()> {
         .as_ref()
         .map_or("built-in defaults".to_owned(), |p| p.display().to_string());
     if !a.quiet {
-        eprintln!(
-            "backtest: {} under {policy_name}, {} h",
-            input.describe(),
-            a.hours
-        );
+        eprintln!("backtest: {} under {policy_name}", input.describe());
     }
-    let main = input.run(&cfg, &opts, a.start_hour, "policy", a.quiet)?;
+    let main = input.run(
+        &cfg,
+        &opts,
+        a.hours.is_some(),
+        a.start_hour,
+        "policy",
+        a.quiet,
+    )?;
     timing("policy", &main);
     let compared = match &a.compare {
         Some(p) => {
             let cfg_b = engine_config(Some(p))?;
-            let r = input.run(&cfg_b, &opts, a.start_hour, "compare", a.quiet)?;
+            let r = input.run(
+                &cfg_b,
+                &opts,
+                a.hours.is_some(),
+                a.start_hour,
+                "compare",
+                a.quiet,
+            )?;
             timing("compare", &r);
             Some((p.display().to_string(), r))
         }
@@ -246,7 +262,7 @@ pub(crate) fn run(a: BacktestArgs) -> anyhow::Result<()> {
         .map(|(_, b)| realism::compare(&main.report, &b.report));
     let json = serde_json::json!({
         "input": input.describe(),
-        "hours": a.hours,
+        "hours": main.virtual_s / 3600.0,
         "start_hour": a.start_hour,
         "policy": policy_name,
         "report": main.report,

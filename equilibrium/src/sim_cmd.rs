@@ -24,9 +24,18 @@ pub(crate) enum SimCommand {
         /// Where to write the trace (.eqt, see sim/TRACE.md).
         #[arg(long)]
         out: PathBuf,
+        /// Write the market model's trace (sim/MARKET.md: drivers on shifts from the
+        /// city's [market] fleet curve, one rider session per rider, bookings matched with
+        /// drivers) instead of the load generator's, open loop: every zone is assumed at
+        /// 1.0x, so no rider declines on price. City time runs from clock.start_hour for
+        /// clock.duration_s × clock.speed city seconds and is written at 1/clock.speed.
+        #[arg(long)]
+        market: bool,
     },
     /// Expand an aggregated demand profile (trips per 15-minute slot per origin/destination
-    /// zone pair, CSV) into a trace: Poisson arrivals within each slot.
+    /// zone pair, CSV) into a trace with a fleet: Poisson arrivals within each slot, one
+    /// rider session each, and the market model's drivers (shifts, heartbeats, matching,
+    /// trips to the destination), open loop: every zone is assumed at 1.0x (sim/TRACE.md).
     ImportProfile {
         /// Profile CSV: `slot,origin,destination,trips` (slot as HH:MM).
         #[arg(long)]
@@ -49,6 +58,14 @@ pub(crate) enum SimCommand {
         /// H3 resolution of zones (the node's).
         #[arg(long, default_value_t = engine::zone::RESOLUTION_DEFAULT)]
         resolution: u8,
+        /// Drivers in the fleet (default: sized for 2 rider sessions per online driver-hour
+        /// in the profile's busiest hour).
+        #[arg(long)]
+        fleet: Option<u32>,
+        /// Share of the fleet online per hour of day: 24 comma-separated values in [0, 1]
+        /// (default: the market's curve, sim/MARKET.md).
+        #[arg(long, value_delimiter = ',')]
+        shift_curve: Option<Vec<f64>>,
     },
     /// Print a trace's header and what it holds.
     Info {
@@ -209,6 +226,53 @@ pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
             seed,
             duration,
             out,
+            market: true,
+        } => {
+            let cfg = sim::city::CityConfig::load(&city)?;
+            let seed = seed.unwrap_or(cfg.seed);
+            let c = sim::city::City::new(cfg)?;
+            let clock = c.config().clock.clone();
+            let trace_s = duration.unwrap_or(clock.duration_s);
+            let hours = trace_s * clock.speed / 3600.0;
+            let demand = sim::city::CityDemand::new(&c, seed, clock.start_hour, hours);
+            let mut m = sim::market::Market::new(
+                c.config().market.clone(),
+                demand,
+                c.config().drivers.count,
+                seed,
+                1,
+            )?;
+            let end_ms = (hours * 3_600_000.0).round() as u64;
+            let mut buf = Vec::new();
+            let mut records = Vec::new();
+            let mut t = 0;
+            while t < end_ms {
+                t = (t + 1_000).min(end_ms);
+                m.advance(t, &sim::market::FlatPrices, &mut buf);
+                for o in buf.drain(..) {
+                    records
+                        .push(o.to_record((o.at_ms as f64 * 1000.0 / clock.speed).round() as u64));
+                }
+            }
+            let meta = format!(
+                "market of city {} ({}), seed {seed}, {} zones, {} drivers, from {:.2} h for {hours:.2} city h at speed {}, open loop (prices assumed 1.0x)",
+                c.config().name,
+                city.display(),
+                c.zones().len(),
+                c.config().drivers.count,
+                clock.start_hour,
+                clock.speed
+            );
+            let n = trace::write_file(&out, c.config().resolution, &meta, records)?;
+            println!("{}: {n} records ({meta})", out.display());
+            Ok(())
+        }
+        SimCommand::Generate {
+            city,
+            seed,
+            duration,
+            out,
+            market: false,
         } => {
             let cfg = sim::city::CityConfig::load(&city)?;
             let seed = seed.unwrap_or(cfg.seed);
@@ -237,13 +301,15 @@ pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
             slot_seconds,
             premium_share,
             resolution,
+            fleet,
+            shift_curve,
         } => {
             let read = |p: &PathBuf| {
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
             };
             let rows = sim::profile::parse_profile(&read(&profile)?)
                 .with_context(|| format!("in {}", profile.display()))?;
-            let cents = sim::profile::parse_centroids(&read(&centroids)?)
+            let cents = sim::profile::parse_centroid_areas(&read(&centroids)?)
                 .with_context(|| format!("in {}", centroids.display()))?;
             let opts = sim::profile::ExpandOptions {
                 seed,
@@ -252,9 +318,14 @@ pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
                 premium_share,
                 ..Default::default()
             };
-            let records = sim::profile::expand(&rows, &cents, &opts)?;
+            let fleet = sim::profile::Fleet {
+                size: fleet,
+                shift_curve,
+            };
+            let (records, drivers) =
+                sim::profile::expand_with_fleet(&rows, &cents, &opts, &fleet, 1)?;
             let meta = format!(
-                "profile {} with centroids {}, seed {seed}, {slot_seconds} s per slot",
+                "profile {} with centroids {}, seed {seed}, {slot_seconds} s per slot, fleet of {drivers} drivers, open loop (prices assumed 1.0x)",
                 profile.display(),
                 centroids.display()
             );

@@ -71,8 +71,47 @@ pub struct Run {
     pub ticks: u64,
     /// Virtual time covered, s.
     pub virtual_s: f64,
-    /// Time this thread took, s (wall time of one thread doing nothing else: CPU time).
+    /// CPU time this thread took, s (Linux's per-thread scheduler statistics; the wall
+    /// time where they are not available).
     pub cpu_s: f64,
+    /// Wall time, s.
+    pub wall_s: f64,
+}
+
+/// A stopwatch of this thread's CPU time (`/proc/thread-self/schedstat`, nanoseconds on
+/// CPU), falling back to wall time.
+#[derive(Debug)]
+struct Stopwatch {
+    wall: Instant,
+    cpu_ns: Option<u64>,
+}
+
+impl Stopwatch {
+    fn thread_cpu_ns() -> Option<u64> {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu_ns: Self::thread_cpu_ns(),
+        }
+    }
+
+    /// (CPU s, wall s) since the start.
+    fn read(&self) -> (f64, f64) {
+        let wall = self.wall.elapsed().as_secs_f64();
+        let cpu = match (self.cpu_ns, Self::thread_cpu_ns()) {
+            (Some(a), Some(b)) if b >= a => (b - a) as f64 / 1e9,
+            _ => wall,
+        };
+        (cpu, wall)
+    }
 }
 
 impl Run {
@@ -246,7 +285,7 @@ pub fn run_market<D: DemandModel>(
         setup.zones == market.zones(),
         "the realism setup must name the market's zones"
     );
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let mut h = Harness::new(cfg, market.zones())?;
     let mut realism = Realism::new(setup);
     let end_ms = (opts.hours * 3_600_000.0).round() as u64;
@@ -272,7 +311,8 @@ pub fn run_market<D: DemandModel>(
         }
         h.flush(batch_at);
         h.tick(t);
-        if t >= next_sample {
+        // Samples cover [0, end): the instant `end` belongs to the next hour.
+        if t >= next_sample && t < end_ms {
             market.take_arrivals(&mut demand);
             h.sample(&demand, &mut samples);
             realism.observe(t, &samples);
@@ -288,6 +328,7 @@ pub fn run_market<D: DemandModel>(
         t = (t + h.tick_ms).min(end_ms);
     }
     let report = realism.report(Some(market.stats()), &opts.objectives);
+    let (cpu_s, wall_s) = started.read();
     Ok(Run {
         report,
         events: h.events,
@@ -295,7 +336,8 @@ pub fn run_market<D: DemandModel>(
         quotes: h.quotes,
         ticks: h.ticks,
         virtual_s: end_ms as f64 / 1000.0,
-        cpu_s: started.elapsed().as_secs_f64(),
+        cpu_s,
+        wall_s,
     })
 }
 
@@ -318,7 +360,7 @@ pub fn run_trace(
         opts.sample_interval_ms > 0,
         "the sampling period must be above 0"
     );
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let end_ms = (opts.hours * 3_600_000.0).round() as u64;
     let mut zones = Vec::new();
     for r in open()? {
@@ -382,7 +424,8 @@ pub fn run_trace(
         }
         h.flush(batch_at);
         h.tick(t);
-        if t >= next_sample {
+        // Samples cover [0, end): the instant `end` belongs to the next hour.
+        if t >= next_sample && t < end_ms {
             h.sample(&demand, &mut samples);
             demand.iter_mut().for_each(|d| *d = 0);
             realism.observe(t, &samples);
@@ -398,6 +441,7 @@ pub fn run_trace(
         t = (t + h.tick_ms).min(end_ms);
     }
     let report = realism.report(None, &opts.objectives);
+    let (cpu_s, wall_s) = started.read();
     Ok(Run {
         report,
         events: h.events,
@@ -405,7 +449,8 @@ pub fn run_trace(
         quotes: h.quotes,
         ticks: h.ticks,
         virtual_s: end_ms as f64 / 1000.0,
-        cpu_s: started.elapsed().as_secs_f64(),
+        cpu_s,
+        wall_s,
     })
 }
 

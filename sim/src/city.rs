@@ -687,6 +687,8 @@ enum Action {
         zone: u64,
         distance_m: u32,
         shared: bool,
+        /// The rider's session id (as in their `rider_demand`).
+        rider: u64,
     },
 }
 
@@ -704,9 +706,13 @@ struct Driver {
     gen: u32,
 }
 
-/// The synthetic city as a stream of trace records, in time order. Driver events (status
-/// heartbeats, busy, offline) go out on the premium tier (the driver backend); a rider's
-/// demand signal, quotes and trip request on the rider's tier.
+/// The synthetic city as a stream of trace records, in time order, open loop (no price
+/// reaches it: every rider quotes and a fixed share books, whatever the price). Driver
+/// events (status heartbeats, busy, offline) go out on the premium tier (the driver
+/// backend); a rider's demand signal, quotes and trip request on the rider's tier, the
+/// demand signal and the request with the rider's session id (1, 2, ... in the `driver`
+/// field). For a market whose riders react to prices see [`crate::market`] and
+/// `equilibrium backtest`; `sim generate --market` writes that market's trace.
 #[derive(Debug)]
 pub struct CityTrace<'a> {
     city: &'a City,
@@ -719,6 +725,8 @@ pub struct CityTrace<'a> {
     available: Vec<u32>,
     available_at: HashMap<u32, usize>,
     next_event_id: u64,
+    /// The next rider session id (1, 2, ...: never 0, which the engine reads as unknown).
+    next_rider: u64,
     out: VecDeque<Record>,
 }
 
@@ -737,6 +745,7 @@ impl<'a> CityTrace<'a> {
             available: Vec::new(),
             available_at: HashMap::new(),
             next_event_id: 1,
+            next_rider: 1,
             out: VecDeque::new(),
             rng: SmallRng::seed_from_u64(0),
         };
@@ -906,7 +915,9 @@ impl<'a> CityTrace<'a> {
                 let tier = if shared { Tier::Shared } else { Tier::Premium };
                 let zone = self.city.origin_zone(&mut self.rng, hour);
                 let (distance_m, duration_s) = self.city.trip(&mut self.rng);
-                self.event(now, tier, event_kind::RIDER_DEMAND, zone, 0);
+                let rider = self.next_rider;
+                self.next_rider += 1;
+                self.event(now, tier, event_kind::RIDER_DEMAND, zone, rider);
                 let mut at = now;
                 for _ in 0..cfg.riders.quotes_per_rider {
                     at += us(0.2 + self.rng.random::<f64>());
@@ -928,6 +939,7 @@ impl<'a> CityTrace<'a> {
                             zone,
                             distance_m,
                             shared,
+                            rider,
                         },
                     );
                 }
@@ -950,9 +962,10 @@ impl<'a> CityTrace<'a> {
                 zone,
                 distance_m,
                 shared,
+                rider,
             } => {
                 let tier = if shared { Tier::Shared } else { Tier::Premium };
-                self.event(now, tier, event_kind::TRIP_REQUESTED, zone, 0);
+                self.event(now, tier, event_kind::TRIP_REQUESTED, zone, rider);
                 if self.available.is_empty() {
                     return;
                 }

@@ -14,8 +14,10 @@
 //! `en route` (matched: `DriverBusy` in the zone where the driver waited, `TripAccepted` in
 //! the rider's zone) → `on trip` (picked up) → `available` at the destination zone (a
 //! `DriverAvailable` there). An available driver who moves to a neighbouring zone (drift, or
-//! chasing a higher price) sends `DriverOffline` in the zone left and `DriverAvailable` in
-//! the new one, as a driver gateway tracking zones would. How many drivers are online
+//! chasing a higher price, or heading for where riders start: `reposition_share` of drivers
+//! do so after each trip, one zone step per `zone_step_km` at the hour's speed) sends
+//! `DriverOffline` in the zone left and `DriverAvailable` in the new one, as a driver
+//! gateway tracking zones would. How many drivers are online
 //! follows the fleet curve (`fleet_curve`, a share of the fleet per hour of day): every
 //! `fleet_step_s` drivers come online (at a zone drawn from where riders start) or end their
 //! shift (the longest online of a few drawn at random; a driver on a trip finishes it
@@ -90,10 +92,11 @@ pub struct MarketConfig {
     pub match_retry_s: f64,
     /// From seeing the price to booking, s. Default 20.
     pub book_delay_s: f64,
-    /// Mean of a rider's willingness to pay above 1.0× (exponential), ×. Default 1.0: about
-    /// 40% of riders decline 1.5×, which is in the range of the conversion drops measured on
-    /// a real ride-hailing market (Cohen et al., "Using big data to estimate consumer
-    /// surplus", 2016: demand elasticity about -0.4 to -0.6 around 1.0–2.0×, higher above).
+    /// Mean of a rider's willingness to pay above 1.0× (exponential), ×. Default 1.0: 10% of
+    /// riders decline 1.1×, 39% 1.5×, 63% 2.0×. Steeper than the -0.4 to -0.6 elasticity
+    /// estimated around 1.0–1.5× on UberX (Cohen et al., "Using big data to estimate
+    /// consumer surplus", 2016), close to it above 2×: a documented assumption (sim/MARKET.md)
+    /// that errs towards riders punishing surge.
     pub wtp_surplus_mean: f64,
     /// Share of riders who, having declined, look again once. Default 0.3.
     pub recheck_share: f64,
@@ -109,6 +112,14 @@ pub struct MarketConfig {
     pub chase_min_milli: u32,
     /// Quotes a rider session asks for (0..=5). Default 1.
     pub quotes_per_session: u32,
+    /// Share of drivers who, on becoming available, head for a zone drawn from where riders
+    /// start at that hour (drivers know where the work is) instead of waiting where the last
+    /// trip ended. Default 0.5.
+    pub reposition_share: f64,
+    /// Centre-to-centre distance a repositioning driver covers per zone step, km (about the
+    /// spacing of resolution-8 cells); the step takes that distance at the hour's speed.
+    /// Default 0.8.
+    pub zone_step_km: f64,
 }
 
 impl Default for MarketConfig {
@@ -137,6 +148,8 @@ impl Default for MarketConfig {
             chase_share: 0.2,
             chase_min_milli: 200,
             quotes_per_session: 1,
+            reposition_share: 0.5,
+            zone_step_km: 0.8,
         }
     }
 }
@@ -168,6 +181,7 @@ impl MarketConfig {
         positive(self.fleet_step_s, "fleet_step_s")?;
         positive(self.match_retry_s, "match_retry_s")?;
         positive(self.wtp_surplus_mean, "wtp_surplus_mean")?;
+        positive(self.zone_step_km, "zone_step_km")?;
         for (v, what) in [
             (self.pickup_overhead_s, "pickup_overhead_s"),
             (self.wait_max_s, "wait_max_s"),
@@ -182,6 +196,7 @@ impl MarketConfig {
         ensure!(self.detour >= 1.0, "market.detour must be at least 1");
         for (v, what) in [
             (self.recheck_share, "recheck_share"),
+            (self.reposition_share, "reposition_share"),
             (self.drift_share, "drift_share"),
             (self.chase_share, "chase_share"),
         ] {
@@ -396,7 +411,12 @@ struct Driver {
     online_since_ms: u64,
     /// Trip length (en route: to be driven after the pickup), ms.
     trip_ms: u64,
+    /// Zone index an available driver is heading for ([`NO_TARGET`]: none).
+    target: u32,
 }
+
+/// No repositioning target.
+const NO_TARGET: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug)]
 struct Session {
@@ -634,6 +654,7 @@ impl<D: DemandModel> Market<D> {
                     avail_pos: 0,
                     online_since_ms: 0,
                     trip_ms: 0,
+                    target: NO_TARGET,
                 })
                 .collect(),
             online: Vec::new(),
@@ -1026,9 +1047,16 @@ impl<D: DemandModel> Market<D> {
 
     fn go_available(&mut self, driver: u32, zone: u32, out: &mut Vec<MarketOutput>) {
         self.put_available(driver, zone);
+        let target = if self.rng.random::<f64>() < self.cfg.reposition_share {
+            let z = self.demand.start_zone(&mut self.rng, self.now_ms);
+            self.zone_index.get(&z).copied().unwrap_or(NO_TARGET)
+        } else {
+            NO_TARGET
+        };
         let d = &mut self.drivers[driver as usize];
         d.state = DriverState::Available;
         d.gen = d.gen.wrapping_add(1);
+        d.target = if target == zone { NO_TARGET } else { target };
         let gen = d.gen;
         self.emit(
             zone,
@@ -1060,7 +1088,29 @@ impl<D: DemandModel> Market<D> {
         let mut to = d.zone;
         let ring = &self.rings[d.zone as usize][0];
         if !ring.is_empty() {
-            if self.rng.random::<f64>() < self.cfg.chase_share {
+            if d.target != NO_TARGET {
+                // One zone step towards the target, at the chance that the step's drive
+                // ends within this heartbeat period.
+                let hour = self.demand.hour_at(self.now_ms);
+                let step_s = self.cfg.zone_step_km / self.cfg.speed_at(hour) * 3600.0;
+                if self.rng.random::<f64>() < self.cfg.heartbeat_s / step_s {
+                    let goal = self.centre(d.target);
+                    let here = distance_km(self.centre(d.zone), goal);
+                    let best = ring
+                        .iter()
+                        .map(|z| (distance_km(self.centre(*z), goal), *z))
+                        .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                    match best {
+                        Some((km, z)) if km < here => to = z,
+                        // No neighbour closer (the target is outside the market's cells
+                        // this way): stop here.
+                        _ => self.drivers[driver as usize].target = NO_TARGET,
+                    }
+                    if to == d.target {
+                        self.drivers[driver as usize].target = NO_TARGET;
+                    }
+                }
+            } else if self.rng.random::<f64>() < self.cfg.chase_share {
                 let here = prices.multiplier_milli(self.zones[d.zone as usize]);
                 let best = ring
                     .iter()

@@ -9,11 +9,14 @@
 //!   latitude and longitude of its centroid, degrees.
 //!
 //! Expansion: within each slot, each (origin, destination) pair's trips arrive as a Poisson
-//! process with the profile's count as its mean. Each trip becomes a rider demand signal in
-//! the origin zone (the H3 cell of the origin centroid) at its arrival time, a quote
-//! `quote_lag_s` later (distance: the great-circle distance between the centroids times
-//! `detour`, at least `min_km`; duration at `speed_kmh`), and a trip request 1 s after the
-//! quote.
+//! process with the profile's count as its mean. [`ProfileDemand`] makes each trip a rider
+//! session of the market model ([`crate::market`]), spread over the cells covering its
+//! zones (a `radius_km` per zone in the centroid table), and [`expand_with_fleet`] runs that
+//! market with a fleet into a trace (open loop, prices assumed 1.0×). The older
+//! [`expand`] writes riders only: a demand signal in the origin zone (the H3 cell of the
+//! origin centroid) at its arrival time, a quote `quote_lag_s` later (distance: the
+//! great-circle distance between the centroids times `detour`, at least `min_km`; duration
+//! at `speed_kmh`), and a trip request 1 s after the quote.
 
 use std::collections::HashMap;
 
@@ -224,8 +227,10 @@ pub fn parse_centroids(text: &str) -> anyhow::Result<HashMap<String, (f64, f64)>
         .collect())
 }
 
-/// Expands a profile into trace records in time order. Trace time 0 is the start of the
-/// earliest slot in the profile.
+/// Expands a profile into rider records only, in time order (no drivers: a zone replayed
+/// from it has no supply; `sim import-profile` uses [`expand_with_fleet`]). Trace time 0 is
+/// the start of the earliest slot in the profile. Each trip: `rider_demand` with a session
+/// id, a quote, `trip_requested` with the same id.
 pub fn expand(
     rows: &[ProfileRow],
     centroids: &HashMap<String, (f64, f64)>,
@@ -289,11 +294,13 @@ pub fn expand(
                 let at_us = (at_s * 1e6).round() as u64;
                 out.push((at_us, seq, Record { at_us, tier, op }));
             };
+            // The rider's session id (1, 2, ...), shared by its demand and its request.
+            let rider = next_id / 2 + 1;
             let ev = |id: u64, kind: u8| {
                 Op::Event(WireEvent {
                     id,
                     zone,
-                    driver: 0,
+                    driver: rider,
                     kind,
                 })
             };

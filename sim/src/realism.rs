@@ -28,6 +28,9 @@ use crate::market::{MarketStats, HOURS};
 pub const SPIKE_LEVEL_MILLI: u32 = 1100;
 /// A spike is followed for this long after its end, ms (a decay beyond is "never").
 pub const SPIKE_FOLLOW_MS: u64 = 30 * 60_000;
+/// A zone with no rider session for this long counts as without demand, ms (well beyond
+/// any demand half-life a policy should use).
+pub const NO_DEMAND_MS: u64 = 30 * 60_000;
 /// Width of one point of the report's time series, ms.
 pub const SERIES_STEP_MS: u64 = 5 * 60_000;
 /// Highest multiplier the quantile histogram resolves, thousandths (higher ones count here).
@@ -148,6 +151,10 @@ pub struct Realism {
     /// Per spike: (ms, highest multiplier of its zones) while it is followed.
     spike_track: Vec<Vec<(u64, u32)>>,
     series: Vec<SeriesAcc>,
+    /// Per zone: when it last had a rider session (`None`: not yet).
+    last_demand_ms: Vec<Option<u64>>,
+    no_demand_samples: u64,
+    no_demand_surging: u64,
     samples: u64,
     first_ms: Option<u64>,
     last_ms: u64,
@@ -220,7 +227,13 @@ pub struct SpikeReport {
     pub rise_s: Option<f64>,
     /// From its end until back at or below 1.1× (`null`: not within 30 minutes), s.
     pub decay_s: Option<f64>,
+    /// Its zones' highest multiplier every [`SPIKE_TRACK_STEP_MS`] from 10 minutes before
+    /// its start to 30 minutes after its end: [s from its start, ×].
+    pub track: Vec<[f64; 2]>,
 }
+
+/// Step of a spike's `track`, ms.
+pub const SPIKE_TRACK_STEP_MS: u64 = 30_000;
 
 /// What the market did, over the run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -286,6 +299,9 @@ pub struct RealismReport {
     pub night_surging_share: Option<f64>,
     /// Share of zone-time at the cap.
     pub at_cap_share: f64,
+    /// Share of the zone-time of zones without a rider session in the last 30 minutes that
+    /// surges (neighbours alone should not lift them; `null`: no such zone-time).
+    pub no_demand_surging_share: Option<f64>,
     /// Multiplier quantiles.
     pub quantiles: Quantiles,
     /// Direction reversals per zone-hour.
@@ -366,6 +382,9 @@ impl Realism {
             zone_hour_surging: vec![[0; HOURS]; n],
             spike_track: vec![Vec::new(); setup.spikes.len()],
             series: Vec::new(),
+            last_demand_ms: vec![None; n],
+            no_demand_samples: 0,
+            no_demand_surging: 0,
             samples: 0,
             first_ms: None,
             last_ms: 0,
@@ -405,6 +424,14 @@ impl Realism {
             self.zone_hour_n[i][h] += 1;
             self.zone_hour_demand[i][h] += u64::from(s.demand);
             self.zone_hour_surging[i][h] += u32::from(surging);
+            if s.demand > 0 {
+                self.last_demand_ms[i] = Some(at_ms);
+            }
+            let idle = self.last_demand_ms[i].is_none_or(|t| at_ms - t >= NO_DEMAND_MS);
+            if idle && at_ms >= NO_DEMAND_MS {
+                self.no_demand_samples += 1;
+                self.no_demand_surging += u64::from(surging);
+            }
             acc.samples += 1;
             acc.surging += u64::from(surging);
             acc.sum_milli += f64::from(m);
@@ -572,6 +599,17 @@ impl Realism {
                 } else {
                     Some(0.0)
                 };
+                let mut next = 0;
+                let mut points = Vec::new();
+                for (t, m) in track {
+                    if *t >= next {
+                        points.push([
+                            (*t as f64 - sp.start_ms as f64) / 1000.0,
+                            f64::from(*m) / 1000.0,
+                        ]);
+                        next = t + SPIKE_TRACK_STEP_MS;
+                    }
+                }
                 SpikeReport {
                     name: sp.name.clone(),
                     zones: sp.zones.len(),
@@ -580,6 +618,7 @@ impl Realism {
                     peak: f64::from(peak) / 1000.0,
                     rise_s,
                     decay_s,
+                    track: points,
                 }
             })
             .collect();
@@ -648,6 +687,8 @@ impl Realism {
             surging_share: ratio(surging, samples),
             night_surging_share: night,
             at_cap_share: ratio(at_cap, samples),
+            no_demand_surging_share: (self.no_demand_samples > 0)
+                .then(|| ratio(self.no_demand_surging, self.no_demand_samples)),
             quantiles: Quantiles {
                 p50: self.quantile(0.50),
                 p75: self.quantile(0.75),
@@ -785,14 +826,13 @@ impl RealismReport {
         );
         let _ = writeln!(
             s,
-            "reversals {:.2} per zone-hour; neighbour difference {:.3}x; rush top-10% share {}",
+            "reversals {:.2} per zone-hour; neighbour difference {:.3}x; rush top-10% share {}; zones without demand for 30 min surging {}",
             self.reversals_per_zone_hour,
             self.neighbour_mean_abs_diff,
             self.rush_top_decile_surge_share
-                .map_or("n/a (no rush surge)".into(), |v| format!(
-                    "{:.0}%",
-                    100.0 * v
-                ))
+                .map_or("n/a (no rush surge)".into(), |v| format!("{:.0}%", 100.0 * v)),
+            self.no_demand_surging_share
+                .map_or("n/a".into(), |v| format!("{:.2}%", 100.0 * v))
         );
         if let Some(m) = &self.market {
             let share = |v: u64| 100.0 * v as f64 / m.sessions.max(1) as f64;

@@ -166,6 +166,24 @@ pub struct PremiumPriority {
     pub refused: Option<String>,
 }
 
+/// The multipliers the nodes quoted during a run: a quote-weighted view of pricing realism
+/// (busy zones weigh more; the backtest's report is the zone-time view).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QuotePrices {
+    /// Quotes answered.
+    pub quotes: u64,
+    /// Share of them priced above 1.0×.
+    pub surging_share: f64,
+    /// Median multiplier, ×.
+    pub p50: f64,
+    /// 90th percentile, ×.
+    pub p90: f64,
+    /// 99th percentile, ×.
+    pub p99: f64,
+    /// Highest, ×.
+    pub max: f64,
+}
+
 /// A run's report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -201,6 +219,9 @@ pub struct Report {
     /// How the premium tier's clients were scheduled on the simulator's machine.
     #[serde(default)]
     pub premium_priority: PremiumPriority,
+    /// The multipliers of the answered quotes (absent in reports of older versions).
+    #[serde(default)]
+    pub quote_prices: QuotePrices,
     /// The objectives (empty for a replay without objectives).
     pub objectives: Vec<Objective>,
     /// Every objective held.
@@ -343,6 +364,18 @@ pub(crate) fn build(rec: &Recorder, m: Meta) -> Report {
         },
         sim_lag_us: latency(&rec.lag_us),
         premium_priority: m.premium_priority,
+        quote_prices: {
+            let h = &rec.quote_multiplier_milli;
+            let x = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            QuotePrices {
+                quotes: h.len(),
+                surging_share: ratio(h.count_between(1001, h.max().max(1001)), h.len()),
+                p50: x(0.5),
+                p90: x(0.9),
+                p99: x(0.99),
+                max: h.max() as f64 / 1000.0,
+            }
+        },
         objectives: Vec::new(),
         pass: true,
         series,
@@ -411,6 +444,27 @@ impl Report {
                 measured: m,
                 unit: "ratio".into(),
                 pass: m.is_none_or(|m| m < limit),
+            });
+        }
+        let quoted = self.quote_prices.quotes > 0;
+        if let Some(limit) = o.quote_surging_share_max {
+            let m = quoted.then_some(self.quote_prices.surging_share);
+            out.push(Objective {
+                name: "quotes above 1.0x".into(),
+                limit,
+                measured: m,
+                unit: "ratio".into(),
+                pass: m.is_none_or(|m| m <= limit),
+            });
+        }
+        if let Some(limit) = o.quote_p99_multiplier_max {
+            let m = quoted.then_some(self.quote_prices.p99);
+            out.push(Objective {
+                name: "quoted multiplier p99".into(),
+                limit,
+                measured: m,
+                unit: "x".into(),
+                pass: m.is_none_or(|m| m <= limit),
             });
         }
         self.pass = out.iter().all(|o| o.pass);
@@ -506,6 +560,19 @@ impl Report {
             ms(self.sim_lag_us.p999),
             ms(self.sim_lag_us.max)
         );
+        let q = &self.quote_prices;
+        if q.quotes > 0 {
+            let _ = writeln!(
+                s,
+                "quoted multipliers: {:.1}% of {} quotes above 1.0x; p50 {:.2}x, p90 {:.2}x, p99 {:.2}x, max {:.2}x",
+                100.0 * q.surging_share,
+                q.quotes,
+                q.p50,
+                q.p90,
+                q.p99,
+                q.max
+            );
+        }
         let p = &self.premium_priority;
         let asked = format!("nice {}, slice {} us", p.nice, p.slice_us);
         let _ = match (&p.refused, p.applied) {

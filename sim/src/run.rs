@@ -653,6 +653,8 @@ pub(crate) struct Recorder {
     /// How late the dispatcher sent requests after their scheduled time (the simulator's
     /// own lag, already inside every latency).
     pub(crate) lag_us: Histogram<u64>,
+    /// Multipliers of the answered quotes, thousandths.
+    pub(crate) quote_multiplier_milli: Histogram<u64>,
 }
 
 /// Seconds of series kept at most (longer runs fold the rest into the last second).
@@ -673,6 +675,7 @@ impl Recorder {
             events_sent: 0,
             last_due_us: 0,
             lag_us: hist(),
+            quote_multiplier_milli: hist(),
         }
     }
 
@@ -706,6 +709,10 @@ impl Recorder {
         }
         self.events_sent += other.events_sent;
         self.last_due_us = self.last_due_us.max(other.last_due_us);
+        add(
+            &mut self.quote_multiplier_milli,
+            &other.quote_multiplier_milli,
+        );
         add(&mut self.lag_us, &other.lag_us);
     }
 
@@ -1109,12 +1116,19 @@ fn dispatch<I: Iterator<Item = anyhow::Result<Record>>>(
         let client = pool.quote_client(&req).clone();
         let shared = Arc::clone(&shared);
         rts[tier as usize].spawn(async move {
-            let error = client.quote(q).await.err().map(|e| error_name(&e));
+            let reply = client.quote(q).await;
             let latency_us = due.elapsed().as_micros() as u64;
+            let multiplier = reply.as_ref().ok().map(|r| r.multiplier_milli);
+            let error = reply.err().map(|e| error_name(&e));
             let failed = error.is_some();
-            shared
-                .rec(tier)
-                .done(kind, tier, series_us, latency_us, error);
+            {
+                let mut rec = shared.rec(tier);
+                rec.done(kind, tier, series_us, latency_us, error);
+                if let Some(m) = multiplier {
+                    rec.quote_multiplier_milli
+                        .saturating_record(u64::from(m).max(1));
+                }
+            }
             if failed {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
             } else {

@@ -145,6 +145,13 @@ pub struct Objectives {
     pub error_rate_max: Option<f64>,
     /// Failed premium requests over sent premium requests below this.
     pub premium_error_rate_max: Option<f64>,
+    /// Pricing realism: share of answered quotes priced above 1.0× at most this
+    /// (quote-weighted; see `quote_prices` in sim/REPORT.md).
+    #[serde(default)]
+    pub quote_surging_share_max: Option<f64>,
+    /// Pricing realism: the 99th percentile of quoted multipliers at most this, ×.
+    #[serde(default)]
+    pub quote_p99_multiplier_max: Option<f64>,
 }
 
 /// The capacity search: raise the users step by step until an objective breaks.

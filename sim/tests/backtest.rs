@@ -121,3 +121,126 @@ fn a_small_profile_backtest_meets_the_realism_bounds() {
         .collect();
     assert!(failed.is_empty(), "failed: {failed:#?}\n{}", r.summary());
 }
+
+#[test]
+fn the_day_city_at_one_times_is_a_plausible_market() {
+    // The market alone, every zone at 1.0x: what the city offers before any policy.
+    let city = util::city_day();
+    let demand = sim::city::CityDemand::new(&city, 11, 0.0, 24.0);
+    let mut m = sim::market::Market::new(
+        city.config().market.clone(),
+        demand,
+        city.config().drivers.count,
+        11,
+        1,
+    )
+    .expect("market");
+    let mut out = Vec::new();
+    let mut t = 0;
+    while t < 86_400_000 {
+        t += 10_000;
+        m.advance(t, &sim::market::FlatPrices, &mut out);
+        out.clear();
+    }
+    let s = m.stats();
+    let online: f64 = s.online_driver_h.iter().sum();
+    let rpdh = s.sessions_total() as f64 / online;
+    let util = |h: usize| s.busy_driver_h[h] / s.online_driver_h[h];
+    let peak = (0..24).max_by_key(|h| s.sessions[*h]).expect("hours");
+    let night = s.online_driver_h[4];
+    let day_peak = s.online_driver_h[peak];
+    for h in 0..24 {
+        eprintln!(
+            "{h:02}: sessions {} served {} unserved {} online {:.0} util {:.0}%",
+            s.sessions[h],
+            s.served[h],
+            s.unserved[h],
+            s.online_driver_h[h],
+            100.0 * util(h)
+        );
+    }
+    assert!(
+        (1.5..=3.0).contains(&rpdh),
+        "{rpdh:.2} riders per driver-hour"
+    );
+    assert!(
+        (0.40..=0.70).contains(&util(peak)),
+        "utilisation {:.0}% in the busiest hour ({peak}:00)",
+        100.0 * util(peak)
+    );
+    assert!(
+        night < day_peak / 3.0,
+        "{night:.0} driver-hours at 04:00, {day_peak:.0} at the peak"
+    );
+    let served = s.served_total() as f64 / s.sessions_total() as f64;
+    assert!(
+        served > 0.95,
+        "at 1.0x nearly every rider is served: {:.1}%",
+        100.0 * served
+    );
+    eprintln!(
+        "day city at 1.0x: {} sessions, {rpdh:.2} per driver-hour, utilisation {:.0}% at {peak}:00, {:.0}% over the day, {:.1}% served",
+        s.sessions_total(),
+        100.0 * util(peak),
+        100.0 * s.busy_driver_h.iter().sum::<f64>() / online,
+        100.0 * served
+    );
+}
+
+#[test]
+fn the_tick_interval_does_not_change_the_prices_of_the_same_trace() {
+    // One open-loop trace (the day city's market from 07:00, every zone assumed at 1.0x),
+    // priced twice: ticks of 100 ms and of 1,000 ms. After the first hour's warm-up, every
+    // zone's mean multiplier over 08:00-09:00 must agree within 0.05x (issue 11).
+    let city = util::city_day();
+    let demand = sim::city::CityDemand::new(&city, 5, 7.0, 2.0);
+    let mut m = sim::market::Market::new(
+        city.config().market.clone(),
+        demand,
+        city.config().drivers.count,
+        5,
+        1,
+    )
+    .expect("market");
+    let mut buf = Vec::new();
+    let mut records = Vec::new();
+    let mut t = 0;
+    while t < 7_200_000 {
+        t += 1_000;
+        m.advance(t, &sim::market::FlatPrices, &mut buf);
+        records.extend(buf.drain(..).map(|o| o.to_record(o.at_ms * 1000)));
+    }
+    let open =
+        || -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<sim::trace::Record>>>> {
+            Ok(Box::new(records.clone().into_iter().map(Ok)))
+        };
+    let opts = Options {
+        hours: 2.0,
+        ..Options::default()
+    };
+    let at = |tick_ms: u64| {
+        let cfg = EngineConfig::from_toml(&format!("[actors]\ntick_interval_ms = {tick_ms}\n"))
+            .expect("config");
+        backtest::run_trace(&cfg, &open, 7.0, &opts, &mut |_, _| {})
+            .expect("backtest")
+            .report
+    };
+    let (fast, slow) = (at(100), at(1_000));
+    assert_eq!(fast.zone_ids, slow.zone_ids);
+    let mut worst = (0.0, 0u64, 0.0, 0.0);
+    for (i, z) in fast.zone_ids.iter().enumerate() {
+        let (a, b) = (fast.zone_hour_mean[i][8], slow.zone_hour_mean[i][8]);
+        if (a - b).abs() > worst.0 {
+            worst = ((a - b).abs(), *z, a, b);
+        }
+    }
+    assert!(
+        worst.0 <= 0.05,
+        "zone {:x}, 08:00-09:00: {:.3}x at 100 ms ticks, {:.3}x at 1,000 ms (surging {:.1}% vs {:.1}%)",
+        worst.1,
+        worst.2,
+        worst.3,
+        100.0 * fast.by_hour[8].surging_share,
+        100.0 * slow.by_hour[8].surging_share
+    );
+}

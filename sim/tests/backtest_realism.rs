@@ -120,13 +120,27 @@ fn after_the_spike_ends_prices_are_back_to_one_point_one_within_ten_minutes_but_
     assert!(!r.spikes.is_empty(), "the day city has a spike");
     for sp in &r.spikes {
         let d = sp.decay_s;
+        // Its zones' highest multiplier each minute from its start.
+        let track: Vec<String> = sp
+            .track
+            .iter()
+            .filter(|p| p[0] >= 0.0 && (p[0] as u64) % 60 == 0)
+            .map(|p| {
+                format!(
+                    "{:+.0}m {:.2}",
+                    (p[0] - (sp.end_s - sp.start_s)) / 60.0,
+                    p[1]
+                )
+            })
+            .collect();
         assert!(
             d.is_some_and(|d| (120.0..=600.0).contains(&d)),
-            "spike {}: peak {:.2}x, rise {:?} s, back at or below 1.1x {:?} s after its end (want 120..=600 s)",
+            "spike {}: peak {:.2}x, rise {:?} s, back at or below 1.1x {:?} s after its end (want 120..=600 s); minutes from its end: {}",
             sp.name,
             sp.peak,
             sp.rise_s,
-            d
+            d,
+            track.join(", ")
         );
     }
 }
