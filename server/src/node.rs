@@ -908,11 +908,7 @@ async fn events(
             outcomes[i] = o;
         }
     }
-    let mut by_code = [0u64; 9];
-    for &o in &outcomes {
-        by_code[usize::from(o).min(8)] += 1;
-    }
-    shared.metrics.events.add_outcomes(&by_code);
+    shared.metrics.events.count_outcomes(&outcomes);
     Ok(msg::EventBatchReply { outcomes })
 }
 
