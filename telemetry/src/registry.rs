@@ -176,7 +176,8 @@ pub struct EngineMetrics {
     pub snapshot_age_seconds: Gauge,
 }
 
-/// The cluster: fed by the cluster layer (issue 4). Registered now, 0 until it is wired in.
+/// The cluster: fed by the node's cluster shell (`server::cluster`); 0 on a node without a
+/// cluster.
 #[derive(Debug, Default)]
 pub struct ClusterMetrics {
     /// `equilibrium_cluster_members`: live members in this node's view.
@@ -202,7 +203,8 @@ pub struct ClusterMetrics {
     pub fencing_rejections: Counter,
 }
 
-/// Redis, the snapshot store: fed by the cluster layer. Registered now, 0 until wired in.
+/// Redis, the lease and snapshot store: fed by the node's cluster shell; 0 on a node without
+/// a cluster (`equilibrium_redis_configured` says which).
 #[derive(Debug, Default)]
 pub struct RedisMetrics {
     /// `equilibrium_redis_configured`: 1 when this node uses Redis (alerts only fire then).
