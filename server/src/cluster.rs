@@ -51,6 +51,44 @@ const PEER_MESSAGE_MAX: usize = 64 << 20;
 const SNAP_BYTES: usize = 8 + 8 + 4 + 4 + 24 + 3 + 4 + 2 + 4 * 4 + 8;
 /// Forwarded requests queued for the node before `overloaded`.
 const FORWARD_QUEUE_MAX: usize = 1_024;
+/// Gossip datagrams received and not yet handed to membership; beyond it they are dropped,
+/// as the network would (SWIM tolerates loss).
+const GOSSIP_QUEUE_MAX: usize = 4_096;
+/// Concurrent streams of each kind (bidirectional: forwarded requests; unidirectional:
+/// replication, quote counts) a peer may open on one connection.
+const PEER_STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// QUIC keep-alive on peer connections (well under the idle timeout).
+const PEER_KEEP_ALIVE_MS: u64 = 500;
+/// A peer connection silent this long is closed (and reopened on demand).
+const PEER_IDLE_TIMEOUT_MS: u64 = 3_000;
+/// Longest wait for a peer's handshake.
+const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Pause between attempts to reach a peer for a message no later tick repeats.
+const PEER_RETRY_MS: u64 = 100;
+/// Attempts to reach a newcomer with all of this node's prices (`PEER_RETRY_MS` apart).
+const NEWCOMER_SYNC_ATTEMPTS_MAX: u32 = 30;
+/// First and largest pause between attempts to connect to Redis (doubling in between).
+const REDIS_BACKOFF_FIRST_MS: u64 = 100;
+const REDIS_BACKOFF_MAX_MS: u64 = 2_000;
+/// Membership (foca) timers and outbox are served this often.
+const MEMBERSHIP_TICK_MS: u64 = 20;
+/// The coordinator's period: wanted groups, leases, hand-offs, restores.
+const COORDINATOR_TICK_MS: u64 = 100;
+/// How often the coordinator re-reads the set of groups with snapshots in Redis.
+const GROUPS_REFRESH_MS: u64 = 5_000;
+/// How often zones of groups neither served nor owned here are dropped from the engine.
+const STRAY_SWEEP_MS: u64 = 1_000;
+/// How often quotes answered from replicas are reported to their owners.
+const QUOTE_REPORT_INTERVAL_MS: u64 = 1_000;
+/// Zones listed in the admin `CLUSTER` reply's hottest list.
+const HOTTEST_ZONES_MAX: usize = 10;
+/// While leaving: how often to look whether every group was handed over.
+const LEAVE_POLL_MS: u64 = 20;
+/// While leaving: time for the coordinator's next lease tick to send the releases.
+const LEAVE_RELEASE_WAIT_MS: u64 = 150;
+/// While leaving: the peer endpoint stays open this long, so a forwarded drain's answer can
+/// still go out on it.
+const LEAVE_CLOSE_DELAY_MS: u64 = 500;
 
 /// Node-local monotonic milliseconds (leases are timed with this, never the wall clock).
 pub fn mono_ms() -> u64 {
@@ -208,11 +246,11 @@ fn peer_configs(
     client.alpn_protocols = vec![PEER_ALPN.to_vec()];
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(VarInt::from_u32(256))
-        .max_concurrent_uni_streams(VarInt::from_u32(256))
-        .keep_alive_interval(Some(Duration::from_millis(500)))
+        .max_concurrent_bidi_streams(VarInt::from_u32(PEER_STREAMS_PER_CONNECTION_MAX))
+        .max_concurrent_uni_streams(VarInt::from_u32(PEER_STREAMS_PER_CONNECTION_MAX))
+        .keep_alive_interval(Some(Duration::from_millis(PEER_KEEP_ALIVE_MS)))
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(Duration::from_millis(3_000))
+            quinn::IdleTimeout::try_from(Duration::from_millis(PEER_IDLE_TIMEOUT_MS))
                 .map_err(|x| ClusterError::Tls(x.to_string()))?,
         ));
     let transport = Arc::new(transport);
@@ -265,10 +303,12 @@ impl Peers {
             .endpoint
             .connect_with(self.client.clone(), addr, PEER_SERVER_NAME)
         {
-            Ok(connecting) => tokio::time::timeout(Duration::from_millis(1_000), connecting)
-                .await
-                .ok()
-                .and_then(Result::ok),
+            Ok(connecting) => {
+                tokio::time::timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS), connecting)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
             Err(e) => {
                 debug!(%addr, "peer connect: {e}");
                 None
@@ -392,7 +432,7 @@ impl Cluster {
             cfg,
         });
         info!(node = me, peer_addr = %listen, generation, "cluster: joining");
-        let (dgram_tx, dgram_rx) = mpsc::channel(4_096);
+        let (dgram_tx, dgram_rx) = mpsc::channel(GOSSIP_QUEUE_MAX);
         let (fwd_tx, fwd_rx) = mpsc::channel(FORWARD_QUEUE_MAX);
         let t = &this;
         let handles = vec![
@@ -452,7 +492,7 @@ impl Cluster {
     }
 
     async fn connect_store(self: Arc<Self>, candidate: u64) {
-        let mut backoff = 100;
+        let mut backoff = REDIS_BACKOFF_FIRST_MS;
         loop {
             match RedisLeaseStore::connect(
                 &self.cfg.redis_url,
@@ -472,7 +512,7 @@ impl Cluster {
                 Err(e) => {
                     warn!(url = %self.cfg.redis_url, "redis unavailable, retrying in {backoff} ms: {e}");
                     tokio::time::sleep(Duration::from_millis(backoff)).await;
-                    backoff = (backoff * 2).min(2_000);
+                    backoff = (backoff * 2).min(REDIS_BACKOFF_MAX_MS);
                 }
             }
         }
@@ -624,7 +664,7 @@ impl Cluster {
         mut dgrams: mpsc::Receiver<Vec<u8>>,
         mut leave: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut tick = tokio::time::interval(Duration::from_millis(MEMBERSHIP_TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut view = View::new(self.cfg.group_resolution);
         loop {
@@ -712,7 +752,7 @@ impl Cluster {
     // ---------------------------------------------------------------- coordinator
 
     async fn coordinator_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(Duration::from_millis(COORDINATOR_TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut ready: HashSet<u64> = HashSet::new();
         let mut groups_refreshed_at = 0u64;
@@ -723,7 +763,7 @@ impl Cluster {
                 continue;
             };
             let now = mono_ms();
-            if now.saturating_sub(groups_refreshed_at) >= 5_000 {
+            if now.saturating_sub(groups_refreshed_at) >= GROUPS_REFRESH_MS {
                 groups_refreshed_at = now;
                 match store.groups().await {
                     Ok(gs) => {
@@ -772,7 +812,7 @@ impl Cluster {
                 self.drop_groups(&store, &handoff, &lost, &mut ready, &wanted_set)
                     .await;
             }
-            if now.saturating_sub(cleaned_at) >= 1_000 {
+            if now.saturating_sub(cleaned_at) >= STRAY_SWEEP_MS {
                 // Zones live here whose group is neither served nor ours any more (a lease
                 // lost, then the view moved the group): the new owner has them now.
                 cleaned_at = now;
@@ -1168,7 +1208,7 @@ impl Cluster {
                 };
                 let bytes: Arc<[u8]> = encode_replication(self.me, &all).into();
                 for addr in newcomers {
-                    self.send_uni_within(addr, Arc::clone(&bytes), 30);
+                    self.send_uni_within(addr, Arc::clone(&bytes), NEWCOMER_SYNC_ATTEMPTS_MAX);
                 }
             }
             let bytes: Arc<[u8]> = encode_replication(self.me, &t).into();
@@ -1184,15 +1224,15 @@ impl Cluster {
         self.send_uni_within(addr, bytes, 1);
     }
 
-    /// [`send_uni`](Self::send_uni), trying to reach the peer up to `attempts` times, 100 ms
-    /// apart (for a message no later tick repeats).
+    /// [`send_uni`](Self::send_uni), trying to reach the peer up to `attempts` times,
+    /// `PEER_RETRY_MS` apart (for a message no later tick repeats).
     fn send_uni_within(self: &Arc<Self>, addr: SocketAddr, bytes: Arc<[u8]>, attempts: u32) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let mut conn = None;
             for i in 0..attempts {
                 if i > 0 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(PEER_RETRY_MS)).await;
                 }
                 conn = this.peers.get(addr).await;
                 if conn.is_some() {
@@ -1214,7 +1254,7 @@ impl Cluster {
     /// of the owner's zones: quotes count as demand, wherever they were answered.
     async fn quote_report_loop(self: Arc<Self>) {
         let mut reported: HashMap<ZoneId, u32> = HashMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(1_000));
+        let mut tick = tokio::time::interval(Duration::from_millis(QUOTE_REPORT_INTERVAL_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
@@ -1579,7 +1619,7 @@ impl Cluster {
                 .cmp(&a.multiplier_milli)
                 .then(a.zone.cmp(&b.zone))
         });
-        hottest.truncate(10);
+        hottest.truncate(HOTTEST_ZONES_MAX);
         msg::ClusterReply {
             view_epoch: vs.view.epoch(),
             view_checksum: vs.view.checksum(),
@@ -1671,10 +1711,10 @@ impl Cluster {
         let _ = self.leave_tx.send(true);
         let deadline = Instant::now() + timeout;
         while self.serving_groups() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(LEAVE_POLL_MS)).await;
         }
         // Release what is left (the coordinator's next lease tick sends the releases).
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(LEAVE_RELEASE_WAIT_MS)).await;
         self.flush(true).await;
         for t in self.tasks.lock().expect("tasks lock").drain(..) {
             t.abort();
@@ -1683,7 +1723,7 @@ impl Cluster {
         // out on it.
         let endpoint = self.peers.endpoint.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(LEAVE_CLOSE_DELAY_MS)).await;
             endpoint.close(VarInt::from_u32(0), b"leaving");
         });
     }

@@ -26,6 +26,23 @@ use crate::cluster::{wire_fare, Cluster, Forwarded};
 use crate::config::{LimitsConfig, NodeConfig, Role, Tier};
 use crate::tls::Identity;
 
+/// The QUIC idle timeout used when `idle_timeout_ms` is beyond what QUIC can express.
+const IDLE_TIMEOUT_FALLBACK_MS: u32 = 30_000;
+/// While draining: how often to look whether every admitted request was answered.
+const DRAIN_POLL_MS: u64 = 10;
+/// Initial capacity of a stream's read and write buffers (they grow up to what a read of
+/// frames of at most `frame_len_max` needs).
+const STREAM_BUFFER_BYTES: usize = 64 * 1024;
+/// The most one read from a stream takes.
+const STREAM_READ_BYTES: usize = 64 * 1024;
+/// After a framing error: how long to wait for the `ERROR` frame to be acknowledged before
+/// the stream task ends.
+const ERROR_DELIVERY_WAIT_MS: u64 = 2_000;
+/// Before closing a connection (e.g. a refused `HELLO`): time for the reply to leave.
+const CLOSE_LINGER_MS: u64 = 50;
+/// How often a clustered node looks for a newer surge policy in the store.
+const POLICY_POLL_MS: u64 = 1_000;
+
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -169,7 +186,9 @@ impl Node {
             .max_idle_timeout(Some(
                 Duration::from_millis(l.idle_timeout_ms)
                     .try_into()
-                    .unwrap_or(quinn::IdleTimeout::from(VarInt::from_u32(30_000))),
+                    .unwrap_or(quinn::IdleTimeout::from(VarInt::from_u32(
+                        IDLE_TIMEOUT_FALLBACK_MS,
+                    ))),
             ));
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
         server.transport_config(Arc::new(transport));
@@ -300,7 +319,7 @@ impl Node {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(self.shared.limits.drain_timeout_ms);
         while self.shared.admission.in_flight() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
         }
         let left = self.shared.admission.in_flight();
         if left > 0 {
@@ -529,9 +548,9 @@ async fn serve_stream(
     let limits = Limits {
         frame_len_max: shared.limits.frame_len_max,
     };
-    let mut inbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut inbuf: Vec<u8> = Vec::with_capacity(STREAM_BUFFER_BYTES);
+    let mut out: Vec<u8> = Vec::with_capacity(STREAM_BUFFER_BYTES);
+    let mut chunk = vec![0u8; STREAM_READ_BYTES];
     loop {
         let n = match recv.read(&mut chunk).await {
             Ok(Some(n)) => n,
@@ -565,7 +584,11 @@ async fn serve_stream(
                     let code = VarInt::from_u32(u32::from(e.code().code()));
                     let _ = recv.stop(code);
                     if send.write_all(&out).await.is_ok() && send.finish().is_ok() {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(ERROR_DELIVERY_WAIT_MS),
+                            send.stopped(),
+                        )
+                        .await;
                     }
                     shared.admission.release(&state.load, admitted);
                     return;
@@ -637,7 +660,7 @@ async fn serve_stream(
         if let After::CloseConnection(code) = after {
             let _ = send.finish();
             // Give the reply a moment to leave before the connection closes.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(CLOSE_LINGER_MS)).await;
             conn.close(
                 VarInt::from_u32(u32::from(code.code())),
                 code.name().as_bytes(),
@@ -944,7 +967,7 @@ async fn poll_policy(shared: Arc<Shared>) {
         frame_len_max: 1 << 16,
     };
     loop {
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        tokio::time::sleep(Duration::from_millis(POLICY_POLL_MS)).await;
         let Some(frame) = c.stored_policy().await else {
             continue;
         };
