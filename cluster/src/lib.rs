@@ -9,6 +9,9 @@
 //!   zone group (weighted rendezvous hashing); view epoch and checksum.
 //! - [`lease`]: fenced ownership leases: the store's rules as a model ([`lease::StoreModel`])
 //!   and the node's lease table ([`lease::Leases`]).
+//! - [`coordinator`]: the lease coordinator's decisions (what is wanted, restored, served,
+//!   handed over, abandoned) as a state machine with `handle_*` inputs and polled
+//!   [`coordinator::Action`]s; [`coordinator::Serving`] is what the request path reads.
 //! - [`persist`]: a zone's whole state as a validated rkyv snapshot; restoring resumes
 //!   exactly.
 //! - `redis_store` (feature `redis`): the lease rules as Redis Lua scripts, and the
@@ -23,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod coordinator;
 pub mod lease;
 pub mod membership;
 pub mod ownership;
