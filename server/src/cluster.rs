@@ -6,11 +6,12 @@
 //!   (events, fare changes) ride bidirectional streams as ordinary protocol frames.
 //! - **Membership**: [`cluster::membership::Membership`] (SWIM, foca) ticked every 20 ms; the
 //!   live set gives the ownership [`View`].
-//! - **Coordinator** (every 100 ms): acquires and renews fenced leases in Redis for the
-//!   groups this node owns in its view, restores a group's zones from Redis before serving
-//!   it, hands over groups it no longer owns (final fenced write, then release), and drops
-//!   groups whose lease lapsed. A node serves events for a group only while its lease is
-//!   valid (checked at event time against the lease's local deadline).
+//! - **Coordinator** (every 100 ms): one task owns the [`cluster::coordinator::Coordinator`]
+//!   (the decisions: which groups to ask for, restore, serve, hand over, give up), feeds it
+//!   the view, the groups seen and Redis's answers, carries out its actions (lease requests
+//!   and restores in Redis, hand-off writes, zones in and out of the engine) and publishes
+//!   its [`Serving`] value. The request path reads that value (no lock) and checks a
+//!   lease's local deadline at event time.
 //! - **Persister** (every `snapshot_interval_ms`): writes changed zones, grouped, fenced by
 //!   epoch, pipelined over one multiplexed Redis connection; failed writes are retried.
 //! - **Replicator**: every tick's new snapshots (and, once a second, the list of unchanged
@@ -24,7 +25,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use cluster::lease::{LeaseConfig, Leases, Reply, Request, StoreError};
+use cluster::coordinator::{Action, Coordinator, CoordinatorConfig, Serving};
+use cluster::lease::{LeaseConfig, Reply, Request, StoreError};
 use cluster::membership::{Membership, MembershipConfig, Peer};
 use cluster::ownership::{Member, NodeId, View};
 use cluster::redis_store::{RedisLeaseStore, WRITE_ZONES_MAX};
@@ -74,10 +76,10 @@ const REDIS_BACKOFF_MAX_MS: u64 = 2_000;
 const MEMBERSHIP_TICK_MS: u64 = 20;
 /// The coordinator's period: wanted groups, leases, hand-offs, restores.
 const COORDINATOR_TICK_MS: u64 = 100;
-/// How often the coordinator re-reads the set of groups with snapshots in Redis.
-const GROUPS_REFRESH_MS: u64 = 5_000;
-/// How often zones of groups neither served nor owned here are dropped from the engine.
-const STRAY_SWEEP_MS: u64 = 1_000;
+/// Groups first seen by the request path (events, fare changes, replicas) queued for the
+/// coordinator; beyond it they are dropped and reported again by the next request naming
+/// them.
+const GROUPS_SEEN_QUEUE_MAX: usize = 4_096;
 /// How often quotes answered from replicas are reported to their owners.
 const QUOTE_REPORT_INTERVAL_MS: u64 = 1_000;
 /// Zones listed in the admin `CLUSTER` reply's hottest list.
@@ -335,10 +337,11 @@ pub struct Cluster {
     store: tokio::sync::OnceCell<RedisLeaseStore>,
     peers: Peers,
     view: ArcSwap<ViewState>,
-    /// Groups served now → lease deadline (node monotonic ms).
-    serving: std::sync::RwLock<HashMap<u64, u64>>,
-    known_groups: Mutex<HashSet<u64>>,
-    leases: Mutex<Leases>,
+    /// What is served and which leases are held, as the coordinator last published it (its
+    /// task is the only writer; the request path and the writers only read).
+    serving: ArcSwap<Serving>,
+    /// Groups the request path saw that `serving` does not know yet, for the coordinator.
+    groups_seen: mpsc::Sender<u64>,
     /// Serializes snapshot writes (periodic, hand-off, write-through fare changes).
     write_lock: tokio::sync::Mutex<()>,
     /// Zone snapshots whose write failed (Redis down), by group, retried next interval.
@@ -405,6 +408,15 @@ impl Cluster {
             renew_after_ms: cfg.lease_renew_after_ms,
             ..LeaseConfig::default()
         };
+        let coordinator = Coordinator::new(
+            me,
+            CoordinatorConfig {
+                lease: lease_cfg,
+                ..CoordinatorConfig::default()
+            },
+            view.view.clone(),
+        );
+        let (groups_seen, groups_seen_rx) = mpsc::channel(GROUPS_SEEN_QUEUE_MAX);
         let (leave_tx, leave_rx) = tokio::sync::watch::channel(false);
         let this = Arc::new(Self {
             peers: Peers {
@@ -418,9 +430,8 @@ impl Cluster {
             engine,
             store: tokio::sync::OnceCell::new(),
             view: ArcSwap::from_pointee(view),
-            serving: std::sync::RwLock::new(HashMap::new()),
-            known_groups: Mutex::new(HashSet::new()),
-            leases: Mutex::new(Leases::new(lease_cfg)),
+            serving: ArcSwap::from_pointee(Serving::default()),
+            groups_seen,
             write_lock: tokio::sync::Mutex::new(()),
             unwritten: Mutex::new(HashMap::new()),
             store_up: AtomicBool::new(false),
@@ -439,7 +450,7 @@ impl Cluster {
             tokio::spawn(Arc::clone(t).connect_store(generation)),
             tokio::spawn(Arc::clone(t).accept_peers(endpoint, dgram_tx, fwd_tx)),
             tokio::spawn(Arc::clone(t).membership_loop(membership, dgram_rx, leave_rx)),
-            tokio::spawn(Arc::clone(t).coordinator_loop()),
+            tokio::spawn(Arc::clone(t).coordinator_loop(coordinator, groups_seen_rx)),
             tokio::spawn(Arc::clone(t).persist_loop()),
             tokio::spawn(Arc::clone(t).replicate_loop(ticks)),
             tokio::spawn(Arc::clone(t).quote_report_loop()),
@@ -470,13 +481,7 @@ impl Cluster {
 
     /// Groups this node serves now.
     pub fn serving_groups(&self) -> usize {
-        let now = mono_ms();
-        self.serving
-            .read()
-            .expect("serving lock")
-            .values()
-            .filter(|&&until| now < until)
-            .count()
+        self.serving.load().served_count(mono_ms())
     }
 
     fn group_of(&self, zone: ZoneId) -> u64 {
@@ -484,11 +489,15 @@ impl Cluster {
     }
 
     fn is_serving(&self, group: u64, now: u64) -> bool {
-        self.serving
-            .read()
-            .expect("serving lock")
-            .get(&group)
-            .is_some_and(|&until| now < until)
+        self.serving.load().serves(group, now)
+    }
+
+    /// Tells the coordinator about a group it may not know yet (best effort: a full queue
+    /// drops it, and the next request naming the group reports it again).
+    fn note_group(&self, serving: &Serving, group: u64) {
+        if !serving.knows(group) {
+            let _ = self.groups_seen.try_send(group);
+        }
     }
 
     async fn connect_store(self: Arc<Self>, candidate: u64) {
@@ -688,21 +697,10 @@ impl Cluster {
                 continue;
             }
             let live = m.live();
-            let ids: HashSet<NodeId> = live.iter().map(|p| p.id).collect();
-            let gone: Vec<NodeId> = view
-                .members()
-                .map(|x| x.id)
-                .filter(|id| !ids.contains(id))
-                .collect();
-            for id in gone {
-                view.remove(id);
-            }
-            for p in &live {
-                view.upsert(Member {
-                    id: p.id,
-                    weight: p.weight,
-                });
-            }
+            view.set_members(live.iter().map(|p| Member {
+                id: p.id,
+                weight: p.weight,
+            }));
             for c in &changes {
                 if let cluster::membership::Change::Down(p) = c {
                     self.metrics.cluster.suspicions.inc();
@@ -719,8 +717,7 @@ impl Cluster {
                 continue;
             }
             self.metrics.cluster.membership_changes.inc();
-            let mut ids: Vec<NodeId> = ids.into_iter().collect();
-            ids.sort_unstable();
+            let ids: Vec<NodeId> = view.members().map(|x| x.id).collect();
             info!(
                 members = ?ids,
                 view_epoch = view.epoch(),
@@ -751,162 +748,164 @@ impl Cluster {
 
     // ---------------------------------------------------------------- coordinator
 
-    async fn coordinator_loop(self: Arc<Self>) {
+    async fn coordinator_loop(
+        self: Arc<Self>,
+        mut coord: Coordinator,
+        mut groups_seen: mpsc::Receiver<u64>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(COORDINATOR_TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut ready: HashSet<u64> = HashSet::new();
-        let mut groups_refreshed_at = 0u64;
-        let mut cleaned_at = 0u64;
+        let mut view = self.view.load_full();
         loop {
             tick.tick().await;
             let Some(store) = self.store.get().cloned() else {
                 continue;
             };
-            let now = mono_ms();
-            if now.saturating_sub(groups_refreshed_at) >= GROUPS_REFRESH_MS {
-                groups_refreshed_at = now;
-                match store.groups().await {
-                    Ok(gs) => {
-                        self.note_store(true);
-                        self.known_groups.lock().expect("groups lock").extend(gs);
+            // Inputs: groups the request path saw, the view, leaving.
+            let mut seen = Vec::new();
+            while let Ok(g) = groups_seen.try_recv() {
+                seen.push(g);
+            }
+            coord.handle_groups_seen(seen);
+            let vs = self.view.load_full();
+            if !Arc::ptr_eq(&vs, &view) {
+                coord.handle_view(vs.view.clone());
+                view = vs;
+            }
+            if self.leaving.load(Ordering::Acquire) {
+                coord.handle_leave();
+            }
+            coord.tick(mono_ms());
+            // Published before anything is carried out: a group handed over or lost stops
+            // being served before its zones leave the engine.
+            self.publish(&coord);
+            loop {
+                let actions: Vec<Action> = std::iter::from_fn(|| coord.poll_action()).collect();
+                if actions.is_empty() {
+                    break;
+                }
+                self.carry_out(&store, &mut coord, actions).await;
+                self.publish(&coord);
+            }
+        }
+    }
+
+    /// Makes the coordinator's decisions visible to the request path and the writers.
+    fn publish(&self, coord: &Coordinator) {
+        let now = mono_ms();
+        let serving = coord.serving(now);
+        self.metrics
+            .cluster
+            .groups_owned
+            .set_u64(serving.served_count(now) as u64);
+        self.serving.store(Arc::new(serving));
+    }
+
+    /// Carries out one batch of the coordinator's actions against Redis and the engine, and
+    /// hands it the results: the groups listed, hand-offs and losses (one pass of fenced
+    /// writes), the stray sweep, the lease requests (all at once), then the restores.
+    async fn carry_out(
+        &self,
+        store: &RedisLeaseStore,
+        coord: &mut Coordinator,
+        actions: Vec<Action>,
+    ) {
+        let (mut handoff, mut lost, mut requests, mut restores) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut list, mut sweep) = (false, false);
+        for a in actions {
+            match a {
+                Action::Lease {
+                    request,
+                    sent_at_ms,
+                } => requests.push((request, sent_at_ms)),
+                Action::ListGroups => list = true,
+                Action::Restore { group, epoch } => restores.push((group, epoch)),
+                Action::HandOff { group, epoch } => handoff.push((group, epoch)),
+                Action::Abandon {
+                    group,
+                    last_epoch,
+                    keep_zones,
+                } => lost.push((group, last_epoch, keep_zones)),
+                Action::SweepStray => sweep = true,
+            }
+        }
+        if list {
+            match store.groups().await {
+                Ok(gs) => {
+                    self.note_store(true);
+                    coord.handle_groups_seen(gs);
+                }
+                Err(e) => {
+                    self.note_store(false);
+                    debug!("redis groups: {e}");
+                }
+            }
+        }
+        if !handoff.is_empty() || !lost.is_empty() {
+            self.drop_groups(store, coord.view(), &handoff, &lost).await;
+            for &(g, _) in &handoff {
+                coord.handle_handed_off(mono_ms(), g);
+            }
+        }
+        if sweep {
+            // Zones live here whose group is neither served nor ours any more (a lease
+            // lost, then the view moved the group): the new owner has them now.
+            let all = self.engine.zone_ids().await.unwrap_or_default();
+            let stray: Vec<ZoneId> = all
+                .into_iter()
+                .filter(|z| !coord.keeps(coord.view().group_of(*z)))
+                .collect();
+            if !stray.is_empty() {
+                debug!(
+                    zones = stray.len(),
+                    "dropping zones of groups owned elsewhere"
+                );
+                let _ = self.engine.remove(&stray).await;
+            }
+        }
+        if !requests.is_empty() {
+            let replies = self.run_lease_requests(store, requests).await;
+            let at = mono_ms();
+            for r in replies {
+                match r {
+                    Ok(reply) => {
+                        match (reply.request, reply.result) {
+                            (Request::Renew { .. }, Ok(_)) => {
+                                self.metrics.cluster.lease_renewals_ok.inc();
+                            }
+                            (Request::Renew { .. }, Err(_)) => {
+                                self.metrics.cluster.lease_renewals_failed.inc();
+                            }
+                            _ => {}
+                        }
+                        coord.handle_lease_reply(at, reply);
                     }
                     Err(e) => {
-                        self.note_store(false);
-                        debug!("redis groups: {e}");
+                        self.metrics.cluster.lease_renewals_failed.inc();
+                        debug!("lease request: {e}");
                     }
                 }
             }
-            let leaving = self.leaving.load(Ordering::Acquire);
-            let vs = self.view.load_full();
-            let mut wanted: Vec<u64> = if leaving {
-                Vec::new()
-            } else {
-                self.known_groups
-                    .lock()
-                    .expect("groups lock")
-                    .iter()
-                    .copied()
-                    .filter(|&g| vs.view.owner_of_group(g) == Some(self.me))
-                    .collect()
-            };
-            wanted.sort_unstable();
-            let wanted_set: HashSet<u64> = wanted.iter().copied().collect();
-
-            // Hand over groups no longer ours (view change or leaving), and drop those whose
-            // lease lapsed.
-            let (handoff, lost): (Vec<u64>, Vec<u64>) = {
-                let leases = self.leases.lock().expect("lease lock");
-                let handoff = ready
-                    .iter()
-                    .copied()
-                    .filter(|g| !wanted_set.contains(g) && leases.is_valid(*g, now))
-                    .collect();
-                let lost = ready
-                    .iter()
-                    .copied()
-                    .filter(|g| !leases.is_valid(*g, now))
-                    .collect();
-                (handoff, lost)
-            };
-            if !handoff.is_empty() || !lost.is_empty() {
-                self.drop_groups(&store, &handoff, &lost, &mut ready, &wanted_set)
-                    .await;
+        }
+        for (g, epoch) in restores {
+            let span = info_span!("takeover", group = format!("{g:x}"), epoch);
+            let t0 = Instant::now();
+            let ok = self.restore_group(store, g).instrument(span).await;
+            if ok {
+                self.metrics.cluster.handoff_duration.observe(t0.elapsed());
             }
-            if now.saturating_sub(cleaned_at) >= STRAY_SWEEP_MS {
-                // Zones live here whose group is neither served nor ours any more (a lease
-                // lost, then the view moved the group): the new owner has them now.
-                cleaned_at = now;
-                let all = self.engine.zone_ids().await.unwrap_or_default();
-                let stray: Vec<ZoneId> = all
-                    .into_iter()
-                    .filter(|z| {
-                        let g = vs.view.group_of(*z);
-                        !ready.contains(&g) && !wanted_set.contains(&g)
-                    })
-                    .collect();
-                if !stray.is_empty() {
-                    debug!(
-                        zones = stray.len(),
-                        "dropping zones of groups owned elsewhere"
-                    );
-                    let _ = self.engine.remove(&stray).await;
-                }
-            }
-
-            let reqs = self.leases.lock().expect("lease lock").tick(now, &wanted);
-            if !reqs.is_empty() {
-                let replies = self.run_lease_requests(&store, reqs, now).await;
-                let mut leases = self.leases.lock().expect("lease lock");
-                let at = mono_ms();
-                for r in replies {
-                    match r {
-                        Ok(reply) => {
-                            match (reply.request, reply.result) {
-                                (Request::Renew { .. }, Ok(_)) => {
-                                    self.metrics.cluster.lease_renewals_ok.inc();
-                                }
-                                (Request::Renew { .. }, Err(_)) => {
-                                    self.metrics.cluster.lease_renewals_failed.inc();
-                                }
-                                _ => {}
-                            }
-                            leases.on_reply(at, reply);
-                        }
-                        Err(e) => {
-                            self.metrics.cluster.lease_renewals_failed.inc();
-                            debug!("lease request: {e}");
-                        }
-                    }
-                }
-            }
-
-            // Restore groups newly held, then serve them.
-            let now = mono_ms();
-            let to_restore: Vec<u64> = {
-                let leases = self.leases.lock().expect("lease lock");
-                leases
-                    .valid_groups(now)
-                    .filter(|g| !ready.contains(g) && wanted_set.contains(g))
-                    .collect()
-            };
-            for g in to_restore {
-                let epoch = self
-                    .leases
-                    .lock()
-                    .expect("lease lock")
-                    .epoch(g, mono_ms())
-                    .unwrap_or(0);
-                let span = info_span!("takeover", group = format!("{g:x}"), epoch);
-                let t0 = Instant::now();
-                if self.restore_group(&store, g).instrument(span).await {
-                    self.metrics.cluster.handoff_duration.observe(t0.elapsed());
-                    ready.insert(g);
-                }
-            }
-            let now = mono_ms();
-            let leases = self.leases.lock().expect("lease lock");
-            let mut serving = self.serving.write().expect("serving lock");
-            serving.clear();
-            for &g in &ready {
-                if let Some(until) = leases.valid_until(g, now) {
-                    serving.insert(g, until);
-                }
-            }
-            self.metrics
-                .cluster
-                .groups_owned
-                .set_u64(serving.len() as u64);
+            coord.handle_restored(g, ok);
         }
     }
 
     async fn run_lease_requests(
         &self,
         store: &RedisLeaseStore,
-        reqs: Vec<Request>,
-        sent: u64,
+        reqs: Vec<(Request, u64)>,
     ) -> LeaseReplies {
         let mut set = tokio::task::JoinSet::new();
-        for r in reqs {
+        for (r, sent) in reqs {
             let s = store.clone();
             let me = self.me;
             set.spawn(async move {
@@ -973,80 +972,62 @@ impl Cluster {
         }
     }
 
-    /// Stops serving `handoff` (final fenced write, zones removed, then the lease is
-    /// released by the next lease tick) and `lost` (lease lapsed: a last fenced write the
-    /// store may refuse; the zones stay live for quotes, without events, while the group is
-    /// still this node's in its view, until the lease is back).
+    /// Stops serving `handoff` (group, epoch held: final fenced write, zones removed; the
+    /// coordinator releases the lease once this returns) and `lost` (group, last epoch,
+    /// keep zones: the lease lapsed; a last fenced write the store may refuse; the zones stay
+    /// live for quotes, without events, while the group is still this node's in its view).
+    /// Neither is served any more: the coordinator published that before.
     async fn drop_groups(
         &self,
         store: &RedisLeaseStore,
-        handoff: &[u64],
-        lost: &[u64],
-        ready: &mut HashSet<u64>,
-        wanted: &HashSet<u64>,
+        view: &View,
+        handoff: &[(u64, u64)],
+        lost: &[(u64, Option<u64>, bool)],
     ) {
-        {
-            let mut serving = self.serving.write().expect("serving lock");
-            for g in handoff.iter().chain(lost) {
-                serving.remove(g);
-                ready.remove(g);
-            }
-        }
         let _w = self.write_lock.lock().await;
         let all = self.engine.zone_ids().await.unwrap_or_default();
-        let vs = self.view.load_full();
-        let set: HashSet<u64> = handoff.iter().chain(lost).copied().collect();
+        let set: HashSet<u64> = handoff
+            .iter()
+            .map(|h| h.0)
+            .chain(lost.iter().map(|l| l.0))
+            .collect();
+        let kept: HashSet<u64> = lost.iter().filter(|l| l.2).map(|l| l.0).collect();
         let (remove, keep): (Vec<ZoneId>, Vec<ZoneId>) = all
             .into_iter()
-            .filter(|z| set.contains(&vs.view.group_of(*z)))
-            .partition(|z| !wanted.contains(&vs.view.group_of(*z)));
+            .filter(|z| set.contains(&view.group_of(*z)))
+            .partition(|z| !kept.contains(&view.group_of(*z)));
         let mut exports = self.engine.remove(&remove).await.unwrap_or_default();
         exports.extend(self.engine.export(&keep).await.unwrap_or_default());
         let mut by_group: HashMap<u64, Vec<(u64, Vec<u8>)>> = HashMap::new();
         for e in &exports {
             by_group
-                .entry(vs.view.group_of(e.zone))
+                .entry(view.group_of(e.zone))
                 .or_default()
                 .push((e.zone.raw(), cluster::persist::encode(e)));
         }
-        let epochs: HashMap<u64, u64> = {
-            let leases = self.leases.lock().expect("lease lock");
-            let now = mono_ms();
-            set.iter()
-                .filter_map(|&g| leases.epoch(g, now).map(|e| (g, e)))
-                .collect()
-        };
-        for g in handoff {
-            let span = info_span!(
-                "handoff",
-                group = format!("{g:x}"),
-                epoch = epochs.get(g).copied().unwrap_or(0)
-            );
-            let zones = by_group.remove(g).unwrap_or_default();
+        for &(g, epoch) in handoff {
+            let span = info_span!("handoff", group = format!("{g:x}"), epoch);
+            let zones = by_group.remove(&g).unwrap_or_default();
             let n = zones.len();
-            let ok = match epochs.get(g) {
-                Some(&e) => self.write_group(store, *g, e, zones).await,
-                None => false,
-            };
-            self.unwritten.lock().expect("unwritten lock").remove(g);
+            let ok = self.write_group(store, g, epoch, zones).await;
+            self.unwritten.lock().expect("unwritten lock").remove(&g);
             self.metrics.cluster.handoffs_released.inc();
             span.in_scope(|| info!(zones = n, written = ok, "group handed over"));
         }
-        for g in lost {
+        for &(g, last_epoch, _) in lost {
             // The lease lapsed (this node was paused, cut off, or Redis was away). Try to save
             // the state with the old epoch: the store accepts it only if no one else took
             // the group, and refuses (and counts) it otherwise.
-            let mut zones = by_group.remove(g).unwrap_or_default();
-            if let Some(mut pending) = self.unwritten.lock().expect("unwritten lock").remove(g) {
+            let mut zones = by_group.remove(&g).unwrap_or_default();
+            if let Some(mut pending) = self.unwritten.lock().expect("unwritten lock").remove(&g) {
                 for (z, b) in zones.drain(..) {
                     pending.insert(z, b);
                 }
                 zones = pending.into_iter().collect();
             }
-            let last_epoch = self.leases.lock().expect("lease lock").last_epoch(*g);
             let n = zones.len();
             let ok = match last_epoch {
-                Some(e) if n > 0 => self.write_group(store, *g, e, zones).await,
+                Some(e) if n > 0 => self.write_group(store, g, e, zones).await,
                 _ => false,
             };
             warn!(
@@ -1132,10 +1113,10 @@ impl Cluster {
         }
         let now = mono_ms();
         let epochs: HashMap<u64, u64> = {
-            let leases = self.leases.lock().expect("lease lock");
+            let serving = self.serving.load();
             pending
                 .keys()
-                .filter_map(|&g| leases.epoch(g, now).map(|e| (g, e)))
+                .filter_map(|&g| serving.epoch(g, now).map(|e| (g, e)))
                 .collect()
         };
         let mut set = tokio::task::JoinSet::new();
@@ -1325,13 +1306,13 @@ impl Cluster {
             return;
         };
         let vs = self.view.load();
+        let serving = self.serving.load();
         let table = self.engine.table();
         let now = mono_ms();
-        let mut groups = Vec::new();
         for s in snaps {
             let g = vs.view.group_of(s.zone);
-            groups.push(g);
-            if self.is_serving(g, now) {
+            self.note_group(&serving, g);
+            if serving.serves(g, now) {
                 continue;
             }
             // From the owner in this node's view; or, for a zone with no price here yet, from
@@ -1348,15 +1329,13 @@ impl Cluster {
         }
         for z in unchanged {
             let g = vs.view.group_of(z);
-            if vs.view.owner_of_group(g) != Some(from) || self.is_serving(g, now) {
+            if vs.view.owner_of_group(g) != Some(from) || serving.serves(g, now) {
                 continue;
             }
             if let Some(slot) = table.slot_of(z) {
                 table.touch(slot, now_ms);
             }
         }
-        let mut known = self.known_groups.lock().expect("groups lock");
-        known.extend(groups);
     }
 
     // ---------------------------------------------------------------- requests
@@ -1378,12 +1357,11 @@ impl Cluster {
         let mut local_idx = Vec::new();
         let mut remote: BTreeMap<NodeId, (Vec<usize>, Vec<msg::WireEvent>)> = BTreeMap::new();
         {
-            let serving = self.serving.read().expect("serving lock");
-            let mut known = self.known_groups.lock().expect("groups lock");
+            let serving = self.serving.load();
             for (i, ev) in valid {
                 let g = vs.view.group_of(ev.zone);
-                known.insert(g);
-                if serving.get(&g).is_some_and(|&until| now < until) {
+                self.note_group(&serving, g);
+                if serving.serves(g, now) {
                     local.push(ev);
                     local_idx.push(i);
                     continue;
@@ -1446,7 +1424,7 @@ impl Cluster {
         forwarded: bool,
     ) -> Result<u32, (ErrorCode, String)> {
         let g = self.group_of(zone);
-        self.known_groups.lock().expect("groups lock").insert(g);
+        self.note_group(&self.serving.load(), g);
         if !self.is_serving(g, mono_ms()) {
             let owner = self.view.load().view.owner_of_group(g);
             return match owner {
@@ -1504,15 +1482,10 @@ impl Cluster {
             }
             _ => (ErrorCode::InvalidValue, e.to_string()),
         })?;
-        let epoch = self
-            .leases
-            .lock()
-            .expect("lease lock")
-            .epoch(g, mono_ms())
-            .ok_or((
-                ErrorCode::Unavailable,
-                format!("zone {zone}'s lease lapsed; nothing changed, retry"),
-            ))?;
+        let epoch = self.serving.load().epoch(g, mono_ms()).ok_or((
+            ErrorCode::Unavailable,
+            format!("zone {zone}'s lease lapsed; nothing changed, retry"),
+        ))?;
         let bytes = cluster::persist::encode(&core.export());
         let r = write_chunks(&store, &self.metrics, g, epoch, &[(zone.raw(), bytes)]).await;
         if !self.note_write(g, epoch, &r) {
