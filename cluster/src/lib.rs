@@ -12,6 +12,9 @@
 //! - [`coordinator`]: the lease coordinator's decisions (what is wanted, restored, served,
 //!   handed over, abandoned) as a state machine with `handle_*` inputs and polled
 //!   [`coordinator::Action`]s; [`coordinator::Serving`] is what the request path reads.
+//! - [`routing`]: where a request goes (applied here, forwarded once to the owner, or `not
+//!   serving`) and whose replica or quote count is accepted: *what is accepted* is decided
+//!   here.
 //! - [`persist`]: a zone's whole state as a validated rkyv snapshot; restoring resumes
 //!   exactly.
 //! - `redis_store` (feature `redis`): the lease rules as Redis Lua scripts, and the
@@ -33,3 +36,4 @@ pub mod ownership;
 pub mod persist;
 #[cfg(feature = "redis")]
 pub mod redis_store;
+pub mod routing;

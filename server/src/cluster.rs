@@ -30,6 +30,7 @@ use cluster::lease::{LeaseConfig, Reply, Request, StoreError};
 use cluster::membership::{Membership, MembershipConfig, Peer};
 use cluster::ownership::{Member, NodeId, View};
 use cluster::redis_store::{RedisLeaseStore, WRITE_ZONES_MAX};
+use cluster::routing::{self, Route};
 use engine::shard::{TickOutput, TickSink};
 use engine::snapshot::SnapshotFields;
 use engine::{Currency, Engine, FareTable, PriceSnapshot, ZoneCore, ZoneId};
@@ -486,10 +487,6 @@ impl Cluster {
 
     fn group_of(&self, zone: ZoneId) -> u64 {
         self.view.load().view.group_of(zone)
-    }
-
-    fn is_serving(&self, group: u64, now: u64) -> bool {
-        self.serving.load().serves(group, now)
     }
 
     /// Tells the coordinator about a group it may not know yet (best effort: a full queue
@@ -1240,6 +1237,7 @@ impl Cluster {
         loop {
             tick.tick().await;
             let vs = self.view.load_full();
+            let serving = self.serving.load();
             let now = mono_ms();
             let table = self.engine.table();
             let mut by_owner: BTreeMap<NodeId, Vec<(ZoneId, u32)>> = BTreeMap::new();
@@ -1249,14 +1247,13 @@ impl Cluster {
                 // its quotes; while this node serves the zone its own tick counts them, and
                 // the mark just follows.
                 let last = reported.insert(zone, total).unwrap_or(0);
-                if self.is_serving(vs.view.group_of(zone), now) {
+                let group = vs.view.group_of(zone);
+                let Some(owner) = routing::quote_report_to(self.me, &vs.view, &serving, group, now)
+                else {
                     continue;
-                }
+                };
                 let delta = total.wrapping_sub(last);
-                if delta == 0 {
-                    continue;
-                }
-                if let Some(owner) = vs.view.owner(zone).filter(|&o| o != self.me) {
+                if delta != 0 {
                     by_owner.entry(owner).or_default().push((zone, delta));
                 }
             }
@@ -1285,11 +1282,11 @@ impl Cluster {
         };
         let now = mono_ms();
         let vs = self.view.load();
+        let serving = self.serving.load();
         let table = self.engine.table();
         debug!(zones = counts.len(), "remote quote counts received");
         for (zone, n) in counts {
-            // Only for zones served here; otherwise the count is dropped (ownership moved).
-            if self.is_serving(vs.view.group_of(zone), now) {
+            if routing::accepts_quote_counts(&serving, vs.view.group_of(zone), now) {
                 if let Some(slot) = table.slot_of(zone) {
                     table.add_quotes(slot, n);
                 }
@@ -1312,15 +1309,10 @@ impl Cluster {
         for s in snaps {
             let g = vs.view.group_of(s.zone);
             self.note_group(&serving, g);
-            if serving.serves(g, now) {
-                continue;
-            }
-            // From the owner in this node's view; or, for a zone with no price here yet, from
-            // whoever serves it (this node may not know every member yet: it just joined).
             let priced = table
                 .slot_of(s.zone)
                 .is_some_and(|i| table.load_price(i).is_some());
-            if vs.view.owner_of_group(g) != Some(from) && priced {
+            if !routing::accepts_price(&vs.view, &serving, g, from, now, priced) {
                 continue;
             }
             if let Ok(slot) = table.insert(s.zone) {
@@ -1329,7 +1321,7 @@ impl Cluster {
         }
         for z in unchanged {
             let g = vs.view.group_of(z);
-            if vs.view.owner_of_group(g) != Some(from) || serving.serves(g, now) {
+            if !routing::accepts_still_current(&vs.view, &serving, g, from, now) {
                 continue;
             }
             if let Some(slot) = table.slot_of(z) {
@@ -1361,18 +1353,17 @@ impl Cluster {
             for (i, ev) in valid {
                 let g = vs.view.group_of(ev.zone);
                 self.note_group(&serving, g);
-                if serving.serves(g, now) {
-                    local.push(ev);
-                    local_idx.push(i);
-                    continue;
-                }
-                match vs.view.owner_of_group(g) {
-                    Some(o) if o != self.me && !forwarded => {
+                match routing::route(self.me, &vs.view, &serving, g, now, forwarded) {
+                    Route::Local => {
+                        local.push(ev);
+                        local_idx.push(i);
+                    }
+                    Route::Forward(o) => {
                         let r = remote.entry(o).or_default();
                         r.0.push(i);
                         r.1.push(wire[i]);
                     }
-                    _ => outcomes[i] = outcome::NOT_SERVING,
+                    Route::NotServing => outcomes[i] = outcome::NOT_SERVING,
                 }
             }
         }
@@ -1424,11 +1415,19 @@ impl Cluster {
         forwarded: bool,
     ) -> Result<u32, (ErrorCode, String)> {
         let g = self.group_of(zone);
-        self.note_group(&self.serving.load(), g);
-        if !self.is_serving(g, mono_ms()) {
-            let owner = self.view.load().view.owner_of_group(g);
-            return match owner {
-                Some(o) if o != self.me && !forwarded => {
+        let serving = self.serving.load_full();
+        self.note_group(&serving, g);
+        let route = routing::route(
+            self.me,
+            &self.view.load().view,
+            &serving,
+            g,
+            mono_ms(),
+            forwarded,
+        );
+        if route != Route::Local {
+            return match route {
+                Route::Forward(o) => {
                     let m = Message::FareSet(msg::FareSet {
                         zone: zone.raw(),
                         fare: wire_fare(&fare),
