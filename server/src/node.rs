@@ -11,7 +11,6 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use engine::fare::Trip;
-use engine::quote::{QuoteError, TokenError};
 use engine::{Engine, Event, EventKind, EventOutcome, RejectReason, ZoneId, TOKEN_LEN};
 use protocol::frame::{Header, Limits, HEADER_LEN};
 use protocol::msg::{self, event_kind, outcome, Message};
@@ -24,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::admission::{Admission, ConnectionLoad};
 use crate::cluster::{wire_fare, Cluster, Forwarded};
 use crate::config::{LimitsConfig, NodeConfig, Role, Tier};
+use crate::refusal::Refusal;
 use crate::tls::Identity;
 
 /// The QUIC idle timeout used when `idle_timeout_ms` is beyond what QUIC can express.
@@ -525,11 +525,7 @@ fn error_frame(
     out: &mut Vec<u8>,
 ) {
     metrics.requests.error(code);
-    let m = Message::Error(msg::ErrorReply {
-        code: code.code(),
-        message: message.into().into_bytes(),
-    });
-    protocol::encode(id, &m, out);
+    protocol::encode(id, &Refusal::new(code, message).into_message(), out);
 }
 
 /// What the stream loop does after answering a request.
@@ -765,29 +761,27 @@ async fn answer(
         Message::EventBatch(b) => events(shared, b, false).await.map(Message::EventBatchOk),
         Message::Verify(t) => verify(shared, &t, now).map(Message::VerifyOk),
         Message::Explain(t) => explain(shared, &t).await.map(Message::ExplainOk),
-        other => Err((
+        other => Err(Refusal::new(
             ErrorCode::UnknownKind,
             format!("{:?} is not a request", other.kind()),
         )),
     };
     match reply {
         Ok(m) => protocol::encode(id, &m, out),
-        Err((code, text)) => error_frame(&shared.metrics, id, code, text, out),
+        Err(r) => error_frame(&shared.metrics, id, r.code, r.message, out),
     }
     After::Continue
 }
 
-type Answer<T> = Result<T, (ErrorCode, String)>;
+type Answer<T> = Result<T, Refusal>;
 
 fn zone_of(shared: &Shared, q: &msg::QuoteRequest) -> Answer<ZoneId> {
     let res = shared.engine.config().resolution;
     match q.origin {
-        msg::ORIGIN_ZONE => ZoneId::new(q.zone)
-            .and_then(|z| z.check_resolution(res))
-            .map_err(|e| (ErrorCode::InvalidZone, e.to_string())),
+        msg::ORIGIN_ZONE => Ok(ZoneId::new(q.zone).and_then(|z| z.check_resolution(res))?),
         msg::ORIGIN_POINT => ZoneId::from_lat_lng(q.lat, q.lng, res)
-            .map_err(|e| (ErrorCode::InvalidCoordinates, e.to_string())),
-        other => Err((
+            .map_err(|e| Refusal::new(ErrorCode::InvalidCoordinates, e.to_string())),
+        other => Err(Refusal::new(
             ErrorCode::InvalidBody,
             format!("origin {other} is neither 0 (zone) nor 1 (point)"),
         )),
@@ -804,14 +798,10 @@ fn quote(shared: &Shared, q: &msg::QuoteRequest, now: u64) -> Answer<msg::QuoteR
     let (t, age) = shared
         .engine
         .quoter()
-        .quote_with_age(zone, trip, now, &mut token)
-        .map_err(|e| match e {
-            QuoteError::UnknownZone(_) => (ErrorCode::UnknownZone, e.to_string()),
-            QuoteError::InvalidTrip(_) => (ErrorCode::InvalidTrip, e.to_string()),
-        })?;
+        .quote_with_age(zone, trip, now, &mut token)?;
     if let Some(c) = &shared.cluster {
         if age > c.stale_ms() {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::Stale,
                 format!(
                     "zone {zone}'s price is {age} ms old here, beyond the {} ms bound",
@@ -835,7 +825,7 @@ fn quote(shared: &Shared, q: &msg::QuoteRequest, now: u64) -> Answer<msg::QuoteR
 fn quote_batch(shared: &Shared, b: &msg::QuoteBatch, now: u64) -> Answer<msg::QuoteBatchReply> {
     let max = shared.limits.batch_len_max as usize;
     if b.quotes.len() > max {
-        return Err((
+        return Err(Refusal::new(
             ErrorCode::BatchTooLarge,
             format!("{} quotes exceed the batch limit of {max}", b.quotes.len()),
         ));
@@ -845,9 +835,9 @@ fn quote_batch(shared: &Shared, b: &msg::QuoteBatch, now: u64) -> Answer<msg::Qu
         .iter()
         .map(|q| match quote(shared, q, now) {
             Ok(quote) => msg::QuoteResult { quote, error: 0 },
-            Err((code, _)) => msg::QuoteResult {
+            Err(r) => msg::QuoteResult {
                 quote: msg::QuoteReply::ZERO,
-                error: code.code(),
+                error: r.code.code(),
             },
         })
         .collect();
@@ -895,7 +885,7 @@ async fn events(
     let max =
         (shared.limits.batch_len_max as usize).min(shared.engine.config().actors.batch_events_max);
     if b.events.len() > max {
-        return Err((
+        return Err(Refusal::new(
             ErrorCode::BatchTooLarge,
             format!(
                 "{} events exceed the batch limit of {max}; nothing was applied",
@@ -915,11 +905,7 @@ async fn events(
         }
     }
     let apply = async |evs: Vec<Event>| -> Answer<Vec<u8>> {
-        let applied = shared
-            .engine
-            .apply_batch(evs)
-            .await
-            .map_err(|e| (ErrorCode::BatchTooLarge, e.to_string()))?;
+        let applied = shared.engine.apply_batch(evs).await?;
         Ok(applied.into_iter().map(outcome_of).collect())
     };
     if let Some(c) = &shared.cluster {
@@ -941,7 +927,7 @@ async fn answer_forwarded(shared: &Shared, m: Message) -> Message {
         Message::EventBatch(b) => events(shared, b, true).await.map(Message::EventBatchOk),
         Message::FareSet(f) => fare_set(shared, &f, true).await.map(Message::FareSetOk),
         Message::Drain(d) => drain(shared, d.node_id, true).await.map(Message::DrainOk),
-        other => Err((
+        other => Err(Refusal::new(
             ErrorCode::UnknownKind,
             format!(
                 "peers may forward events and fare changes, not {:?}",
@@ -949,12 +935,7 @@ async fn answer_forwarded(shared: &Shared, m: Message) -> Message {
             ),
         )),
     };
-    r.unwrap_or_else(|(code, message)| {
-        Message::Error(msg::ErrorReply {
-            code: code.code(),
-            message: message.into_bytes(),
-        })
-    })
+    r.unwrap_or_else(Refusal::into_message)
 }
 
 /// Applies the policy stored in Redis when it is newer than the one in force (a change made
@@ -979,13 +960,6 @@ async fn poll_policy(shared: Arc<Shared>) {
                 }
             }
         }
-    }
-}
-
-fn token_error(e: TokenError) -> (ErrorCode, String) {
-    match e {
-        TokenError::Expired { .. } => (ErrorCode::ExpiredToken, e.to_string()),
-        _ => (ErrorCode::InvalidToken, e.to_string()),
     }
 }
 
@@ -1014,19 +988,12 @@ fn token_info(t: &engine::QuoteToken) -> msg::TokenInfo {
 }
 
 fn verify(shared: &Shared, t: &msg::TokenRequest, now: u64) -> Answer<msg::TokenInfo> {
-    let token = shared
-        .engine
-        .quoter()
-        .verify(&t.token, now)
-        .map_err(token_error)?;
+    let token = shared.engine.quoter().verify(&t.token, now)?;
     Ok(token_info(&token))
 }
 
 async fn explain(shared: &Shared, t: &msg::TokenRequest) -> Answer<msg::ExplainReply> {
-    let ex = shared.engine.explain(&t.token).await.map_err(|e| match e {
-        engine::shell::ExplainError::Token(t) => token_error(t),
-        engine::shell::ExplainError::Shell(s) => (ErrorCode::Overloaded, s.to_string()),
-    })?;
+    let ex = shared.engine.explain(&t.token).await?;
     let fare = ex.fare.as_ref().map(wire_fare);
     Ok(msg::ExplainReply {
         token: token_info(&ex.token),
@@ -1040,24 +1007,17 @@ async fn explain(shared: &Shared, t: &msg::TokenRequest) -> Answer<msg::ExplainR
 }
 
 fn admin_zone(shared: &Shared, raw: u64) -> Answer<ZoneId> {
-    ZoneId::new(raw)
-        .and_then(|z| z.check_resolution(shared.engine.config().resolution))
-        .map_err(|e| (ErrorCode::InvalidZone, e.to_string()))
+    Ok(ZoneId::new(raw).and_then(|z| z.check_resolution(shared.engine.config().resolution))?)
 }
 
 async fn zone_state(shared: &Shared, raw: u64) -> Answer<msg::ZoneStateReply> {
     let zone = admin_zone(shared, raw)?;
-    let s = shared
-        .engine
-        .hot_state(zone)
-        .await
-        .map_err(|e| (ErrorCode::Overloaded, e.to_string()))?
-        .ok_or_else(|| {
-            (
-                ErrorCode::UnknownZone,
-                format!("zone {zone} is not live on this node"),
-            )
-        })?;
+    let s = shared.engine.hot_state(zone).await?.ok_or_else(|| {
+        Refusal::new(
+            ErrorCode::UnknownZone,
+            format!("zone {zone} is not live on this node"),
+        )
+    })?;
     let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
     Ok(msg::ZoneStateReply {
         zone: raw,
@@ -1077,26 +1037,24 @@ async fn fare_get(shared: &Shared, raw: u64) -> Answer<msg::WireFare> {
     match zone_state(shared, raw).await {
         Ok(s) => Ok(s.fare),
         // Not live here: the replicated snapshot carries the owner's fare table.
-        Err((ErrorCode::UnknownZone, m)) => {
+        Err(e) if e.code == ErrorCode::UnknownZone => {
             let zone = admin_zone(shared, raw)?;
             shared
                 .engine
                 .table()
                 .get(zone)
                 .map(|s| wire_fare(&s.fare))
-                .ok_or((ErrorCode::UnknownZone, m))
+                .ok_or(e)
         }
         Err(e) => Err(e),
     }
 }
 
 async fn fare_set(shared: &Shared, f: &msg::FareSet, forwarded: bool) -> Answer<msg::VersionReply> {
-    use engine::shard::FareSetError;
-    use engine::shell::SetFareError;
     let zone = admin_zone(shared, f.zone)?;
     let w = &f.fare;
     let currency = engine::Currency::from_bytes(w.currency)
-        .map_err(|e| (ErrorCode::InvalidValue, e.to_string()))?;
+        .map_err(|e| Refusal::new(ErrorCode::InvalidValue, e.to_string()))?;
     let table = engine::FareTable {
         version: w.version,
         base_minor: w.base_minor,
@@ -1107,30 +1065,13 @@ async fn fare_set(shared: &Shared, f: &msg::FareSet, forwarded: bool) -> Answer<
         currency,
     };
     if let Some(c) = &shared.cluster {
-        let table = table
-            .validate()
-            .map_err(|e| (ErrorCode::InvalidValue, e.to_string()))?;
+        let table = table.validate()?;
         return c
             .fare_set(zone, table, forwarded)
             .await
             .map(|version| msg::VersionReply { version });
     }
-    shared
-        .engine
-        .set_fare(zone, table)
-        .await
-        .map_err(|e| match &e {
-            SetFareError::Refused(FareSetError::Change(
-                engine::core::FareChangeError::StaleVersion { .. },
-            )) => (ErrorCode::Conflict, e.to_string()),
-            SetFareError::Refused(FareSetError::Change(_)) => {
-                (ErrorCode::InvalidValue, e.to_string())
-            }
-            SetFareError::Refused(FareSetError::ZoneLimit) | SetFareError::Shell(_) => {
-                (ErrorCode::Overloaded, e.to_string())
-            }
-            SetFareError::Zone(_) => (ErrorCode::InvalidZone, e.to_string()),
-        })?;
+    shared.engine.set_fare(zone, table).await?;
     Ok(msg::VersionReply { version: w.version })
 }
 
@@ -1169,18 +1110,14 @@ fn policy_of(w: &msg::WirePolicy) -> engine::SurgePolicy {
 }
 
 async fn policy_set(shared: &Shared, w: &msg::WirePolicy) -> Answer<msg::VersionReply> {
-    use engine::shell::PolicyChangeError;
     let policy = policy_of(w);
     if let Some(c) = &shared.cluster {
         // Write-through: validated, stored (version compare-and-set), then applied here;
         // the other nodes apply it from the store.
-        let valid = policy
-            .clone()
-            .validate()
-            .map_err(|e| (ErrorCode::InvalidValue, e.to_string()))?;
+        let valid = policy.clone().validate()?;
         let current = shared.engine.policy().version;
         if valid.version <= current {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::Conflict,
                 format!(
                     "policy version {} is not newer than {current}",
@@ -1192,15 +1129,7 @@ async fn policy_set(shared: &Shared, w: &msg::WirePolicy) -> Answer<msg::Version
         protocol::encode(0, &Message::PolicySet(*w), &mut frame);
         c.policy_set(frame, w.version).await?;
     }
-    shared
-        .engine
-        .set_policy(policy)
-        .await
-        .map_err(|e| match &e {
-            PolicyChangeError::Invalid(_) => (ErrorCode::InvalidValue, e.to_string()),
-            PolicyChangeError::StaleVersion { .. } => (ErrorCode::Conflict, e.to_string()),
-            PolicyChangeError::Shell(_) => (ErrorCode::Overloaded, e.to_string()),
-        })?;
+    shared.engine.set_policy(policy).await?;
     Ok(msg::VersionReply { version: w.version })
 }
 
@@ -1255,19 +1184,15 @@ fn zone_history(shared: &Shared, raw: u64) -> Answer<msg::ZoneHistoryReply> {
 async fn drain(shared: &Shared, node: u16, forwarded: bool) -> Answer<msg::DrainReply> {
     match &shared.cluster {
         Some(c) => c.drain(node, forwarded).await,
-        None => Err((
+        None => Err(Refusal::new(
             ErrorCode::Unavailable,
-            "this node runs alone (no [cluster]): there is nothing to drain to".into(),
+            "this node runs alone (no [cluster]): there is nothing to drain to",
         )),
     }
 }
 
 async fn status(shared: &Shared) -> Answer<msg::StatusReply> {
-    let mem = shared
-        .engine
-        .memory()
-        .await
-        .map_err(|e| (ErrorCode::Overloaded, e.to_string()))?;
+    let mem = shared.engine.memory().await?;
     let (shed_premium, shed_shared) = shared.admission.shed();
     Ok(msg::StatusReply {
         uptime_ms: shared.started.elapsed().as_millis() as u64,

@@ -58,11 +58,7 @@ impl Cluster {
 
     /// Drains node `node`: this one (hand everything over, then leave; the process then
     /// stops, see [`drained`](Self::drained)) or another (the request is forwarded to it).
-    pub async fn drain(
-        &self,
-        node: NodeId,
-        forwarded: bool,
-    ) -> Result<msg::DrainReply, (ErrorCode, String)> {
+    pub async fn drain(&self, node: NodeId, forwarded: bool) -> Result<msg::DrainReply, Refusal> {
         let timeout = Duration::from_millis(self.cfg.lease_ttl_ms * 5);
         if node == self.me {
             let before = self.serving_groups() as u32;
@@ -76,7 +72,7 @@ impl Cluster {
             });
         }
         if forwarded || !self.view.load().peers.iter().any(|p| p.id == node) {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::InvalidValue,
                 format!("node {node} is not a member of this cluster"),
             ));
@@ -90,11 +86,8 @@ impl Cluster {
             .await
         {
             Some(Message::DrainOk(r)) => Ok(r),
-            Some(Message::Error(e)) => Err((
-                ErrorCode::from_code(e.code).unwrap_or(ErrorCode::Internal),
-                String::from_utf8_lossy(&e.message).into_owned(),
-            )),
-            _ => Err((
+            Some(Message::Error(e)) => Err(Refusal::from_reply(&e)),
+            _ => Err(Refusal::new(
                 ErrorCode::Unavailable,
                 format!("node {node} did not answer the drain"),
             )),

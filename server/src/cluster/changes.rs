@@ -11,7 +11,7 @@ impl Cluster {
         zone: ZoneId,
         fare: FareTable,
         forwarded: bool,
-    ) -> Result<u32, (ErrorCode, String)> {
+    ) -> Result<u32, Refusal> {
         let g = self.group_of(zone);
         let serving = self.serving.load_full();
         self.note_group(&serving, g);
@@ -32,54 +32,40 @@ impl Cluster {
                     });
                     match self.request_peer(o, &m).await {
                         Some(Message::FareSetOk(v)) => Ok(v.version),
-                        Some(Message::Error(e)) => Err((
-                            ErrorCode::from_code(e.code).unwrap_or(ErrorCode::Internal),
-                            String::from_utf8_lossy(&e.message).into_owned(),
-                        )),
-                        _ => Err((ErrorCode::Unavailable, format!("zone {zone}'s owner (node {o}) did not answer; nothing changed"))),
+                        Some(Message::Error(e)) => Err(Refusal::from_reply(&e)),
+                        _ => Err(Refusal::new(ErrorCode::Unavailable, format!("zone {zone}'s owner (node {o}) did not answer; nothing changed"))),
                     }
                 }
-                _ if !self.store_up.load(Ordering::Relaxed) => Err((
+                _ if !self.store_up.load(Ordering::Relaxed) => Err(Refusal::new(
                     ErrorCode::StoreUnavailable,
                     format!("redis is unavailable, so zone {zone}'s lease cannot be held; the fare table was not changed"),
                 )),
-                _ => Err((ErrorCode::Unavailable, format!("zone {zone} is changing owner; nothing changed, retry"))),
+                _ => Err(Refusal::new(ErrorCode::Unavailable, format!("zone {zone} is changing owner; nothing changed, retry"))),
             };
         }
         let Some(store) = self.store.get().cloned() else {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::StoreUnavailable,
-                "redis is not connected; the fare table was not changed".into(),
+                "redis is not connected; the fare table was not changed",
             ));
         };
         let _w = self.write_lock.lock().await;
         let cfg = self.engine.config();
         let limits = &cfg.zone;
-        let current = self
-            .engine
-            .export(&[zone])
-            .await
-            .map_err(|e| (ErrorCode::Overloaded, e.to_string()))?
-            .pop();
+        let current = self.engine.export(&[zone]).await?.pop();
         let mut core = match current {
-            Some(e) => {
-                ZoneCore::import(e, limits).map_err(|e| (ErrorCode::Internal, e.to_string()))?
-            }
+            Some(e) => ZoneCore::import(e, limits)
+                .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?,
             None => {
                 let default = cfg
                     .default_fare
                     .to_table()
-                    .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+                    .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
                 ZoneCore::new(zone, default, self.engine.clock().now_ms(), limits)
             }
         };
-        core.set_fare(fare, limits).map_err(|e| match e {
-            engine::core::FareChangeError::StaleVersion { .. } => {
-                (ErrorCode::Conflict, e.to_string())
-            }
-            _ => (ErrorCode::InvalidValue, e.to_string()),
-        })?;
-        let epoch = self.serving.load().epoch(g, mono_ms()).ok_or((
+        core.set_fare(fare, limits)?;
+        let epoch = self.serving.load().epoch(g, mono_ms()).ok_or(Refusal::new(
             ErrorCode::Unavailable,
             format!("zone {zone}'s lease lapsed; nothing changed, retry"),
         ))?;
@@ -87,34 +73,29 @@ impl Cluster {
         let r = write_chunks(&store, &self.metrics, g, epoch, &[(zone.raw(), bytes)]).await;
         if !self.note_write(g, epoch, &r) {
             return Err(match r {
-                Err(WriteFailure::Unreachable(e)) => (
+                Err(WriteFailure::Unreachable(e)) => Refusal::new(
                     ErrorCode::StoreUnavailable,
                     format!("redis: {e}; the fare table was not changed"),
                 ),
-                _ => (
+                _ => Refusal::new(
                     ErrorCode::Unavailable,
                     format!("zone {zone} changed owner; nothing changed, retry"),
                 ),
             });
         }
-        self.engine
-            .set_fare(zone, fare)
-            .await
-            .map_err(|e| (ErrorCode::Internal, format!("stored but not applied: {e}")))?;
+        self.engine.set_fare(zone, fare).await.map_err(|e| {
+            Refusal::new(ErrorCode::Internal, format!("stored but not applied: {e}"))
+        })?;
         Ok(fare.version)
     }
 
     /// A durable policy change: stored in Redis first, then applied here; the other nodes
     /// pick it up from Redis within a second.
-    pub async fn policy_set(
-        &self,
-        frame: Vec<u8>,
-        version: u32,
-    ) -> Result<(), (ErrorCode, String)> {
+    pub async fn policy_set(&self, frame: Vec<u8>, version: u32) -> Result<(), Refusal> {
         let Some(store) = self.store.get().cloned() else {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::StoreUnavailable,
-                "redis is not connected; the policy was not changed".into(),
+                "redis is not connected; the policy was not changed",
             ));
         };
         let mut conn = store.connection();
@@ -137,13 +118,13 @@ impl Cluster {
                 self.note_store(true);
                 Ok(())
             }
-            Ok(v) => Err((
+            Ok(v) => Err(Refusal::new(
                 ErrorCode::Conflict,
                 format!("policy version {version} is not newer than the stored {v}"),
             )),
             Err(e) => {
                 self.note_store(false);
-                Err((
+                Err(Refusal::new(
                     ErrorCode::StoreUnavailable,
                     format!("redis: {e}; the policy was not changed"),
                 ))

@@ -13,8 +13,8 @@ impl Cluster {
         valid: Vec<(usize, engine::Event)>,
         outcomes: &mut [u8],
         forwarded: bool,
-        apply: impl AsyncFnOnce(Vec<engine::Event>) -> Result<Vec<u8>, (ErrorCode, String)>,
-    ) -> Result<(), (ErrorCode, String)> {
+        apply: impl AsyncFnOnce(Vec<engine::Event>) -> Result<Vec<u8>, Refusal>,
+    ) -> Result<(), Refusal> {
         let now = mono_ms();
         let vs = self.view.load_full();
         let mut local = Vec::new();

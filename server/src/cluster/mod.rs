@@ -70,6 +70,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::ClusterConfig;
+use crate::refusal::Refusal;
 
 /// ALPN of the peer protocol.
 pub const PEER_ALPN: &[u8] = b"equilibrium-peer/1";
@@ -408,13 +409,6 @@ impl Cluster {
         }
         if !ok {}
     }
-}
-
-fn error_message(code: ErrorCode, m: impl Into<String>) -> Message {
-    Message::Error(msg::ErrorReply {
-        code: code.code(),
-        message: m.into().into_bytes(),
-    })
 }
 
 /// The wire form of a fare table.

@@ -130,14 +130,16 @@ impl Cluster {
                     Ok((_, m, _)) => {
                         let (tx, rx) = tokio::sync::oneshot::channel();
                         if forwards.try_send((m, tx)).is_err() {
-                            error_message(ErrorCode::Overloaded, "peer request queue full")
+                            Refusal::new(ErrorCode::Overloaded, "peer request queue full")
+                                .into_message()
                         } else {
                             rx.await.unwrap_or_else(|_| {
-                                error_message(ErrorCode::ShuttingDown, "node stopping")
+                                Refusal::new(ErrorCode::ShuttingDown, "node stopping")
+                                    .into_message()
                             })
                         }
                     }
-                    Err(e) => error_message(e.code(), e.to_string()),
+                    Err(e) => Refusal::new(e.code(), e.to_string()).into_message(),
                 };
                 let mut out = Vec::new();
                 protocol::encode(0, &reply, &mut out);
