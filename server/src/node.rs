@@ -6,10 +6,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use engine::fare::Trip;
 use engine::{Engine, Event, EventKind, EventOutcome, RejectReason, ZoneId, TOKEN_LEN};
 use protocol::frame::{Header, Limits, HEADER_LEN};
@@ -86,33 +87,32 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
+/// What a successful `HELLO` established for a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Session {
+    tier: Tier,
+    role: Role,
+}
+
 /// A connection's authentication and load.
 #[derive(Debug, Default)]
 struct Connection {
     /// Accepted on the premium endpoint: only premium-tier credentials may `HELLO`.
     premium_only: bool,
-    /// 0 until `HELLO` succeeds, then 1 + tier.
-    tier: AtomicU8,
-    /// The credential's role (valid once `tier` is set).
-    role: AtomicU8,
+    /// Set by each successful `HELLO` (the last one counts); read, without a lock, by every
+    /// request of the connection's streams.
+    session: ArcSwapOption<Session>,
     load: ConnectionLoad,
 }
 
 impl Connection {
-    fn role(&self) -> Role {
-        match self.role.load(Ordering::Acquire) {
-            2 => Role::Admin,
-            1 => Role::Read,
-            _ => Role::Client,
-        }
+    /// The session, once a `HELLO` succeeded.
+    fn session(&self) -> Option<Session> {
+        self.session.load().as_deref().copied()
     }
 
     fn tier(&self) -> Option<Tier> {
-        match self.tier.load(Ordering::Acquire) {
-            1 => Some(Tier::Premium),
-            2 => Some(Tier::Shared),
-            _ => None,
-        }
+        self.session().map(|s| s.tier)
     }
 }
 
@@ -701,8 +701,10 @@ async fn answer(
                 After::CloseConnection(ErrorCode::Forbidden)
             }
             Some((tier, role, name)) => {
-                state.role.store(*role as u8, Ordering::Release);
-                state.tier.store(1 + *tier as u8, Ordering::Release);
+                state.session.store(Some(Arc::new(Session {
+                    tier: *tier,
+                    role: *role,
+                })));
                 debug!(client = %name, ?tier, "authenticated");
                 let cfg = shared.engine.config();
                 let welcome = msg::Welcome {
@@ -730,7 +732,7 @@ async fn answer(
             }
         };
     }
-    if state.tier().is_none() {
+    let Some(session) = state.session() else {
         error_frame(
             &shared.metrics,
             id,
@@ -739,10 +741,10 @@ async fn answer(
             out,
         );
         return After::Continue;
-    }
+    };
     let kind = message.kind();
-    if kind.is_request() && !state.role().allows(kind) {
-        let text = format!("this credential ({:?}) may not send {kind:?}", state.role());
+    if kind.is_request() && !session.role.allows(kind) {
+        let text = format!("this credential ({:?}) may not send {kind:?}", session.role);
         error_frame(&shared.metrics, id, ErrorCode::Forbidden, text, out);
         return After::Continue;
     }
