@@ -348,6 +348,16 @@ impl Leases {
         out
     }
 
+    /// Gives `group` up now (the hand-off's final write is done): the release to send, if
+    /// a lease is held. Like a release from [`tick`](Self::tick), the lease stops being
+    /// valid at once.
+    pub fn release(&mut self, group: u64) -> Option<Request> {
+        self.held.remove(&group).map(|h| Request::Release {
+            group,
+            epoch: h.epoch,
+        })
+    }
+
     /// Takes a store reply in, at node time `now`.
     pub fn on_reply(&mut self, now_ms: u64, r: Reply) {
         if self.incarnation.is_some_and(|i| i != r.incarnation) {

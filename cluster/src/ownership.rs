@@ -70,6 +70,24 @@ impl View {
         }
     }
 
+    /// Makes `live` the member set: members not in it are removed, the others added or
+    /// re-weighted (the epoch counts each change). How a node follows its membership.
+    pub fn set_members(&mut self, live: impl IntoIterator<Item = Member>) {
+        let live: BTreeMap<NodeId, Member> = live.into_iter().map(|m| (m.id, m)).collect();
+        let gone: Vec<NodeId> = self
+            .members
+            .keys()
+            .copied()
+            .filter(|id| !live.contains_key(id))
+            .collect();
+        for id in gone {
+            self.remove(id);
+        }
+        for m in live.into_values() {
+            self.upsert(m);
+        }
+    }
+
     /// The live members, by id.
     pub fn members(&self) -> impl Iterator<Item = Member> + '_ {
         self.members

@@ -5,7 +5,8 @@
 //! empty), `P:quiet_until` (ms: nothing is granted before it, a lease length after the store
 //! was found empty), `P:lease:{group}` (hash: `epoch`, `holder`, `expires`), `P:snap:{group}`
 //! (hash: zone id → that zone's last snapshot, written fenced by epoch), `P:groups` (set of
-//! groups with snapshots), `P:policy` (the surge policy, TOML, with `P:policy_version`).
+//! groups with snapshots), `P:policy` (hash: `version`, `frame`: the stored surge policy as a
+//! `POLICY_SET` protocol frame, written by a version compare-and-set in `server::cluster`).
 //!
 //! Every script first checks `P:incarnation`: a store that restarted empty is detected there,
 //! answers `recovering` for a lease length (so leases granted before the restart lapse first)

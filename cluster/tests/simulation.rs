@@ -1,25 +1,39 @@
-//! Deterministic simulation of the cluster core: ownership views and fenced leases over a
-//! simulated network, with message loss, delay and duplication, drifting clocks, joins,
-//! graceful leaves, kills, pauses (SIGSTOP), partitions that heal, and the store restarting
-//! empty. Checked at every step: no two nodes ever hold a valid lease on the same group. Checked
-//! at the end, after a quiet period: every live node has the same view, and every group is held
-//! by its owner.
+//! Deterministic simulation of the cluster core: every simulated node runs the real
+//! [`Coordinator`] (the one the node's shell runs), against the store's rules
+//! ([`StoreModel`]) over a simulated network with message loss, delay and duplication,
+//! drifting clocks, joins, graceful leaves (hand-offs), kills, pauses (SIGSTOP), partitions
+//! that heal, and the store restarting empty. The simulation is only the shell: it carries
+//! the coordinator's actions to the store and back and reports restores and final writes as
+//! done; every decision is the coordinator's.
+//!
+//! Checked at every step: a node serves a group only while it holds a valid lease on it, by
+//! its own clock and by the store's (the store's lease is this node's, at the served epoch,
+//! and has not lapsed); no two nodes hold a valid lease on the same group; and a hand-off's
+//! release is never sent before its final write was answered. Checked at the end, after a
+//! quiet period: every live node has the same view, and every group is served by its owner.
 //!
 //! 256 seeds per run; a failure prints its seed, and `EQ_SIM_SEED=N` replays just that one.
-//! (Membership here is an oracle with detection delays; the gossip layer that replaces it is
-//! issue 4's next step.)
+//! (Membership here is an oracle with detection delays; `membership_sim.rs` simulates the
+//! gossip itself.)
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use cluster::lease::{LeaseConfig, Leases, Reply, Request, StoreModel};
+use cluster::coordinator::{Action, Coordinator, CoordinatorConfig, Serving};
+use cluster::lease::{LeaseConfig, Reply, Request, StoreError, StoreModel};
 use cluster::ownership::{Member, NodeId, View};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 const STEP_MS: u64 = 10;
+/// Each node's coordinator steps this often (the shell's period), at a phase of its own.
+const COORDINATOR_TICK_MS: u64 = 100;
 const GROUPS: u64 = 24;
 const CHAOS_MS: u64 = 20_000;
 const QUIET_MS: u64 = 12_000;
+/// A final write not answered within this is given up (as the shell's Redis call fails).
+const WRITE_TIMEOUT_MS: u64 = 500;
+/// A leaving node stops after this even if it could not hand everything over.
+const LEAVE_TIMEOUT_MS: u64 = 5_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Msg {
@@ -32,15 +46,32 @@ enum Msg {
         to: NodeId,
         reply: ReplyMsg,
     },
+    /// The store answered a hand-off's final write.
+    WriteDone {
+        to: NodeId,
+        group: u64,
+        epoch: u64,
+    },
+    /// Something the node's shell was doing finished.
+    Local {
+        node: NodeId,
+        op: LocalOp,
+    },
     ViewUpdate {
         node: NodeId,
     },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum LocalOp {
+    Restored { group: u64, ok: bool },
+    WriteTimeout { group: u64, epoch: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Req {
     Lease(ReqL),
-    Write { group: u64, epoch: u64 },
+    Write { group: u64, epoch: u64, last: bool },
 }
 
 /// `Request` with an ordering, for the event queue.
@@ -80,11 +111,18 @@ impl ReqL {
 struct Node {
     alive: bool,
     paused_until: u64,
+    /// Set when a graceful leave began (sim time).
+    leaving_since: Option<u64>,
     /// Local clock: offset + t·(1 + drift_ppm/1e6).
     offset: u64,
     drift_ppm: i64,
-    view: View,
-    leases: Leases,
+    /// The node's coordinator steps when `(t + phase) % COORDINATOR_TICK_MS == 0`.
+    phase: u64,
+    coord: Coordinator,
+    /// What the request path would read: the coordinator's last published `Serving`.
+    published: Serving,
+    /// Hand-offs whose final write is not answered yet: (group, epoch).
+    handoffs: BTreeSet<(u64, u64)>,
 }
 
 impl Node {
@@ -92,25 +130,36 @@ impl Node {
         let skew = (t as i128 * self.drift_ppm as i128 / 1_000_000) as i64;
         (self.offset as i64 + t as i64 + skew) as u64
     }
+
+    fn running(&self, t: u64) -> bool {
+        self.alive && self.paused_until <= t
+    }
 }
 
 struct Sim {
+    seed: u64,
     rng: SmallRng,
     t: u64,
     seq: u64,
     queue: BinaryHeap<std::cmp::Reverse<(u64, u64, Msg)>>,
     nodes: BTreeMap<NodeId, Node>,
     store: StoreModel,
-    cfg: LeaseConfig,
+    cfg: CoordinatorConfig,
     /// Nodes on side B of a partition (empty: no partition).
     side_b: BTreeSet<NodeId>,
+    /// Per ordered link (node, towards the store?): the latest delivery time queued on it.
+    links: BTreeMap<(NodeId, bool), u64>,
     stats: BTreeMap<&'static str, u64>,
 }
 
 impl Sim {
     fn new(seed: u64) -> Self {
-        let cfg = LeaseConfig::default();
+        let cfg = CoordinatorConfig {
+            lease: LeaseConfig::default(),
+            ..CoordinatorConfig::default()
+        };
         let mut sim = Self {
+            seed,
             rng: SmallRng::seed_from_u64(seed),
             t: 0,
             seq: 0,
@@ -119,6 +168,7 @@ impl Sim {
             store: StoreModel::new(1),
             cfg,
             side_b: BTreeSet::new(),
+            links: BTreeMap::new(),
             stats: BTreeMap::new(),
         };
         for id in 1..=3 {
@@ -126,25 +176,35 @@ impl Sim {
         }
         for id in 1..=3 {
             let v = sim.correct_view(id);
-            sim.nodes.get_mut(&id).expect("node").view = v;
+            sim.nodes.get_mut(&id).expect("node").coord.handle_view(v);
         }
         sim
     }
 
+    fn count(&mut self, what: &'static str) {
+        *self.stats.entry(what).or_default() += 1;
+    }
+
     fn add_node(&mut self, id: NodeId) {
-        let drift_ppm = self.rng.random_range(
-            -(self.cfg.drift_ppm_max as i64) / 2..=(self.cfg.drift_ppm_max as i64) / 2,
-        );
+        let drift_max = self.cfg.lease.drift_ppm_max as i64;
+        let drift_ppm = self.rng.random_range(-drift_max / 2..=drift_max / 2);
         let offset = self.rng.random_range(0..1_000_000);
+        let phase = self.rng.random_range(0..COORDINATOR_TICK_MS / STEP_MS) * STEP_MS;
+        let mut coord = Coordinator::new(id, self.cfg, View::new(6));
+        // Every group has snapshots in the store (the shell learns them from `ListGroups`).
+        coord.handle_groups_seen(0..GROUPS);
         self.nodes.insert(
             id,
             Node {
                 alive: true,
                 paused_until: 0,
+                leaving_since: None,
                 offset,
                 drift_ppm,
-                view: View::new(6),
-                leases: Leases::new(self.cfg),
+                phase,
+                coord,
+                published: Serving::default(),
+                handoffs: BTreeSet::new(),
             },
         );
     }
@@ -155,16 +215,36 @@ impl Sim {
             .push(std::cmp::Reverse((self.t + delay, self.seq, m)));
     }
 
-    /// Over the network: lost 5%, duplicated 3%, delayed 1–40 ms.
+    /// Over the network: delayed 1–40 ms; while the chaos lasts, also lost 5% and duplicated
+    /// 3% (duplicates up to 80 ms). The quiet period heals the network as it heals
+    /// partitions: a lost request waits out its timeout (a lease length), so a run of losses
+    /// at the end of the quiet period could otherwise leave a group unconverged.
+    /// A node's link to the store is one ordered connection, as the shell's Redis
+    /// connection is: what a node sends reaches the store in the order sent, and the store's
+    /// answers reach the node in the order sent; on different links anything goes.
     fn send_net(&mut self, m: Msg) {
-        if self.rng.random_bool(0.05) {
-            *self.stats.entry("lost").or_default() += 1;
+        let chaos = self.t < CHAOS_MS;
+        if chaos && self.rng.random_bool(0.05) {
+            self.count("lost");
             return;
         }
-        let d = self.rng.random_range(1..=40);
-        self.send(d, m);
-        if self.rng.random_bool(0.03) {
-            let d = self.rng.random_range(1..=80);
+        let link = match m {
+            Msg::ToStore { from, .. } => Some((from, true)),
+            Msg::ToNode { to, .. } | Msg::WriteDone { to, .. } => Some((to, false)),
+            Msg::Local { .. } | Msg::ViewUpdate { .. } => None,
+        };
+        let copies = if chaos && self.rng.random_bool(0.03) {
+            2
+        } else {
+            1
+        };
+        for copy in 0..copies {
+            let mut d = self.rng.random_range(1..=if copy == 0 { 40 } else { 80 });
+            if let Some(link) = link {
+                let last = self.links.entry(link).or_insert(0);
+                d = d.max(last.saturating_sub(self.t));
+                *last = self.t + d;
+            }
             self.send(d, m);
         }
     }
@@ -173,14 +253,18 @@ impl Sim {
         self.side_b.contains(&a) == self.side_b.contains(&b)
     }
 
-    /// What `id` would see once failure detection has caught up: live members it can reach.
+    /// What `id` would see once failure detection has caught up: live members it can reach
+    /// (a leaving node has told everyone it left).
     fn correct_view(&self, id: NodeId) -> View {
         let mut v = View::new(6);
-        for (&n, node) in &self.nodes {
-            if node.alive && self.reachable(id, n) {
-                v.upsert(Member { id: n, weight: 1 });
-            }
-        }
+        v.set_members(
+            self.nodes
+                .iter()
+                .filter(|(&n, node)| {
+                    node.alive && (node.leaving_since.is_none() || n == id) && self.reachable(id, n)
+                })
+                .map(|(&n, _)| Member { id: n, weight: 1 }),
+        );
         v
     }
 
@@ -198,38 +282,134 @@ impl Sim {
         }
     }
 
+    /// Carries out the node's coordinator actions, as the node's shell would.
+    fn run_actions(&mut self, id: NodeId) {
+        let t = self.t;
+        loop {
+            let n = self.nodes.get_mut(&id).expect("node");
+            let Some(action) = n.coord.poll_action() else {
+                break;
+            };
+            let now = n.clock(t);
+            match action {
+                Action::Lease {
+                    request,
+                    sent_at_ms,
+                } => {
+                    if let Request::Release { group, epoch } = request {
+                        assert!(
+                            !n.handoffs.contains(&(group, epoch)),
+                            "seed {}: t={t} node {id} released group {group} (epoch {epoch}) \
+                             before its hand-off's final write was answered",
+                            self.seed
+                        );
+                        self.count("releases");
+                    }
+                    self.send_net(Msg::ToStore {
+                        from: id,
+                        sent_at: sent_at_ms,
+                        req: Req::Lease(ReqL::of(request)),
+                    });
+                }
+                Action::ListGroups => n.coord.handle_groups_seen(0..GROUPS),
+                Action::Restore { group, .. } => {
+                    // Reading the group's snapshots: 1–50 ms, failing 5% of the time.
+                    let ok = self.rng.random_bool(0.95);
+                    let d = self.rng.random_range(1..=50);
+                    self.send(
+                        d,
+                        Msg::Local {
+                            node: id,
+                            op: LocalOp::Restored { group, ok },
+                        },
+                    );
+                }
+                Action::HandOff { group, epoch } => {
+                    n.handoffs.insert((group, epoch));
+                    self.count("hand-offs");
+                    self.send_net(Msg::ToStore {
+                        from: id,
+                        sent_at: now,
+                        req: Req::Write {
+                            group,
+                            epoch,
+                            last: true,
+                        },
+                    });
+                    self.send(
+                        WRITE_TIMEOUT_MS,
+                        Msg::Local {
+                            node: id,
+                            op: LocalOp::WriteTimeout { group, epoch },
+                        },
+                    );
+                }
+                Action::Abandon {
+                    group, last_epoch, ..
+                } => {
+                    self.count("abandoned");
+                    if let Some(epoch) = last_epoch {
+                        self.send_net(Msg::ToStore {
+                            from: id,
+                            sent_at: now,
+                            req: Req::Write {
+                                group,
+                                epoch,
+                                last: false,
+                            },
+                        });
+                    }
+                }
+                // No zones are modelled: nothing to sweep.
+                Action::SweepStray => {}
+            }
+        }
+        // The shell publishes what is served after every batch of actions.
+        let n = self.nodes.get_mut(&id).expect("node");
+        n.published = n.coord.serving(n.clock(t));
+    }
+
+    /// The hand-off's final write was answered (or given up): the coordinator may release.
+    fn final_write_done(&mut self, id: NodeId, group: u64, epoch: u64) {
+        let t = self.t;
+        let n = self.nodes.get_mut(&id).expect("node");
+        if n.handoffs.remove(&(group, epoch)) {
+            let now = n.clock(t);
+            n.coord.handle_handed_off(now, group);
+            self.run_actions(id);
+        }
+    }
+
     fn deliver(&mut self, m: Msg) {
+        let t = self.t;
         match m {
             Msg::ViewUpdate { node } => {
                 let v = self.correct_view(node);
                 if let Some(n) = self.nodes.get_mut(&node) {
                     if n.alive {
-                        let mut view = n.view.clone();
-                        for m in view.members().collect::<Vec<_>>() {
-                            if !v.members().any(|x| x.id == m.id) {
-                                view.remove(m.id);
-                            }
-                        }
-                        for m in v.members() {
-                            view.upsert(m);
-                        }
-                        n.view = view;
+                        let mut view = n.coord.view().clone();
+                        view.set_members(v.members());
+                        n.coord.handle_view(view);
                     }
                 }
             }
             Msg::ToStore { from, sent_at, req } => {
-                let (t, ttl) = (self.t, self.cfg.ttl_ms);
+                let ttl = self.cfg.lease.ttl_ms;
                 match req {
-                    Req::Write { group, epoch } => {
+                    Req::Write { group, epoch, last } => {
                         let ok = self.store.write(group, epoch, t).is_ok();
-                        *self
-                            .stats
-                            .entry(if ok {
-                                "writes accepted"
-                            } else {
-                                "stale writes rejected"
-                            })
-                            .or_default() += 1;
+                        self.count(if ok {
+                            "writes accepted"
+                        } else {
+                            "stale writes rejected"
+                        });
+                        if last {
+                            self.send_net(Msg::WriteDone {
+                                to: from,
+                                group,
+                                epoch,
+                            });
+                        }
                     }
                     Req::Lease(r) => {
                         let result = match r {
@@ -241,7 +421,7 @@ impl Sim {
                             }
                         };
                         let stale_current = match result {
-                            Err(cluster::lease::StoreError::Stale { current }) => Some(current),
+                            Err(StoreError::Stale { current }) => Some(current),
                             _ => None,
                         };
                         let reply = ReplyMsg {
@@ -256,87 +436,141 @@ impl Sim {
                 }
             }
             Msg::ToNode { to, reply } => {
-                let t = self.t;
-                if let Some(n) = self.nodes.get_mut(&to) {
-                    if n.alive && n.paused_until <= t {
-                        let now = n.clock(t);
-                        let result = match (reply.ok, reply.stale_current) {
-                            (Some(e), _) => Ok(e),
-                            (None, Some(current)) => {
-                                Err(cluster::lease::StoreError::Stale { current })
-                            }
-                            (None, None) => Err(cluster::lease::StoreError::Held { holder: 0 }),
-                        };
-                        n.leases.on_reply(
-                            now,
-                            Reply {
-                                request: reply.req.request(),
-                                sent_at_ms: reply.sent_at,
-                                incarnation: reply.incarnation,
-                                result,
-                            },
-                        );
+                let Some(n) = self.nodes.get_mut(&to) else {
+                    return;
+                };
+                if !n.running(t) {
+                    return;
+                }
+                let now = n.clock(t);
+                let result = match (reply.ok, reply.stale_current) {
+                    (Some(e), _) => Ok(e),
+                    (None, Some(current)) => Err(StoreError::Stale { current }),
+                    (None, None) => Err(StoreError::Held { holder: 0 }),
+                };
+                n.coord.handle_lease_reply(
+                    now,
+                    Reply {
+                        request: reply.req.request(),
+                        sent_at_ms: reply.sent_at,
+                        incarnation: reply.incarnation,
+                        result,
+                    },
+                );
+                self.run_actions(to);
+            }
+            Msg::WriteDone { to, .. } | Msg::Local { node: to, .. } => {
+                let Some(n) = self.nodes.get(&to) else {
+                    return;
+                };
+                if !n.alive {
+                    return;
+                }
+                if n.paused_until > t {
+                    // A paused process finishes what it was doing once it runs again.
+                    let d = n.paused_until - t;
+                    self.send(d, m);
+                    return;
+                }
+                match m {
+                    Msg::WriteDone { group, epoch, .. }
+                    | Msg::Local {
+                        op: LocalOp::WriteTimeout { group, epoch },
+                        ..
+                    } => self.final_write_done(to, group, epoch),
+                    Msg::Local {
+                        op: LocalOp::Restored { group, ok },
+                        ..
+                    } => {
+                        let n = self.nodes.get_mut(&to).expect("node");
+                        n.coord.handle_restored(group, ok);
+                        self.run_actions(to);
                     }
+                    _ => unreachable!("matched above"),
                 }
             }
         }
     }
 
-    /// Every live, running node: acquire/renew/release as its view says, and write snapshots
-    /// of the groups it holds (fenced by epoch).
+    /// Every live, running node: one coordinator step, its actions carried out, its
+    /// `Serving` published; and snapshot writes of the groups it holds (fenced by epoch).
     fn tick_nodes(&mut self) {
         let t = self.t;
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
-            let (reqs, writes, now) = {
-                let n = self.nodes.get_mut(&id).expect("node");
-                if !n.alive || n.paused_until > t {
-                    continue;
-                }
-                let now = n.clock(t);
-                let wanted: Vec<u64> = (0..GROUPS)
-                    .filter(|g| n.view.owner_of_group(*g) == Some(id))
-                    .collect();
-                let reqs = n.leases.tick(now, &wanted);
-                let writes: Vec<(u64, u64)> = n
-                    .leases
-                    .valid_groups(now)
-                    .filter_map(|g| n.leases.epoch(g, now).map(|e| (g, e)))
-                    .collect();
-                (reqs, writes, now)
-            };
-            for r in reqs {
-                self.send_net(Msg::ToStore {
-                    from: id,
-                    sent_at: now,
-                    req: Req::Lease(ReqL::of(r)),
-                });
+            let n = self.nodes.get_mut(&id).expect("node");
+            if !n.running(t) {
+                continue;
+            }
+            let now = n.clock(t);
+            if (t + n.phase) % COORDINATOR_TICK_MS == 0 {
+                n.coord.tick(now);
+                self.run_actions(id);
+            }
+            let n = self.nodes.get_mut(&id).expect("node");
+            let writes: Vec<(u64, u64)> = n
+                .published
+                .served(now)
+                .filter_map(|g| n.published.epoch(g, now).map(|e| (g, e)))
+                .collect();
+            let done = n.leaving_since.is_some_and(|since| {
+                t - since >= LEAVE_TIMEOUT_MS
+                    || (n.published.served_count(now) == 0 && !n.coord.is_handing_off())
+            });
+            if done {
+                n.alive = false;
+                continue;
             }
             for (group, epoch) in writes {
                 if self.rng.random_bool(0.05) {
                     self.send_net(Msg::ToStore {
                         from: id,
                         sent_at: now,
-                        req: Req::Write { group, epoch },
+                        req: Req::Write {
+                            group,
+                            epoch,
+                            last: false,
+                        },
                     });
                 }
             }
         }
     }
 
-    /// The safety invariant: at this instant, at most one node holds a valid lease per group.
-    fn check_single_holder(&self, seed: u64) {
+    /// The safety invariants at this instant: a node serves a group only under a lease valid
+    /// by its own clock and by the store's, and at most one node holds a valid lease per
+    /// group.
+    fn check(&self) {
+        let (seed, t) = (self.seed, self.t);
+        for (&id, n) in self.nodes.iter().filter(|(_, n)| n.alive) {
+            let now = n.clock(t);
+            for g in n.published.served(now) {
+                let epoch = n.published.epoch(g, now).expect("served under a lease");
+                assert!(
+                    n.coord.leases().is_valid(g, now),
+                    "seed {seed}: t={t} node {id} serves group {g} without a valid lease"
+                );
+                // The store forgot every lease when it restarted empty (and grants nothing
+                // for a lease length); otherwise its lease must be this one.
+                if let Some(l) = self.store.lease(g) {
+                    assert!(
+                        l.holder == id && l.epoch == epoch && l.expires_at_ms > t,
+                        "seed {seed}: t={t} node {id} serves group {g} at epoch {epoch}, \
+                         but the store's lease is {l:?}"
+                    );
+                }
+            }
+        }
         for g in 0..GROUPS {
             let holders: Vec<NodeId> = self
                 .nodes
                 .iter()
-                .filter(|(_, n)| n.alive && n.leases.is_valid(g, n.clock(self.t)))
+                .filter(|(_, n)| n.alive && n.coord.leases().is_valid(g, n.clock(t)))
                 .map(|(id, _)| *id)
                 .collect();
             assert!(
                 holders.len() <= 1,
-                "seed {seed}: t={} group {g} has valid leases on nodes {holders:?}",
-                self.t
+                "seed {seed}: t={t} group {g} has valid leases on nodes {holders:?}"
             );
         }
     }
@@ -345,42 +579,47 @@ impl Sim {
         let alive: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.alive)
+            .filter(|(_, n)| n.alive && n.leaving_since.is_none())
             .map(|(id, _)| *id)
             .collect();
         match self.rng.random_range(0..100) {
             0..=1 if self.nodes.len() < 6 => {
                 let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
                 self.add_node(id);
-                *self.stats.entry("joins").or_default() += 1;
+                self.count("joins");
                 self.membership_changed();
             }
             2 if alive.len() > 2 => {
                 let id = alive[self.rng.random_range(0..alive.len())];
                 self.nodes.get_mut(&id).expect("node").alive = false;
-                *self.stats.entry("kills").or_default() += 1;
+                self.count("kills");
                 self.membership_changed();
             }
             3 if alive.len() > 2 => {
-                // Graceful leave: the node leaves the views at once, then stops (its leases
-                // lapse at the store; a real node releases them after its final snapshot).
+                // Graceful leave: the node tells the others (they drop it from their views at
+                // once), hands every group over, then stops.
                 let id = alive[self.rng.random_range(0..alive.len())];
-                self.nodes.get_mut(&id).expect("node").alive = false;
-                *self.stats.entry("leaves").or_default() += 1;
-                for n in self.nodes.values_mut() {
-                    n.view.remove(id);
+                let t = self.t;
+                let n = self.nodes.get_mut(&id).expect("node");
+                n.leaving_since = Some(t);
+                n.coord.handle_leave();
+                self.count("leaves");
+                for (_, n) in self.nodes.iter_mut().filter(|(&o, _)| o != id) {
+                    let mut view = n.coord.view().clone();
+                    view.remove(id);
+                    n.coord.handle_view(view);
                 }
             }
             4 => {
                 let id = alive[self.rng.random_range(0..alive.len())];
                 let until = self.t + self.rng.random_range(1_000..=6_000);
                 self.nodes.get_mut(&id).expect("node").paused_until = until;
-                *self.stats.entry("pauses").or_default() += 1;
+                self.count("pauses");
             }
             5 if self.side_b.is_empty() && alive.len() >= 2 => {
                 let k = self.rng.random_range(1..alive.len());
                 self.side_b = alive.iter().copied().take(k).collect();
-                *self.stats.entry("partitions").or_default() += 1;
+                self.count("partitions");
                 self.membership_changed();
             }
             6..=8 if !self.side_b.is_empty() => {
@@ -389,8 +628,8 @@ impl Sim {
             }
             9 if self.rng.random_bool(0.2) => {
                 let inc = self.store.incarnation + 1;
-                self.store.reset(inc, self.t, self.cfg.ttl_ms);
-                *self.stats.entry("store restarts").or_default() += 1;
+                self.store.reset(inc, self.t, self.cfg.lease.ttl_ms);
+                self.count("store restarts");
             }
             _ => {}
         }
@@ -414,22 +653,22 @@ impl Sim {
                 sim.deliver(m);
             }
             sim.tick_nodes();
-            sim.check_single_holder(seed);
+            sim.check();
             sim.t += STEP_MS;
         }
-        // Converged: the same view everywhere, and every group held by its owner.
+        // Converged: the same view everywhere, and every group served by its owner.
         let live: Vec<&Node> = sim.nodes.values().filter(|n| n.alive).collect();
-        let first = live[0].view.checksum();
+        let first = live[0].coord.view().checksum();
         assert!(
-            live.iter().all(|n| n.view.checksum() == first),
+            live.iter().all(|n| n.coord.view().checksum() == first),
             "seed {seed}: views differ after the quiet period"
         );
         for g in 0..GROUPS {
-            let owner = live[0].view.owner_of_group(g).expect("members");
+            let owner = live[0].coord.view().owner_of_group(g).expect("members");
             let node = &sim.nodes[&owner];
             assert!(
-                node.leases.is_valid(g, node.clock(sim.t)),
-                "seed {seed}: group {g} not held by its owner {owner} after the quiet period"
+                node.published.serves(g, node.clock(sim.t)),
+                "seed {seed}: group {g} not served by its owner {owner} after the quiet period"
             );
         }
         sim.stats
@@ -437,7 +676,7 @@ impl Sim {
 }
 
 #[test]
-fn the_cluster_core_keeps_one_writer_per_group_and_converges_under_chaos() {
+fn every_node_serves_only_under_a_valid_lease_and_hands_over_before_releasing_under_chaos() {
     let seeds: Vec<u64> = match std::env::var("EQ_SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -463,6 +702,9 @@ fn the_cluster_core_keeps_one_writer_per_group_and_converges_under_chaos() {
         "partitions",
         "joins",
         "leaves",
+        "hand-offs",
+        "releases",
+        "abandoned",
         "store restarts",
         "stale writes rejected",
     ] {

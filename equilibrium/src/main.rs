@@ -24,7 +24,6 @@ use engine::config::EngineConfig;
 #[command(
     name = "equilibrium",
     version,
-    propagate_version = true,
     after_help = "Exit codes: 0 ok; 1 usage error or other failure; 2 node unreachable; \
 3 credential refused or role not allowed; 4 not found or invalid (zone, value, token); \
 5 version conflict (someone changed it first); 6 node overloaded or shutting down."

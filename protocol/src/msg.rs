@@ -333,6 +333,10 @@ pub mod outcome {
         "other",
     ];
 
+    /// How many counting slots outcomes have: one per known code, then `other`. Arrays
+    /// counted by outcome are sized by it and indexed by [`slot`].
+    pub const SLOTS: usize = NAMES.len();
+
     /// The index of a code in [`NAMES`]: unknown codes share the last, `other`.
     pub fn slot(code: u8) -> usize {
         usize::from(code).min(NAMES.len() - 1)

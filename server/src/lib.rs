@@ -7,10 +7,15 @@
 //! - [`config`]: the node configuration file (`configs/node.toml`).
 //! - [`tls`]: the server identity (certificate files, or a self-signed one for development).
 //! - [`admission`]: in-flight limits per connection and per node; shared tier shed first.
-//! - [`node`]: the QUIC shell: connections, streams, frames, replies, graceful shutdown.
+//! - [`refusal`]: [`Refusal`](refusal::Refusal), the one error boundary: every engine and
+//!   cluster error becomes the wire's error code and message once, by `From`.
+//! - [`node`]: the QUIC shell: connections, streams, frames, replies, graceful shutdown; the
+//!   premium tier's own endpoint on a thread of its own.
 //! - [`cluster`]: the cluster shell: peer QUIC endpoint with mutual TLS, gossip, leases and
-//!   snapshots in Redis, hand-off, replication, forwarding (the logic is the `cluster`
-//!   crate's sans-IO cores).
+//!   snapshots in Redis, hand-off, replication, forwarding. Membership, ownership, the lease
+//!   rules and the coordinator's decisions are the `cluster` crate's sans-IO cores; this
+//!   module carries them out (one task owns the coordinator) and still holds the
+//!   replication and quote-count encodings and the rules for accepting replicas.
 //!
 //! # What this crate is not
 //!
@@ -24,6 +29,7 @@ pub mod admission;
 pub mod cluster;
 pub mod config;
 pub mod node;
+pub mod refusal;
 pub mod tls;
 
 pub use config::{NodeConfig, Tier};

@@ -16,8 +16,10 @@
 //!
 //! # What this crate is not
 //!
-//! It knows nothing of the engine, the protocol or the cluster: they feed it numbers (or
-//! register scrape hooks that read theirs), it does not reach into them.
+//! It knows nothing of the engine or the cluster: they feed it numbers (or register scrape
+//! hooks that read theirs), it does not reach into them. Of the protocol it knows only the
+//! names of what it labels: error codes and event outcomes (`protocol::ErrorCode`,
+//! `protocol::msg::outcome`), so that each label is defined once.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

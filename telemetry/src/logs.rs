@@ -3,7 +3,9 @@
 //!
 //! In JSON every line carries the event's fields and the spans it happened in (`span` and
 //! `spans`), so work done under a span (`tracing::info_span!("handoff", group = %g)`) can be
-//! found by its fields.
+//! found by its fields. Human lines are coloured only when standard error is a terminal.
+
+use std::io::IsTerminal as _;
 
 /// How log lines look.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,7 +47,8 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), LogError> {
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder

@@ -114,16 +114,12 @@ impl RequestMetrics {
     }
 }
 
-/// Wire event outcomes 2..=8 (see `protocol::msg::outcome`), as the `reason` label.
-const REJECT_REASONS: [(u8, &str); 7] = [
-    (outcome::INVALID_ZONE, "invalid_zone"),
-    (outcome::ZONE_LIMIT, "zone_limit"),
-    (outcome::DRIVERS_FULL, "drivers_full"),
-    (outcome::DEDUPE_FULL, "dedupe_full"),
-    (outcome::OVERLOADED, "overloaded"),
-    (outcome::STOPPED, "stopped"),
-    (outcome::UNKNOWN_KIND, "unknown_kind"),
-];
+/// The first outcome slot that is not applied: `invalid_zone`, then every refusal up to
+/// `not_serving`, and `other` for a code this version does not know. Each is a `reason`
+/// label, named by `protocol::msg::outcome::NAMES`.
+const FIRST_REJECTED: usize = outcome::INVALID_ZONE as usize;
+/// How many `reason` labels `equilibrium_events_rejected_total` has.
+const REJECT_REASONS: usize = outcome::SLOTS - FIRST_REJECTED;
 
 /// Events by outcome.
 #[derive(Debug, Default)]
@@ -132,18 +128,29 @@ pub struct EventMetrics {
     pub applied: Counter,
     /// `equilibrium_events_duplicate_total`: resent within the dedupe window, applied once.
     pub duplicate: Counter,
-    /// `equilibrium_events_rejected_total{reason}`, in the order of `REJECT_REASONS`.
-    pub rejected: [Counter; 7],
+    /// `equilibrium_events_rejected_total{reason}`, indexed by outcome slot minus
+    /// `FIRST_REJECTED`.
+    pub rejected: [Counter; REJECT_REASONS],
 }
 
 impl EventMetrics {
-    /// Adds a batch's outcomes, counted by wire outcome code (index = code).
-    pub fn add_outcomes(&self, by_code: &[u64; 9]) {
-        self.applied.add(by_code[usize::from(outcome::APPLIED)]);
-        self.duplicate.add(by_code[usize::from(outcome::DUPLICATE)]);
-        for (i, (code, _)) in REJECT_REASONS.iter().enumerate() {
-            self.rejected[i].add(by_code[usize::from(*code)]);
+    /// Adds a batch's outcomes, counted by outcome slot (`protocol::msg::outcome::slot`).
+    pub fn add_outcomes(&self, by_slot: &[u64; outcome::SLOTS]) {
+        self.applied.add(by_slot[outcome::slot(outcome::APPLIED)]);
+        self.duplicate
+            .add(by_slot[outcome::slot(outcome::DUPLICATE)]);
+        for (c, n) in self.rejected.iter().zip(&by_slot[FIRST_REJECTED..]) {
+            c.add(*n);
         }
+    }
+
+    /// Counts a batch's outcomes (wire codes, any value).
+    pub fn count_outcomes(&self, outcomes: &[u8]) {
+        let mut by_slot = [0u64; outcome::SLOTS];
+        for &o in outcomes {
+            by_slot[outcome::slot(o)] += 1;
+        }
+        self.add_outcomes(&by_slot);
     }
 }
 
@@ -169,7 +176,8 @@ pub struct EngineMetrics {
     pub snapshot_age_seconds: Gauge,
 }
 
-/// The cluster: fed by the cluster layer (issue 4). Registered now, 0 until it is wired in.
+/// The cluster: fed by the node's cluster shell (`server::cluster`); 0 on a node without a
+/// cluster.
 #[derive(Debug, Default)]
 pub struct ClusterMetrics {
     /// `equilibrium_cluster_members`: live members in this node's view.
@@ -195,7 +203,8 @@ pub struct ClusterMetrics {
     pub fencing_rejections: Counter,
 }
 
-/// Redis, the snapshot store: fed by the cluster layer. Registered now, 0 until wired in.
+/// Redis, the lease and snapshot store: fed by the node's cluster shell; 0 on a node without
+/// a cluster (`equilibrium_redis_configured` says which).
 #[derive(Debug, Default)]
 pub struct RedisMetrics {
     /// `equilibrium_redis_configured`: 1 when this node uses Redis (alerts only fire then).
@@ -386,8 +395,8 @@ impl Metrics {
         );
         let name = "equilibrium_events_rejected_total";
         head(o, name, "counter", "Events rejected, by reason.");
-        for (i, (_, reason)) in REJECT_REASONS.iter().enumerate() {
-            let _ = writeln!(o, "{name}{{reason=\"{reason}\"}} {}", e.rejected[i].get());
+        for (c, reason) in e.rejected.iter().zip(&outcome::NAMES[FIRST_REJECTED..]) {
+            let _ = writeln!(o, "{name}{{reason=\"{reason}\"}} {}", c.get());
         }
 
         let g = &self.engine;
@@ -552,7 +561,7 @@ mod tests {
         m.requests
             .latency(Op::Quote, TierLabel::Shared)
             .observe(Duration::from_micros(70));
-        m.events.add_outcomes(&[5, 1, 0, 0, 0, 0, 2, 0, 0]);
+        m.events.add_outcomes(&[5, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0]);
         let text = m.render();
         let mut families = std::collections::HashSet::new();
         for line in text.lines() {
@@ -574,6 +583,30 @@ mod tests {
         assert!(text.contains("equilibrium_events_applied_total 5\n"));
         assert!(text.contains("equilibrium_events_rejected_total{reason=\"overloaded\"} 2\n"));
         assert!(text.contains("equilibrium_build_info{version=\"0.1.0\",node_id=\"3\"} 1\n"));
+    }
+
+    #[test]
+    fn every_outcome_is_counted_under_its_own_reason() {
+        let m = Metrics::new(1);
+        let codes = [
+            outcome::APPLIED,
+            outcome::INVALID_ZONE,
+            outcome::UNKNOWN_KIND,
+            outcome::NOT_SERVING,
+            outcome::NOT_SERVING,
+            outcome::NOT_SERVING + 1,
+        ];
+        m.events.count_outcomes(&codes);
+        let text = m.render();
+        for line in [
+            "equilibrium_events_applied_total 1\n",
+            "equilibrium_events_rejected_total{reason=\"invalid_zone\"} 1\n",
+            "equilibrium_events_rejected_total{reason=\"unknown_kind\"} 1\n",
+            "equilibrium_events_rejected_total{reason=\"not_serving\"} 2\n",
+            "equilibrium_events_rejected_total{reason=\"other\"} 1\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 
     #[test]

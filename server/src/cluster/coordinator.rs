@@ -1,0 +1,338 @@
+//! The coordinator task: the only owner of the [`Coordinator`] core. It feeds it the view,
+//! the groups seen, leaving and Redis's answers, carries out its actions (lease requests,
+//! restores, hand-off and loss writes, the stray sweep) and publishes its [`Serving`].
+
+use super::*;
+
+impl Cluster {
+    pub(super) async fn coordinator_loop(
+        self: Arc<Self>,
+        mut coord: Coordinator,
+        mut groups_seen: mpsc::Receiver<u64>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(COORDINATOR_TICK_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut view = self.view.load_full();
+        loop {
+            tick.tick().await;
+            let Some(store) = self.store.get().cloned() else {
+                continue;
+            };
+            // Inputs: groups the request path saw, the view, leaving.
+            let mut seen = Vec::new();
+            while let Ok(g) = groups_seen.try_recv() {
+                seen.push(g);
+            }
+            coord.handle_groups_seen(seen);
+            let vs = self.view.load_full();
+            if !Arc::ptr_eq(&vs, &view) {
+                coord.handle_view(vs.view.clone());
+                view = vs;
+            }
+            if self.leaving.load(Ordering::Acquire) {
+                coord.handle_leave();
+            }
+            coord.tick(mono_ms());
+            // Published before anything is carried out: a group handed over or lost stops
+            // being served before its zones leave the engine.
+            self.publish(&coord);
+            loop {
+                let actions: Vec<Action> = std::iter::from_fn(|| coord.poll_action()).collect();
+                if actions.is_empty() {
+                    break;
+                }
+                self.carry_out(&store, &mut coord, actions).await;
+                self.publish(&coord);
+            }
+        }
+    }
+
+    /// Makes the coordinator's decisions visible to the request path and the writers.
+    pub(super) fn publish(&self, coord: &Coordinator) {
+        let now = mono_ms();
+        let serving = coord.serving(now);
+        self.metrics
+            .cluster
+            .groups_owned
+            .set_u64(serving.served_count(now) as u64);
+        self.serving.store(Arc::new(serving));
+    }
+
+    /// Carries out one batch of the coordinator's actions against Redis and the engine, and
+    /// hands it the results: the groups listed, hand-offs and losses (one pass of fenced
+    /// writes), the stray sweep, the lease requests (all at once), then the restores.
+    pub(super) async fn carry_out(
+        &self,
+        store: &RedisLeaseStore,
+        coord: &mut Coordinator,
+        actions: Vec<Action>,
+    ) {
+        let (mut handoff, mut lost, mut requests, mut restores) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut list, mut sweep) = (false, false);
+        for a in actions {
+            match a {
+                Action::Lease {
+                    request,
+                    sent_at_ms,
+                } => requests.push((request, sent_at_ms)),
+                Action::ListGroups => list = true,
+                Action::Restore { group, epoch } => restores.push((group, epoch)),
+                Action::HandOff { group, epoch } => handoff.push((group, epoch)),
+                Action::Abandon {
+                    group,
+                    last_epoch,
+                    keep_zones,
+                } => lost.push((group, last_epoch, keep_zones)),
+                Action::SweepStray => sweep = true,
+            }
+        }
+        if list {
+            match store.groups().await {
+                Ok(gs) => {
+                    self.note_store(true);
+                    coord.handle_groups_seen(gs);
+                }
+                Err(e) => {
+                    self.note_store(false);
+                    debug!("redis groups: {e}");
+                }
+            }
+        }
+        if !handoff.is_empty() || !lost.is_empty() {
+            self.drop_groups(store, coord.view(), &handoff, &lost).await;
+            for &(g, _) in &handoff {
+                coord.handle_handed_off(mono_ms(), g);
+            }
+        }
+        if sweep {
+            // Zones live here whose group is neither served nor ours any more (a lease
+            // lost, then the view moved the group): the new owner has them now.
+            let all = self.engine.zone_ids().await.unwrap_or_default();
+            let stray: Vec<ZoneId> = all
+                .into_iter()
+                .filter(|z| !coord.keeps(coord.view().group_of(*z)))
+                .collect();
+            if !stray.is_empty() {
+                debug!(
+                    zones = stray.len(),
+                    "dropping zones of groups owned elsewhere"
+                );
+                let _ = self.engine.remove(&stray).await;
+            }
+        }
+        if !requests.is_empty() {
+            let replies = self.run_lease_requests(store, requests).await;
+            let at = mono_ms();
+            for r in replies {
+                match r {
+                    Ok(reply) => {
+                        match (reply.request, reply.result) {
+                            (Request::Renew { .. }, Ok(_)) => {
+                                self.metrics.cluster.lease_renewals_ok.inc();
+                            }
+                            (Request::Renew { .. }, Err(_)) => {
+                                self.metrics.cluster.lease_renewals_failed.inc();
+                            }
+                            _ => {}
+                        }
+                        coord.handle_lease_reply(at, reply);
+                    }
+                    Err(e) => {
+                        self.metrics.cluster.lease_renewals_failed.inc();
+                        debug!("lease request: {e}");
+                    }
+                }
+            }
+        }
+        for (g, epoch) in restores {
+            let span = info_span!("takeover", group = format!("{g:x}"), epoch);
+            let t0 = Instant::now();
+            let ok = self.restore_group(store, g).instrument(span).await;
+            if ok {
+                self.metrics.cluster.handoff_duration.observe(t0.elapsed());
+            }
+            coord.handle_restored(g, ok);
+        }
+    }
+
+    pub(super) async fn run_lease_requests(
+        &self,
+        store: &RedisLeaseStore,
+        reqs: Vec<(Request, u64)>,
+    ) -> LeaseReplies {
+        let mut set = tokio::task::JoinSet::new();
+        for (r, sent) in reqs {
+            let s = store.clone();
+            let me = self.me;
+            set.spawn(async move {
+                let ans = match r {
+                    Request::Acquire { group, min_epoch } => s.acquire(group, me, min_epoch).await,
+                    Request::Renew { group, epoch } => s.renew(group, me, epoch).await,
+                    Request::Release { group, epoch } => s.release(group, me, epoch).await,
+                };
+                ans.map(|(incarnation, result)| Reply {
+                    request: r,
+                    sent_at_ms: sent,
+                    incarnation,
+                    result,
+                })
+            });
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        while let Some(r) = set.join_next().await {
+            if let Ok(r) = r {
+                ok &= r.is_ok();
+                out.push(r);
+            }
+        }
+        self.note_store(ok);
+        out
+    }
+
+    pub(super) async fn restore_group(&self, store: &RedisLeaseStore, g: u64) -> bool {
+        let stored = match store.read_group(g).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.note_store(false);
+                warn!("restoring: redis read failed, retrying: {e}");
+                return false;
+            }
+        };
+        let limits = &self.engine.config().zone;
+        let mut cores: Vec<ZoneCore> = Vec::with_capacity(stored.len());
+        for (zone, bytes) in &stored {
+            match cluster::persist::decode(bytes, limits) {
+                Ok(core) => cores.push(core),
+                Err(e) => warn!(zone = format!("{zone:x}"), "stored snapshot refused: {e}"),
+            }
+        }
+        let n = cores.len();
+        // Zones in Redis replace any local copy. A zone live here but absent from Redis (the
+        // store restarted empty, or it was never written) keeps its in-memory state: it is
+        // the newest there is.
+        match self.engine.import(cores).await {
+            Ok(failed) => {
+                if failed > 0 {
+                    warn!(failed, "zone limit reached while restoring");
+                }
+                self.metrics.cluster.handoffs_acquired.inc();
+                // The `takeover` span carries the group and its epoch.
+                info!(zones = n, "group taken over");
+                true
+            }
+            Err(e) => {
+                warn!("restoring: engine: {e}");
+                false
+            }
+        }
+    }
+
+    /// Stops serving `handoff` (group, epoch held: final fenced write, zones removed; the
+    /// coordinator releases the lease once this returns) and `lost` (group, last epoch,
+    /// keep zones: the lease lapsed; a last fenced write the store may refuse; the zones stay
+    /// live for quotes, without events, while the group is still this node's in its view).
+    /// Neither is served any more: the coordinator published that before.
+    pub(super) async fn drop_groups(
+        &self,
+        store: &RedisLeaseStore,
+        view: &View,
+        handoff: &[(u64, u64)],
+        lost: &[(u64, Option<u64>, bool)],
+    ) {
+        let _w = self.write_lock.lock().await;
+        let all = self.engine.zone_ids().await.unwrap_or_default();
+        let set: HashSet<u64> = handoff
+            .iter()
+            .map(|h| h.0)
+            .chain(lost.iter().map(|l| l.0))
+            .collect();
+        let kept: HashSet<u64> = lost.iter().filter(|l| l.2).map(|l| l.0).collect();
+        let (remove, keep): (Vec<ZoneId>, Vec<ZoneId>) = all
+            .into_iter()
+            .filter(|z| set.contains(&view.group_of(*z)))
+            .partition(|z| !kept.contains(&view.group_of(*z)));
+        let mut exports = self.engine.remove(&remove).await.unwrap_or_default();
+        exports.extend(self.engine.export(&keep).await.unwrap_or_default());
+        let mut by_group: HashMap<u64, Vec<(u64, Vec<u8>)>> = HashMap::new();
+        for e in &exports {
+            by_group
+                .entry(view.group_of(e.zone))
+                .or_default()
+                .push((e.zone.raw(), cluster::persist::encode(e)));
+        }
+        for &(g, epoch) in handoff {
+            let span = info_span!("handoff", group = format!("{g:x}"), epoch);
+            let zones = by_group.remove(&g).unwrap_or_default();
+            let n = zones.len();
+            let ok = self.write_group(store, g, epoch, zones).await;
+            self.unwritten.lock().expect("unwritten lock").remove(&g);
+            self.metrics.cluster.handoffs_released.inc();
+            span.in_scope(|| info!(zones = n, written = ok, "group handed over"));
+        }
+        for &(g, last_epoch, _) in lost {
+            // The lease lapsed (this node was paused, cut off, or Redis was away). Try to save
+            // the state with the old epoch: the store accepts it only if no one else took
+            // the group, and refuses (and counts) it otherwise.
+            let mut zones = by_group.remove(&g).unwrap_or_default();
+            if let Some(mut pending) = self.unwritten.lock().expect("unwritten lock").remove(&g) {
+                for (z, b) in zones.drain(..) {
+                    pending.insert(z, b);
+                }
+                zones = pending.into_iter().collect();
+            }
+            let n = zones.len();
+            let ok = match last_epoch {
+                Some(e) if n > 0 => self.write_group(store, g, e, zones).await,
+                _ => false,
+            };
+            warn!(
+                group = format!("{g:x}"),
+                zones = n,
+                saved = ok,
+                "lease lapsed: stopped serving the group"
+            );
+        }
+    }
+
+    /// A fenced write of a group's zones, in chunks. True when every chunk was stored.
+    pub(super) async fn write_group(
+        &self,
+        store: &RedisLeaseStore,
+        g: u64,
+        epoch: u64,
+        zones: Vec<(u64, Vec<u8>)>,
+    ) -> bool {
+        let r = write_chunks(store, &self.metrics, g, epoch, &zones).await;
+        self.note_write(g, epoch, &r)
+    }
+
+    /// Records how a group write ended (Redis state, fencing, logs); true when stored.
+    pub(super) fn note_write(&self, g: u64, epoch: u64, r: &Result<(), WriteFailure>) -> bool {
+        match r {
+            Ok(()) => {
+                self.note_store(true);
+                true
+            }
+            Err(WriteFailure::Refused(StoreError::Stale { current })) => {
+                self.note_store(true);
+                self.note_fenced();
+                warn!(
+                    group = format!("{g:x}"),
+                    epoch, current, "snapshot write fenced off (stale epoch)"
+                );
+                false
+            }
+            Err(WriteFailure::Refused(e)) => {
+                warn!(group = format!("{g:x}"), "snapshot write refused: {e:?}");
+                false
+            }
+            Err(WriteFailure::Unreachable(e)) => {
+                self.note_store(false);
+                debug!("snapshot write failed: {e}");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! One request: decoded, authenticated (`HELLO` sets the connection's session), checked
+//! against the credential's role, and handed to its operation in `ops`; a refusal becomes
+//! an `ERROR` reply. Also the requests peers forward.
+
+use super::*;
+
+pub(super) async fn answer(
+    shared: &Shared,
+    state: &Connection,
+    header: &Header,
+    body: &[u8],
+    now: u64,
+    out: &mut Vec<u8>,
+) -> After {
+    let id = header.request_id;
+    let message = match protocol::decode(header, body) {
+        Ok(m) => m,
+        Err(e) => {
+            error_frame(&shared.metrics, id, e.code(), e.to_string(), out);
+            return After::Continue;
+        }
+    };
+    if let Message::Hello(hello) = &message {
+        return match shared.clients.get(&hello.client_token) {
+            Some((Tier::Shared, _, name)) if state.premium_only => {
+                warn!(client = %name, "HELLO with a shared-tier token on the premium endpoint: closing the connection");
+                error_frame(
+                    &shared.metrics,
+                    id,
+                    ErrorCode::Forbidden,
+                    "this endpoint serves the premium tier only; shared-tier clients connect to the node's main address",
+                    out,
+                );
+                After::CloseConnection(ErrorCode::Forbidden)
+            }
+            Some((tier, role, name)) => {
+                state.session.store(Some(Arc::new(Session {
+                    tier: *tier,
+                    role: *role,
+                })));
+                debug!(client = %name, ?tier, "authenticated");
+                let cfg = shared.engine.config();
+                let welcome = msg::Welcome {
+                    quote_ttl_ms: cfg.quotes.ttl_ms,
+                    frame_len_max: shared.limits.frame_len_max,
+                    batch_len_max: shared.limits.batch_len_max,
+                    in_flight_max: shared.limits.in_flight_per_connection_max,
+                    node_id: shared.node_id,
+                    tier: tier.wire(),
+                    resolution: cfg.resolution,
+                };
+                protocol::encode(id, &Message::Welcome(welcome), out);
+                After::Continue
+            }
+            None => {
+                warn!("HELLO with an unknown client token: closing the connection");
+                error_frame(
+                    &shared.metrics,
+                    id,
+                    ErrorCode::BadCredentials,
+                    "unknown client token",
+                    out,
+                );
+                After::CloseConnection(ErrorCode::BadCredentials)
+            }
+        };
+    }
+    let Some(session) = state.session() else {
+        error_frame(
+            &shared.metrics,
+            id,
+            ErrorCode::NotAuthenticated,
+            "send HELLO with a client token first",
+            out,
+        );
+        return After::Continue;
+    };
+    let kind = message.kind();
+    if kind.is_request() && !session.role.allows(kind) {
+        let text = format!("this credential ({:?}) may not send {kind:?}", session.role);
+        error_frame(&shared.metrics, id, ErrorCode::Forbidden, text, out);
+        return After::Continue;
+    }
+    let reply = match message {
+        Message::Quote(q) => quote(shared, &q, now).map(Message::QuoteOk),
+        Message::ZoneState(z) => zone_state(shared, z.zone).await.map(Message::ZoneStateOk),
+        Message::FareGet(z) => fare_get(shared, z.zone).await.map(Message::FareGetOk),
+        Message::FareSet(f) => fare_set(shared, &f, false).await.map(Message::FareSetOk),
+        Message::PolicyGet(_) => Ok(Message::PolicyGetOk(wire_policy(&shared.engine.policy()))),
+        Message::PolicySet(p) => policy_set(shared, &p).await.map(Message::PolicySetOk),
+        Message::Status(_) => status(shared).await.map(Message::StatusOk),
+        Message::Cluster(_) => cluster_status(shared).await.map(Message::ClusterOk),
+        Message::ZoneHistory(z) => zone_history(shared, z.zone).map(Message::ZoneHistoryOk),
+        Message::Drain(d) => drain(shared, d.node_id, false).await.map(Message::DrainOk),
+        Message::QuoteBatch(b) => quote_batch(shared, &b, now).map(Message::QuoteBatchOk),
+        Message::EventBatch(b) => events(shared, b, false).await.map(Message::EventBatchOk),
+        Message::Verify(t) => verify(shared, &t, now).map(Message::VerifyOk),
+        Message::Explain(t) => explain(shared, &t).await.map(Message::ExplainOk),
+        other => Err(Refusal::new(
+            ErrorCode::UnknownKind,
+            format!("{:?} is not a request", other.kind()),
+        )),
+    };
+    match reply {
+        Ok(m) => protocol::encode(id, &m, out),
+        Err(r) => error_frame(&shared.metrics, id, r.code, r.message, out),
+    }
+    After::Continue
+}
+
+pub(super) type Answer<T> = Result<T, Refusal>;
+
+/// Answers a request a peer forwarded (events or a fare change for a zone this node owns).
+pub(super) async fn answer_forwarded(shared: &Shared, m: Message) -> Message {
+    let r = match m {
+        Message::EventBatch(b) => events(shared, b, true).await.map(Message::EventBatchOk),
+        Message::FareSet(f) => fare_set(shared, &f, true).await.map(Message::FareSetOk),
+        Message::Drain(d) => drain(shared, d.node_id, true).await.map(Message::DrainOk),
+        other => Err(Refusal::new(
+            ErrorCode::UnknownKind,
+            format!(
+                "peers may forward events and fare changes, not {:?}",
+                other.kind()
+            ),
+        )),
+    };
+    r.unwrap_or_else(Refusal::into_message)
+}

@@ -1,0 +1,81 @@
+//! `EVENT_BATCH`: wire events converted to engine events at this boundary, applied here or
+//! routed by the cluster, outcomes counted.
+
+use super::*;
+
+pub(in crate::node) fn event_of(e: &msg::WireEvent) -> Result<Event, u8> {
+    let zone = ZoneId::new(e.zone).map_err(|_| outcome::INVALID_ZONE)?;
+    let kind = match e.kind {
+        event_kind::DRIVER_AVAILABLE => EventKind::DriverAvailable { driver: e.driver },
+        event_kind::DRIVER_BUSY => EventKind::DriverBusy { driver: e.driver },
+        event_kind::DRIVER_OFFLINE => EventKind::DriverOffline { driver: e.driver },
+        event_kind::RIDER_DEMAND => EventKind::RiderDemand { rider: e.driver },
+        event_kind::TRIP_REQUESTED => EventKind::TripRequested { rider: e.driver },
+        event_kind::TRIP_ACCEPTED => EventKind::TripAccepted,
+        _ => return Err(outcome::UNKNOWN_KIND),
+    };
+    Ok(Event {
+        id: e.id,
+        zone,
+        kind,
+    })
+}
+
+pub(in crate::node) fn outcome_of(o: EventOutcome) -> u8 {
+    match o {
+        EventOutcome::Applied => outcome::APPLIED,
+        EventOutcome::Duplicate => outcome::DUPLICATE,
+        EventOutcome::Rejected(r) => match r {
+            RejectReason::WrongResolution => outcome::INVALID_ZONE,
+            RejectReason::ZoneLimit => outcome::ZONE_LIMIT,
+            RejectReason::DriversFull => outcome::DRIVERS_FULL,
+            RejectReason::DedupeFull => outcome::DEDUPE_FULL,
+            RejectReason::Overloaded => outcome::OVERLOADED,
+            RejectReason::Stopped => outcome::STOPPED,
+        },
+    }
+}
+
+pub(in crate::node) async fn events(
+    shared: &Shared,
+    b: msg::EventBatch,
+    forwarded: bool,
+) -> Answer<msg::EventBatchReply> {
+    let max =
+        (shared.limits.batch_len_max as usize).min(shared.engine.config().actors.batch_events_max);
+    if b.events.len() > max {
+        return Err(Refusal::new(
+            ErrorCode::BatchTooLarge,
+            format!(
+                "{} events exceed the batch limit of {max}; nothing was applied",
+                b.events.len()
+            ),
+        ));
+    }
+    let mut outcomes = vec![outcome::APPLIED; b.events.len()];
+    let mut valid = Vec::with_capacity(b.events.len());
+    for (i, e) in b.events.iter().enumerate() {
+        match event_of(e) {
+            Ok(ev) if ev.zone.resolution() != shared.engine.config().resolution => {
+                outcomes[i] = outcome::INVALID_ZONE;
+            }
+            Ok(ev) => valid.push((i, ev)),
+            Err(code) => outcomes[i] = code,
+        }
+    }
+    let apply = async |evs: Vec<Event>| -> Answer<Vec<u8>> {
+        let applied = shared.engine.apply_batch(evs).await?;
+        Ok(applied.into_iter().map(outcome_of).collect())
+    };
+    if let Some(c) = &shared.cluster {
+        c.route_events(&b.events, valid, &mut outcomes, forwarded, apply)
+            .await?;
+    } else if !valid.is_empty() {
+        let (index, evs): (Vec<usize>, Vec<Event>) = valid.into_iter().unzip();
+        for (o, i) in apply(evs).await?.into_iter().zip(index) {
+            outcomes[i] = o;
+        }
+    }
+    shared.metrics.events.count_outcomes(&outcomes);
+    Ok(msg::EventBatchReply { outcomes })
+}
