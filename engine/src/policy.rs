@@ -249,6 +249,7 @@ impl SurgePolicy {
     }
 
     /// One policy step. Pure: the same state and inputs give the same bits.
+    #[inline]
     pub fn step(&self, state: &PolicyState, input: &PolicyInput) -> (PolicyState, StepOutput) {
         let cap_milli = self.cap_milli.min(input.fare_cap_milli).max(MILLI);
         let cap = f64::from(cap_milli) / f64::from(MILLI);
@@ -268,8 +269,8 @@ impl SurgePolicy {
         let alpha = if self.smoothing_half_life_s == 0 {
             1.0
         } else {
-            let half_life_ms = f64::from(self.smoothing_half_life_s) * 1000.0;
-            1.0 - (-(dt_ms as f64) / half_life_ms).exp2()
+            let half_life_ms = u64::from(self.smoothing_half_life_s) * 1000;
+            1.0 - crate::window::decay_factor(dt_ms, half_life_ms)
         };
         let smoothed = state.smoothed + alpha * (target - state.smoothed);
 
@@ -291,23 +292,30 @@ impl SurgePolicy {
         let step = self.price_step_milli.max(1);
         let blended_milli = quantise(blended, cap_milli);
         // Steps count from 1.0x: 1.0x is always one of them.
-        let above = blended_milli - MILLI;
-        let wanted = (MILLI + (above + step / 2) / step * step).min(cap_milli);
+        let nearest_step = |b: u32| (MILLI + (b - MILLI + step / 2) / step * step).min(cap_milli);
 
-        // 7: hold, minimum change, rate.
+        // 7: hold, dead band, rate.
         let prev_raw = state.published_milli;
         let prev = prev_raw.clamp(MILLI, cap_milli);
         // A change time in the future (a clock stepped back) holds nothing.
         let held = input.now_ms >= state.changed_at_ms
             && input.now_ms - state.changed_at_ms < u64::from(self.hold_s) * 1000;
         // The dead band: three quarters of a step (a target at the cap always reaches it).
-        let worth = blended_milli.abs_diff(prev) * 4 >= step * 3 || wanted == cap_milli;
-        let published_milli = if wanted == prev || held || !worth {
+        // The nearest step can be the cap only when the blend is within half a step of it,
+        // so most steps (held, or inside the dead band) never need it.
+        let far = blended_milli.abs_diff(prev) * 4 >= step * 3;
+        let near_cap = blended_milli + step / 2 >= cap_milli;
+        let published_milli = if held || !(far || near_cap) {
             prev
-        } else if wanted > prev {
-            wanted.min(prev.saturating_add(self.change_max_milli()))
         } else {
-            wanted.max(prev.saturating_sub(self.change_max_milli()))
+            let wanted = nearest_step(blended_milli);
+            if wanted == prev || !(far || wanted == cap_milli) {
+                prev
+            } else if wanted > prev {
+                wanted.min(prev.saturating_add(self.change_max_milli()))
+            } else {
+                wanted.max(prev.saturating_sub(self.change_max_milli()))
+            }
         };
         // A change (including one forced by a lowered cap) restarts the hold.
         let changed_at_ms = if published_milli != prev_raw {
@@ -325,7 +333,8 @@ impl SurgePolicy {
         let out = StepOutput {
             multiplier_milli: published_milli,
             target_milli: quantise(target, cap_milli),
-            confidence_permille: (confidence * 1000.0).round() as u16,
+            // Within [0, 1000]: adding a half and truncating rounds (and needs no libm call).
+            confidence_permille: (confidence * 1000.0 + 0.5) as u16,
         };
         (next, out)
     }

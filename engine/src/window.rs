@@ -18,6 +18,38 @@ pub enum Counter {
 /// none (and no subnormal arithmetic).
 const NEGLIGIBLE: f64 = 1e-3;
 
+/// `2^(−dt / half_life)`. A tick decays every zone of a shard by the same `dt` with the same
+/// half-lives, so the last few results are remembered on this thread and one `exp2` serves
+/// them all (a pure memo: the same arguments give the same bits either way).
+#[inline]
+pub(crate) fn decay_factor(dt_ms: u64, half_life_ms: u64) -> f64 {
+    use std::cell::Cell;
+    const SLOTS: usize = 4;
+    thread_local! {
+        static MEMO: [Cell<(u64, u64, u64)>; SLOTS] =
+            const { [const { Cell::new((u64::MAX, 0, 0)) }; SLOTS] };
+        static NEXT: Cell<usize> = const { Cell::new(0) };
+    }
+    let half_life_ms = half_life_ms.max(1);
+    let hit = MEMO.with(|m| {
+        m.iter().find_map(|c| {
+            let (dt, h, bits) = c.get();
+            (dt == dt_ms && h == half_life_ms).then(|| f64::from_bits(bits))
+        })
+    });
+    if let Some(f) = hit {
+        return f;
+    }
+    let f = (-(dt_ms as f64) / half_life_ms as f64).exp2();
+    let slot = NEXT.with(|n| {
+        let i = n.get();
+        n.set((i + 1) % SLOTS);
+        i
+    });
+    MEMO.with(|m| m[slot].set((dt_ms, half_life_ms, f.to_bits())));
+    f
+}
+
 /// Three counters decaying with one half-life, as of one engine time.
 ///
 /// A unit added at `t` counts `2^(−(now − t) / half_life)` at `now`: the sum is the number of
@@ -41,19 +73,23 @@ impl Rates {
 
     /// Decays the counters to `now_ms`. Time never runs backwards here: an earlier `now_ms`
     /// leaves them as they are (a late unit then counts as if it came at the newest time).
+    #[inline]
     pub fn advance(&mut self, now_ms: u64, half_life_ms: u64) {
         if now_ms <= self.at_ms {
             return;
         }
-        let dt = (now_ms - self.at_ms) as f64;
-        let f = (-dt / half_life_ms.max(1) as f64).exp2();
+        let dt_ms = now_ms - self.at_ms;
+        self.at_ms = now_ms;
+        if self.values == [0.0; 3] {
+            return;
+        }
+        let f = decay_factor(dt_ms, half_life_ms);
         for v in &mut self.values {
             *v *= f;
             if *v < NEGLIGIBLE {
                 *v = 0.0;
             }
         }
-        self.at_ms = now_ms;
     }
 
     /// Adds `n` units to a counter at `now_ms`.
@@ -105,6 +141,21 @@ mod tests {
         }
         b.advance(90_000, 60_000);
         assert!((a.get(Counter::Quotes) - b.get(Counter::Quotes)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_memo_gives_the_same_bits_as_computing() {
+        for (dt, h) in [
+            (250, 90_000),
+            (1, 60_000),
+            (250, 90_000),
+            (7, 1),
+            (0, 5),
+            (250, 60_000),
+        ] {
+            let want = (-(dt as f64) / h as f64).exp2();
+            assert_eq!(decay_factor(dt, h).to_bits(), want.to_bits());
+        }
     }
 
     #[test]
