@@ -622,38 +622,6 @@ pub(crate) async fn zones_on(c: &TestCluster, i: usize, zones: &[u64]) -> Vec<u6
     v
 }
 
-/// Milliseconds since midnight UTC, now.
-pub(crate) fn wall_ms_of_day() -> u64 {
-    let ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("time")
-        .as_millis() as u64;
-    ms % 86_400_000
-}
-
-/// The time of day (ms, UTC) of the first log line containing `needle`.
-pub(crate) fn log_time(log: &str, needle: &str) -> Option<u64> {
-    line_time(log.lines().find(|l| l.contains(needle))?)
-}
-
-/// The time of day (ms, UTC) of every log line containing `needle`.
-pub(crate) fn log_times(log: &str, needle: &str) -> Vec<u64> {
-    log.lines()
-        .filter(|l| l.contains(needle))
-        .filter_map(line_time)
-        .collect()
-}
-
-pub(crate) fn line_time(line: &str) -> Option<u64> {
-    let t = line.find('T')?;
-    let hms = &line[t + 1..t + 13]; // HH:MM:SS.mmm
-    let h: u64 = hms[0..2].parse().ok()?;
-    let m: u64 = hms[3..5].parse().ok()?;
-    let s: u64 = hms[6..8].parse().ok()?;
-    let ms: u64 = hms[9..12].parse().ok()?;
-    Some(((h * 60 + m) * 60 + s) * 1_000 + ms)
-}
-
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
