@@ -17,6 +17,8 @@
 //!   here.
 //! - [`persist`]: a zone's whole state as a validated rkyv snapshot; restoring resumes
 //!   exactly.
+//! - [`wire`]: the peer messages (replication, quote counts): named, versioned kinds and a
+//!   validating decoder for bytes from the network.
 //! - `redis_store` (feature `redis`): the lease rules as Redis Lua scripts, and the
 //!   snapshot hashes.
 //!
@@ -37,3 +39,4 @@ pub mod persist;
 #[cfg(feature = "redis")]
 pub mod redis_store;
 pub mod routing;
+pub mod wire;

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
@@ -193,57 +192,19 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
         }
     }
     let rt = runtime()?;
-    let Some(ccfg) = cfg.cluster.clone() else {
-        let engine = Arc::new(engine::Engine::start(
-            engine_cfg,
-            key,
-            Arc::new(engine::SystemClock),
-        )?);
-        rt.block_on(async {
-            let node = Node::start(&cfg, Arc::clone(&engine))?;
-            banner(&node)?;
-            wait_for_signal().await;
-            node.shutdown().await;
-            anyhow::Ok(())
-        })?;
-        return Ok(());
-    };
-    let (sink, ticks) = server::cluster::tick_channel(ccfg.replication_queue_max);
-    let engine = Arc::new(engine::Engine::start_with(
-        engine_cfg,
-        key,
-        Arc::new(engine::SystemClock),
-        Some(sink),
-        ccfg.replica_zones_max,
-    )?);
+    let started = server::compose::start_engine(&cfg, engine_cfg, key)?;
     rt.block_on(async {
-        let metrics = Arc::new(telemetry::Metrics::new(engine.config().node_id));
-        // Bind the client socket first: peers learn this node's client address from the
-        // cluster, so with port 0 they must be told the port actually bound, not 0.
-        let socket = std::net::UdpSocket::bind(cfg.listen)
-            .with_context(|| format!("binding {} (listen)", cfg.listen))?;
-        let client_addr = socket.local_addr()?;
-        let (cluster, forwarded) = server::cluster::Cluster::start(
-            ccfg,
-            Arc::clone(&engine),
-            ticks,
-            Arc::clone(&metrics),
-            client_addr,
-        )?;
-        let peer = cluster.peer_addr();
-        let drained = Arc::clone(&cluster);
-        let node = Node::start_clustered(
-            &cfg,
-            Arc::clone(&engine),
-            metrics,
-            Some((cluster, forwarded)),
-            Some(socket),
-        )?;
-        tracing::info!(%peer, "cluster peer endpoint");
+        let (node, cluster) = server::compose::start_node(&cfg, started)?;
+        if let Some(c) = &cluster {
+            tracing::info!(peer = %c.peer_addr(), "cluster peer endpoint");
+        }
         banner(&node)?;
-        tokio::select! {
-            () = wait_for_signal() => {}
-            () = drained.drained() => tracing::info!("drained: shutting down"),
+        match &cluster {
+            Some(c) => tokio::select! {
+                () = wait_for_signal() => {}
+                () = c.drained() => tracing::info!("drained: shutting down"),
+            },
+            None => wait_for_signal().await,
         }
         node.shutdown().await;
         anyhow::Ok(())

@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //!
+//! - [`compose`]: the composition root: engine, cluster shell and client endpoint started in
+//!   order (`equilibrium node` calls it).
 //! - [`config`]: the node configuration file (`configs/node.toml`).
 //! - [`tls`]: the server identity (certificate files, or a self-signed one for development).
 //! - [`admission`]: in-flight limits per connection and per node; shared tier shed first.
@@ -27,6 +29,7 @@
 
 pub mod admission;
 pub mod cluster;
+pub mod compose;
 pub mod config;
 pub mod node;
 pub mod refusal;

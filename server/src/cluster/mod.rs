@@ -24,7 +24,7 @@
 //!   pipelined over one multiplexed Redis connection; failed writes are retried.
 //! - `replicator`: every tick's new snapshots (and, once a second, the zones still current)
 //!   to every other member, so any node answers quotes for any zone from memory; replicas
-//!   and quote counts received.
+//!   and quote counts received (encoded and validated by `cluster::wire`).
 //! - `forward`: events routed (applied here, forwarded one hop, or `not serving`).
 //! - `changes`: fare tables written through to Redis; the policy's compare-and-set.
 //! - `admin`: the `CLUSTER` description, drain, and the graceful leave.
@@ -59,8 +59,7 @@ use cluster::ownership::{Member, NodeId, View};
 use cluster::redis_store::{RedisLeaseStore, WRITE_ZONES_MAX};
 use cluster::routing::{self, Route};
 use engine::shard::{TickOutput, TickSink};
-use engine::snapshot::SnapshotFields;
-use engine::{Currency, Engine, FareTable, PriceSnapshot, ZoneCore, ZoneId};
+use engine::{Engine, FareTable, PriceSnapshot, ZoneCore, ZoneId};
 use protocol::msg::{self, outcome, Message};
 use protocol::ErrorCode;
 use quinn::VarInt;
@@ -78,8 +77,6 @@ pub const PEER_ALPN: &[u8] = b"equilibrium-peer/1";
 pub const PEER_SERVER_NAME: &str = "equilibrium-cluster";
 /// Largest replication batch or forwarded frame read from a peer.
 const PEER_MESSAGE_MAX: usize = 64 << 20;
-/// Encoded size of one replicated snapshot.
-const SNAP_BYTES: usize = 8 + 8 + 4 + 4 + 24 + 3 + 4 + 2 + 4 * 4 + 8;
 /// Forwarded requests queued for the node before `overloaded`.
 const FORWARD_QUEUE_MAX: usize = 1_024;
 /// Gossip datagrams received and not yet handed to membership; beyond it they are dropped,

@@ -112,7 +112,7 @@ impl Cluster {
                 let this = Arc::clone(&this);
                 tokio::spawn(async move {
                     if let Ok(bytes) = recv.read_to_end(PEER_MESSAGE_MAX).await {
-                        this.on_replication(&bytes);
+                        this.on_peer_message(&bytes);
                     }
                 });
             }

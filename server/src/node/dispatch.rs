@@ -21,49 +21,7 @@ pub(super) async fn answer(
         }
     };
     if let Message::Hello(hello) = &message {
-        return match shared.clients.get(&hello.client_token) {
-            Some((Tier::Shared, _, name)) if state.premium_only => {
-                warn!(client = %name, "HELLO with a shared-tier token on the premium endpoint: closing the connection");
-                error_frame(
-                    &shared.metrics,
-                    id,
-                    ErrorCode::Forbidden,
-                    "this endpoint serves the premium tier only; shared-tier clients connect to the node's main address",
-                    out,
-                );
-                After::CloseConnection(ErrorCode::Forbidden)
-            }
-            Some((tier, role, name)) => {
-                state.session.store(Some(Arc::new(Session {
-                    tier: *tier,
-                    role: *role,
-                })));
-                debug!(client = %name, ?tier, "authenticated");
-                let cfg = shared.engine.config();
-                let welcome = msg::Welcome {
-                    quote_ttl_ms: cfg.quotes.ttl_ms,
-                    frame_len_max: shared.limits.frame_len_max,
-                    batch_len_max: shared.limits.batch_len_max,
-                    in_flight_max: shared.limits.in_flight_per_connection_max,
-                    node_id: shared.node_id,
-                    tier: tier.wire(),
-                    resolution: cfg.resolution,
-                };
-                protocol::encode(id, &Message::Welcome(welcome), out);
-                After::Continue
-            }
-            None => {
-                warn!("HELLO with an unknown client token: closing the connection");
-                error_frame(
-                    &shared.metrics,
-                    id,
-                    ErrorCode::BadCredentials,
-                    "unknown client token",
-                    out,
-                );
-                After::CloseConnection(ErrorCode::BadCredentials)
-            }
-        };
+        return self::hello(shared, state, hello, id, out);
     }
     let Some(session) = state.session() else {
         error_frame(
@@ -125,4 +83,58 @@ pub(super) async fn answer_forwarded(shared: &Shared, m: Message) -> Message {
         )),
     };
     r.unwrap_or_else(Refusal::into_message)
+}
+
+/// `HELLO`: the token's tier and role become the connection's session, answered `WELCOME`;
+/// an unknown token, or a shared-tier token on the premium endpoint, closes the connection.
+fn hello(
+    shared: &Shared,
+    state: &Connection,
+    hello: &msg::Hello,
+    id: u64,
+    out: &mut Vec<u8>,
+) -> After {
+    match shared.clients.get(&hello.client_token) {
+        Some((Tier::Shared, _, name)) if state.premium_only => {
+            warn!(client = %name, "HELLO with a shared-tier token on the premium endpoint: closing the connection");
+            error_frame(
+                &shared.metrics,
+                id,
+                ErrorCode::Forbidden,
+                "this endpoint serves the premium tier only; shared-tier clients connect to the node's main address",
+                out,
+            );
+            After::CloseConnection(ErrorCode::Forbidden)
+        }
+        Some((tier, role, name)) => {
+            state.session.store(Some(Arc::new(Session {
+                tier: *tier,
+                role: *role,
+            })));
+            debug!(client = %name, ?tier, "authenticated");
+            let cfg = shared.engine.config();
+            let welcome = msg::Welcome {
+                quote_ttl_ms: cfg.quotes.ttl_ms,
+                frame_len_max: shared.limits.frame_len_max,
+                batch_len_max: shared.limits.batch_len_max,
+                in_flight_max: shared.limits.in_flight_per_connection_max,
+                node_id: shared.node_id,
+                tier: tier.wire(),
+                resolution: cfg.resolution,
+            };
+            protocol::encode(id, &Message::Welcome(welcome), out);
+            After::Continue
+        }
+        None => {
+            warn!("HELLO with an unknown client token: closing the connection");
+            error_frame(
+                &shared.metrics,
+                id,
+                ErrorCode::BadCredentials,
+                "unknown client token",
+                out,
+            );
+            After::CloseConnection(ErrorCode::BadCredentials)
+        }
+    }
 }

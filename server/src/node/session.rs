@@ -47,7 +47,7 @@ pub(super) async fn serve_stream(
         // latency is from here to that write. Requests are tallied by op and tier and
         // recorded together, two clock reads per chunk, not per request.
         let read_at = Instant::now();
-        let mut tally = [[0u32; 2]; Op::ALL.len()];
+        let mut tally = [[0u32; TierLabel::ALL.len()]; Op::ALL.len()];
         let mut pos = 0;
         let mut admitted = 0u32;
         let mut after = After::Continue;
@@ -59,19 +59,9 @@ pub(super) async fn serve_stream(
             let header = match Header::parse(head, limits) {
                 Ok(h) => h,
                 Err(e) => {
-                    // Framing is lost: answer, stop reading (STOP_SENDING with the code) and
-                    // finish our side once the answer is delivered.
                     let id = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
                     error_frame(&shared.metrics, id, e.code(), e.to_string(), &mut out);
-                    let code = VarInt::from_u32(u32::from(e.code().code()));
-                    let _ = recv.stop(code);
-                    if send.write_all(&out).await.is_ok() && send.finish().is_ok() {
-                        let _ = tokio::time::timeout(
-                            Duration::from_millis(ERROR_DELIVERY_WAIT_MS),
-                            send.stopped(),
-                        )
-                        .await;
-                    }
+                    end_stream(e.code(), &out, &mut send, &mut recv).await;
                     shared.admission.release(&state.load, admitted);
                     return;
                 }
@@ -82,26 +72,7 @@ pub(super) async fn serve_stream(
             }
             let body = &inbuf[pos + HEADER_LEN..end];
             pos = end;
-            let tier = state.tier().unwrap_or(Tier::Shared);
-            if shared.stopping.load(Ordering::Acquire) {
-                error_frame(
-                    &shared.metrics,
-                    header.request_id,
-                    ErrorCode::ShuttingDown,
-                    "node is shutting down",
-                    &mut out,
-                );
-                continue;
-            }
-            if !shared.admission.try_admit(&state.load, tier) {
-                shared.metrics.requests.shed[tier_label(tier) as usize].inc();
-                error_frame(
-                    &shared.metrics,
-                    header.request_id,
-                    ErrorCode::Overloaded,
-                    "too many requests in flight; retry with backoff",
-                    &mut out,
-                );
+            if !admit(&shared, &state, header.request_id, &mut out) {
                 continue;
             }
             admitted += 1;
@@ -123,19 +94,7 @@ pub(super) async fn serve_stream(
         };
         out.clear();
         shared.admission.release(&state.load, admitted);
-        if tally.iter().flatten().any(|&n| n > 0) {
-            let took = read_at.elapsed();
-            for op in Op::ALL {
-                for t in TierLabel::ALL {
-                    let n = tally[op as usize][t as usize];
-                    shared
-                        .metrics
-                        .requests
-                        .latency(op, t)
-                        .observe_n(took, u64::from(n));
-                }
-            }
-        }
+        record_latencies(&shared.metrics, &tally, read_at);
         if written.is_err() {
             return;
         }
@@ -155,4 +114,73 @@ pub(super) async fn serve_stream(
 
 pub(super) fn now_ms(shared: &Shared) -> u64 {
     shared.engine.clock().now_ms()
+}
+
+/// Admits a request, or answers it `shutting_down` (the node is stopping) or `overloaded`
+/// (an in-flight bound is reached; the shared tier is shed first) and says so.
+fn admit(shared: &Shared, state: &Connection, request_id: u64, out: &mut Vec<u8>) -> bool {
+    let tier = state.tier().unwrap_or(Tier::Shared);
+    if shared.stopping.load(Ordering::Acquire) {
+        error_frame(
+            &shared.metrics,
+            request_id,
+            ErrorCode::ShuttingDown,
+            "node is shutting down",
+            out,
+        );
+        return false;
+    }
+    if !shared.admission.try_admit(&state.load, tier) {
+        shared.metrics.requests.shed[tier_label(tier) as usize].inc();
+        error_frame(
+            &shared.metrics,
+            request_id,
+            ErrorCode::Overloaded,
+            "too many requests in flight; retry with backoff",
+            out,
+        );
+        return false;
+    }
+    true
+}
+
+/// Framing is lost: send what was answered (ending with the `ERROR` frame), stop reading
+/// (`STOP_SENDING` with the code) and finish our side once the answer is delivered, waiting
+/// at most `ERROR_DELIVERY_WAIT_MS`.
+async fn end_stream(
+    code: ErrorCode,
+    out: &[u8],
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) {
+    let _ = recv.stop(VarInt::from_u32(u32::from(code.code())));
+    if send.write_all(out).await.is_ok() && send.finish().is_ok() {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(ERROR_DELIVERY_WAIT_MS),
+            send.stopped(),
+        )
+        .await;
+    }
+}
+
+/// Records a chunk's requests, tallied by op and tier, with the latency from the read to the
+/// write that answered them all.
+fn record_latencies(
+    metrics: &Metrics,
+    tally: &[[u32; TierLabel::ALL.len()]; Op::ALL.len()],
+    read_at: Instant,
+) {
+    if !tally.iter().flatten().any(|&n| n > 0) {
+        return;
+    }
+    let took = read_at.elapsed();
+    for op in Op::ALL {
+        for t in TierLabel::ALL {
+            let n = tally[op as usize][t as usize];
+            metrics
+                .requests
+                .latency(op, t)
+                .observe_n(took, u64::from(n));
+        }
+    }
 }
