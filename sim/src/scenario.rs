@@ -79,6 +79,10 @@ pub struct Market {
     pub rider_sessions_per_s: Option<f64>,
     /// Share of sessions that request the trip.
     pub request_share: f64,
+    /// Distinct drivers whose heartbeats the scenario sends (the available ones); absent:
+    /// every driver of the city. A real fleet at rush hour has about half its drivers on
+    /// trips, and they are not supply.
+    pub available_drivers: Option<u32>,
 }
 
 impl Default for Market {
@@ -86,6 +90,7 @@ impl Default for Market {
         Self {
             rider_sessions_per_s: None,
             request_share: 0.5,
+            available_drivers: None,
         }
     }
 }
@@ -426,7 +431,12 @@ impl Iterator for ScenarioLoad {
                         })
                     }
                 } else {
-                    let drivers = u64::from(city.config().drivers.count.max(1));
+                    let drivers = u64::from(
+                        c.market
+                            .available_drivers
+                            .unwrap_or(city.config().drivers.count)
+                            .max(1),
+                    );
                     let d = self.rng.random_range(0..drivers);
                     let zones = city.zones();
                     let zone = zones[(mix(d) % zones.len() as u64) as usize];

@@ -622,10 +622,26 @@ async fn tour(
         .count();
     let high = priced.len() - at_one - mild;
     let zone_hex = format!("{zone:x}");
+    // Where the highest is: the nearest hotspot of the city, and how far.
+    let near = engine::ZoneId::new(zone).ok().and_then(|z| {
+        let c = z.center();
+        scenario
+            .city
+            .config()
+            .hotspots
+            .iter()
+            .map(|h| (sim::city::distance_km(c, (h.lat, h.lng)), h.name.as_str()))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+    });
+    let near = near.map_or_else(String::new, |(km, name)| {
+        format!(" ({km:.1} km from {name})")
+    });
     println!(
         "multipliers of the {} city zones: {at_one} at 1.0x, {mild} above 1.0x up to 1.5x, {high} \
-         above 1.5x; the highest is zone {zone_hex} at {}, the calmest {calm:x} at {} (a zone \
-         holds 1.0x for the policy's hold_s after it is first seen: see configs/engine.toml)",
+         above 1.5x; the highest is zone {zone_hex}{near} at {}, the calmest {calm:x} at {} \
+         (a zone holds 1.0x for the policy's hold_s after it is first seen: see \
+         configs/engine-demo.toml; `equilibrium demo --engine-only` and `equilibrium backtest` \
+         show surges recovering)",
         scenario.city.zones().len(),
         milli(priced[0].0),
         milli(calm_m)
