@@ -98,10 +98,11 @@ pub(crate) fn run(args: &EngineOnlyArgs, common: Common) -> anyhow::Result<()> {
             // A sped-up market (seconds instead of minutes), so that a run of a few seconds
             // shows a surge and its recovery; the shipped defaults take minutes.
             let mut c = EngineConfig::default();
-            c.zone.demand_half_life_s = 10;
-            c.policy.smoothing_half_life_s = 5;
-            c.policy.hold_s = 5;
-            c.policy.change_per_min_max_milli = 6_000;
+            // About 40x: a 10 s spike stands for a 7-minute one.
+            c.zone.demand_half_life_s = 3;
+            c.policy.smoothing_half_life_s = 2;
+            c.policy.hold_s = 2;
+            c.policy.change_per_min_max_milli = 15_000;
             c
         }
     };
@@ -140,7 +141,7 @@ pub(crate) fn run(args: &EngineOnlyArgs, common: Common) -> anyhow::Result<()> {
         "Equilibrium demo: {} drivers, {} rider signals/s around ({:.4}, {:.4}), radius {} km, {} s, seed {}",
         args.drivers, riders_per_s, city.lat, city.lng, city.radius_km, common.seconds, common.seed
     );
-    println!("A demand spike hits the hotspot from 1/3 to 2/3 of the run; watch its zones surge and recover.\n");
+    println!("A demand spike hits the hotspot from 1/4 to 1/2 of the run; watch its zones surge and recover.\n");
 
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters {
@@ -228,9 +229,10 @@ pub(crate) fn run(args: &EngineOnlyArgs, common: Common) -> anyhow::Result<()> {
 
 fn phase_of(elapsed: Duration, total: Duration) -> &'static str {
     let f = elapsed.as_secs_f64() / total.as_secs_f64();
-    if f < 1.0 / 3.0 {
+    // Half the run after the spike: prices fall back over several holds, as they should.
+    if f < 0.25 {
         "calm"
-    } else if f < 2.0 / 3.0 {
+    } else if f < 0.5 {
         "SPIKE"
     } else {
         "after"
