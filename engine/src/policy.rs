@@ -16,8 +16,9 @@
 //! 2. **Raw target.** A balanced zone prices exactly 1.0×, and so does one within the dead
 //!    band above balance: `raw = 1 + sensitivity · max(0, ratio − 1 − balance_dead_band)`,
 //!    clamped to `[1, cap]`.
-//! 3. **Confidence.** `confidence = min(1, (supply + demand) / confidence_full_at)`; sparse
-//!    data pulls toward 1.0×: `target = 1 + confidence · (raw − 1)`.
+//! 3. **Confidence.** `confidence = min(1, demand / confidence_full_at)`: a surge needs riders
+//!    behind it, and sparse demand pulls toward 1.0×: `target = 1 + confidence · (raw − 1)`.
+//!    (Confidence rests on demand alone so that fewer drivers never lower the price.)
 //! 4. **Smoothing.** An exponential moving average with a half-life of
 //!    `smoothing_half_life_s`: `smoothed += (1 − 2^(−dt / half_life)) · (target − smoothed)`,
 //!    `dt` the engine time since the previous step.
@@ -102,7 +103,7 @@ pub struct SurgePolicy {
     /// Demand (decayed rider sessions) a zone needs of its own before neighbours may lift
     /// its price; below it they may only lower it. Default 1.0.
     pub neighbour_demand_min: f64,
-    /// Observations (drivers + demand) at which confidence reaches 100%. Default 20.
+    /// Demand (recent rider sessions) at which confidence reaches 100%. Default 20.
     pub confidence_full_at: u32,
 }
 
@@ -260,8 +261,9 @@ impl SurgePolicy {
         let ratio = demand / supply;
         let raw = (1.0 + self.sensitivity * (ratio - 1.0 - self.balance_dead_band).max(0.0))
             .clamp(1.0, cap);
-        let observations = f64::from(input.supply) + demand;
-        let confidence = (observations / f64::from(self.confidence_full_at)).min(1.0);
+        // Confidence rests on the riders seen: it does not fall with the drivers, so fewer
+        // drivers never lower the target (the whole step stays monotone in supply).
+        let confidence = (demand / f64::from(self.confidence_full_at)).min(1.0);
         let target = 1.0 + confidence * (raw - 1.0);
 
         // 4: smoothing over engine time.
@@ -499,9 +501,31 @@ mod tests {
     #[test]
     fn sparse_data_pulls_toward_one() {
         let p = SurgePolicy::default();
-        // Two riders, no driver: ratio 2, but 2 observations of the 20 for full confidence.
+        // Two riders, no driver: ratio 2 against the floor of one driver, but 2 riders of the
+        // 20 for full confidence.
         let (_, out) = p.step(&PolicyState::default(), &input(1_000_000, 2.0, 0));
         assert_eq!(out.target_milli, 1000 + (375.0f64 * 0.1).round() as u32);
+    }
+
+    /// Found by the property test: with the target at the cap, fewer drivers (so fewer
+    /// observations, less confidence) lowered the price when confidence applied after the cap.
+    #[test]
+    fn fewer_drivers_never_lower_a_capped_price() {
+        let p = SurgePolicy {
+            confidence_full_at: 63,
+            neighbour_weight: 0.0,
+            smoothing_half_life_s: 0,
+            price_step_milli: 1,
+            ..SurgePolicy::default()
+        };
+        let at = |supply| {
+            let i = PolicyInput {
+                fare_cap_milli: 1003,
+                ..input(1000, 50.0, supply)
+            };
+            p.step(&PolicyState::default(), &i).1.target_milli
+        };
+        assert!(at(2) >= at(13), "{} < {}", at(2), at(13));
     }
 
     #[test]
