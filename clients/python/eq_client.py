@@ -55,6 +55,8 @@ def quote_body(zone=0, lat=0.0, lng=0.0, distance_m=5000, duration_s=900, origin
 
 def event_batch_body(events):
     # WireEvent: size 32, align 8: id, zone, driver (u64), kind (u8), 7 bytes padding.
+    # `driver` is the driver id for kinds 1-3 and the rider's session id for kinds 4-5
+    # (a rider counts once per session; 0 = unknown, each event then counts), 0 for kind 6.
     data = b"".join(struct.pack("<QQQB7x", i, z, d, k) for (i, z, d, k) in events)
     root_pos = len(data)  # already a multiple of 8
     return data + vec_field(root_pos, 0, len(events))

@@ -193,8 +193,7 @@ pub struct HotState {
 
 impl ZoneCore {
     /// A fresh zone at `now_ms` with a fare table.
-    pub fn new(zone: ZoneId, fare: FareTable, now_ms: u64, limits: &ZoneLimits) -> Self {
-        let _ = limits;
+    pub fn new(zone: ZoneId, fare: FareTable, now_ms: u64, _limits: &ZoneLimits) -> Self {
         Self {
             zone,
             fare,

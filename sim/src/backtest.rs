@@ -125,21 +125,12 @@ impl Run {
 pub type Progress<'a> = &'a mut dyn FnMut(f64, f64);
 
 /// The highest multiplier `cfg` can publish, thousandths: the smaller of the fare table's
-/// surge cap and the policy's cap. The policy's field names are its own (they change with
-/// it), so its cap is read from its `Debug` form when it has a `cap_milli`.
+/// surge cap and the policy's cap.
 pub fn cap_milli(cfg: &EngineConfig) -> u32 {
-    let fare = cfg.default_fare.surge_cap_milli;
-    let dbg = format!("{:?}", cfg.policy);
-    let policy = dbg
-        .split("cap_milli: ")
-        .nth(1)
-        .and_then(|rest| {
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|d| d.parse::<u32>().ok())
-        })
-        .unwrap_or(fare);
-    fare.min(policy).max(1000)
+    cfg.default_fare
+        .surge_cap_milli
+        .min(cfg.policy.cap_milli)
+        .max(1000)
 }
 
 /// The engine's pure shard with its table, driven in virtual time.
