@@ -159,29 +159,67 @@ pub struct Node {
     http: Option<MetricsServer>,
 }
 
+/// How a [`Node`] is started: `Node::builder(cfg, engine)`, optionally given the metrics it
+/// records into, the cluster it is a member of, and its client socket, then
+/// [`start`](NodeBuilder::start)ed. The one way a node comes up.
+#[derive(Debug)]
+pub struct NodeBuilder<'a> {
+    cfg: &'a NodeConfig,
+    engine: Arc<Engine>,
+    metrics: Option<Arc<Metrics>>,
+    cluster: Option<(Arc<Cluster>, tokio::sync::mpsc::Receiver<Forwarded>)>,
+    socket: Option<std::net::UdpSocket>,
+}
+
+impl NodeBuilder<'_> {
+    /// Records into `metrics` (shared with whatever else feeds it, e.g. the cluster layer)
+    /// instead of metrics of the node's own.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// As a member of `cluster`: events and fare changes are routed through it, and requests
+    /// forwarded by peers arrive on `forwarded`.
+    pub fn cluster(
+        mut self,
+        cluster: Arc<Cluster>,
+        forwarded: tokio::sync::mpsc::Receiver<Forwarded>,
+    ) -> Self {
+        self.cluster = Some((cluster, forwarded));
+        self
+    }
+
+    /// Serves on `socket`, bound already (so the cluster could be told its real address when
+    /// `listen` has port 0), instead of binding `listen`.
+    pub fn socket(mut self, socket: std::net::UdpSocket) -> Self {
+        self.socket = Some(socket);
+        self
+    }
+
+    /// Binds the endpoint (and the premium endpoint and `/metrics` + `/health` when
+    /// configured) and starts accepting clients.
+    pub fn start(self) -> Result<Node, StartError> {
+        let metrics = self
+            .metrics
+            .unwrap_or_else(|| Arc::new(Metrics::new(self.engine.config().node_id)));
+        Node::start(self.cfg, self.engine, metrics, self.cluster, self.socket)
+    }
+}
+
 impl Node {
-    /// Binds the endpoint and starts accepting clients for `engine`, with metrics of its own.
-    pub fn start(cfg: &NodeConfig, engine: Arc<Engine>) -> Result<Self, StartError> {
-        let metrics = Arc::new(Metrics::new(engine.config().node_id));
-        Self::start_with_metrics(cfg, engine, metrics)
+    /// Starts building a node serving `engine` as `cfg` says.
+    pub fn builder(cfg: &NodeConfig, engine: Arc<Engine>) -> NodeBuilder<'_> {
+        NodeBuilder {
+            cfg,
+            engine,
+            metrics: None,
+            cluster: None,
+            socket: None,
+        }
     }
 
-    /// Binds the endpoint and starts accepting clients for `engine`, recording into
-    /// `metrics` (shared with whatever else feeds it, e.g. the cluster layer), and serves
-    /// `/metrics` and `/health` on `cfg.metrics_listen` when set.
-    pub fn start_with_metrics(
-        cfg: &NodeConfig,
-        engine: Arc<Engine>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, StartError> {
-        Self::start_clustered(cfg, engine, metrics, None, None)
-    }
-
-    /// [`start_with_metrics`](Self::start_with_metrics), as a member of a cluster: events
-    /// and fare changes are routed through `cluster`, and requests forwarded by peers arrive
-    /// on the receiver. `socket`, when given, is the client endpoint's socket, bound already
-    /// (so the cluster could be told its real address when `listen` has port 0).
-    pub fn start_clustered(
+    fn start(
         cfg: &NodeConfig,
         engine: Arc<Engine>,
         metrics: Arc<Metrics>,
@@ -203,20 +241,8 @@ impl Node {
             );
         }
         let l = &cfg.limits;
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .max_concurrent_bidi_streams(VarInt::from_u32(l.streams_per_connection_max))
-            .max_concurrent_uni_streams(VarInt::from_u32(0))
-            .datagram_receive_buffer_size(None)
-            .max_idle_timeout(Some(
-                Duration::from_millis(l.idle_timeout_ms)
-                    .try_into()
-                    .unwrap_or(quinn::IdleTimeout::from(VarInt::from_u32(
-                        IDLE_TIMEOUT_FALLBACK_MS,
-                    ))),
-            ));
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
-        server.transport_config(Arc::new(transport));
+        server.transport_config(Arc::new(client_transport(l)));
         let premium_server = server.clone();
         let socket = match socket {
             Some(s) => s,
@@ -249,32 +275,13 @@ impl Node {
             metrics: Arc::clone(&metrics),
             cluster,
         });
-        if let Some(mut rx) = forwarded {
-            let fwd_shared = Arc::clone(&shared);
-            tokio::spawn(async move {
-                while let Some((m, reply)) = rx.recv().await {
-                    let shared = Arc::clone(&fwd_shared);
-                    tokio::spawn(async move {
-                        let _ = reply.send(answer_forwarded(&shared, m).await);
-                    });
-                }
-            });
-            let shared = Arc::clone(&shared);
-            tokio::spawn(async move { poll_policy(shared).await });
+        if let Some(rx) = forwarded {
+            tokio::spawn(serve_forwarded(Arc::clone(&shared), rx));
+            tokio::spawn(poll_policy(Arc::clone(&shared)));
         }
         observe(&shared);
         let http = match cfg.metrics_listen {
-            Some(addr) => {
-                let limits = HttpLimits {
-                    connections_max: l.metrics_connections_max,
-                    request_len_max: l.metrics_request_len_max,
-                    timeout_ms: l.metrics_timeout_ms,
-                };
-                let server = MetricsServer::start(addr, limits, Arc::clone(&metrics))
-                    .map_err(|e| StartError::MetricsBind { addr, source: e })?;
-                info!(addr = %server.local_addr(), "metrics endpoint: /metrics and /health");
-                Some(server)
-            }
+            Some(addr) => Some(start_http(addr, l, &metrics)?),
             None => None,
         };
         let premium = match cfg.premium_listen {
@@ -362,6 +369,51 @@ impl Node {
         }
         info!("stopped");
     }
+}
+
+/// The client endpoints' QUIC transport: bidirectional streams only, no datagrams, the
+/// configured stream count and idle timeout.
+fn client_transport(l: &LimitsConfig) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(l.streams_per_connection_max))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .datagram_receive_buffer_size(None)
+        .max_idle_timeout(Some(
+            Duration::from_millis(l.idle_timeout_ms)
+                .try_into()
+                .unwrap_or(quinn::IdleTimeout::from(VarInt::from_u32(
+                    IDLE_TIMEOUT_FALLBACK_MS,
+                ))),
+        ));
+    transport
+}
+
+/// Answers the requests peers forward to this node, each in a task of its own.
+async fn serve_forwarded(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Forwarded>) {
+    while let Some((m, reply)) = rx.recv().await {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let _ = reply.send(answer_forwarded(&shared, m).await);
+        });
+    }
+}
+
+/// Serves `/metrics` and `/health` on `addr`.
+fn start_http(
+    addr: SocketAddr,
+    l: &LimitsConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<MetricsServer, StartError> {
+    let limits = HttpLimits {
+        connections_max: l.metrics_connections_max,
+        request_len_max: l.metrics_request_len_max,
+        timeout_ms: l.metrics_timeout_ms,
+    };
+    let server = MetricsServer::start(addr, limits, Arc::clone(metrics))
+        .map_err(|e| StartError::MetricsBind { addr, source: e })?;
+    info!(addr = %server.local_addr(), "metrics endpoint: /metrics and /health");
+    Ok(server)
 }
 
 /// Feeds the metrics from the engine: every timer tick, and the gauges at each scrape. The
