@@ -37,6 +37,7 @@ pub mod explain;
 pub mod fare;
 mod mac;
 pub mod policy;
+pub mod producer;
 pub mod quote;
 pub mod shard;
 pub mod shell;
