@@ -48,7 +48,7 @@ pub mod zone;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::config::EngineConfig;
 pub use crate::core::{HotState, ImportError, ZoneCore, ZoneExport, ZoneLimits};
-pub use crate::event::{Event, EventKind, EventOutcome, RejectReason};
+pub use crate::event::{Event, EventKind, EventOutcome, Producer, RejectReason};
 pub use crate::explain::Explanation;
 pub use crate::fare::{Currency, FareTable, Trip};
 pub use crate::policy::{PolicyInput, PolicyState, SurgePolicy};

@@ -69,9 +69,21 @@ pub struct ProducerState {
 }
 
 /// The producers of one zone, sorted by id.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Producers {
     entries: Vec<ProducerState>,
+    /// A lower bound on every entry's `last_ms` (`u64::MAX` when empty): nothing can have
+    /// expired before this plus the idle time, so expiring is free until then.
+    oldest_ms: u64,
+}
+
+impl Default for Producers {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            oldest_ms: u64::MAX,
+        }
+    }
 }
 
 impl Producers {
@@ -80,7 +92,11 @@ impl Producers {
     pub fn from_states(mut states: Vec<ProducerState>) -> Self {
         states.sort_by_key(|s| s.producer);
         states.dedup_by_key(|s| s.producer);
-        Self { entries: states }
+        let oldest_ms = states.iter().map(|s| s.last_ms).min().unwrap_or(u64::MAX);
+        Self {
+            entries: states,
+            oldest_ms,
+        }
     }
 
     /// The producers remembered, sorted by id.
@@ -103,10 +119,19 @@ impl Producers {
         self.entries.capacity() * std::mem::size_of::<ProducerState>()
     }
 
-    /// Forgets producers idle for `idle_ms` or longer.
+    /// Forgets producers idle for `idle_ms` or longer. Free while none can have expired.
     pub fn expire(&mut self, now_ms: u64, idle_ms: u64) {
+        if now_ms.saturating_sub(self.oldest_ms) < idle_ms {
+            return;
+        }
         self.entries
             .retain(|e| now_ms.saturating_sub(e.last_ms) < idle_ms);
+        self.oldest_ms = self
+            .entries
+            .iter()
+            .map(|e| e.last_ms)
+            .min()
+            .unwrap_or(u64::MAX);
     }
 
     /// Whether `s` would be new, without remembering anything. `max`: the most producers
@@ -147,6 +172,7 @@ impl Producers {
         {
             Ok(i) => i,
             Err(i) => {
+                self.oldest_ms = self.oldest_ms.min(now_ms);
                 self.entries.insert(
                     i,
                     ProducerState {
@@ -160,6 +186,9 @@ impl Producers {
                 i
             }
         };
+        if s.epoch > self.entries[i].epoch {
+            self.oldest_ms = self.oldest_ms.min(now_ms);
+        }
         let e = &mut self.entries[i];
         if s.epoch > e.epoch {
             *e = ProducerState {

@@ -316,10 +316,18 @@ pub mod outcome {
     /// Not applied: the zone's owner is not serving it right now (ownership is moving, or
     /// the owner could not be reached); resend it (ids make resending safe).
     pub const NOT_SERVING: u8 = 9;
+    /// Rejected: the batch's producer epoch is older than one the zone has seen (the
+    /// producer restarted since); do not resend.
+    pub const PRODUCER_FENCED: u8 = 10;
+    /// Rejected: the sequence is 128 or more behind the producer's highest in the zone, so
+    /// the zone cannot tell a resend from a first delivery; do not resend.
+    pub const SEQUENCE_TOO_OLD: u8 = 11;
+    /// Rejected: the zone remembers its maximum number of producers; retry later.
+    pub const PRODUCERS_FULL: u8 = 12;
 
     /// Stable snake_case names (CLI output, reports), indexed by code, then `other` for a
     /// code this version does not know.
-    pub const NAMES: [&str; 11] = [
+    pub const NAMES: [&str; 14] = [
         "applied",
         "duplicate",
         "invalid_zone",
@@ -330,6 +338,9 @@ pub mod outcome {
         "stopped",
         "unknown_kind",
         "not_serving",
+        "producer_fenced",
+        "sequence_too_old",
+        "producers_full",
         "other",
     ];
 
