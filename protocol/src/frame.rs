@@ -170,6 +170,7 @@ pub fn encode(request_id: u64, msg: &Message, out: &mut Vec<u8>) {
         Message::Quote(m) => archive(m, out),
         Message::QuoteBatch(m) => archive(m, out),
         Message::EventBatch(m) => archive(m, out),
+        Message::ProducerBatch(m) => archive(m, out),
         Message::Verify(m) | Message::Explain(m) => archive(m, out),
         Message::ZoneState(m) | Message::FareGet(m) | Message::ZoneHistory(m) => archive(m, out),
         Message::ZoneHistoryOk(m) => archive(m, out),
@@ -186,7 +187,7 @@ pub fn encode(request_id: u64, msg: &Message, out: &mut Vec<u8>) {
         Message::Welcome(m) => archive(m, out),
         Message::QuoteOk(m) => archive(m, out),
         Message::QuoteBatchOk(m) => archive(m, out),
-        Message::EventBatchOk(m) => archive(m, out),
+        Message::EventBatchOk(m) | Message::ProducerBatchOk(m) => archive(m, out),
         Message::VerifyOk(m) => archive(m, out),
         Message::ExplainOk(m) => archive(m, out),
         Message::Error(m) => archive(m, out),
@@ -225,6 +226,7 @@ pub fn decode(header: &Header, body: &[u8]) -> Result<Message, FrameError> {
         Kind::Quote => Message::Quote(unarchive::<msg::QuoteRequest>(kind, body)?),
         Kind::QuoteBatch => Message::QuoteBatch(unarchive::<msg::QuoteBatch>(kind, body)?),
         Kind::EventBatch => Message::EventBatch(unarchive::<msg::EventBatch>(kind, body)?),
+        Kind::ProducerBatch => Message::ProducerBatch(unarchive::<msg::ProducerBatch>(kind, body)?),
         Kind::Verify => Message::Verify(unarchive::<msg::TokenRequest>(kind, body)?),
         Kind::Explain => Message::Explain(unarchive::<msg::TokenRequest>(kind, body)?),
         Kind::ZoneState => Message::ZoneState(unarchive::<msg::ZoneRequest>(kind, body)?),
@@ -251,6 +253,9 @@ pub fn decode(header: &Header, body: &[u8]) -> Result<Message, FrameError> {
         Kind::QuoteOk => Message::QuoteOk(unarchive::<msg::QuoteReply>(kind, body)?),
         Kind::QuoteBatchOk => Message::QuoteBatchOk(unarchive::<msg::QuoteBatchReply>(kind, body)?),
         Kind::EventBatchOk => Message::EventBatchOk(unarchive::<msg::EventBatchReply>(kind, body)?),
+        Kind::ProducerBatchOk => {
+            Message::ProducerBatchOk(unarchive::<msg::EventBatchReply>(kind, body)?)
+        }
         Kind::VerifyOk => Message::VerifyOk(unarchive::<msg::TokenInfo>(kind, body)?),
         Kind::ExplainOk => Message::ExplainOk(unarchive::<msg::ExplainReply>(kind, body)?),
         Kind::Error => Message::Error(unarchive::<msg::ErrorReply>(kind, body)?),

@@ -327,7 +327,7 @@ impl Role {
         match kind {
             // Any client may learn the cluster's members and ownership, to route directly.
             K::Hello | K::Quote | K::QuoteBatch | K::Verify | K::Explain | K::Cluster => true,
-            K::EventBatch => matches!(self, Self::Client | Self::Admin),
+            K::EventBatch | K::ProducerBatch => matches!(self, Self::Client | Self::Admin),
             K::ZoneState | K::ZoneHistory | K::FareGet | K::PolicyGet | K::Status => {
                 matches!(self, Self::Read | Self::Admin)
             }

@@ -51,7 +51,12 @@ pub(super) async fn answer(
         Message::ZoneHistory(z) => zone_history(shared, z.zone).map(Message::ZoneHistoryOk),
         Message::Drain(d) => drain(shared, d.node_id, false).await.map(Message::DrainOk),
         Message::QuoteBatch(b) => quote_batch(shared, &b, now).map(Message::QuoteBatchOk),
-        Message::EventBatch(b) => events(shared, b, false).await.map(Message::EventBatchOk),
+        Message::EventBatch(b) => events(shared, None, b.events, false)
+            .await
+            .map(Message::EventBatchOk),
+        Message::ProducerBatch(b) => produced(shared, b, false)
+            .await
+            .map(Message::ProducerBatchOk),
         Message::Verify(t) => verify(shared, &t, now).map(Message::VerifyOk),
         Message::Explain(t) => explain(shared, &t).await.map(Message::ExplainOk),
         other => Err(Refusal::new(
@@ -71,7 +76,12 @@ pub(super) type Answer<T> = Result<T, Refusal>;
 /// Answers a request a peer forwarded (events or a fare change for a zone this node owns).
 pub(super) async fn answer_forwarded(shared: &Shared, m: Message) -> Message {
     let r = match m {
-        Message::EventBatch(b) => events(shared, b, true).await.map(Message::EventBatchOk),
+        Message::EventBatch(b) => events(shared, None, b.events, true)
+            .await
+            .map(Message::EventBatchOk),
+        Message::ProducerBatch(b) => produced(shared, b, true)
+            .await
+            .map(Message::ProducerBatchOk),
         Message::FareSet(f) => fare_set(shared, &f, true).await.map(Message::FareSetOk),
         Message::Drain(d) => drain(shared, d.node_id, true).await.map(Message::DrainOk),
         other => Err(Refusal::new(

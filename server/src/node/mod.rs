@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use engine::fare::Trip;
-use engine::{Engine, Event, EventKind, EventOutcome, RejectReason, ZoneId, TOKEN_LEN};
+use engine::{Engine, Event, EventKind, EventOutcome, Producer, RejectReason, ZoneId, TOKEN_LEN};
 use protocol::frame::{Header, Limits, HEADER_LEN};
 use protocol::msg::{self, event_kind, outcome, Message};
 use protocol::ErrorCode;
@@ -463,7 +463,7 @@ fn op_of(kind: u8) -> Option<Op> {
     Some(match protocol::Kind::from_byte(kind)? {
         K::Quote => Op::Quote,
         K::QuoteBatch => Op::QuoteBatch,
-        K::EventBatch => Op::Events,
+        K::EventBatch | K::ProducerBatch => Op::Events,
         K::Verify => Op::Verify,
         K::Explain => Op::Explain,
         K::ZoneState | K::FareGet | K::FareSet | K::PolicyGet | K::PolicySet | K::Status => {
