@@ -123,6 +123,11 @@ pub(crate) struct SimTarget {
     #[arg(long, default_value_t = sim::run::PREMIUM_SLICE_US,
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     premium_slice_us: u32,
+    /// Send events as plain EVENT_BATCH with the trace's ids (the node's bounded dedupe
+    /// window) instead of as idempotent producers (PRODUCER_BATCH, one producer per event
+    /// connection numbering its events per zone), e.g. to measure the older path.
+    #[arg(long)]
+    plain_events: bool,
 }
 
 /// Report files.
@@ -143,6 +148,7 @@ impl SimTarget {
             progress: !self.quiet,
             premium_nice: self.premium_nice,
             premium_slice_us: self.premium_slice_us,
+            plain_events: self.plain_events,
             ..Default::default()
         }
     }

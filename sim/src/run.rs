@@ -133,6 +133,10 @@ pub struct RunOptions {
     pub premium_nice: i32,
     /// Time slice of those threads, µs (0: the kernel's default). See [`PREMIUM_SLICE_US`].
     pub premium_slice_us: u32,
+    /// Send events as `EVENT_BATCH` with the trace's ids (the node's dedupe window, the
+    /// compatibility path) instead of as idempotent producers (`PRODUCER_BATCH`: each event
+    /// connection a producer numbering its events per zone; the default).
+    pub plain_events: bool,
 }
 
 /// The premium tier's default priority: its clients stand for devices of their own, so on a
@@ -416,11 +420,14 @@ struct EventJob {
 /// One event connection's sender: one wire batch in flight at a time, so a zone's events
 /// reach the node in schedule order; batches that fall due meanwhile are merged into the
 /// next wire batch (up to the node's batch limit), so throughput does not suffer. Each
-/// merged batch is still recorded as its own request with its own latency.
+/// merged batch is still recorded as its own request with its own latency. Unless
+/// `plain_events`, the sender is an idempotent producer (`producer`): it numbers its events
+/// per zone, so the node needs no dedupe window for them.
 async fn event_sender(
     client: Client,
     mut rx: tokio::sync::mpsc::Receiver<EventJob>,
     shared: Arc<Shared>,
+    mut producer: client::Producer,
 ) {
     let cap = match client.welcome().await {
         Ok(w) => (w.batch_len_max as usize).clamp(1, MERGED_EVENTS_MAX),
@@ -455,7 +462,12 @@ async fn event_sender(
         for j in &jobs {
             all.extend_from_slice(&j.events);
         }
-        let result = client.send_events(all).await;
+        let result = if shared.plain_events {
+            client.send_events(all).await
+        } else {
+            producer.number(&mut all);
+            client.send_produced(&producer, all).await
+        };
         let mut rec = shared.rec(first_tier);
         let mut at = 0;
         for j in jobs {
@@ -492,12 +504,23 @@ fn start_event_senders(
     rts: &[tokio::runtime::Handle; 2],
 ) -> EventQueues {
     let mut out: EventQueues = [Vec::new(), Vec::new()];
+    // Producer ids unique to this run (its start time and process), so runs against the same
+    // nodes never share a producer.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let run_id = (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40);
+    let epoch = u32::try_from(now.as_secs()).unwrap_or(u32::MAX);
+    let mut n = 0u64;
     for tier in Tier::ALL {
         for node in &pool.event[tier as usize] {
             let mut senders = Vec::new();
             for c in node {
                 let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE_LEN);
-                rts[tier as usize].spawn(event_sender(c.clone(), rx, Arc::clone(shared)));
+                n += 1;
+                let id = (run_id.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15))).max(1);
+                let producer = client::Producer::new(id, epoch);
+                rts[tier as usize].spawn(event_sender(c.clone(), rx, Arc::clone(shared), producer));
                 senders.push(tx);
             }
             out[tier as usize].push(senders);
@@ -787,6 +810,8 @@ struct Shared {
     answered: AtomicU64,
     errors: AtomicU64,
     due_us: AtomicU64,
+    /// See [`RunOptions::plain_events`].
+    plain_events: bool,
 }
 
 impl Shared {
@@ -831,6 +856,7 @@ pub(crate) async fn run_records(
         answered: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         due_us: AtomicU64::new(0),
+        plain_events: opts.plain_events,
     });
     let planner = Planner::new(records, target.nodes.len(), conns.clone());
     let queues = start_event_senders(&pool, &shared, &rts);

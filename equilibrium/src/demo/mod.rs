@@ -341,6 +341,7 @@ async fn cluster_demo(
         expected_s: None,
         premium_nice: sim::run::PREMIUM_NICE,
         premium_slice_us: sim::run::PREMIUM_SLICE_US,
+        ..Default::default()
     };
     let report = sim::run_scenario(&scenario, &target, &opts).await?;
     if let Some((name, st)) = procs.exited() {
