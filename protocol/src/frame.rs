@@ -208,11 +208,32 @@ where
         let aligned = &mut s.borrow_mut().1;
         aligned.clear();
         aligned.extend_from_slice(body);
-        rkyv::from_bytes::<T, rancor::Error>(aligned).map_err(|e| FrameError::InvalidBody {
+        rkyv::from_bytes::<T, rancor::Error>(aligned).map_err(|_| FrameError::InvalidBody {
             kind,
-            reason: e.to_string(),
+            reason: body_problem(
+                body.len(),
+                std::mem::size_of::<T::Archived>(),
+                std::mem::align_of::<T::Archived>(),
+            ),
         })
     })
+}
+
+/// Why a body did not validate, for people: the validator itself says nothing more.
+fn body_problem(len: usize, root: usize, align: usize) -> String {
+    if len < root {
+        format!(
+            "the body is {len} bytes, shorter than the message's {root}-byte root (PROTOCOL.md §4: the root struct ends the body)"
+        )
+    } else if len % align != 0 {
+        format!(
+            "the body is {len} bytes, not a multiple of the message's alignment {align} (PROTOCOL.md §4: pad the body so the root ends on it)"
+        )
+    } else {
+        format!(
+            "a field of the {root}-byte root or of its out-of-line data does not validate: a vector's offset or length reaching outside the body or into the root, a misaligned vector, or a value out of range (PROTOCOL.md §4)"
+        )
+    }
 }
 
 /// Decodes and validates a frame body of the given header.
