@@ -98,13 +98,16 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
         if let Some(c) = &cluster {
             tracing::info!(peer = %c.peer_addr(), "cluster peer endpoint");
         }
+        // Listen before the banner says the node is up: a SIGTERM sent as soon as the banner
+        // is read must drain the node, not kill it with the default disposition.
+        let signals = Signals::listen();
         banner(&node)?;
         match &cluster {
             Some(c) => tokio::select! {
-                () = wait_for_signal() => {}
+                () = signals.wait() => {}
                 () = c.drained() => tracing::info!("drained: shutting down"),
             },
-            None => wait_for_signal().await,
+            None => signals.wait().await,
         }
         node.shutdown().await;
         anyhow::Ok(())
@@ -134,17 +137,35 @@ fn banner(node: &Node) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+/// SIGTERM and SIGINT (Ctrl-C), the signals that shut a node down gracefully.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Starts listening: from here on these signals are caught instead of ending the process.
+    fn listen() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Waits for either signal (forever if neither could be listened for).
+    async fn wait(mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            () = recv(&mut self.term) => {}
+            () = recv(&mut self.int) => {}
         }
     }
 }

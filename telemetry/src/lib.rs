@@ -5,7 +5,7 @@
 //!
 //! - [`metric`]: the handles: [`Counter`], [`Gauge`], [`Histogram`], on the `prometheus`
 //!   crate's metrics. Each is registered, and each labelled child resolved, once at start:
-//!   recording is then an atomic operation or three, with no lock, no allocation and no
+//!   recording is then a few atomic operations, with no lock, no allocation and no
 //!   label lookup, so the quote path can afford it.
 //! - [`registry`]: [`Metrics`], every metric a node exports, grouped by who feeds it
 //!   (requests, events, engine, cluster, Redis), in one `prometheus::Registry` with the

@@ -1,7 +1,8 @@
 //! Metric primitives: thin handles on the `prometheus` crate's metrics, each one registered
 //! (and, for a labelled family, its child resolved) once when [`Metrics`](crate::Metrics) is
-//! built. Recording is then a relaxed atomic add (counters), a store (gauges), or a bucket
-//! search and three atomic operations (histograms): no lock, no allocation, no label lookup.
+//! built. Recording is then one atomic add (counters), one store (gauges), or a bucket search
+//! and four atomic operations, one of them a compare-and-swap loop for the sum (histograms):
+//! no lock, no allocation, no label lookup.
 
 use std::time::Duration;
 
@@ -165,8 +166,8 @@ impl Reg<'_> {
         values.map(|v| Counter(child(&vec, &[v])))
     }
 
-    /// A latency histogram family: one child per row of `values` (label values in the order
-    /// of `labels`), resolved now.
+    /// A latency histogram family labelled `labels`; resolve each child once with
+    /// [`histogram_child`].
     pub(crate) fn histograms(
         &self,
         name: &str,
