@@ -105,7 +105,7 @@ pub(crate) struct SimTarget {
     )]
     shared_token: String,
     #[command(flatten)]
-    tls: crate::net::TlsArgs,
+    tls: crate::target::TlsArgs,
     /// No progress bar on stderr.
     #[arg(long)]
     quiet: bool,
@@ -412,7 +412,7 @@ fn replay(path: PathBuf, target: SimTarget, speed: String, out: Outputs) -> anyh
     }
     let t = target.target()?;
     let opts = target.options();
-    let report = crate::net::runtime()?.block_on(sim::replay_file(
+    let report = crate::runtime::runtime()?.block_on(sim::replay_file(
         &path,
         &t,
         &sim::Connections::default(),
@@ -452,7 +452,7 @@ fn run_scenario(
     }
     let t = target.target()?;
     let opts = target.options();
-    let rt = crate::net::runtime()?;
+    let rt = crate::runtime::runtime()?;
     let report = if s.config.capacity.is_some() {
         rt.block_on(sim::run_capacity(&s, &t, &opts))?
     } else {

@@ -262,10 +262,17 @@ pub struct LimitsConfig {
     pub drain_timeout_ms: u64,
     /// A connection idle this long is closed. Default 30,000 ms.
     pub idle_timeout_ms: u64,
-    /// Most concurrent connections to the metrics endpoint. Default 16.
+    /// Most concurrent HTTP connections to the metrics endpoint (`/metrics`, `/health`);
+    /// more are closed at once. Default 64.
     pub metrics_connections_max: u32,
+    /// Most concurrent HTTP connections to the metrics endpoint from one IP address, so that
+    /// one source holding connections open (a slowloris) leaves the others room. Default 8.
+    pub metrics_connections_per_addr_max: u32,
     /// Longest HTTP request head the metrics endpoint reads, bytes. Default 8,192.
     pub metrics_request_len_max: u32,
+    /// Longest a metrics client may take to send its request head, from connecting; then
+    /// the connection is closed. Default 2,000 ms.
+    pub metrics_head_timeout_ms: u64,
     /// Longest a metrics client may take to send its request and read the reply. Default
     /// 5,000 ms.
     pub metrics_timeout_ms: u64,
@@ -283,8 +290,10 @@ impl Default for LimitsConfig {
             connections_max: 1_024,
             drain_timeout_ms: 5_000,
             idle_timeout_ms: 30_000,
-            metrics_connections_max: 16,
+            metrics_connections_max: 64,
+            metrics_connections_per_addr_max: 8,
             metrics_request_len_max: 8 * 1024,
+            metrics_head_timeout_ms: 2_000,
             metrics_timeout_ms: 5_000,
         }
     }
@@ -516,9 +525,14 @@ impl NodeConfig {
                 "must be at least 1",
             ));
         }
-        if l.metrics_connections_max == 0 || l.metrics_timeout_ms == 0 {
+        if l.metrics_connections_max == 0
+            || l.metrics_connections_per_addr_max == 0
+            || l.metrics_head_timeout_ms == 0
+            || l.metrics_timeout_ms == 0
+        {
             return Err(invalid(
-                "limits.metrics_connections_max / metrics_timeout_ms",
+                "limits.metrics_connections_max / metrics_connections_per_addr_max / \
+                 metrics_head_timeout_ms / metrics_timeout_ms",
                 "must be at least 1",
             ));
         }

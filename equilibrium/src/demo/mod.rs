@@ -683,7 +683,7 @@ async fn tour(
     );
     println!(
         "  quote token (112 bytes, signed with the cluster key): {}…",
-        &crate::net::hex(&q.token)[..48]
+        &crate::output::hex(&q.token)[..48]
     );
     let third = (owner + 2) % nodes.len();
     let mut tampered = q.token;

@@ -407,7 +407,9 @@ fn start_http(
 ) -> Result<MetricsServer, StartError> {
     let limits = HttpLimits {
         connections_max: l.metrics_connections_max,
+        connections_per_addr_max: l.metrics_connections_per_addr_max,
         request_len_max: l.metrics_request_len_max,
+        head_timeout_ms: l.metrics_head_timeout_ms,
         timeout_ms: l.metrics_timeout_ms,
     };
     let server = MetricsServer::start(addr, limits, Arc::clone(metrics))
