@@ -9,6 +9,7 @@
 //! - [`registry`]: [`Metrics`], every metric a node exports, grouped by who feeds it
 //!   (requests, events, engine, cluster, Redis), and its rendering in the Prometheus text
 //!   format 0.0.4.
+//! - [`guard`]: [`GuardMetrics`], what the client-facing defences refused, by kind.
 //! - [`health`]: [`Health`], the node's readiness as `/health` reports it.
 //! - [`http`]: a tiny GET-only HTTP/1.1 server for `/metrics` and `/health`, with a bounded
 //!   connection count, request size and time.
@@ -24,12 +25,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod guard;
 pub mod health;
 pub mod http;
 pub mod logs;
 pub mod metric;
 pub mod registry;
 
+pub use guard::{ClientRefusal, GuardMetrics};
 pub use health::{Health, HealthState};
 pub use metric::{Counter, Gauge, Histogram};
 pub use registry::{Metrics, Op, TierLabel};

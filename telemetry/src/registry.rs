@@ -232,6 +232,8 @@ pub struct Metrics {
     pub cluster: ClusterMetrics,
     /// Redis (fed by the cluster layer).
     pub redis: RedisMetrics,
+    /// The client-facing defences (fed by the node's guard, admission and quotas).
+    pub guard: crate::guard::GuardMetrics,
     /// What `/health` answers.
     pub health: Health,
     node_id: u16,
@@ -262,6 +264,7 @@ impl Metrics {
             engine: EngineMetrics::default(),
             cluster: ClusterMetrics::default(),
             redis: RedisMetrics::default(),
+            guard: Default::default(),
             health: Health::new(),
             node_id,
             started: Instant::now(),
@@ -533,19 +536,21 @@ impl Metrics {
             "Failed Redis commands.",
             d.errors.get(),
         );
+
+        self.guard.render(o);
     }
 }
 
-fn head(o: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn head(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-fn counter(o: &mut String, name: &str, help: &str, v: u64) {
+pub(crate) fn counter(o: &mut String, name: &str, help: &str, v: u64) {
     head(o, name, "counter", help);
     let _ = writeln!(o, "{name} {v}");
 }
 
-fn gauge(o: &mut String, name: &str, help: &str, v: f64) {
+pub(crate) fn gauge(o: &mut String, name: &str, help: &str, v: f64) {
     head(o, name, "gauge", help);
     let _ = writeln!(o, "{name} {v}");
 }
