@@ -36,11 +36,14 @@ pub(in crate::node) fn outcome_of(o: EventOutcome) -> u8 {
     }
 }
 
+/// `credential` is the sender's (its new zones are charged to its quota); `None` for a batch
+/// a peer forwarded (charged where it entered the cluster).
 pub(in crate::node) async fn events(
     shared: &Shared,
     b: msg::EventBatch,
-    forwarded: bool,
+    credential: Option<usize>,
 ) -> Answer<msg::EventBatchReply> {
+    let forwarded = credential.is_none();
     let max =
         (shared.limits.batch_len_max as usize).min(shared.engine.config().actors.batch_events_max);
     if b.events.len() > max {
@@ -62,6 +65,9 @@ pub(in crate::node) async fn events(
             Ok(ev) => valid.push((i, ev)),
             Err(code) => outcomes[i] = code,
         }
+    }
+    if let Some(credential) = credential {
+        crate::node::quota::charge_new_zones(shared, credential, &mut valid, &mut outcomes);
     }
     let apply = async |evs: Vec<Event>| -> Answer<Vec<u8>> {
         let applied = shared.engine.apply_batch(evs).await?;
