@@ -285,7 +285,8 @@ pub struct LimitsConfig {
     /// A connection without a successful HELLO this long after its handshake is closed
     /// (application code 10, `not_authenticated`). Default 2,000 ms.
     pub hello_timeout_ms: u64,
-    /// Most connections past their handshake and not yet authenticated. Default 256.
+    /// Most connections past their handshake and not yet authenticated; beyond it, the one
+    /// waiting longest is closed to make room. Default 256.
     pub unauthenticated_max: u32,
     /// Most connections from one IP address that are handshaking or not yet authenticated.
     /// Default 32.

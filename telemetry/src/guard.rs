@@ -17,7 +17,8 @@ pub enum ClientRefusal {
     /// A new connection from an address with `preauth_connections_per_address_max`
     /// connections handshaking or not yet authenticated.
     AddressFull,
-    /// A completed handshake while `unauthenticated_max` connections awaited their HELLO.
+    /// A connection awaiting its HELLO closed to make room for a newer one: the one waiting
+    /// longest while `unauthenticated_max` connections awaited theirs.
     UnauthenticatedFull,
     /// A HELLO while `connections_max` connections were authenticated.
     ConnectionsFull,
@@ -36,11 +37,13 @@ pub enum ClientRefusal {
     CredentialInFlight,
     /// An event refused (`zone limit`) because its credential was over its new-zone quota.
     CredentialZones,
+    /// A shared-tier `HELLO` on the premium endpoint (answered `forbidden`, closed).
+    WrongEndpoint,
 }
 
 impl ClientRefusal {
     /// Every kind, in label order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::HandshakesFull,
         Self::AddressFull,
         Self::UnauthenticatedFull,
@@ -52,6 +55,7 @@ impl ClientRefusal {
         Self::WriteTimeout,
         Self::CredentialInFlight,
         Self::CredentialZones,
+        Self::WrongEndpoint,
     ];
 
     /// The label value.
@@ -68,6 +72,7 @@ impl ClientRefusal {
             Self::WriteTimeout => "write_timeout",
             Self::CredentialInFlight => "credential_in_flight",
             Self::CredentialZones => "credential_zones",
+            Self::WrongEndpoint => "wrong_endpoint",
         }
     }
 }

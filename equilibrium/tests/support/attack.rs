@@ -138,6 +138,24 @@ pub(crate) fn refusals(node: &TestNode, reason: &str) -> f64 {
     )
 }
 
+/// Polls `connections(node, stage)` until it is `want`, for at most `within`; returns the
+/// last value seen.
+pub(crate) async fn connections_settle(
+    node: &TestNode,
+    stage: &str,
+    want: f64,
+    within: Duration,
+) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = connections(node, stage);
+        if v == want || Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Connections of the node in `stage` (handshaking, unauthenticated, authenticated).
 pub(crate) fn connections(node: &TestNode, stage: &str) -> f64 {
     metric(

@@ -119,7 +119,14 @@ fn hello(
     }
     match shared.clients.get(&hello.client_token) {
         Some(c) if c.tier == Tier::Shared && state.premium_only => {
-            warn!(client = %c.name, %remote, "HELLO with a shared-tier token on the premium endpoint: closing the connection");
+            shared.guard.refused(
+                ClientRefusal::WrongEndpoint,
+                remote,
+                &format!(
+                    "HELLO with a shared-tier token ({}) on the premium endpoint: closing the connection",
+                    c.name
+                ),
+            );
             error_frame(
                 &shared.metrics,
                 id,

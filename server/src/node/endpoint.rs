@@ -126,7 +126,8 @@ pub(super) async fn accept_loop(
 }
 
 /// One connection: at most `streams_before_hello_max` streams read until a `HELLO`
-/// succeeds, and closed if none has within `hello_timeout_ms`.
+/// succeeds, and closed if none has within `hello_timeout_ms` (or sooner, to make room,
+/// when it has waited longest of `unauthenticated_max`).
 pub(super) async fn serve_connection(
     shared: Arc<Shared>,
     conn: quinn::Connection,
@@ -134,15 +135,12 @@ pub(super) async fn serve_connection(
     mut ticket: Ticket,
 ) {
     let remote = conn.remote_address();
-    if let Err(why) = ticket.handshake_done() {
-        shared
-            .guard
-            .refused(why, remote, "too many connections awaiting HELLO: closing");
-        conn.close(
-            VarInt::from_u32(u32::from(ErrorCode::Overloaded.code())),
-            b"too many connections awaiting HELLO",
+    if let Some(evicted) = ticket.handshake_done(&conn) {
+        shared.guard.refused(
+            ClientRefusal::UnauthenticatedFull,
+            evicted,
+            "unauthenticated_max connections await HELLO: closing the one waiting longest",
         );
-        return;
     }
     let state = Arc::new(Connection {
         remote,

@@ -1,6 +1,9 @@
 //! The client endpoint's defences before and around authentication: bounded counts of
 //! handshaking, unauthenticated and authenticated connections and a per-address bound on the
-//! first two (a [`Ticket`] holds a connection's place and gives it back when dropped);
+//! first two (a [`Ticket`] holds a connection's place and gives it back when dropped; when
+//! every place for a connection awaiting `HELLO` is taken, the one waiting longest is closed
+//! to make room, so a flood of silent connections cannot lock out a client that sends its
+//! `HELLO` at once);
 //! stateless Retry when unvalidated handshakes pile up; the per-address backoff after failed
 //! `HELLO`s ([`Attempts`], a pure table with time as an argument); warnings limited to one
 //! per kind and interval, each naming the remote address; the QUIC transport limits (receive
@@ -82,20 +85,34 @@ pub(super) struct Ticket {
     guard: Arc<Guard>,
     ip: IpAddr,
     stage: Stage,
+    /// Its place in the queue of connections awaiting `HELLO`.
+    seq: u64,
 }
 
 impl Ticket {
-    /// The handshake completed: the connection now awaits its `HELLO`.
-    pub(super) fn handshake_done(&mut self) -> Result<(), ClientRefusal> {
+    /// The handshake of `conn` completed: it now awaits its `HELLO`. When
+    /// `unauthenticated_max` connections await theirs already, the one waiting longest is
+    /// closed (application code 10) to make room; returns its address then.
+    pub(super) fn handshake_done(&mut self, conn: &quinn::Connection) -> Option<SocketAddr> {
         debug_assert_eq!(self.stage, Stage::Handshaking);
         let g = &self.guard;
-        if g.unauthenticated.fetch_add(1, Ordering::AcqRel) >= g.unauthenticated_max {
-            g.unauthenticated.fetch_sub(1, Ordering::AcqRel);
-            return Err(ClientRefusal::UnauthenticatedFull);
-        }
+        let mut waiting = lock(&g.waiting);
+        let evicted = (waiting.len() >= g.unauthenticated_max as usize)
+            .then(|| waiting.pop_front())
+            .flatten()
+            .map(|(_, old)| {
+                old.close(
+                    VarInt::from_u32(u32::from(ErrorCode::NotAuthenticated.code())),
+                    b"too many connections awaiting HELLO: the oldest is closed",
+                );
+                old.remote_address()
+            });
+        self.seq = g.next_seq.fetch_add(1, Ordering::Relaxed);
+        waiting.push_back((self.seq, conn.clone()));
+        g.unauthenticated.fetch_add(1, Ordering::AcqRel);
         g.handshaking.fetch_sub(1, Ordering::AcqRel);
         self.stage = Stage::Unauthenticated;
-        Ok(())
+        evicted
     }
 
     /// A `HELLO` succeeded: the connection counts as authenticated (once; a later `HELLO`
@@ -109,7 +126,7 @@ impl Ticket {
             g.authenticated.fetch_sub(1, Ordering::AcqRel);
             return Err(ClientRefusal::ConnectionsFull);
         }
-        g.leave(self.stage, self.ip);
+        g.leave(self.stage, self.ip, self.seq);
         self.stage = Stage::Authenticated;
         Ok(())
     }
@@ -120,7 +137,7 @@ impl Drop for Ticket {
         if self.stage == Stage::Authenticated {
             self.guard.authenticated.fetch_sub(1, Ordering::AcqRel);
         } else {
-            self.guard.leave(self.stage, self.ip);
+            self.guard.leave(self.stage, self.ip, self.seq);
         }
     }
 }
@@ -140,6 +157,11 @@ pub(super) struct Guard {
     /// Handshaking or unauthenticated connections by IP address. Touched once per
     /// connection stage, never per request.
     per_address: Mutex<HashMap<IpAddr, u32>>,
+    /// Connections awaiting `HELLO`, oldest first, at most `unauthenticated_max` (one closed
+    /// to make room leaves it at once; its count in `unauthenticated` goes when its task
+    /// ends).
+    waiting: Mutex<std::collections::VecDeque<(u64, quinn::Connection)>>,
+    next_seq: AtomicU64,
     attempts: Mutex<Attempts>,
     log: LogLimiter,
     metrics: Arc<Metrics>,
@@ -158,6 +180,8 @@ impl Guard {
             unauthenticated: AtomicU32::new(0),
             authenticated: AtomicU32::new(0),
             per_address: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(std::collections::VecDeque::new()),
+            next_seq: AtomicU64::new(1),
             attempts: Mutex::new(Attempts::new(AttemptLimits {
                 addresses_max: l.hello_failure_addresses_max as usize,
                 failures_before_backoff: l.hello_failures_before_backoff,
@@ -206,14 +230,21 @@ impl Guard {
             guard: Arc::clone(self),
             ip,
             stage: Stage::Handshaking,
+            seq: 0,
         })
     }
 
     /// A connection leaves a stage before authentication (or authenticates).
-    fn leave(&self, stage: Stage, ip: IpAddr) {
+    fn leave(&self, stage: Stage, ip: IpAddr, seq: u64) {
         let counter = match stage {
             Stage::Handshaking => &self.handshaking,
-            Stage::Unauthenticated => &self.unauthenticated,
+            Stage::Unauthenticated => {
+                let mut waiting = lock(&self.waiting);
+                if let Some(i) = waiting.iter().position(|(s, _)| *s == seq) {
+                    waiting.remove(i);
+                }
+                &self.unauthenticated
+            }
             Stage::Authenticated => return,
         };
         counter.fetch_sub(1, Ordering::AcqRel);
