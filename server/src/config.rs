@@ -280,10 +280,11 @@ pub struct LimitsConfig {
     /// validated yet is sent a stateless Retry first (it must echo a token, so a spoofed or
     /// abandoned Initial costs the node no state). Default 64.
     pub handshakes_before_retry: u32,
-    /// A handshake not completed within this is abandoned. Default 2,000 ms.
+    /// A handshake not completed within this is abandoned. Default 5,000 ms (room for a
+    /// slow network or a loaded node; the places are bounded by `handshakes_max` anyway).
     pub handshake_timeout_ms: u64,
     /// A connection without a successful HELLO this long after its handshake is closed
-    /// (application code 10, `not_authenticated`). Default 2,000 ms.
+    /// (application code 10, `not_authenticated`). Default 5,000 ms.
     pub hello_timeout_ms: u64,
     /// Most connections past their handshake and not yet authenticated; beyond it, the one
     /// waiting longest is closed to make room. Default 256.
@@ -353,8 +354,8 @@ impl Default for LimitsConfig {
 
             handshakes_max: 256,
             handshakes_before_retry: 64,
-            handshake_timeout_ms: 2_000,
-            hello_timeout_ms: 2_000,
+            handshake_timeout_ms: 5_000,
+            hello_timeout_ms: 5_000,
             unauthenticated_max: 256,
             preauth_connections_per_address_max: 32,
             hello_frame_len_max: 4_096,
