@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 pub use crate::cluster::ClusterClient;
 pub use crate::lane::Request;
 pub use crate::producer::Producer;
-pub use crate::tls::Trust;
+pub use crate::tls::{quic_client_config, Trust};
 
 /// How to reach and authenticate with a node.
 #[derive(Clone, Debug)]

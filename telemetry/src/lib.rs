@@ -11,6 +11,7 @@
 //!   (requests, events, engine, cluster, Redis), in one `prometheus::Registry` with the
 //!   `process_*` metrics, rendered in the Prometheus text format 0.0.4 after the scrape
 //!   hooks ran.
+//! - [`guard`]: [`GuardMetrics`], what the client-facing defences refused, by kind.
 //! - [`health`]: [`Health`], the node's readiness as `/health` reports it.
 //! - [`http`]: the `/metrics` and `/health` endpoint on hyper's HTTP/1 server: bounded
 //!   connections in total and per source address, a deadline for the request head, strict
@@ -27,12 +28,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod guard;
 pub mod health;
 pub mod http;
 pub mod logs;
 pub mod metric;
 pub mod registry;
 
+pub use guard::{ClientRefusal, GuardMetrics};
 pub use health::{Health, HealthState};
 pub use metric::{Counter, Gauge, Histogram};
 pub use registry::{Metrics, Op, TierLabel};

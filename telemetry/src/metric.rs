@@ -178,6 +178,19 @@ impl Reg<'_> {
         self.add(prometheus::HistogramVec::new(opts, labels).expect("valid histogram"))
     }
 
+    /// A gauge family with one label, every child resolved now, in the order of `values`.
+    pub(crate) fn labelled_gauges<const N: usize>(
+        &self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: [&str; N],
+    ) -> [Gauge; N] {
+        let vec = self
+            .add(prometheus::GaugeVec::new(Opts::new(name, help), &[label]).expect("valid gauge"));
+        values.map(|v| Gauge(child(&vec, &[v])))
+    }
+
     /// A gauge family, for values whose labels carry the information (`build_info`).
     pub(crate) fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
         self.add(prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"))

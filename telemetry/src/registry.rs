@@ -234,6 +234,8 @@ pub struct Metrics {
     pub cluster: ClusterMetrics,
     /// Redis (fed by the cluster layer).
     pub redis: RedisMetrics,
+    /// The client-facing defences (fed by the node's guard, admission and quotas).
+    pub guard: crate::guard::GuardMetrics,
     /// What `/health` answers.
     pub health: Health,
     /// `equilibrium_uptime_seconds`, set when rendering.
@@ -392,6 +394,7 @@ impl Metrics {
             engine,
             cluster,
             redis,
+            guard: crate::guard::GuardMetrics::new(&r),
             health: Health::new(),
             uptime,
             up,

@@ -13,16 +13,23 @@
 //! - `session`: one stream: frames read, admitted or shed, answered in order, written back.
 //! - `dispatch`: one request: decoded, authenticated, checked against the role, handed to
 //!   its operation; requests forwarded by peers.
+//! - `guard`: the defences before and around authentication: connection counts by stage
+//!   and per address, stateless retry, handshake and `HELLO` deadlines' bookkeeping, backoff
+//!   after failed `HELLO`s, rate-limited warnings, the QUIC transport limits.
+//! - `quota`: the per-credential quota on new zones.
 //! - `ops`: the operations, one file per kind: `quote`, `events`, `tokens` (verify,
 //!   explain), `admin` (zone state and history, fares, policy, status, cluster, drain).
 
 mod dispatch;
 mod endpoint;
+mod guard;
 mod ops;
+mod quota;
 mod session;
 
 use dispatch::*;
 use endpoint::*;
+use guard::*;
 use ops::admin::*;
 use ops::events::*;
 use ops::quote::*;
@@ -46,7 +53,7 @@ use telemetry::http::{HttpLimits, MetricsServer};
 use telemetry::{HealthState, Metrics, Op, TierLabel};
 use tracing::{debug, info, warn};
 
-use crate::admission::{Admission, ConnectionLoad};
+use crate::admission::{Admission, Claim, ConnectionLoad};
 use crate::cluster::{wire_fare, Cluster, Forwarded};
 use crate::config::{LimitsConfig, NodeConfig, Role, Tier};
 use crate::refusal::Refusal;
@@ -101,15 +108,26 @@ pub enum StartError {
 struct Shared {
     engine: Arc<Engine>,
     limits: LimitsConfig,
-    clients: HashMap<Vec<u8>, (Tier, Role, String)>,
+    clients: HashMap<Vec<u8>, Credential>,
     started: std::time::Instant,
     admission: Admission,
     stopping: AtomicBool,
     node_id: u16,
     cluster: Option<Arc<Cluster>>,
-    /// Client connections: one permit each, `connections_max` in all.
-    open: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
+    /// Connection counts by stage and address, failed `HELLO`s (both endpoints).
+    guard: Arc<Guard>,
+    zone_quotas: quota::ZoneQuotas,
+}
+
+/// A configured client token.
+#[derive(Clone, Debug)]
+struct Credential {
+    tier: Tier,
+    role: Role,
+    name: String,
+    /// Its position in the configuration's client list: the key of its quotas.
+    index: usize,
 }
 
 /// What a successful `HELLO` established for a connection.
@@ -117,11 +135,29 @@ struct Shared {
 struct Session {
     tier: Tier,
     role: Role,
+    /// The credential's index (its quotas).
+    credential: usize,
+}
+
+impl Session {
+    /// Whom its requests are admitted for.
+    fn claim(self) -> Claim {
+        Claim {
+            tier: self.tier,
+            admin: self.role == Role::Admin,
+            credential: self.credential,
+        }
+    }
 }
 
 /// A connection's authentication and load.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Connection {
+    remote: SocketAddr,
+    /// Its place in the guard's counts (moves to authenticated at the first `HELLO`).
+    ticket: std::sync::Mutex<Option<Ticket>>,
+    /// Woken by a successful `HELLO` (the accept loop then reads more streams).
+    authenticated: tokio::sync::Notify,
     /// Accepted on the premium endpoint: only premium-tier credentials may `HELLO`.
     premium_only: bool,
     /// Set by each successful `HELLO` (the last one counts); read, without a lock, by every
@@ -134,10 +170,6 @@ impl Connection {
     /// The session, once a `HELLO` succeeded.
     fn session(&self) -> Option<Session> {
         self.session.load().as_deref().copied()
-    }
-
-    fn tier(&self) -> Option<Tier> {
-        self.session().map(|s| s.tier)
     }
 }
 
@@ -242,7 +274,8 @@ impl Node {
         }
         let l = &cfg.limits;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
-        server.transport_config(Arc::new(client_transport(l)));
+        server.transport_config(Arc::new(transport_config(l)));
+        limit_incoming(&mut server, l);
         let premium_server = server.clone();
         let socket = match socket {
             Some(s) => s,
@@ -252,13 +285,18 @@ impl Node {
         let clients = cfg
             .clients
             .iter()
-            .map(|c| {
-                (
-                    c.token.as_bytes().to_vec(),
-                    (c.tier, c.role, c.name.clone()),
-                )
+            .enumerate()
+            .map(|(index, c)| {
+                let credential = Credential {
+                    tier: c.tier,
+                    role: c.role,
+                    name: c.name.clone(),
+                    index,
+                };
+                (c.token.as_bytes().to_vec(), credential)
             })
             .collect();
+        let zone_quotas = quota::ZoneQuotas::new(l, cfg.clients.len(), engine.clock().now_ms());
         let shared = Arc::new(Shared {
             node_id: engine.config().node_id,
             engine,
@@ -268,10 +306,16 @@ impl Node {
                 l.in_flight_max,
                 l.shared_shed_percent,
                 l.in_flight_per_connection_max,
+            )
+            .with_quotas(
+                l.in_flight_admin_reserved,
+                cfg.clients.len(),
+                l.in_flight_per_credential_max,
             ),
+            zone_quotas,
             stopping: AtomicBool::new(false),
             started: std::time::Instant::now(),
-            open: Arc::new(tokio::sync::Semaphore::new(l.connections_max as usize)),
+            guard: Guard::new(l, Arc::clone(&metrics)),
             metrics: Arc::clone(&metrics),
             cluster,
         });
@@ -371,24 +415,6 @@ impl Node {
     }
 }
 
-/// The client endpoints' QUIC transport: bidirectional streams only, no datagrams, the
-/// configured stream count and idle timeout.
-fn client_transport(l: &LimitsConfig) -> quinn::TransportConfig {
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .max_concurrent_bidi_streams(VarInt::from_u32(l.streams_per_connection_max))
-        .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .datagram_receive_buffer_size(None)
-        .max_idle_timeout(Some(
-            Duration::from_millis(l.idle_timeout_ms)
-                .try_into()
-                .unwrap_or(quinn::IdleTimeout::from(VarInt::from_u32(
-                    IDLE_TIMEOUT_FALLBACK_MS,
-                ))),
-        ));
-    transport
-}
-
 /// Answers the requests peers forward to this node, each in a task of its own.
 async fn serve_forwarded(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Forwarded>) {
     while let Some((m, reply)) = rx.recv().await {
@@ -436,8 +462,7 @@ fn observe(shared: &Arc<Shared>) {
         m.requests
             .in_flight
             .set_u64(u64::from(s.admission.in_flight()));
-        let open = (s.limits.connections_max as usize).saturating_sub(s.open.available_permits());
-        m.requests.connections.set_u64(open as u64);
+        s.guard.export(m);
         m.engine.zones_owned.set_u64(e.zones_live() as u64);
         let (mut sum, mut max) = (0usize, 0usize);
         for d in e.mailbox_depths() {

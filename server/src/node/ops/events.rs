@@ -43,7 +43,7 @@ pub(in crate::node) fn outcome_of(o: EventOutcome) -> u8 {
 pub(in crate::node) async fn produced(
     shared: &Shared,
     b: msg::ProducerBatch,
-    forwarded: bool,
+    credential: Option<usize>,
 ) -> Answer<msg::EventBatchReply> {
     if b.producer == 0 {
         return Err(Refusal::new(
@@ -55,17 +55,20 @@ pub(in crate::node) async fn produced(
         id: b.producer,
         epoch: b.epoch,
     };
-    events(shared, Some(producer), b.events, forwarded).await
+    events(shared, Some(producer), b.events, credential).await
 }
 
-/// Events, from a producer or without one.
+/// Events, from a producer or without one. `credential` is the sender's (its new zones are
+/// charged to its quota); `None` for a batch a peer forwarded (charged where it entered the
+/// cluster).
 pub(in crate::node) async fn events(
     shared: &Shared,
     producer: Option<Producer>,
     events: Vec<msg::WireEvent>,
-    forwarded: bool,
+    credential: Option<usize>,
 ) -> Answer<msg::EventBatchReply> {
     let b = msg::EventBatch { events };
+    let forwarded = credential.is_none();
     let max =
         (shared.limits.batch_len_max as usize).min(shared.engine.config().actors.batch_events_max);
     if b.events.len() > max {
@@ -87,6 +90,9 @@ pub(in crate::node) async fn events(
             Ok(ev) => valid.push((i, ev)),
             Err(code) => outcomes[i] = code,
         }
+    }
+    if let Some(credential) = credential {
+        crate::node::quota::charge_new_zones(shared, credential, &mut valid, &mut outcomes);
     }
     let apply = async |evs: Vec<Event>| -> Answer<Vec<u8>> {
         let applied = shared.engine.apply_batch_from(producer, evs).await?;
