@@ -397,7 +397,7 @@ fn start_node(bin: &PathBuf, cert_pem: &str, key_pem: &str) -> anyhow::Result<No
     std::fs::write(
         dir.join("node.toml"),
         format!(
-            "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nengine_config = \"{}\"\ncluster_key_hex = \"{}\"\n[tls]\ncert_path = \"cert.pem\"\nkey_path = \"key.pem\"\n[limits]\nin_flight_per_connection_max = 1024\n[[clients]]\ntoken = \"{TOKEN}\"\ntier = \"premium\"\nname = \"e2e\"\n",
+            "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nengine_config = \"{}\"\ncluster_key_hex = \"{}\"\n[tls]\ncert_path = \"cert.pem\"\nkey_path = \"key.pem\"\n[limits]\nin_flight_per_connection_max = 1024\nzones_new_per_credential_burst = 100000\n[[clients]]\ntoken = \"{TOKEN}\"\ntier = \"premium\"\nname = \"e2e\"\n",
             engine.display(),
             "ab".repeat(32)
         ),
@@ -426,9 +426,9 @@ fn no_items(_: u8, _: &[u8]) -> u64 {
     0
 }
 
-/// Events of an `EVENT_BATCH_OK` reply that were not applied.
+/// Events of an `EVENT_BATCH_OK` or `PRODUCER_BATCH_OK` reply that were not applied.
 fn events_not_applied(kind: u8, body: &[u8]) -> u64 {
-    if kind != protocol::Kind::EventBatchOk as u8 {
+    if kind != protocol::Kind::EventBatchOk as u8 && kind != protocol::Kind::ProducerBatchOk as u8 {
         return 0;
     }
     let h = Header {
@@ -437,7 +437,7 @@ fn events_not_applied(kind: u8, body: &[u8]) -> u64 {
         request_id: 0,
     };
     match protocol::decode(&h, body) {
-        Ok(Message::EventBatchOk(r)) => r
+        Ok(Message::EventBatchOk(r) | Message::ProducerBatchOk(r)) => r
             .outcomes
             .iter()
             .filter(|o| **o != msg::outcome::APPLIED)
@@ -713,12 +713,24 @@ fn main() -> anyhow::Result<()> {
         // Count events, not batches.
         ev.done *= EVENTS_PER_BATCH;
         println!("{} (events/s; every event a fresh id)", ev.line());
+        // The same as an idempotent producer: each event's id is its sequence in its zone
+        // (the same numbers, increasing per zone with gaps), so no dedupe window is kept.
+        let (_c3, s, r) = node_stream(node.addr, &cert_der).await?;
+        let mut pf = Vec::new();
+        let events: Vec<_> = (0..EVENTS_PER_BATCH)
+            .map(|i| msg::WireEvent { id: i, zone: 0, driver: 0, kind: msg::event_kind::RIDER_DEMAND })
+            .collect();
+        protocol::encode(0, &Message::ProducerBatch(msg::ProducerBatch { producer: 0xe2e, epoch: 1, events }), &mut pf);
+        let mut pev = closed_loop(s, r, Workload { frame: pf, patch: fresh_event_ids, bad_items: events_not_applied, in_flight: 8 }, dur, "equilibrium: producer batches of 1,000").await?;
+        pev.done *= EVENTS_PER_BATCH;
+        println!("{} (events/s; sequences per zone)", pev.line());
 
         phases.push(echo);
         phases.push(tcp_phase);
         phases.push(max);
         phases.extend(open);
         phases.push(ev);
+        phases.push(pev);
         anyhow::Ok(phases)
     })
     .map(|phases| {
