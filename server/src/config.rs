@@ -32,8 +32,10 @@ pub struct NodeConfig {
     /// Engine configuration file, relative to this file. Default `engine.toml`.
     #[serde(default = "default_engine_config")]
     pub engine_config: PathBuf,
-    /// The cluster key that signs and verifies quote tokens, hex, at least 16 bytes.
-    /// Every node of a cluster holds the same key.
+    /// The cluster key that signs and verifies quote tokens, hex, at least 16 bytes: key
+    /// id 1. Every node of a cluster holds the same keys. May be left out (`""`) when
+    /// `cluster_keys` lists the keys.
+    #[serde(default)]
     pub cluster_key_hex: String,
     /// TLS certificate; without it the node generates a self-signed one (development only).
     #[serde(default)]
@@ -54,6 +56,40 @@ pub struct NodeConfig {
     /// Clustering; without this section the node runs alone (no peers, no Redis).
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+
+    // Secrets (SECURITY.md): development mode and key rotation.
+    /// Development mode: the sample secrets shipped in this repository (the sample cluster
+    /// key and client tokens of `configs/node.toml`, the demo's) are accepted, with a
+    /// warning at start. Off by default: a node refuses to start with them. Also the flag
+    /// `--dev`.
+    #[serde(default)]
+    pub dev_mode: bool,
+    /// More quote-token keys, for rotation: each `{ id, hex }` (id 1 is `cluster_key_hex`'s
+    /// when that is set). Every key verifies; one signs (`signing_key_id`).
+    #[serde(default)]
+    pub cluster_keys: Vec<ClusterKeyEntry>,
+    /// The id of the key that signs new tokens. Default: the highest id configured (the
+    /// newest). Set it to the old id while a new key is being rolled out to every node.
+    #[serde(default)]
+    pub signing_key_id: Option<u16>,
+}
+
+/// A quote-token key with its id (`[[cluster_keys]]`).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterKeyEntry {
+    /// The id written into every token the key signs (1..=65535; 1 is `cluster_key_hex`).
+    pub id: u16,
+    /// The secret, hex, at least 16 bytes.
+    pub hex: String,
+}
+
+impl std::fmt::Debug for ClusterKeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterKeyEntry")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_premium_nice() -> i32 {
@@ -462,10 +498,38 @@ impl NodeConfig {
         })
     }
 
+    /// The quote-token keys: `cluster_key_hex` (id 1) and `cluster_keys`, signing with
+    /// `signing_key_id` or the highest id.
+    pub fn quote_keys(&self) -> Result<engine::QuoteKeys, NodeConfigError> {
+        let mut keys = Vec::new();
+        if !self.cluster_key_hex.trim().is_empty() {
+            keys.push(
+                engine::QuoteKey::from_hex(1, &self.cluster_key_hex)
+                    .map_err(|e| invalid("cluster_key_hex", e.to_string()))?,
+            );
+        }
+        for k in &self.cluster_keys {
+            if k.id == 0 {
+                return Err(invalid("cluster_keys.id", "must be within 1..=65535"));
+            }
+            keys.push(
+                engine::QuoteKey::from_hex(k.id, &k.hex)
+                    .map_err(|e| invalid("cluster_keys.hex", format!("key id {}: {e}", k.id)))?,
+            );
+        }
+        if keys.is_empty() {
+            return Err(invalid(
+                "cluster_key_hex",
+                "no quote-token key: set cluster_key_hex or [[cluster_keys]] (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+        engine::QuoteKeys::new(keys, self.signing_key_id)
+            .map_err(|e| invalid("cluster_keys", format!("{e} (cluster_key_hex is key id 1)")))
+    }
+
     /// Checks every field.
     pub fn validate(self) -> Result<Self, NodeConfigError> {
-        engine::QuoteKey::from_hex(1, &self.cluster_key_hex)
-            .map_err(|e| invalid("cluster_key_hex", e.to_string()))?;
+        self.quote_keys()?;
         if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
             return Err(invalid(
                 "tls",
@@ -626,6 +690,30 @@ mod tests {
         assert_eq!(j.log.format, LogFormat::Json);
         let e = parse("[limits]\nmetrics_request_len_max = 10\n").expect_err("too small");
         assert!(e.to_string().contains("metrics_request_len_max"), "{e}");
+    }
+
+    #[test]
+    fn rotated_keys_load_with_the_newest_signing_unless_told_otherwise() {
+        let two = "cluster_keys = [{ id = 2, hex = \"ffeeddccbbaa99887766554433221100\" }]\n";
+        let c = parse(two).expect("two keys");
+        let keys = c.quote_keys().expect("keys");
+        assert_eq!(keys.all().len(), 2);
+        assert_eq!(keys.signing().id(), 2);
+        let c = parse(&format!("{two}signing_key_id = 1\n")).expect("staged");
+        assert_eq!(c.quote_keys().expect("keys").signing().id(), 1);
+        for (bad, says) in [
+            ("signing_key_id = 3\n", "signing key id 3"),
+            (
+                "cluster_keys = [{ id = 1, hex = \"ffeeddccbbaa99887766554433221100\" }]\n",
+                "appears twice",
+            ),
+            ("cluster_keys = [{ id = 2, hex = \"zz\" }]\n", "key id 2"),
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        let e = NodeConfig::from_toml("", Path::new("node.toml")).expect_err("no key");
+        assert!(e.to_string().contains("no quote-token key"), "{e}");
     }
 
     #[test]

@@ -181,6 +181,14 @@ impl Drop for Node {
     }
 }
 
+/// The cluster key of every node this test process starts: fresh per run (a key in the
+/// source would be a published secret), the same for all its nodes so their tokens verify
+/// on each other.
+pub(crate) fn cluster_key_hex() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| server::secrets::random_hex(32))
+}
+
 pub(crate) struct TestCluster {
     pub(crate) nodes: Vec<Node>,
     pub(crate) redis: Redis,
@@ -261,7 +269,8 @@ impl TestCluster {
         );
         let n = &self.nodes[i];
         std::fs::write(n.dir.join("cert.pem"), &self.cert_pem).expect("cert");
-        std::fs::write(n.dir.join("key.pem"), &self.key_pem).expect("key");
+        server::secrets::write_private(&n.dir.join("key.pem"), self.key_pem.as_bytes())
+            .expect("key");
         let seeds: Vec<String> = self.seeds.iter().map(|s| format!("\"{s}\"")).collect();
         let creds = self.creds.display();
         std::fs::write(
@@ -269,7 +278,7 @@ impl TestCluster {
             format!(
                 r#"listen = "{addr}"
 engine_config = "{engine}"
-cluster_key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+cluster_key_hex = "{key}"
 metrics_listen = "127.0.0.1:0"
 [tls]
 cert_path = "cert.pem"
@@ -293,6 +302,7 @@ redis_url = "{redis}"
 {extra}
 "#,
                 extra = self.extra,
+                key = cluster_key_hex(),
                 addr = n.addr,
                 peer = n.peer,
                 seeds = seeds.join(", "),
