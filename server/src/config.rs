@@ -212,6 +212,27 @@ pub struct ClusterConfig {
     /// Most peer connections (in and out). Default 64.
     #[serde(default = "default_peer_connections")]
     pub peer_connections_max: u32,
+
+    // Redis TLS and peer bounds (SECURITY.md).
+    /// For a `rediss://` URL: the CA certificate (PEM) that signed Redis's certificate.
+    /// Default: none (the system's roots).
+    #[serde(default)]
+    pub redis_tls_ca_path: Option<PathBuf>,
+    /// For a `rediss://` URL to a Redis that authenticates clients (`tls-auth-clients`):
+    /// this node's client certificate and key (PEM; the key 0600). Both or neither.
+    #[serde(default)]
+    pub redis_tls_cert_path: Option<PathBuf>,
+    /// See `redis_tls_cert_path`.
+    #[serde(default)]
+    pub redis_tls_key_path: Option<PathBuf>,
+    /// Most quotes a peer can answer per second: the ceiling of the quote counts a peer
+    /// reports per interval (more is cut down and counted). Default 1,000,000.
+    #[serde(default = "default_peer_quotes_per_s")]
+    pub peer_quotes_per_s_max: u64,
+}
+
+fn default_peer_quotes_per_s() -> u64 {
+    1_000_000
 }
 
 fn default_redis_url() -> String {
@@ -458,13 +479,16 @@ impl NodeConfig {
         // Paths in the file are relative to the file.
         if let Some(dir) = path.parent() {
             let c = cfg.cluster.as_mut();
-            let (a, b, d) = match c {
+            let (a, b, d, e, f, g) = match c {
                 Some(c) => (
                     Some(&mut c.ca_cert_path),
                     Some(&mut c.cert_path),
                     Some(&mut c.key_path),
+                    c.redis_tls_ca_path.as_mut(),
+                    c.redis_tls_cert_path.as_mut(),
+                    c.redis_tls_key_path.as_mut(),
                 ),
-                None => (None, None, None),
+                None => (None, None, None, None, None, None),
             };
             for p in [
                 Some(&mut cfg.engine_config),
@@ -473,6 +497,9 @@ impl NodeConfig {
                 a,
                 b,
                 d,
+                e,
+                f,
+                g,
             ]
             .into_iter()
             .flatten()
@@ -612,6 +639,18 @@ impl NodeConfig {
                 return Err(invalid(
                     "cluster.*_ms",
                     "snapshot_interval_ms and suspect_to_down_ms must be positive, probe_period_ms at least 50",
+                ));
+            }
+            if c.redis_tls_cert_path.is_some() != c.redis_tls_key_path.is_some() {
+                return Err(invalid(
+                    "cluster.redis_tls_cert_path / redis_tls_key_path",
+                    "set both or neither",
+                ));
+            }
+            if c.peer_quotes_per_s_max == 0 {
+                return Err(invalid(
+                    "cluster.peer_quotes_per_s_max",
+                    "must be at least 1",
                 ));
             }
             if c.replication_queue_max == 0 || c.peer_connections_max == 0 {

@@ -96,6 +96,9 @@ pub fn check(cfg: &NodeConfig) -> Result<(), SecretError> {
     }
     if let Some(c) = &cfg.cluster {
         check_key_file("cluster key file", &c.key_path)?;
+        if let Some(k) = &c.redis_tls_key_path {
+            check_key_file("Redis client key file", k)?;
+        }
     }
     Ok(())
 }

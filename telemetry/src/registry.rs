@@ -201,6 +201,20 @@ pub struct ClusterMetrics {
     pub lease_renewals_failed: Counter,
     /// `equilibrium_cluster_fencing_rejections_total`: writes refused for a stale epoch.
     pub fencing_rejections: Counter,
+
+    // Peer checks (SECURITY.md, "Peers").
+    /// `equilibrium_cluster_peer_refused_total{reason="identity"}`: peer messages or
+    /// connections whose claimed sender is not the node id in the peer's certificate.
+    pub peer_refused_identity: Counter,
+    /// `equilibrium_cluster_peer_refused_total{reason="size"}`: peer messages longer than
+    /// their kind's bound.
+    pub peer_refused_size: Counter,
+    /// `equilibrium_cluster_peer_refused_total{reason="role"}`: forwarded requests whose
+    /// original credential's role does not allow them.
+    pub peer_refused_role: Counter,
+    /// `equilibrium_cluster_peer_quote_counts_clamped_total`: quote counts from a peer cut
+    /// down to what it could have answered in the interval.
+    pub peer_quote_counts_clamped: Counter,
 }
 
 /// Redis, the lease and snapshot store: fed by the node's cluster shell; 0 on a node without
@@ -215,6 +229,9 @@ pub struct RedisMetrics {
     pub write_duration: Histogram,
     /// `equilibrium_redis_errors_total`: failed Redis commands.
     pub errors: Counter,
+    /// `equilibrium_redis_bad_values_total`: stored values that do not decode (a snapshot
+    /// field, a lease, the incarnation, a quiet period clamped); the log names each key.
+    pub bad_values: Counter,
 }
 
 type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
@@ -532,6 +549,38 @@ impl Metrics {
             "equilibrium_redis_errors_total",
             "Failed Redis commands.",
             d.errors.get(),
+        );
+        self.render_security(o);
+    }
+
+    /// Refusals of bad peer and Redis input (SECURITY.md).
+    fn render_security(&self, o: &mut String) {
+        let c = &self.cluster;
+        let name = "equilibrium_cluster_peer_refused_total";
+        head(
+            o,
+            name,
+            "counter",
+            "Peer input refused: identity (claimed sender is not the certificate's node), size (beyond its kind's bound), role (forwarded request its credential may not make).",
+        );
+        for (reason, n) in [
+            ("identity", c.peer_refused_identity.get()),
+            ("size", c.peer_refused_size.get()),
+            ("role", c.peer_refused_role.get()),
+        ] {
+            let _ = writeln!(o, "{name}{{reason=\"{reason}\"}} {n}");
+        }
+        counter(
+            o,
+            "equilibrium_cluster_peer_quote_counts_clamped_total",
+            "Quote counts from peers cut down to what the peer could have answered.",
+            c.peer_quote_counts_clamped.get(),
+        );
+        counter(
+            o,
+            "equilibrium_redis_bad_values_total",
+            "Stored Redis values that do not decode (the log names each key and field).",
+            self.redis.bad_values.get(),
         );
     }
 }

@@ -56,7 +56,9 @@ use cluster::coordinator::{Action, Coordinator, CoordinatorConfig, Serving};
 use cluster::lease::{LeaseConfig, Reply, Request, StoreError};
 use cluster::membership::{Membership, MembershipConfig, Peer};
 use cluster::ownership::{Member, NodeId, View};
-use cluster::redis_store::{RedisLeaseStore, WRITE_ZONES_MAX};
+use cluster::redis_store::{
+    redact_url, RedisLeaseStore, RedisStoreError, RedisTls, StoreValue, WRITE_ZONES_MAX,
+};
 use cluster::routing::{self, Route};
 use engine::shard::{TickOutput, TickSink};
 use engine::{Engine, FareTable, PriceSnapshot, ZoneCore, ZoneId};
@@ -235,6 +237,7 @@ impl Cluster {
         metrics.redis.configured.set_bool(true);
         metrics.cluster.members.set_u64(1);
         let (server, client) = peer_configs(&cfg)?;
+        let redis_tls = redis_tls(&cfg)?;
         let endpoint =
             quinn::Endpoint::server(server, cfg.listen).map_err(|e| ClusterError::Bind {
                 addr: cfg.listen,
@@ -313,7 +316,7 @@ impl Cluster {
         let (fwd_tx, fwd_rx) = mpsc::channel(FORWARD_QUEUE_MAX);
         let t = &this;
         let handles = vec![
-            tokio::spawn(Arc::clone(t).connect_store(generation)),
+            tokio::spawn(Arc::clone(t).connect_store(redis_tls, generation)),
             tokio::spawn(Arc::clone(t).accept_peers(endpoint, dgram_tx, fwd_tx)),
             tokio::spawn(Arc::clone(t).membership_loop(membership, dgram_rx, leave_rx)),
             tokio::spawn(Arc::clone(t).coordinator_loop(coordinator, groups_seen_rx)),
@@ -362,11 +365,14 @@ impl Cluster {
         }
     }
 
-    async fn connect_store(self: Arc<Self>, candidate: u64) {
+    async fn connect_store(self: Arc<Self>, tls: Option<RedisTls>, candidate: u64) {
         let mut backoff = REDIS_BACKOFF_FIRST_MS;
+        // Never the URL itself: it may carry a password.
+        let url = redact_url(&self.cfg.redis_url);
         loop {
-            match RedisLeaseStore::connect(
+            match RedisLeaseStore::connect_with(
                 &self.cfg.redis_url,
+                tls.as_ref(),
                 &self.cfg.redis_prefix,
                 self.cfg.lease_ttl_ms,
                 candidate,
@@ -374,14 +380,14 @@ impl Cluster {
             .await
             {
                 Ok(s) => {
-                    info!(url = %self.cfg.redis_url, "redis connected");
+                    info!(url = %url, tls = self.cfg.redis_url.starts_with("rediss://"), "redis connected");
                     self.store_up.store(true, Ordering::Relaxed);
                     self.metrics.redis.up.set_bool(true);
                     let _ = self.store.set(s);
                     return;
                 }
                 Err(e) => {
-                    warn!(url = %self.cfg.redis_url, "redis unavailable, retrying in {backoff} ms: {e}");
+                    warn!(url = %url, "redis unavailable, retrying in {backoff} ms: {}", redact_error(&e, &self.cfg.redis_url));
                     tokio::time::sleep(Duration::from_millis(backoff)).await;
                     backoff = (backoff * 2).min(REDIS_BACKOFF_MAX_MS);
                 }
@@ -405,6 +411,41 @@ impl Cluster {
             info!("redis available again");
         }
         if !ok {}
+    }
+}
+
+/// The TLS files for a `rediss://` URL, read at start (a missing file is an error then, not a
+/// retry loop later).
+fn redis_tls(c: &ClusterConfig) -> Result<Option<RedisTls>, ClusterError> {
+    if !c.redis_url.starts_with("rediss://") {
+        return Ok(None);
+    }
+    let read = |p: &Path| {
+        std::fs::read(p)
+            .map_err(|e| ClusterError::Credential(format!("redis TLS {}: {e}", p.display())))
+    };
+    let ca_pem = c.redis_tls_ca_path.as_deref().map(read).transpose()?;
+    let client = match (&c.redis_tls_cert_path, &c.redis_tls_key_path) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(Some(RedisTls { ca_pem, client }))
+}
+
+/// A Redis error's text with the configured URL's password redacted, should the error quote
+/// the URL.
+fn redact_error(e: &RedisStoreError, url: &str) -> String {
+    let text = e.to_string();
+    match url.split_once("://").and_then(|(_, r)| r.split_once('@')) {
+        Some((userinfo, _)) => {
+            let secret = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
+            if secret.is_empty() {
+                text
+            } else {
+                text.replace(secret, "***")
+            }
+        }
+        None => text,
     }
 }
 
