@@ -160,3 +160,74 @@ fn a_tls_key_file_readable_by_others_is_refused_with_the_fix() {
     assert!(err.contains("chmod 600"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+}
+
+fn cert_of(p: &Path) -> rustls::pki_types::CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::from_pem_file(p).expect("certificate")
+}
+
+#[test]
+fn cluster_credentials_writes_keys_0600_the_ca_apart_and_one_certificate_per_node_naming_its_id() {
+    let dir = temp_dir("creds");
+    let run = |nodes: &str| {
+        let out = Command::new(BIN)
+            .args(["cluster-credentials", "--nodes", nodes, "--out"])
+            .arg(&dir)
+            .output()
+            .expect("cluster-credentials");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = run("1-3");
+    assert!(said.contains("wrote"), "{said}");
+    let ca = dir.join("ca");
+    assert_eq!(mode(&ca), 0o700);
+    assert_eq!(mode(&ca.join("ca-key.pem")), 0o600);
+    for id in 1..=3u16 {
+        let nd = dir.join(format!("node-{id}"));
+        assert_eq!(mode(&nd), 0o700, "{}", nd.display());
+        assert_eq!(mode(&nd.join("node-key.pem")), 0o600);
+        assert!(!nd.join("ca-key.pem").exists(), "the CA key is kept apart");
+        let names: Vec<String> = std::fs::read_dir(&nd)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(
+            server::cluster::node_id_of(&cert_of(&nd.join("node.pem"))),
+            Some(id),
+            "node {id}'s certificate names it"
+        );
+        assert_eq!(
+            std::fs::read(nd.join("ca.pem")).expect("ca"),
+            std::fs::read(ca.join("ca.pem")).expect("ca")
+        );
+    }
+    // Certificates differ per node (one key each).
+    assert_ne!(
+        std::fs::read(dir.join("node-1/node.pem")).expect("pem"),
+        std::fs::read(dir.join("node-2/node.pem")).expect("pem")
+    );
+    // A node added later gets its certificate from the same CA.
+    let ca_before = std::fs::read(ca.join("ca-key.pem")).expect("key");
+    let said = run("4");
+    assert!(said.contains("used the existing CA"), "{said}");
+    assert_eq!(
+        std::fs::read(ca.join("ca-key.pem")).expect("key"),
+        ca_before
+    );
+    assert_eq!(
+        server::cluster::node_id_of(&cert_of(&dir.join("node-4/node.pem"))),
+        Some(4)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

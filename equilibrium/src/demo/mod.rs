@@ -280,7 +280,8 @@ async fn cluster_demo(
     // 2. Credentials: the cluster's (mutual TLS between peers) and the client-facing
     // certificate (clients verify it; nothing here runs with --insecure).
     let creds = dir.join("cluster-credentials");
-    server::cluster::write_credentials(&creds).context("cluster credentials")?;
+    let ids: Vec<u16> = (1..=NODES).collect();
+    server::cluster::write_credentials(&creds, &ids).context("cluster credentials")?;
     let tls = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
         .context("client-facing certificate")?;
     std::fs::write(dir.join("tls-cert.pem"), tls.cert.pem())?;
@@ -407,9 +408,18 @@ fn cluster_section(peers: &[SocketAddr], i: usize, creds: &Path, redis_url: &str
          key_path = \"{}\"\nredis_url = \"{redis_url}\"\n",
         peers[i],
         seeds.join(", "),
-        creds.join("ca.pem").display(),
-        creds.join("node.pem").display(),
-        creds.join("node-key.pem").display(),
+        creds
+            .join(format!("node-{}", i + 1))
+            .join("ca.pem")
+            .display(),
+        creds
+            .join(format!("node-{}", i + 1))
+            .join("node.pem")
+            .display(),
+        creds
+            .join(format!("node-{}", i + 1))
+            .join("node-key.pem")
+            .display(),
     )
 }
 

@@ -40,13 +40,14 @@ mod persister;
 mod replicator;
 
 use credentials::peer_configs;
-pub use credentials::write_credentials;
-use peer::Peers;
+pub use credentials::{node_id_of, node_name, write_credentials, WrittenCredentials};
+pub use peer::FORWARDING_ROLE;
+use peer::{Noisy, Peers, NOISE_KINDS};
 use persister::{write_chunks, WriteFailure};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -73,12 +74,11 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::config::ClusterConfig;
 use crate::refusal::Refusal;
 
-/// ALPN of the peer protocol.
-pub const PEER_ALPN: &[u8] = b"equilibrium-peer/1";
+/// ALPN of the peer protocol. Version 2: forwarded requests carry the original credential's
+/// role, and a peer's node id is its certificate's (PROTOCOL.md section 12).
+pub const PEER_ALPN: &[u8] = b"equilibrium-peer/2";
 /// The name in every cluster certificate (peers verify it).
 pub const PEER_SERVER_NAME: &str = "equilibrium-cluster";
-/// Largest replication batch or forwarded frame read from a peer.
-const PEER_MESSAGE_MAX: usize = 64 << 20;
 /// Forwarded requests queued for the node before `overloaded`.
 const FORWARD_QUEUE_MAX: usize = 1_024;
 /// Gossip datagrams received and not yet handed to membership; beyond it they are dropped,
@@ -221,6 +221,10 @@ pub struct Cluster {
     leave_tx: tokio::sync::watch::Sender<bool>,
     drained: tokio::sync::Notify,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Rate limits of the peer refusal warnings, by kind (`peer::NOISE_*`).
+    noise: [Noisy; NOISE_KINDS],
+    /// Per peer: quotes it may still report (refilled at `peer_quotes_per_s_max`).
+    quote_budget: Mutex<HashMap<NodeId, (u64, u64)>>,
 }
 
 impl Cluster {
@@ -236,7 +240,8 @@ impl Cluster {
     ) -> Result<(Arc<Self>, mpsc::Receiver<Forwarded>), ClusterError> {
         metrics.redis.configured.set_bool(true);
         metrics.cluster.members.set_u64(1);
-        let (server, client) = peer_configs(&cfg)?;
+        let me = engine.config().node_id;
+        let (server, client) = peer_configs(&cfg, me)?;
         let redis_tls = redis_tls(&cfg)?;
         let endpoint =
             quinn::Endpoint::server(server, cfg.listen).map_err(|e| ClusterError::Bind {
@@ -244,7 +249,6 @@ impl Cluster {
                 source: e,
             })?;
         let listen = endpoint.local_addr().unwrap_or(cfg.listen);
-        let me = engine.config().node_id;
         let generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -309,6 +313,8 @@ impl Cluster {
             leave_tx,
             drained: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
+            noise: Default::default(),
+            quote_budget: Mutex::new(HashMap::new()),
             cfg,
         });
         info!(node = me, peer_addr = %listen, generation, "cluster: joining");
