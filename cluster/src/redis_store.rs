@@ -54,7 +54,7 @@ if not inc then
   redis.call('SET', KEYS[1], inc)
   redis.call('SET', KEYS[2], now + tonumber(ARGV[2]))
 end
-if type(inc) ~= 'string' or #inc == 0 or #inc > 20 or not string.match(inc, '^%d+$') then
+if type(inc) ~= 'string' or #inc > 19 or not (inc == '0' or string.match(inc, '^[1-9]%d*$')) then
   return {'corrupt', KEYS[1], '', tostring(inc)}
 end
 local notice = ''
@@ -216,14 +216,18 @@ fn decode_answer(v: redis::Value) -> Result<(String, u64, u64, String), RedisSto
     if items.len() != 4 {
         return Err(proto(&format!("{} elements", items.len())));
     }
-    let inc_text = text(&items[1]);
-    let inc: u64 = match &items[1] {
-        redis::Value::Int(i) => u64::try_from(*i).map_err(|_| proto("negative incarnation"))?,
-        _ => inc_text
-            .parse()
-            .map_err(|_| proto(&format!("incarnation {inc_text:?}")))?,
+    // Integers checked by hand: a negative one must not wrap into a huge epoch.
+    let number = |v: &redis::Value, what: &str| -> Result<u64, RedisStoreError> {
+        match v {
+            redis::Value::Int(i) => u64::try_from(*i).map_err(|_| proto(&format!("{what} {i}"))),
+            other => {
+                let t = text(other);
+                decode_zone_field(t.as_bytes()).ok_or_else(|| proto(&format!("{what} {t:?}")))
+            }
+        }
     };
-    let n: u64 = redis::from_redis_value_ref(&items[2]).map_err(|e| proto(&e.to_string()))?;
+    let inc = number(&items[1], "incarnation")?;
+    let n = number(&items[2], "number")?;
     Ok((status, inc, n, text(&items[3])))
 }
 
@@ -560,10 +564,15 @@ impl RedisLeaseStore {
     }
 }
 
-/// A zone or group id as this cluster writes it in Redis: decimal ASCII digits of a `u64`
-/// (at most 20, no sign, no spaces). Untrusted bytes: anything else is `None`.
+/// A zone or group id as this cluster writes it in Redis: the canonical decimal form of a
+/// `u64` (ASCII digits, at most 20, no sign, no spaces, no leading zero). Untrusted bytes:
+/// anything else is `None`.
 pub fn decode_zone_field(bytes: &[u8]) -> Option<u64> {
-    if bytes.is_empty() || bytes.len() > 20 || !bytes.iter().all(u8::is_ascii_digit) {
+    if bytes.is_empty()
+        || bytes.len() > 20
+        || !bytes.iter().all(u8::is_ascii_digit)
+        || (bytes.len() > 1 && bytes[0] == b'0')
+    {
         return None;
     }
     std::str::from_utf8(bytes).ok()?.parse().ok()

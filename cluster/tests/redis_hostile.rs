@@ -408,3 +408,72 @@ fn redacted_urls_keep_everything_but_the_secret() {
         assert_eq!(redact_url(url), shown, "{url}");
     }
 }
+
+#[test]
+fn ids_read_back_from_redis_decode_only_from_their_canonical_form() {
+    use cluster::redis_store::decode_zone_field;
+    assert_eq!(decode_zone_field(b"0"), Some(0));
+    assert_eq!(
+        decode_zone_field(b"613196575024807935"),
+        Some(613_196_575_024_807_935)
+    );
+    assert_eq!(decode_zone_field(b"18446744073709551615"), Some(u64::MAX));
+    for bad in [
+        &b""[..],
+        b"007",
+        b"-1",
+        b"+1",
+        b" 1",
+        b"1e3",
+        b"18446744073709551616",
+        b"not-a-zone",
+        "١٢".as_bytes(),
+    ] {
+        assert_eq!(decode_zone_field(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn a_script_answer_that_is_not_what_the_scripts_return_is_an_error_not_a_panic() {
+    use cluster::redis_store::decode_script_answer;
+    use redis::Value;
+    let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+    let ok = decode_script_answer(Value::Array(vec![
+        bulk("ok"),
+        bulk("42"),
+        Value::Int(7),
+        bulk(""),
+    ]))
+    .expect("a well-formed answer");
+    assert_eq!(ok, ("ok".to_owned(), 42, 7, String::new()));
+    let e = decode_script_answer(Value::Array(vec![
+        bulk("corrupt"),
+        bulk("eq:incarnation"),
+        bulk(""),
+        bulk(&"x".repeat(1000)),
+    ]));
+    match e {
+        Err(RedisStoreError::Corrupt(v)) => {
+            assert_eq!(v.key, "eq:incarnation");
+            assert_eq!(v.value.len(), cluster::redis_store::BAD_VALUE_SHOWN_MAX);
+        }
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        Value::Nil,
+        Value::Int(3),
+        Value::Array(vec![]),
+        Value::Array(vec![bulk("ok"), bulk("écho"), Value::Int(1), bulk("")]),
+        Value::Array(vec![bulk("ok"), Value::Int(-1), Value::Int(1), bulk("")]),
+        Value::Array(vec![bulk("ok"), bulk("1"), Value::Int(-5), bulk("")]),
+        Value::Array(vec![bulk("ok"), bulk("1")]),
+    ] {
+        assert!(
+            matches!(
+                decode_script_answer(bad.clone()),
+                Err(RedisStoreError::Protocol(_))
+            ),
+            "{bad:?}"
+        );
+    }
+}

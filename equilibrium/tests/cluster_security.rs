@@ -136,6 +136,20 @@ fn a_peer_claiming_another_nodes_id_is_refused_counted_and_logged_with_its_addre
         }
         let role = "equilibrium_cluster_peer_refused_total{reason=\"role\"}";
         assert_eq!(metric(&c.nodes[0], role), 1.0);
+
+        // Quote counts beyond what a peer could answer in an interval: cut down, counted.
+        let clamped = "equilibrium_cluster_peer_quote_counts_clamped_total";
+        send_uni(&conn, &quote_counts(2, zone, 4_000_000_000)).await;
+        wait_for("the clamp", || metric(&c.nodes[0], clamped) >= 1.0).await;
+
+        // A forwarded request longer than any request a peer may forward: not read to its end.
+        let size = "equilibrium_cluster_peer_refused_total{reason=\"size\"}";
+        let (mut send, _recv) = conn.open_bi().await.expect("bi stream");
+        let big = vec![2u8; 4 << 20];
+        let _ = send.write_all(&big).await;
+        let _ = send.finish();
+        wait_for("the size refusal", || metric(&c.nodes[0], size) >= 1.0).await;
+        assert_eq!(metric(&c.nodes[0], series), 1.0);
         conn.close(0u32.into(), b"done");
     });
     let log = c.nodes[0].log();

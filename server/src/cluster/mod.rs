@@ -7,12 +7,15 @@
 //! - this file: [`Cluster`] (start, the shared handles, Redis connection and health), the
 //!   view as published, the tick channel to the replicator, and every bound and timing of
 //!   the shell, named with its unit.
-//! - `credentials`: the cluster CA and node certificate; the peer endpoint's mutual-TLS
-//!   QUIC configs (ALPN `equilibrium-peer/1`; a peer without a certificate signed by the
-//!   cluster CA fails the handshake).
+//! - `credentials`: the cluster CA and one certificate per node, naming its id; the peer
+//!   endpoint's mutual-TLS QUIC configs (ALPN `equilibrium-peer/2`; a peer without a
+//!   certificate signed by the cluster CA fails the handshake, one naming no node id is
+//!   closed).
 //! - `peer`: the peer endpoint's connections and what rides them: gossip in datagrams,
 //!   replication and quote counts on unidirectional streams, forwarded requests on
-//!   bidirectional streams as ordinary protocol frames.
+//!   bidirectional streams as ordinary protocol frames after their credential's role. A
+//!   peer's id is its certificate's; every message's claimed sender is checked against it
+//!   and every message bounded by its kind.
 //! - `gossip`: the task owning [`cluster::membership::Membership`] (SWIM, foca), ticked every
 //!   `MEMBERSHIP_TICK_MS`; the live set gives the ownership [`View`].
 //! - `coordinator`: the task owning [`cluster::coordinator::Coordinator`] (every
