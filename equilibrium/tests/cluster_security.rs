@@ -198,3 +198,95 @@ fn a_redis_password_appears_in_no_log_line_whether_auth_succeeds_or_fails() {
     assert!(!log.contains("SECRET"), "a password was logged:\n{log}");
     assert!(log.contains("eqnode:***@127.0.0.1"), "{log}");
 }
+
+fn redis_cli(c: &TestCluster, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &c.redis.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Zone snapshots stored in Redis, over every group hash.
+fn stored_zones(c: &TestCluster) -> (Vec<String>, usize) {
+    let keys: Vec<String> = redis_cli(c, &["--scan", "--pattern", "eq:snap:*"])
+        .lines()
+        .map(str::to_owned)
+        .filter(|k| !k.is_empty())
+        .collect();
+    let n = keys
+        .iter()
+        .map(|k| {
+            redis_cli(c, &["HLEN", k])
+                .trim()
+                .parse::<usize>()
+                .unwrap_or(0)
+        })
+        .sum();
+    (keys, n)
+}
+
+#[test]
+fn bad_bytes_in_a_groups_snapshot_hash_cost_one_zone_and_a_bad_lease_is_reported_not_as_redis_down()
+{
+    let _g = lock();
+    let mut c = TestCluster::start(1);
+    let zones: Vec<u64> = city_zones().into_iter().take(60).collect();
+    runtime().block_on(async {
+        let cc = c.cluster_client(PREMIUM).await;
+        seed_zones(&cc, &zones).await;
+        c.settle(zones.len() as u32).await;
+        cc.close().await;
+        wait_for("every zone in Redis", || stored_zones(&c).1 == zones.len()).await;
+    });
+    let (keys, _) = stored_zones(&c);
+    // One field that is no zone id, and one zone whose snapshot is garbage.
+    let key = keys[0].clone();
+    redis_cli(&c, &["HSET", &key, "not-a-zone", "x"]);
+    let field = redis_cli(&c, &["HKEYS", &key])
+        .lines()
+        .find(|f| f.parse::<u64>().is_ok())
+        .expect("a zone field")
+        .to_owned();
+    redis_cli(&c, &["HSET", &key, &field, "garbage"]);
+    c.nodes[0].kill9();
+    c.spawn(0);
+    runtime().block_on(async {
+        // Everything but the one bad zone is restored: the group is not lost.
+        c.settle(zones.len() as u32 - 1).await;
+    });
+    let bad = "equilibrium_redis_bad_values_total";
+    assert_eq!(metric(&c.nodes[0], bad), 2.0);
+    let log = c.nodes[0].log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&key) && l.contains("not-a-zone")),
+        "the bad field is not named:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("stored snapshot refused") && l.contains(&field)),
+        "the bad zone is not named:\n{log}"
+    );
+
+    // A garbage epoch in a held lease: reported with its key, Redis still up, logged once.
+    let group = key.trim_start_matches("eq:snap:").to_owned();
+    let lease = format!("eq:lease:{group}");
+    redis_cli(&c, &["HSET", &lease, "epoch", "not-a-number"]);
+    runtime().block_on(wait_for("the bad lease reported", || {
+        c.nodes[0]
+            .log()
+            .lines()
+            .any(|l| l.contains("redis holds a value") && l.contains(&lease))
+    }));
+    std::thread::sleep(Duration::from_secs(3));
+    let log = c.nodes[0].log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("redis holds a value") && l.contains(&lease))
+        .count();
+    assert_eq!(lines, 1, "rate-limited to one line:\n{log}");
+    assert_eq!(metric(&c.nodes[0], "equilibrium_redis_up"), 1.0);
+    assert!(metric(&c.nodes[0], bad) >= 3.0);
+}
