@@ -251,6 +251,16 @@ impl Cluster {
     ) -> Option<Message> {
         let addr = self.view.load().peers.iter().find(|p| p.id == owner)?.addr;
         let conn = self.peers.get(addr).await?;
+        // Client data goes only to the node the view names: the one whose certificate says so.
+        let answering = peer_node_id(&conn);
+        if answering != Some(owner) {
+            self.metrics.cluster.peer_refused_identity.inc();
+            if let Some(n) = self.noise[NOISE_IDENTITY].allow(mono_ms()) {
+                warn!(remote = %addr, expected = owner, certificate_node = ?answering, suppressed = n,
+                    "the peer at the owner's address is another node: request not forwarded");
+            }
+            return None;
+        }
         // The role of the credential whose request this is (set by the request path); a
         // request the node makes on its own behalf is an admin's.
         let role = FORWARDING_ROLE
