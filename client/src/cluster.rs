@@ -21,7 +21,7 @@ use engine::ZoneId;
 use protocol::msg::{self, outcome};
 use protocol::ErrorCode;
 
-use crate::{Client, ClientConfig, ClientError};
+use crate::{Client, ClientConfig, ClientError, Producer};
 
 /// Connections to every node of a cluster.
 #[derive(Debug)]
@@ -251,6 +251,26 @@ impl ClusterClient {
     /// overloaded or stopping, until all land or `event_deadline` passes. Returns the final
     /// outcome of each event.
     pub async fn send_events(&self, events: Vec<msg::WireEvent>) -> Result<Vec<u8>, ClientError> {
+        self.send_from(None, events).await
+    }
+
+    /// [`send_events`](Self::send_events) for events numbered by `producer`
+    /// ([`Producer::number`]): every resend carries the same sequences, so however often
+    /// an event is resent (to the same node or, after a fail-over, to another), it is
+    /// applied at most once.
+    pub async fn send_produced(
+        &self,
+        producer: &Producer,
+        events: Vec<msg::WireEvent>,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.send_from(Some(producer), events).await
+    }
+
+    async fn send_from(
+        &self,
+        producer: Option<&Producer>,
+        events: Vec<msg::WireEvent>,
+    ) -> Result<Vec<u8>, ClientError> {
         let deadline = tokio::time::Instant::now() + self.event_deadline;
         let mut out = vec![outcome::NOT_SERVING; events.len()];
         let mut todo: Vec<usize> = (0..events.len()).collect();
@@ -269,7 +289,7 @@ impl ClusterClient {
                 let node = self.node(n);
                 sends.push(async move {
                     let r = match node.await {
-                        Some(c) => c.send_events(batch).await.ok(),
+                        Some(c) => c.send_from(producer, batch).await.ok(),
                         None => None,
                     };
                     (idx, r)
@@ -300,7 +320,7 @@ impl ClusterClient {
         loop {
             let batch: Vec<msg::WireEvent> = todo.iter().map(|&i| events[i]).collect();
             let res = self
-                .call(async |c| c.send_events(batch.clone()).await)
+                .call(async |c| c.send_from(producer, batch.clone()).await)
                 .await;
             match res {
                 Ok(r) => {

@@ -22,6 +22,7 @@
 
 mod cluster;
 mod lane;
+mod producer;
 mod tls;
 
 use std::net::SocketAddr;
@@ -35,7 +36,8 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 pub use crate::cluster::ClusterClient;
 pub use crate::lane::Request;
-pub use crate::tls::Trust;
+pub use crate::producer::Producer;
+pub use crate::tls::{quic_client_config, Trust};
 
 /// How to reach and authenticate with a node.
 #[derive(Clone, Debug)]
@@ -415,6 +417,36 @@ impl Client {
             },
         )
         .await
+    }
+
+    /// Sends one batch of events numbered by `producer` ([`Producer::number`]); one outcome
+    /// per event. A resend of the same numbered events is applied at most once.
+    pub async fn send_produced(
+        &self,
+        producer: &Producer,
+        events: Vec<msg::WireEvent>,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.call(
+            Message::ProducerBatch(producer.batch(events)),
+            |m| match m {
+                Message::ProducerBatchOk(r) => Some(r.outcomes),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// [`send_events`](Self::send_events), or [`send_produced`](Self::send_produced) when
+    /// a producer is given.
+    pub(crate) async fn send_from(
+        &self,
+        producer: Option<&Producer>,
+        events: Vec<msg::WireEvent>,
+    ) -> Result<Vec<u8>, ClientError> {
+        match producer {
+            Some(p) => self.send_produced(p, events).await,
+            None => self.send_events(events).await,
+        }
     }
 
     /// Verifies a quote token.

@@ -79,11 +79,9 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
-/// A quinn client config speaking `alpn` with the given trust.
-pub(crate) fn quic_client_config(
-    trust: &Trust,
-    alpn: &[u8],
-) -> Result<quinn::ClientConfig, String> {
+/// A quinn client config speaking `alpn` with the given trust (for tools and tests that
+/// build their own endpoint, e.g. bound to a chosen address or with their own transport).
+pub fn quic_client_config(trust: &Trust, alpn: &[u8]) -> Result<quinn::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -8,8 +8,9 @@ by byte as the spec describes. Usage:
     eq_client.py HOST PORT TOKEN CAFILE ZONE_HEX
 
 It authenticates, sends two rider-demand events (twice: the resend must come back as
-duplicates), quotes a trip from ZONE_HEX and a trip from an invalid latitude, and prints one
-JSON object with what the node answered.
+duplicates), sends two more as an idempotent producer (numbered per zone; resent, and then
+once more from an older epoch, which is fenced), quotes a trip from ZONE_HEX and a trip from
+an invalid latitude, and prints one JSON object with what the node answered.
 """
 
 import asyncio
@@ -22,8 +23,8 @@ from aioquic.asyncio import connect
 from aioquic.quic.configuration import QuicConfiguration
 
 ALPN = "equilibrium/1"
-HELLO, QUOTE, EVENT_BATCH = 0x01, 0x02, 0x04
-WELCOME, QUOTE_OK, EVENT_BATCH_OK, ERROR = 0x81, 0x82, 0x84, 0xFF
+HELLO, QUOTE, EVENT_BATCH, PRODUCER_BATCH = 0x01, 0x02, 0x04, 0x10
+WELCOME, QUOTE_OK, EVENT_BATCH_OK, PRODUCER_BATCH_OK, ERROR = 0x81, 0x82, 0x84, 0x90, 0xFF
 
 
 def frame(kind, request_id, body):
@@ -62,6 +63,35 @@ def event_batch_body(events):
     return data + vec_field(root_pos, 0, len(events))
 
 
+def producer_batch_body(producer, epoch, events):
+    # ProducerBatch: size 24, align 8: producer (u64) at 0, epoch (u32) at 8, events (vector)
+    # at 12, 4 bytes of padding. The events first (each id is the event's sequence in its
+    # zone), the root last.
+    data = b"".join(struct.pack("<QQQB7x", i, z, d, k) for (i, z, d, k) in events)
+    root_pos = len(data)
+    root = struct.pack("<QI", producer, epoch) + vec_field(root_pos + 12, 0, len(events))
+    return data + root + b"\0" * 4
+
+
+class Producer:
+    """An idempotent producer: an id kept across restarts, an epoch raised at each start, and
+    the next sequence of each zone. Number an event once; resend it with its number."""
+
+    def __init__(self, producer, epoch):
+        self.producer, self.epoch, self.next = producer, epoch, {}
+
+    def number(self, events):
+        numbered = []
+        for (_, zone, driver, kind) in events:
+            seq = self.next.get(zone, 1)
+            self.next[zone] = seq + 1
+            numbered.append((seq, zone, driver, kind))
+        return numbered
+
+    def body(self, numbered):
+        return producer_batch_body(self.producer, self.epoch, numbered)
+
+
 def root_vec(body, root_pos, field_offset):
     field = root_pos + field_offset
     off, length = struct.unpack_from("<iI", body, field)
@@ -78,7 +108,7 @@ def parse(kind, body):
         zone, amount, version, age, expires, mult, cur = struct.unpack_from("<QQQQQI3s", root, 112)
         return {"kind": "quote", "zone": f"{zone:x}", "amount_minor": amount, "multiplier_milli": mult,
                 "currency": cur.decode(), "token": token.hex()}
-    if kind == EVENT_BATCH_OK:
+    if kind in (EVENT_BATCH_OK, PRODUCER_BATCH_OK):
         start, n = root_vec(body, len(body) - 8, 0)
         return {"kind": "outcomes", "outcomes": list(body[start:start + n])}
     if kind == ERROR:
@@ -109,6 +139,13 @@ async def main(host, port, token, cafile, zone_hex):
         events = [(9001, zone, 0, 4), (9002, zone, 0, 4)]
         out["events"] = await request(reader, writer, EVENT_BATCH, 2, event_batch_body(events))
         out["resend"] = await request(reader, writer, EVENT_BATCH, 3, event_batch_body(events))
+        old, new = Producer(0xC0FFEE, 1), Producer(0xC0FFEE, 2)
+        numbered = old.number([(0, zone, 31, 4), (0, zone, 32, 4)])
+        out["produced"] = await request(reader, writer, PRODUCER_BATCH, 6, old.body(numbered))
+        out["produced_resend"] = await request(reader, writer, PRODUCER_BATCH, 7, old.body(numbered))
+        restarted = new.number([(0, zone, 33, 4)])
+        out["restarted"] = await request(reader, writer, PRODUCER_BATCH, 8, new.body(restarted))
+        out["old_epoch"] = await request(reader, writer, PRODUCER_BATCH, 9, old.body(numbered))
         out["quote"] = await request(reader, writer, QUOTE, 4, quote_body(zone=zone, distance_m=5000, duration_s=900))
         out["bad_latitude"] = await request(reader, writer, QUOTE, 5, quote_body(lat=95.0, origin=1))
     print(json.dumps(out))

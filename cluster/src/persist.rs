@@ -6,16 +6,22 @@
 use engine::core::{ImportError, ZoneExport, ZoneLimits};
 use engine::fare::{Currency, FareTable};
 use engine::policy::PolicyState;
+use engine::producer::ProducerState;
 use engine::{ZoneCore, ZoneId};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// The first byte of every stored snapshot. Format 2 (decaying demand counters, rider
-/// sessions, a policy state in engine time) replaced format 1 (sliding-window buckets, a
-/// per-tick policy state); a format-1 snapshot is refused as an unknown format, so a node of
-/// this build starts such a zone afresh.
-pub const FORMAT: u8 = 2;
+/// The first byte of every stored snapshot this build writes. Format 3 is format 2 and the
+/// zone's producers (`engine::producer`); a format-2 snapshot is still read (as a zone
+/// without producers), so a rolling upgrade keeps every zone. Format 2 (decaying demand
+/// counters, rider sessions, a policy state in engine time) replaced format 1
+/// (sliding-window buckets, a per-tick policy state); a format-1 snapshot is refused as an
+/// unknown format, so a node of this build starts such a zone afresh.
+pub const FORMAT: u8 = 3;
+
+/// The older format this build still reads.
+pub const FORMAT_2: u8 = 2;
 
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 struct StoredFare {
@@ -50,6 +56,25 @@ struct StoredZone {
     drivers: Vec<StoredEntry>,
     dedupe: Vec<StoredEntry>,
     riders: Vec<StoredEntry>,
+}
+
+/// One producer of a zone: its id, epoch, highest sequence, the 128-bit window as two
+/// words (low word: the highest and the 63 below it), when it was last heard.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+struct StoredProducer {
+    producer: u64,
+    high: u64,
+    window_lo: u64,
+    window_hi: u64,
+    last_ms: u64,
+    epoch: u32,
+}
+
+/// Format 3: format 2's zone and its producers.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct StoredZoneV3 {
+    zone: StoredZone,
+    producers: Vec<StoredProducer>,
 }
 
 /// Why stored bytes do not restore a zone.
@@ -117,6 +142,21 @@ pub fn encode(e: &ZoneExport) -> Vec<u8> {
         dedupe: entries(&e.dedupe),
         riders: entries(&e.riders),
     };
+    let s = StoredZoneV3 {
+        zone: s,
+        producers: e
+            .producers
+            .iter()
+            .map(|p| StoredProducer {
+                producer: p.producer,
+                high: p.high,
+                window_lo: p.window as u64,
+                window_hi: (p.window >> 64) as u64,
+                last_ms: p.last_ms,
+                epoch: p.epoch,
+            })
+            .collect(),
+    };
     let body = rkyv::to_bytes::<rancor::Error>(&s).expect("serialising plain data cannot fail");
     let mut out = Vec::with_capacity(body.len() + 1);
     out.push(FORMAT);
@@ -126,14 +166,20 @@ pub fn encode(e: &ZoneExport) -> Vec<u8> {
 
 /// Restores a zone from stored bytes, validating them and checking them against `limits`.
 pub fn decode(bytes: &[u8], limits: &ZoneLimits) -> Result<ZoneCore, PersistError> {
-    match bytes.first() {
-        Some(&FORMAT) => {}
-        other => return Err(PersistError::Format(other.copied())),
+    let format = bytes.first().copied();
+    if format != Some(FORMAT) && format != Some(FORMAT_2) {
+        return Err(PersistError::Format(format));
     }
     let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(&bytes[1..]);
-    let s = rkyv::from_bytes::<StoredZone, rancor::Error>(&aligned)
-        .map_err(|e| PersistError::Corrupt(e.to_string()))?;
+    let corrupt = |e: rancor::Error| PersistError::Corrupt(e.to_string());
+    let (s, producers) = if format == Some(FORMAT) {
+        let v3 = rkyv::from_bytes::<StoredZoneV3, rancor::Error>(&aligned).map_err(corrupt)?;
+        (v3.zone, v3.producers)
+    } else {
+        let v2 = rkyv::from_bytes::<StoredZone, rancor::Error>(&aligned).map_err(corrupt)?;
+        (v2, Vec::new())
+    };
     let export = ZoneExport {
         zone: ZoneId::new(s.zone).map_err(|e| PersistError::Field(e.to_string()))?,
         fare: fare_of(&s.fare)?,
@@ -145,6 +191,16 @@ pub fn decode(bytes: &[u8], limits: &ZoneLimits) -> Result<ZoneCore, PersistErro
         drivers: s.drivers.iter().map(|e| (e.id, e.at_ms)).collect(),
         dedupe: s.dedupe.iter().map(|e| (e.id, e.at_ms)).collect(),
         riders: s.riders.iter().map(|e| (e.id, e.at_ms)).collect(),
+        producers: producers
+            .iter()
+            .map(|p| ProducerState {
+                producer: p.producer,
+                epoch: p.epoch,
+                high: p.high,
+                window: u128::from(p.window_lo) | (u128::from(p.window_hi) << 64),
+                last_ms: p.last_ms,
+            })
+            .collect(),
         rates_at_ms: s.rates_at_ms,
         rates: s.rates,
         policy: PolicyState {
@@ -157,4 +213,48 @@ pub fn decode(bytes: &[u8], limits: &ZoneLimits) -> Result<ZoneCore, PersistErro
         last_event_ms: s.last_event_ms,
     };
     Ok(ZoneCore::import(export, limits)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::{Event, EventKind, Producer};
+
+    #[test]
+    fn a_format_2_snapshot_restores_as_a_zone_without_producers() {
+        let limits = ZoneLimits::default();
+        let zone = ZoneId::from_lat_lng(52.52, 13.405, 8).expect("valid");
+        let fare = FareTable {
+            version: 3,
+            base_minor: 250,
+            per_km_minor: 120,
+            per_min_minor: 30,
+            minimum_minor: 700,
+            surge_cap_milli: 2500,
+            currency: Currency::new("EUR").expect("valid"),
+        };
+        let mut core = ZoneCore::new(zone, fare, 0, &limits);
+        let kind = EventKind::DriverAvailable { driver: 7 };
+        core.apply(&Event { id: 11, zone, kind }, 5, &limits);
+        let p = Producer { id: 9, epoch: 1 };
+        core.apply_from(Some(p), &Event { id: 1, zone, kind }, 6, &limits);
+        let e = core.export();
+        assert_eq!(e.producers.len(), 1);
+        // The same zone as a format-2 node wrote it: format 3 without its producers.
+        let v3 = encode(&e);
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(&v3[1..]);
+        let full = rkyv::from_bytes::<StoredZoneV3, rancor::Error>(&aligned).expect("valid");
+        let mut v2 = vec![FORMAT_2];
+        v2.extend_from_slice(&rkyv::to_bytes::<rancor::Error>(&full.zone).expect("plain"));
+        let restored = decode(&v2, &limits).expect("format 2 is read");
+        assert_eq!(
+            restored.export(),
+            ZoneExport {
+                producers: Vec::new(),
+                ..e.clone()
+            }
+        );
+        assert_eq!(decode(&v3, &limits).expect("format 3").export(), e);
+    }
 }

@@ -3,7 +3,7 @@
 
 use cluster::persist::{self, decode, encode, PersistError};
 use engine::fare::{Currency, FareTable};
-use engine::{Event, EventKind, SurgePolicy, ZoneCore, ZoneId, ZoneLimits};
+use engine::{Event, EventKind, Producer, SurgePolicy, ZoneCore, ZoneId, ZoneLimits};
 use proptest::prelude::*;
 
 fn zone() -> ZoneId {
@@ -25,6 +25,8 @@ fn fare(version: u32) -> FareTable {
 #[derive(Clone, Debug)]
 enum Step {
     Event(u64, EventKind),
+    /// An event from a producer (id, epoch): its id is its sequence.
+    Produced(u64, u32, u64, EventKind),
     Tick(u32),
     Fare,
 }
@@ -41,7 +43,8 @@ fn steps() -> impl Strategy<Value = Vec<(u64, Step)>> {
         (
             0u64..3_000,
             prop_oneof![
-                6 => (0u64..400, kind).prop_map(|(id, k)| Step::Event(id, k)),
+                4 => (0u64..400, kind.clone()).prop_map(|(id, k)| Step::Event(id, k)),
+                4 => (1u64..4, 1u32..3, 1u64..300, kind).prop_map(|(p, e, q, k)| Step::Produced(p, e, q, k)),
                 3 => (0u32..4).prop_map(Step::Tick),
                 1 => Just(Step::Fare),
             ],
@@ -75,6 +78,22 @@ fn run(
                 core.apply(
                     &Event {
                         id: *id,
+                        zone: zone(),
+                        kind: *kind
+                    },
+                    *t,
+                    limits
+                )
+            )),
+            Step::Produced(p, epoch, seq, kind) => trace.push(format!(
+                "{:?}",
+                core.apply_from(
+                    Some(Producer {
+                        id: *p,
+                        epoch: *epoch
+                    }),
+                    &Event {
+                        id: *seq,
                         zone: zone(),
                         kind: *kind
                     },

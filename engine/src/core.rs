@@ -3,10 +3,11 @@
 
 use serde::Deserialize;
 
-use crate::event::{Event, EventKind, EventOutcome, RejectReason};
+use crate::event::{Event, EventKind, EventOutcome, Producer, RejectReason};
 use crate::expiring::{ExpiringSet, Full};
 use crate::fare::{FareTable, MILLI};
 use crate::policy::{PolicyInput, PolicyState, SurgePolicy};
+use crate::producer::{ProducerState, Producers, Sequence, Verdict};
 use crate::snapshot::{PriceSnapshot, SnapshotFields};
 use crate::window::{Counter, Rates};
 use crate::zone::ZoneId;
@@ -35,6 +36,14 @@ pub struct ZoneLimits {
     /// Most event ids remembered per zone; events beyond are rejected (`dedupe_full`) until
     /// the window slides, never applied twice. Default 8,192.
     pub dedupe_ids_max: usize,
+    /// Most producers (senders numbering their events, `crate::producer`) remembered per
+    /// zone; a new one beyond it is refused (`producers_full`) until one expires, never
+    /// forgotten while live. Default 64.
+    pub producers_max: usize,
+    /// A producer that sent nothing to a zone for this long is forgotten there; a resend
+    /// after that could be applied twice, so it bounds how long a producer may retry.
+    /// Default 900,000 ms (15 minutes).
+    pub producer_idle_ms: u64,
     /// Previous fare tables kept per zone so `explain` can show the table a quote used.
     /// Default 4.
     pub fare_history_max: usize,
@@ -50,6 +59,8 @@ impl Default for ZoneLimits {
             riders_max: 4_096,
             dedupe_window_ms: 60_000,
             dedupe_ids_max: 8_192,
+            producers_max: 64,
+            producer_idle_ms: 900_000,
             fare_history_max: 4,
         }
     }
@@ -103,6 +114,9 @@ pub struct ZoneCore {
     /// Boxed and made on the first known rider: most zones of a city hear few riders, and
     /// the hot state has a budget per zone.
     riders: Option<Box<ExpiringSet>>,
+    /// The producers that numbered events for this zone (boxed and made on the first, for
+    /// the same budget).
+    producers: Option<Box<Producers>>,
     /// Demand, quotes and accepted trips, decaying.
     rates: Rates,
     policy: PolicyState,
@@ -128,6 +142,8 @@ pub struct ZoneExport {
     pub dedupe: Vec<(u64, u64)>,
     /// Rider sessions and when each was last seen, sorted by id.
     pub riders: Vec<(u64, u64)>,
+    /// The producers remembered, sorted by id.
+    pub producers: Vec<ProducerState>,
     /// Engine time the decaying counters are decayed to.
     pub rates_at_ms: u64,
     /// The decaying counters: demand, quotes, accepted.
@@ -181,6 +197,8 @@ pub struct HotState {
     pub riders: usize,
     /// Event ids remembered for dedupe.
     pub dedupe_ids: usize,
+    /// Producers remembered.
+    pub producers: usize,
     /// Current fare table.
     pub fare: FareTable,
     /// Published multiplier, thousandths.
@@ -201,6 +219,7 @@ impl ZoneCore {
             drivers: ExpiringSet::default(),
             dedupe: ExpiringSet::default(),
             riders: None,
+            producers: None,
             rates: Rates::new(now_ms),
             policy: PolicyState::new(now_ms),
             version: 0,
@@ -214,18 +233,63 @@ impl ZoneCore {
         self.zone
     }
 
-    /// Applies one event, at most once per id within the dedupe window.
+    /// Applies one event without a producer: at most once per id within the dedupe window.
     ///
     /// The caller routes events to the right zone; an event for another zone is a bug.
     pub fn apply(&mut self, ev: &Event, now_ms: u64, limits: &ZoneLimits) -> EventOutcome {
+        self.apply_from(None, ev, now_ms, limits)
+    }
+
+    /// Applies one event at most once: from a producer, by its sequence (`ev.id`, see
+    /// [`crate::producer`]); without one, by its id within the dedupe window.
+    pub fn apply_from(
+        &mut self,
+        producer: Option<Producer>,
+        ev: &Event,
+        now_ms: u64,
+        limits: &ZoneLimits,
+    ) -> EventOutcome {
         assert_eq!(ev.zone, self.zone, "event routed to the wrong zone");
-        self.dedupe.expire(now_ms, limits.dedupe_window_ms);
-        if self.dedupe.contains(ev.id) {
-            return EventOutcome::Duplicate;
+        let Some(p) = producer else {
+            self.dedupe.expire(now_ms, limits.dedupe_window_ms);
+            if self.dedupe.contains(ev.id) {
+                return EventOutcome::Duplicate;
+            }
+            if self.dedupe.len() >= limits.dedupe_ids_max {
+                return EventOutcome::Rejected(RejectReason::DedupeFull);
+            }
+            let outcome = self.apply_kind(ev, now_ms, limits);
+            if outcome == EventOutcome::Applied {
+                // Room was checked above and the id is new, so this cannot fail.
+                let _ = self.dedupe.touch(ev.id, now_ms, usize::MAX);
+            }
+            return outcome;
+        };
+        let seq = Sequence {
+            producer: p.id,
+            epoch: p.epoch,
+            seq: ev.id,
+        };
+        let producers = self.producers.get_or_insert_with(Box::default);
+        producers.expire(now_ms, limits.producer_idle_ms);
+        match producers.check(seq, limits.producers_max) {
+            Verdict::New => {}
+            Verdict::Duplicate => return EventOutcome::Duplicate,
+            Verdict::Fenced => return EventOutcome::Rejected(RejectReason::ProducerFenced),
+            Verdict::TooOld => return EventOutcome::Rejected(RejectReason::SequenceTooOld),
+            Verdict::Full => return EventOutcome::Rejected(RejectReason::ProducersFull),
         }
-        if self.dedupe.len() >= limits.dedupe_ids_max {
-            return EventOutcome::Rejected(RejectReason::DedupeFull);
+        let outcome = self.apply_kind(ev, now_ms, limits);
+        if outcome == EventOutcome::Applied {
+            if let Some(producers) = self.producers.as_mut() {
+                producers.record(seq, now_ms);
+            }
         }
+        outcome
+    }
+
+    /// What an event does to the zone, once it is known to be new.
+    fn apply_kind(&mut self, ev: &Event, now_ms: u64, limits: &ZoneLimits) -> EventOutcome {
         let h = limits.half_life_ms();
         match ev.kind {
             EventKind::DriverAvailable { driver } => {
@@ -244,8 +308,6 @@ impl ZoneCore {
             }
             EventKind::TripAccepted => self.rates.add(Counter::Accepted, now_ms, h, 1.0),
         }
-        // Room was checked above and the id is new, so this cannot fail.
-        let _ = self.dedupe.touch(ev.id, now_ms, usize::MAX);
         self.last_event_ms = self.last_event_ms.max(now_ms);
         EventOutcome::Applied
     }
@@ -387,6 +449,7 @@ impl ZoneCore {
             accepted: rounded(self.rates.get(Counter::Accepted)),
             riders: self.riders.as_ref().map_or(0, |r| r.len()),
             dedupe_ids: self.dedupe.len(),
+            producers: self.producers.as_ref().map_or(0, |p| p.len()),
             fare: self.fare,
             multiplier_milli: self.policy.published_milli,
             version: self.version,
@@ -404,6 +467,10 @@ impl ZoneCore {
             drivers: self.drivers.entries(),
             dedupe: self.dedupe.entries(),
             riders: self.riders.as_ref().map_or_else(Vec::new, |r| r.entries()),
+            producers: self
+                .producers
+                .as_ref()
+                .map_or_else(Vec::new, |p| p.states().to_vec()),
             rates_at_ms,
             rates,
             policy: self.policy,
@@ -438,6 +505,7 @@ impl ZoneCore {
         too_many("drivers", e.drivers.len(), limits.drivers_max)?;
         too_many("dedupe ids", e.dedupe.len(), limits.dedupe_ids_max)?;
         too_many("riders", e.riders.len(), limits.riders_max)?;
+        too_many("producers", e.producers.len(), limits.producers_max)?;
         too_many(
             "fare history",
             e.fare_history.len(),
@@ -461,6 +529,8 @@ impl ZoneCore {
             drivers: ExpiringSet::from_entries(&e.drivers),
             dedupe: ExpiringSet::from_entries(&e.dedupe),
             riders: (!e.riders.is_empty()).then(|| Box::new(ExpiringSet::from_entries(&e.riders))),
+            producers: (!e.producers.is_empty())
+                .then(|| Box::new(Producers::from_states(e.producers))),
             rates,
             policy: p,
             version: e.version,
@@ -484,6 +554,10 @@ impl ZoneCore {
                 .riders
                 .as_ref()
                 .map_or(0, |r| std::mem::size_of::<ExpiringSet>() + r.heap_bytes())
+            + self
+                .producers
+                .as_ref()
+                .map_or(0, |p| std::mem::size_of::<Producers>() + p.heap_bytes())
             + self.fare_history.capacity() * std::mem::size_of::<FareTable>();
         (hot, self.dedupe.heap_bytes())
     }
@@ -599,6 +673,58 @@ mod tests {
         // After the window slides, there is room again.
         assert_eq!(
             z.apply(&ev(3, EventKind::RiderDemand { rider: 0 }), 60_000, &l),
+            EventOutcome::Applied
+        );
+    }
+
+    #[test]
+    fn a_producers_events_apply_once_however_many_arrive_and_a_refused_one_can_be_resent() {
+        let l = ZoneLimits {
+            drivers_max: 1,
+            dedupe_ids_max: 1,
+            producers_max: 1,
+            ..ZoneLimits::default()
+        };
+        let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
+        let p = Some(Producer { id: 5, epoch: 1 });
+        // Far more events than the dedupe log holds: producers need none of it.
+        for seq in 1..=1_000 {
+            let e = ev(seq, EventKind::RiderDemand { rider: seq });
+            assert_eq!(z.apply_from(p, &e, seq, &l), EventOutcome::Applied);
+            assert_eq!(z.apply_from(p, &e, seq, &l), EventOutcome::Duplicate);
+        }
+        assert_eq!(z.hot_state().dedupe_ids, 0);
+        let d1 = ev(1_001, EventKind::DriverAvailable { driver: 1 });
+        let d2 = ev(1_002, EventKind::DriverAvailable { driver: 2 });
+        assert_eq!(z.apply_from(p, &d1, 2_000, &l), EventOutcome::Applied);
+        // Refused for another reason: not recorded, so its resend is not a duplicate.
+        let full = EventOutcome::Rejected(RejectReason::DriversFull);
+        assert_eq!(z.apply_from(p, &d2, 2_000, &l), full);
+        z.apply_from(
+            p,
+            &ev(1_003, EventKind::DriverOffline { driver: 1 }),
+            2_000,
+            &l,
+        );
+        assert_eq!(z.apply_from(p, &d2, 2_001, &l), EventOutcome::Applied);
+        // A restart fences the old incarnation; a second producer waits for room.
+        let p2 = Some(Producer { id: 5, epoch: 2 });
+        assert_eq!(
+            z.apply_from(p2, &ev(1, EventKind::TripAccepted), 2_002, &l),
+            EventOutcome::Applied
+        );
+        assert_eq!(
+            z.apply_from(p, &ev(1_004, EventKind::TripAccepted), 2_002, &l),
+            EventOutcome::Rejected(RejectReason::ProducerFenced)
+        );
+        let other = Some(Producer { id: 6, epoch: 1 });
+        assert_eq!(
+            z.apply_from(other, &ev(1, EventKind::TripAccepted), 2_003, &l),
+            EventOutcome::Rejected(RejectReason::ProducersFull)
+        );
+        let later = 2_002 + l.producer_idle_ms;
+        assert_eq!(
+            z.apply_from(other, &ev(1, EventKind::TripAccepted), later, &l),
             EventOutcome::Applied
         );
     }

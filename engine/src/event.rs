@@ -2,16 +2,29 @@
 
 use crate::zone::ZoneId;
 
-/// One event from a driver or rider app. `id` is chosen by the sender and makes resends
-/// idempotent: an id seen again within the dedupe window is not applied twice.
+/// One event from a driver or rider app. `id` makes resends idempotent. From a [`Producer`]
+/// (the batch names one), `id` is the event's sequence among that producer's events for
+/// the zone, from 1 (see [`crate::producer`]); otherwise it is a sender-chosen unique id,
+/// and an id seen again within the zone's dedupe window is not applied twice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
-    /// Sender-chosen unique id (e.g. a random u64 or a per-device counter).
+    /// The producer's sequence for this zone; without a producer, a sender-chosen unique id
+    /// (e.g. a random u64 or a per-device counter).
     pub id: u64,
     /// The zone the event happens in.
     pub zone: ZoneId,
     /// What happened.
     pub kind: EventKind,
+}
+
+/// An idempotent producer: the sender of a batch whose events are numbered per zone (an
+/// app backend instance, a device gateway). See [`crate::producer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Producer {
+    /// The producer's id, kept across its restarts (0 is not a producer).
+    pub id: u64,
+    /// Its incarnation, higher after every restart (e.g. its start time in seconds).
+    pub epoch: u32,
 }
 
 /// What happened in a zone.
@@ -76,6 +89,13 @@ pub enum RejectReason {
     Overloaded,
     /// The engine is shutting down.
     Stopped,
+    /// The producer restarted: its batch came from an older epoch than one already seen.
+    ProducerFenced,
+    /// The sequence is a window or more behind the producer's highest in the zone, so the
+    /// zone cannot tell a resend from a first delivery (the producer reordered too far).
+    SequenceTooOld,
+    /// A producer new to the zone, which remembers `producers_max` producers already.
+    ProducersFull,
 }
 
 impl RejectReason {
@@ -88,6 +108,9 @@ impl RejectReason {
             Self::DedupeFull => "dedupe_full",
             Self::Overloaded => "overloaded",
             Self::Stopped => "stopped",
+            Self::ProducerFenced => "producer_fenced",
+            Self::SequenceTooOld => "sequence_too_old",
+            Self::ProducersFull => "producers_full",
         }
     }
 }

@@ -1,96 +1,127 @@
-//! HMAC-SHA256 (RFC 2104) with the key's inner and outer states computed once.
+//! HMAC-SHA256 (RFC 2104) from the `hmac` crate, keyed once.
 //!
-//! Signing a quote token hashes a 96-byte payload. A general HMAC API re-derives or copies
-//! large hashing contexts on every call (that was most of the cost of a signed quote); here
-//! a key is reduced once to two 32-byte SHA-256 states, and a MAC is three compressions of
-//! stack-allocated blocks (two for a 96-byte message). SHA-256 itself is the `sha2` crate's
-//! compression function, which uses the CPU's SHA extensions when present.
+//! Signing a quote token hashes a 96-byte payload. Keying an HMAC hashes the key's padded
+//! inner and outer blocks; that is done once, in [`HmacKey::new`], and each MAC starts from a
+//! copy of the keyed state (a few hundred bytes on the stack, no allocation), so a MAC of a
+//! token costs three compressions: two for the payload, one for the outer hash. SHA-256 is the `sha2` crate's,
+//! which uses the CPU's SHA extensions when present. Against the hand-written HMAC this
+//! replaced (three compressions from precomputed key states), a same-run criterion A/B on a
+//! 96-byte message measured about 15 ns more per MAC (146 → 162 ns), the cost of copying the
+//! keyed state and the crate's block buffering; the output is identical (the tests keep the
+//! old construction as a reference and compare).
 
-use sha2::digest::generic_array::GenericArray;
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
-const BLOCK: usize = 64;
-const IV: [u32; 8] = [
-    0x6a09_e667,
-    0xbb67_ae85,
-    0x3c6e_f372,
-    0xa54f_f53a,
-    0x510e_527f,
-    0x9b05_688c,
-    0x1f83_d9ab,
-    0x5be0_cd19,
-];
-
-/// An HMAC-SHA256 key, reduced to the states after its padded inner and outer blocks.
+/// An HMAC-SHA256 key, its inner and outer blocks already absorbed.
 #[derive(Clone)]
-pub(crate) struct HmacKey {
-    inner: [u32; 8],
-    outer: [u32; 8],
-}
-
-fn compress(state: &mut [u32; 8], block: &[u8; BLOCK]) {
-    sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
-}
+pub(crate) struct HmacKey(Hmac<Sha256>);
 
 impl HmacKey {
     /// Prepares a key of any length (keys longer than a block are hashed first, per RFC 2104).
     pub(crate) fn new(key: &[u8]) -> Self {
-        let mut k = [0u8; BLOCK];
-        if key.len() > BLOCK {
-            k[..32].copy_from_slice(&Sha256::digest(key));
-        } else {
-            k[..key.len()].copy_from_slice(key);
-        }
-        let (mut ipad, mut opad) = ([0x36u8; BLOCK], [0x5cu8; BLOCK]);
-        for i in 0..BLOCK {
-            ipad[i] ^= k[i];
-            opad[i] ^= k[i];
-        }
-        let (mut inner, mut outer) = (IV, IV);
-        compress(&mut inner, &ipad);
-        compress(&mut outer, &opad);
-        Self { inner, outer }
+        Self(Hmac::new_from_slice(key).expect("HMAC takes keys of any length"))
     }
 
-    /// HMAC-SHA256 of `msg`. Allocation-free.
+    /// HMAC-SHA256 of `msg`. Allocation-free: the keyed state is copied, not rebuilt.
     pub(crate) fn mac(&self, msg: &[u8]) -> [u8; 32] {
-        let mut state = self.inner;
-        let inner_digest = finish(&mut state, msg, BLOCK);
-        let mut state = self.outer;
-        finish(&mut state, &inner_digest, BLOCK)
+        let mut m = self.0.clone();
+        m.update(msg);
+        m.finalize().into_bytes().into()
     }
-}
-
-/// Hashes `msg` into `state` (which has already absorbed `prefix_len` bytes) and applies the
-/// final SHA-256 padding; returns the digest.
-fn finish(state: &mut [u32; 8], msg: &[u8], prefix_len: usize) -> [u8; 32] {
-    let mut chunks = msg.chunks_exact(BLOCK);
-    for c in &mut chunks {
-        let mut b = [0u8; BLOCK];
-        b.copy_from_slice(c);
-        compress(state, &b);
-    }
-    let rest = chunks.remainder();
-    let bits = ((prefix_len + msg.len()) as u64) * 8;
-    let mut b = [0u8; BLOCK];
-    b[..rest.len()].copy_from_slice(rest);
-    b[rest.len()] = 0x80;
-    if rest.len() + 1 + 8 > BLOCK {
-        compress(state, &b);
-        b = [0u8; BLOCK];
-    }
-    b[BLOCK - 8..].copy_from_slice(&bits.to_be_bytes());
-    compress(state, &b);
-    let mut out = [0u8; 32];
-    for (o, w) in out.chunks_exact_mut(4).zip(state.iter()) {
-        o.copy_from_slice(&w.to_be_bytes());
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
+
+    /// The hand-written HMAC-SHA256 this module used before the `hmac` crate, kept to show
+    /// the output is identical.
+    mod reference {
+        use sha2::digest::generic_array::GenericArray;
+        use sha2::{Digest, Sha256};
+
+        const BLOCK: usize = 64;
+        const IV: [u32; 8] = [
+            0x6a09_e667,
+            0xbb67_ae85,
+            0x3c6e_f372,
+            0xa54f_f53a,
+            0x510e_527f,
+            0x9b05_688c,
+            0x1f83_d9ab,
+            0x5be0_cd19,
+        ];
+
+        /// The hand-written HMAC the crate replaced: the key reduced to the states after its
+        /// padded inner and outer blocks, a MAC three compressions of stack blocks.
+        #[derive(Clone)]
+        pub(super) struct RefKey {
+            inner: [u32; 8],
+            outer: [u32; 8],
+        }
+
+        fn compress(state: &mut [u32; 8], block: &[u8; BLOCK]) {
+            sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
+        }
+
+        impl RefKey {
+            /// Prepares a key of any length (keys longer than a block are hashed first, per RFC 2104).
+            pub(super) fn new(key: &[u8]) -> Self {
+                let mut k = [0u8; BLOCK];
+                if key.len() > BLOCK {
+                    k[..32].copy_from_slice(&Sha256::digest(key));
+                } else {
+                    k[..key.len()].copy_from_slice(key);
+                }
+                let (mut ipad, mut opad) = ([0x36u8; BLOCK], [0x5cu8; BLOCK]);
+                for i in 0..BLOCK {
+                    ipad[i] ^= k[i];
+                    opad[i] ^= k[i];
+                }
+                let (mut inner, mut outer) = (IV, IV);
+                compress(&mut inner, &ipad);
+                compress(&mut outer, &opad);
+                Self { inner, outer }
+            }
+
+            /// HMAC-SHA256 of `msg`. Allocation-free.
+            pub(super) fn mac(&self, msg: &[u8]) -> [u8; 32] {
+                let mut state = self.inner;
+                let inner_digest = finish(&mut state, msg, BLOCK);
+                let mut state = self.outer;
+                finish(&mut state, &inner_digest, BLOCK)
+            }
+        }
+
+        /// Hashes `msg` into `state` (which has already absorbed `prefix_len` bytes) and applies the
+        /// final SHA-256 padding; returns the digest.
+        fn finish(state: &mut [u32; 8], msg: &[u8], prefix_len: usize) -> [u8; 32] {
+            let mut chunks = msg.chunks_exact(BLOCK);
+            for c in &mut chunks {
+                let mut b = [0u8; BLOCK];
+                b.copy_from_slice(c);
+                compress(state, &b);
+            }
+            let rest = chunks.remainder();
+            let bits = ((prefix_len + msg.len()) as u64) * 8;
+            let mut b = [0u8; BLOCK];
+            b[..rest.len()].copy_from_slice(rest);
+            b[rest.len()] = 0x80;
+            if rest.len() + 1 + 8 > BLOCK {
+                compress(state, &b);
+                b = [0u8; BLOCK];
+            }
+            b[BLOCK - 8..].copy_from_slice(&bits.to_be_bytes());
+            compress(state, &b);
+            let mut out = [0u8; 32];
+            for (o, w) in out.chunks_exact_mut(4).zip(state.iter()) {
+                o.copy_from_slice(&w.to_be_bytes());
+            }
+            out
+        }
+    }
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
@@ -122,6 +153,41 @@ mod tests {
             hex(&k.mac(&[0xdd; 50])),
             "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"
         );
+    }
+
+    #[test]
+    fn rfc4231_case_4_combined_key_and_fifty_byte_message() {
+        let key: Vec<u8> = (0x01..=0x19).collect();
+        let k = HmacKey::new(&key);
+        assert_eq!(
+            hex(&k.mac(&[0xcd; 50])),
+            "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b"
+        );
+    }
+
+    #[test]
+    fn rfc4231_case_5_truncated_to_128_bits_as_tokens_carry_it() {
+        let k = HmacKey::new(&[0x0c; 20]);
+        assert_eq!(
+            hex(&k.mac(b"Test With Truncation")[..16]),
+            "a3b6167473100ee06e0c796c2955552b"
+        );
+    }
+
+    #[test]
+    fn the_crate_gives_the_same_tags_as_the_hand_written_hmac_it_replaced() {
+        for key_len in [0usize, 1, 20, 32, 63, 64, 65, 131] {
+            let key: Vec<u8> = (0..key_len).map(|i| (i * 7 + 3) as u8).collect();
+            let (new, old) = (HmacKey::new(&key), reference::RefKey::new(&key));
+            for len in [0usize, 1, 55, 56, 63, 64, 96, 119, 120, 200] {
+                let msg: Vec<u8> = (0..len).map(|i| (i * 13 + key_len) as u8).collect();
+                assert_eq!(
+                    new.mac(&msg),
+                    old.mac(&msg),
+                    "key {key_len} B, message {len} B"
+                );
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::core::{FareChangeError, HotState, ZoneCore, ZoneExport, ZoneLimits};
-use crate::event::{Event, EventOutcome, RejectReason};
+use crate::event::{Event, EventOutcome, Producer, RejectReason};
 use crate::fare::FareTable;
 use crate::policy::SurgePolicy;
 use crate::snapshot::{PriceSnapshot, SlotIdx, SnapshotTable};
@@ -313,12 +313,24 @@ impl Shard {
     /// Applies a batch of events (all routed to this shard) at `now_ms`, appending one
     /// outcome per event to `out`, in order.
     pub fn apply(&mut self, events: &[Event], now_ms: u64, out: &mut Vec<EventOutcome>) {
+        self.apply_from(None, events, now_ms, out);
+    }
+
+    /// [`apply`](Self::apply) for a batch from `producer` (its events' ids are their
+    /// sequences, see [`crate::producer`]), or without one.
+    pub fn apply_from(
+        &mut self,
+        producer: Option<Producer>,
+        events: &[Event],
+        now_ms: u64,
+        out: &mut Vec<EventOutcome>,
+    ) {
         out.reserve(events.len());
         let settings = Arc::clone(&self.settings);
         for ev in events {
             let outcome = match self.entry(ev.zone, now_ms) {
                 Ok(e) => {
-                    let o = e.core.apply(ev, now_ms, &settings.limits);
+                    let o = e.core.apply_from(producer, ev, now_ms, &settings.limits);
                     e.dirty |= o == EventOutcome::Applied;
                     o
                 }

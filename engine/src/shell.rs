@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use crate::clock::Clock;
 use crate::config::{ConfigError, EngineConfig};
 use crate::core::{HotState, ZoneCore, ZoneExport};
-use crate::event::{Event, EventOutcome, RejectReason};
+use crate::event::{Event, EventOutcome, Producer, RejectReason};
 use crate::explain::Explanation;
 use crate::fare::FareTable;
 use crate::policy::{PolicyError, SurgePolicy};
@@ -141,6 +141,7 @@ struct ShellStats {
 
 enum Command {
     Apply {
+        producer: Option<Producer>,
         events: Vec<Event>,
         reply: oneshot::Sender<Vec<EventOutcome>>,
     },
@@ -235,9 +236,13 @@ impl Handler<Command> for ShardActor {
         let now = self.clock.now_ms();
         // A dropped receiver means the caller gave up; nothing to do about it.
         match cmd {
-            Command::Apply { events, reply } => {
+            Command::Apply {
+                producer,
+                events,
+                reply,
+            } => {
                 let mut out = Vec::with_capacity(events.len());
-                self.shard.apply(&events, now, &mut out);
+                self.shard.apply_from(producer, &events, now, &mut out);
                 let _ = reply.send(out);
             }
             Command::Tick { reply } => {
@@ -525,6 +530,16 @@ impl Engine {
     /// resolution are rejected; a shard with a full mailbox rejects its events as
     /// `overloaded` (nothing of those was applied, so they can be resent).
     pub async fn apply_batch(&self, events: Vec<Event>) -> Result<Vec<EventOutcome>, IngestError> {
+        self.apply_batch_from(None, events).await
+    }
+
+    /// [`apply_batch`](Self::apply_batch) for a batch from `producer` (its events' ids are
+    /// their sequences per zone, see [`crate::producer`]), or without one.
+    pub async fn apply_batch_from(
+        &self,
+        producer: Option<Producer>,
+        events: Vec<Event>,
+    ) -> Result<Vec<EventOutcome>, IngestError> {
         let max = self.config.actors.batch_events_max;
         if events.len() > max {
             return Err(IngestError::BatchTooLarge {
@@ -554,6 +569,7 @@ impl Engine {
             match self.send(
                 shard,
                 Command::Apply {
+                    producer,
                     events: evs,
                     reply: tx,
                 },

@@ -1,6 +1,7 @@
 //! The administrative commands: `status`, `members`, `zones`, `drain`, `zone ID`,
-//! `fare get|set`, `policy get|set`, and what every command shares: exit codes, error hints,
-//! tables and `--json`.
+//! `fare get|set`, `policy get|set`, and what every command shares: exit codes, error hints
+//! and `--json` (tables and JSON printing live in `output`, the node address and credential
+//! in `target`).
 //!
 //! # Adding a command
 //!
@@ -16,7 +17,8 @@ use protocol::msg;
 use protocol::ErrorCode;
 use serde_json::{json, Value};
 
-use crate::net::Target;
+use crate::output::{fare_json, milli, print_json, zone_hex, Table};
+use crate::target::Target;
 
 /// The sample config's admin token, the default of the admin commands.
 const ADMIN_TOKEN_DEFAULT: &str = "admin-demo-token";
@@ -114,54 +116,13 @@ impl AdminTarget {
 
     /// Runs `f` against the node on a small runtime, closing the connection after.
     fn run<T>(&self, f: impl AsyncFnOnce(&Client) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        crate::net::runtime()?.block_on(async {
+        crate::runtime::runtime()?.block_on(async {
             let c = self.connect().await?;
             let out = f(&c).await;
             c.close().await;
             out
         })
     }
-}
-
-/// Rows of `label  value`, aligned.
-#[derive(Debug, Default)]
-pub(crate) struct Table(Vec<(&'static str, String)>);
-
-impl Table {
-    pub(crate) fn row(mut self, label: &'static str, value: impl std::fmt::Display) -> Self {
-        self.0.push((label, value.to_string()));
-        self
-    }
-
-    pub(crate) fn print(&self) {
-        use std::io::Write as _;
-        let w = self.0.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
-        let mut out = std::io::stdout().lock();
-        for (l, v) in &self.0 {
-            // A closed pipe (`| head`) ends the output quietly instead of panicking.
-            if writeln!(out, "{l:<w$}  {v}").is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// Prints one JSON value, pretty, on standard output.
-pub(crate) fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-    );
-}
-
-/// Thousandths as a multiplier: `1250` → `1.250x`.
-pub(crate) fn milli(m: u32) -> String {
-    format!("{}.{:03}x", m / 1000, m % 1000)
-}
-
-/// A zone id as printed everywhere: H3 hex.
-fn zone_hex(z: u64) -> String {
-    format!("{z:x}")
 }
 
 fn parse_zone(s: &str) -> anyhow::Result<u64> {
@@ -183,18 +144,6 @@ fn parse_milli(s: &str) -> Result<u32, String> {
     Ok((v * 1000.0).round() as u32)
 }
 
-pub(crate) fn fare_json(f: &msg::WireFare) -> Value {
-    json!({
-        "version": f.version,
-        "currency": String::from_utf8_lossy(&f.currency),
-        "base_minor": f.base_minor,
-        "per_km_minor": f.per_km_minor,
-        "per_min_minor": f.per_min_minor,
-        "minimum_minor": f.minimum_minor,
-        "surge_cap_milli": f.surge_cap_milli,
-    })
-}
-
 fn fare_table(f: &msg::WireFare, t: Table) -> Table {
     t.row("version", f.version)
         .row("currency", String::from_utf8_lossy(&f.currency))
@@ -203,30 +152,6 @@ fn fare_table(f: &msg::WireFare, t: Table) -> Table {
         .row("per min", f.per_min_minor)
         .row("minimum", f.minimum_minor)
         .row("surge cap", milli(f.surge_cap_milli))
-}
-
-pub(crate) fn token_json(t: &msg::TokenInfo) -> Value {
-    json!({
-        "quote_id": t.quote_id,
-        "zone": zone_hex(t.zone),
-        "amount_minor": t.amount_minor,
-        "currency": String::from_utf8_lossy(&t.currency),
-        "multiplier_milli": t.multiplier_milli,
-        "snapshot_version": t.snapshot_version,
-        "issued_at_ms": t.issued_at_ms,
-        "expires_at_ms": t.expires_at_ms,
-        "fare_version": t.fare_version,
-        "policy_version": t.policy_version,
-        "distance_m": t.distance_m,
-        "duration_s": t.duration_s,
-        "supply": t.supply,
-        "demand": t.demand,
-        "quotes": t.quotes,
-        "neighbour_mean_milli": t.neighbour_mean_milli,
-        "target_milli": t.target_milli,
-        "confidence_permille": t.confidence_permille,
-        "key_id": t.key_id,
-    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -253,7 +178,7 @@ fn utf8(b: &[u8]) -> String {
 
 /// Asks the given node, then every member it knows of, for status and cluster view.
 fn gather(to: &AdminTarget) -> anyhow::Result<(msg::ClusterReply, Vec<NodeView>)> {
-    crate::net::runtime()?.block_on(async {
+    crate::runtime::runtime()?.block_on(async {
         let first = to.connect().await?;
         let cluster = first.cluster().await?;
         let status = first.status().await?;

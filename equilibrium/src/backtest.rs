@@ -186,36 +186,8 @@ pub(crate) fn run(a: BacktestArgs) -> anyhow::Result<()> {
     if !(0.0..24.0).contains(&a.start_hour) {
         bail!("--start-hour must be within [0, 24)");
     }
-    let read = |p: &PathBuf| {
-        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-    };
     let mut objectives = Objectives::default();
-    let input = if let Some(path) = &a.city {
-        let cfg = sim::city::CityConfig::load(path)?;
-        let seed = a.seed.unwrap_or(cfg.seed);
-        if let Some(o) = &cfg.realism {
-            objectives = o.clone();
-        }
-        Input::City(Box::new(sim::city::City::new(cfg)?), seed)
-    } else if let Some(path) = &a.trace {
-        Input::Trace(path.clone())
-    } else if let (Some(p), Some(c)) = (&a.profile, &a.centroids) {
-        let rows = sim::profile::parse_profile(&read(p)?)
-            .with_context(|| format!("in {}", p.display()))?;
-        let centroids = sim::profile::parse_centroid_areas(&read(c)?)
-            .with_context(|| format!("in {}", c.display()))?;
-        Input::Profile {
-            rows,
-            centroids,
-            fleet: sim::profile::Fleet {
-                size: a.fleet,
-                shift_curve: a.shift_curve.clone(),
-            },
-            seed: a.seed.unwrap_or(1),
-        }
-    } else {
-        bail!("give --city, --trace, or --profile with --centroids");
-    };
+    let input = load_input(&a, &mut objectives)?;
     if a.no_objectives {
         objectives = Objectives::none();
     }
@@ -281,60 +253,114 @@ pub(crate) fn run(a: BacktestArgs) -> anyhow::Result<()> {
         if let (Some((name, r)), Some(d)) = (&compared, &diff) {
             println!("\n== {name} ==");
             print!("{}", r.report.summary());
-            println!("\n== differences ({policy_name} vs {name}; closed loop, the markets diverge too) ==");
-            println!(
-                "surging share {:.1}% vs {:.1}%; {} zone-hours change band",
-                100.0 * d.surging_share[0],
-                100.0 * d.surging_share[1],
-                d.band_changed_zone_hours
-            );
-            println!("mean |difference| by hour:");
-            for (h, v) in d.mean_abs_diff_by_hour.iter().enumerate() {
-                print!("{h:02}:{v:.3} ");
-                if h % 8 == 7 {
-                    println!();
-                }
-            }
-            println!("largest zone-hour differences:");
-            for x in d.largest.iter().take(10) {
-                println!(
-                    "  zone {} hour {:02}: {:.2}x vs {:.2}x",
-                    x.zone, x.hour, x.a, x.b
-                );
-            }
-            for c in d.band_changes.iter().take(10) {
-                println!(
-                    "  zone {} changes band in {} hours (first at {:02}: {} vs {})",
-                    c.zone, c.hours, c.first_hour, c.band_a, c.band_b
-                );
-            }
+            print_differences(&policy_name, name, d);
         }
     }
     if let Some(dir) = &a.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let p = dir.join("backtest.json");
-        std::fs::write(&p, &text).with_context(|| format!("writing {}", p.display()))?;
-        let s = dir.join("backtest.svg");
-        std::fs::write(
-            &s,
-            main.report
-                .to_svg(&format!("{} under {policy_name}", input.describe())),
-        )
-        .with_context(|| format!("writing {}", s.display()))?;
-        if let Some((name, r)) = &compared {
-            let c = dir.join("compare.svg");
-            std::fs::write(
-                &c,
-                r.report
-                    .to_svg(&format!("{} under {name}", input.describe())),
-            )
-            .with_context(|| format!("writing {}", c.display()))?;
-        }
-        eprintln!("report: {} (chart {})", p.display(), s.display());
+        write_files(
+            dir,
+            &text,
+            &input.describe(),
+            &policy_name,
+            &main,
+            compared.as_ref(),
+        )?;
     }
     let pass = main.report.pass && compared.as_ref().is_none_or(|(_, r)| r.report.pass);
     if a.strict && !pass {
         std::process::exit(2);
     }
+    Ok(())
+}
+
+/// The backtest's input as the flags name it; a city's own objectives replace the defaults.
+fn load_input(a: &BacktestArgs, objectives: &mut Objectives) -> anyhow::Result<Input> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    Ok(if let Some(path) = &a.city {
+        let cfg = sim::city::CityConfig::load(path)?;
+        let seed = a.seed.unwrap_or(cfg.seed);
+        if let Some(o) = &cfg.realism {
+            *objectives = o.clone();
+        }
+        Input::City(Box::new(sim::city::City::new(cfg)?), seed)
+    } else if let Some(path) = &a.trace {
+        Input::Trace(path.clone())
+    } else if let (Some(p), Some(c)) = (&a.profile, &a.centroids) {
+        let rows = sim::profile::parse_profile(&read(p)?)
+            .with_context(|| format!("in {}", p.display()))?;
+        let centroids = sim::profile::parse_centroid_areas(&read(c)?)
+            .with_context(|| format!("in {}", c.display()))?;
+        Input::Profile {
+            rows,
+            centroids,
+            fleet: sim::profile::Fleet {
+                size: a.fleet,
+                shift_curve: a.shift_curve.clone(),
+            },
+            seed: a.seed.unwrap_or(1),
+        }
+    } else {
+        bail!("give --city, --trace, or --profile with --centroids");
+    })
+}
+
+/// The differences between two policies' backtests, as text.
+fn print_differences(policy_name: &str, name: &str, d: &realism::Comparison) {
+    println!("\n== differences ({policy_name} vs {name}; closed loop, the markets diverge too) ==");
+    println!(
+        "surging share {:.1}% vs {:.1}%; {} zone-hours change band",
+        100.0 * d.surging_share[0],
+        100.0 * d.surging_share[1],
+        d.band_changed_zone_hours
+    );
+    println!("mean |difference| by hour:");
+    for (h, v) in d.mean_abs_diff_by_hour.iter().enumerate() {
+        print!("{h:02}:{v:.3} ");
+        if h % 8 == 7 {
+            println!();
+        }
+    }
+    println!("largest zone-hour differences:");
+    for x in d.largest.iter().take(10) {
+        println!(
+            "  zone {} hour {:02}: {:.2}x vs {:.2}x",
+            x.zone, x.hour, x.a, x.b
+        );
+    }
+    for c in d.band_changes.iter().take(10) {
+        println!(
+            "  zone {} changes band in {} hours (first at {:02}: {} vs {})",
+            c.zone, c.hours, c.first_hour, c.band_a, c.band_b
+        );
+    }
+}
+
+/// Writes `backtest.json`, `backtest.svg` and, with a comparison, `compare.svg` into `dir`.
+fn write_files(
+    dir: &std::path::Path,
+    text: &str,
+    input: &str,
+    policy_name: &str,
+    main: &Run,
+    compared: Option<&(String, Run)>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let p = dir.join("backtest.json");
+    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+    let s = dir.join("backtest.svg");
+    std::fs::write(
+        &s,
+        main.report
+            .to_svg(&format!("{} under {policy_name}", input)),
+    )
+    .with_context(|| format!("writing {}", s.display()))?;
+    if let Some((name, r)) = compared {
+        let c = dir.join("compare.svg");
+        std::fs::write(&c, r.report.to_svg(&format!("{} under {name}", input)))
+            .with_context(|| format!("writing {}", c.display()))?;
+    }
+    eprintln!("report: {} (chart {})", p.display(), s.display());
     Ok(())
 }

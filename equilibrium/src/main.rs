@@ -7,7 +7,10 @@ mod admin;
 mod backtest;
 mod demo;
 mod net;
+mod output;
+mod runtime;
 mod sim_cmd;
+mod target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -6,10 +6,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use client::{Client, ClientConfig, ClusterClient, Trust};
+use client::ClusterClient;
 use protocol::msg::{self, event_kind, outcome};
 use protocol::TOKEN_LEN;
 use server::{Node, NodeConfig};
+
+use crate::output::{fare_json, hex, milli, print_json, token_json};
+use crate::runtime::runtime;
+use crate::target::{Target, CLIENT_TOKEN_DEFAULT};
 
 /// Options of `equilibrium node`.
 #[derive(Debug, Args)]
@@ -44,110 +48,6 @@ pub(crate) struct NodeArgs {
     /// Without it a node refuses to start with them.
     #[arg(long)]
     dev: bool,
-}
-
-/// How a command verifies node certificates.
-#[derive(Debug, Args)]
-pub(crate) struct TlsArgs {
-    /// Trust node certificates signed by this CA (PEM). Without it (and without --insecure)
-    /// node certificates cannot be verified and the command fails.
-    #[arg(long, env = "EQUILIBRIUM_CA")]
-    ca: Option<PathBuf>,
-    /// Accept any node certificate (development nodes with a self-signed certificate).
-    #[arg(long, env = "EQUILIBRIUM_INSECURE")]
-    insecure: bool,
-    /// TLS server name.
-    #[arg(long, default_value = "localhost")]
-    pub(crate) server_name: String,
-}
-
-impl TlsArgs {
-    /// The trust policy these options ask for.
-    pub(crate) fn trust(&self) -> anyhow::Result<Trust> {
-        Ok(match (&self.ca, self.insecure) {
-            (Some(ca), _) => {
-                let pem = std::fs::read_to_string(ca)
-                    .with_context(|| format!("reading {}", ca.display()))?;
-                Trust::Roots(
-                    pem_certificates(&pem).with_context(|| format!("in {}", ca.display()))?,
-                )
-            }
-            (None, true) => Trust::InsecureAnyCertificate,
-            (None, false) => bail!(
-                "no way to verify the node: pass --ca FILE, or --insecure for a development node"
-            ),
-        })
-    }
-}
-
-/// How client commands reach a node.
-#[derive(Debug, Args)]
-pub(crate) struct Target {
-    /// Node address.
-    #[arg(long, env = "EQUILIBRIUM_ADDR", default_value = "127.0.0.1:7400")]
-    pub(crate) addr: SocketAddr,
-    /// Client token (as configured in the node's [[clients]]). Default: the sample config's
-    /// `premium-demo-token` for client commands, `admin-demo-token` for admin commands.
-    #[arg(long, env = "EQUILIBRIUM_TOKEN")]
-    token: Option<String>,
-    #[command(flatten)]
-    tls: TlsArgs,
-}
-
-/// The sample config's client token, the default of the client commands.
-pub(crate) const CLIENT_TOKEN_DEFAULT: &str = "premium-demo-token";
-
-impl Target {
-    async fn connect(&self) -> anyhow::Result<Client> {
-        self.connect_as(CLIENT_TOKEN_DEFAULT).await
-    }
-
-    /// Connects with `--token`, or `default_token` without it.
-    pub(crate) async fn connect_as(&self, default_token: &str) -> anyhow::Result<Client> {
-        self.connect_to(self.addr, default_token).await
-    }
-
-    /// The client configuration: `--token` (or `default_token`) and the TLS options.
-    fn client_config(&self, default_token: &str) -> anyhow::Result<ClientConfig> {
-        let token = self.token.as_deref().unwrap_or(default_token);
-        let mut cfg = ClientConfig::new(token, self.tls.trust()?);
-        cfg.server_name = self.tls.server_name.clone();
-        cfg.name = "equilibrium-cli".into();
-        cfg.lanes = 1;
-        Ok(cfg)
-    }
-
-    /// Connects to another node (a cluster member) with the same credential and TLS settings.
-    pub(crate) async fn connect_to(
-        &self,
-        addr: SocketAddr,
-        default_token: &str,
-    ) -> anyhow::Result<Client> {
-        let cfg = self.client_config(default_token)?;
-        Client::connect(addr, cfg)
-            .await
-            .with_context(|| format!("connecting to {addr}"))
-    }
-}
-
-pub(crate) fn pem_certificates(pem: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-    use rustls_pki::pem::PemObject;
-    let certs: Result<Vec<_>, _> =
-        rustls_pki::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
-    let certs = certs.map_err(|e| anyhow::anyhow!("{e}"))?;
-    if certs.is_empty() {
-        bail!("no CERTIFICATE block");
-    }
-    Ok(certs.into_iter().map(|c| c.as_ref().to_vec()).collect())
-}
-
-use rustls::pki_types as rustls_pki;
-
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
 }
 
 /// An address flag where `""` means none.
@@ -206,13 +106,16 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
         if let Some(c) = &cluster {
             tracing::info!(peer = %c.peer_addr(), "cluster peer endpoint");
         }
+        // Listen before the banner says the node is up: a SIGTERM sent as soon as the banner
+        // is read must drain the node, not kill it with the default disposition.
+        let signals = Signals::listen();
         banner(&node)?;
         match &cluster {
             Some(c) => tokio::select! {
-                () = wait_for_signal() => {}
+                () = signals.wait() => {}
                 () = c.drained() => tracing::info!("drained: shutting down"),
             },
-            None => wait_for_signal().await,
+            None => signals.wait().await,
         }
         node.shutdown().await;
         anyhow::Ok(())
@@ -242,17 +145,35 @@ fn banner(node: &Node) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+/// SIGTERM and SIGINT (Ctrl-C), the signals that shut a node down gracefully.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Starts listening: from here on these signals are caught instead of ending the process.
+    fn listen() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Waits for either signal (forever if neither could be listened for).
+    async fn wait(mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            () = recv(&mut self.term) => {}
+            () = recv(&mut self.int) => {}
         }
     }
 }
@@ -297,7 +218,7 @@ pub(crate) fn quote(a: QuoteArgs) -> anyhow::Result<()> {
         };
         c.close().await;
         if a.json {
-            crate::admin::print_json(&serde_json::json!({
+            print_json(&serde_json::json!({
                 "zone": format!("{:x}", q.zone),
                 "amount_minor": q.amount_minor,
                 "currency": String::from_utf8_lossy(&q.currency),
@@ -315,7 +236,7 @@ pub(crate) fn quote(a: QuoteArgs) -> anyhow::Result<()> {
             q.amount_minor,
             String::from_utf8_lossy(&q.currency)
         );
-        println!("multiplier  {}", crate::admin::milli(q.multiplier_milli));
+        println!("multiplier  {}", milli(q.multiplier_milli));
         println!(
             "snapshot    v{} ({} ms old)",
             q.snapshot_version, q.snapshot_age_ms
@@ -453,10 +374,6 @@ fn parse_token(hex: &str) -> anyhow::Result<[u8; TOKEN_LEN]> {
     Ok(t)
 }
 
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 pub(crate) fn verify(a: TokenArgs) -> anyhow::Result<()> {
     let token = parse_token(&a.quote_token)?;
     runtime()?.block_on(async {
@@ -464,7 +381,7 @@ pub(crate) fn verify(a: TokenArgs) -> anyhow::Result<()> {
         let t = c.verify(token).await?;
         c.close().await;
         if a.json {
-            crate::admin::print_json(&crate::admin::token_json(&t));
+            print_json(&token_json(&t));
             return Ok(());
         }
         println!(
@@ -488,9 +405,9 @@ pub(crate) fn explain(a: TokenArgs) -> anyhow::Result<()> {
         let e = c.explain(token).await?;
         c.close().await;
         if a.json {
-            let mut j = crate::admin::token_json(&e.token);
+            let mut j = token_json(&e.token);
             j["fare"] = if e.fare_known != 0 {
-                crate::admin::fare_json(&e.fare)
+                fare_json(&e.fare)
             } else {
                 serde_json::Value::Null
             };
@@ -499,7 +416,7 @@ pub(crate) fn explain(a: TokenArgs) -> anyhow::Result<()> {
             j["recomputed_minor"] = serde_json::json!(e.recomputed_minor);
             j["matches"] = serde_json::json!(e.recomputed_minor == e.token.amount_minor);
             j["text"] = serde_json::json!(String::from_utf8_lossy(&e.text));
-            crate::admin::print_json(&j);
+            print_json(&j);
             return Ok(());
         }
         print!("{}", String::from_utf8_lossy(&e.text));

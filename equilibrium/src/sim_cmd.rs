@@ -36,37 +36,7 @@ pub(crate) enum SimCommand {
     /// zone pair, CSV) into a trace with a fleet: Poisson arrivals within each slot, one
     /// rider session each, and the market model's drivers (shifts, heartbeats, matching,
     /// trips to the destination), open loop: every zone is assumed at 1.0x (sim/TRACE.md).
-    ImportProfile {
-        /// Profile CSV: `slot,origin,destination,trips` (slot as HH:MM).
-        #[arg(long)]
-        profile: PathBuf,
-        /// Centroid CSV: `zone,lat,lng`.
-        #[arg(long)]
-        centroids: PathBuf,
-        /// Where to write the trace.
-        #[arg(long)]
-        out: PathBuf,
-        /// Seed of the arrivals.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Trace seconds per 15-minute slot (900 keeps real time; 60 replays a day in 96 min).
-        #[arg(long, default_value_t = 900.0)]
-        slot_seconds: f64,
-        /// Share of riders on the premium tier.
-        #[arg(long, default_value_t = 0.3)]
-        premium_share: f64,
-        /// H3 resolution of zones (the node's).
-        #[arg(long, default_value_t = engine::zone::RESOLUTION_DEFAULT)]
-        resolution: u8,
-        /// Drivers in the fleet (default: sized for 2 rider sessions per online driver-hour
-        /// in the profile's busiest hour).
-        #[arg(long)]
-        fleet: Option<u32>,
-        /// Share of the fleet online per hour of day: 24 comma-separated values in [0, 1]
-        /// (default: the market's curve, sim/MARKET.md).
-        #[arg(long, value_delimiter = ',')]
-        shift_curve: Option<Vec<f64>>,
-    },
+    ImportProfile(ImportProfileArgs),
     /// Print a trace's header and what it holds.
     Info {
         /// The trace.
@@ -135,7 +105,7 @@ pub(crate) struct SimTarget {
     )]
     shared_token: String,
     #[command(flatten)]
-    tls: crate::net::TlsArgs,
+    tls: crate::target::TlsArgs,
     /// No progress bar on stderr.
     #[arg(long)]
     quiet: bool,
@@ -153,6 +123,11 @@ pub(crate) struct SimTarget {
     #[arg(long, default_value_t = sim::run::PREMIUM_SLICE_US,
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     premium_slice_us: u32,
+    /// Send events as plain EVENT_BATCH with the trace's ids (the node's bounded dedupe
+    /// window) instead of as idempotent producers (PRODUCER_BATCH, one producer per event
+    /// connection numbering its events per zone), e.g. to measure the older path.
+    #[arg(long)]
+    plain_events: bool,
 }
 
 /// Report files.
@@ -173,6 +148,7 @@ impl SimTarget {
             progress: !self.quiet,
             premium_nice: self.premium_nice,
             premium_slice_us: self.premium_slice_us,
+            plain_events: self.plain_events,
             ..Default::default()
         }
     }
@@ -219,6 +195,40 @@ fn write_outputs(report: &sim::Report, out: &Outputs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `sim import-profile`'s arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ImportProfileArgs {
+    /// Profile CSV: `slot,origin,destination,trips` (slot as HH:MM).
+    #[arg(long)]
+    profile: PathBuf,
+    /// Centroid CSV: `zone,lat,lng`.
+    #[arg(long)]
+    centroids: PathBuf,
+    /// Where to write the trace.
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed of the arrivals.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Trace seconds per 15-minute slot (900 keeps real time; 60 replays a day in 96 min).
+    #[arg(long, default_value_t = 900.0)]
+    slot_seconds: f64,
+    /// Share of riders on the premium tier.
+    #[arg(long, default_value_t = 0.3)]
+    premium_share: f64,
+    /// H3 resolution of zones (the node's).
+    #[arg(long, default_value_t = engine::zone::RESOLUTION_DEFAULT)]
+    resolution: u8,
+    /// Drivers in the fleet (default: sized for 2 rider sessions per online driver-hour
+    /// in the profile's busiest hour).
+    #[arg(long)]
+    fleet: Option<u32>,
+    /// Share of the fleet online per hour of day: 24 comma-separated values in [0, 1]
+    /// (default: the market's curve, sim/MARKET.md).
+    #[arg(long, value_delimiter = ',')]
+    shift_curve: Option<Vec<f64>>,
+}
+
 pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
     match cmd {
         SimCommand::Generate {
@@ -227,160 +237,22 @@ pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
             duration,
             out,
             market: true,
-        } => {
-            let cfg = sim::city::CityConfig::load(&city)?;
-            let seed = seed.unwrap_or(cfg.seed);
-            let c = sim::city::City::new(cfg)?;
-            let clock = c.config().clock.clone();
-            let trace_s = duration.unwrap_or(clock.duration_s);
-            let hours = trace_s * clock.speed / 3600.0;
-            let demand = sim::city::CityDemand::new(&c, seed, clock.start_hour, hours);
-            let mut m = sim::market::Market::new(
-                c.config().market.clone(),
-                demand,
-                c.config().drivers.count,
-                seed,
-                1,
-            )?;
-            let end_ms = (hours * 3_600_000.0).round() as u64;
-            let mut buf = Vec::new();
-            let mut records = Vec::new();
-            let mut t = 0;
-            while t < end_ms {
-                t = (t + 1_000).min(end_ms);
-                m.advance(t, &sim::market::FlatPrices, &mut buf);
-                for o in buf.drain(..) {
-                    records
-                        .push(o.to_record((o.at_ms as f64 * 1000.0 / clock.speed).round() as u64));
-                }
-            }
-            let meta = format!(
-                "market of city {} ({}), seed {seed}, {} zones, {} drivers, from {:.2} h for {hours:.2} city h at speed {}, open loop (prices assumed 1.0x)",
-                c.config().name,
-                city.display(),
-                c.zones().len(),
-                c.config().drivers.count,
-                clock.start_hour,
-                clock.speed
-            );
-            let n = trace::write_file(&out, c.config().resolution, &meta, records)?;
-            println!("{}: {n} records ({meta})", out.display());
-            Ok(())
-        }
+        } => generate_market(city, seed, duration, out),
         SimCommand::Generate {
             city,
             seed,
             duration,
             out,
             market: false,
-        } => {
-            let cfg = sim::city::CityConfig::load(&city)?;
-            let seed = seed.unwrap_or(cfg.seed);
-            let c = sim::city::City::new(cfg)?;
-            let meta = format!(
-                "city {} ({}), seed {seed}, {} zones",
-                c.config().name,
-                city.display(),
-                c.zones().len()
-            );
-            let n = trace::write_file(
-                &out,
-                c.config().resolution,
-                &meta,
-                sim::city::CityTrace::new(&c, seed, duration),
-            )?;
-            let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-            println!("{}: {n} records, {bytes} bytes ({meta})", out.display());
-            Ok(())
-        }
-        SimCommand::ImportProfile {
-            profile,
-            centroids,
-            out,
-            seed,
-            slot_seconds,
-            premium_share,
-            resolution,
-            fleet,
-            shift_curve,
-        } => {
-            let read = |p: &PathBuf| {
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-            };
-            let rows = sim::profile::parse_profile(&read(&profile)?)
-                .with_context(|| format!("in {}", profile.display()))?;
-            let cents = sim::profile::parse_centroid_areas(&read(&centroids)?)
-                .with_context(|| format!("in {}", centroids.display()))?;
-            let opts = sim::profile::ExpandOptions {
-                seed,
-                slot_seconds,
-                resolution,
-                premium_share,
-                ..Default::default()
-            };
-            let fleet = sim::profile::Fleet {
-                size: fleet,
-                shift_curve,
-            };
-            let (records, drivers) =
-                sim::profile::expand_with_fleet(&rows, &cents, &opts, &fleet, 1)?;
-            let meta = format!(
-                "profile {} with centroids {}, seed {seed}, {slot_seconds} s per slot, fleet of {drivers} drivers, open loop (prices assumed 1.0x)",
-                profile.display(),
-                centroids.display()
-            );
-            let n = trace::write_file(&out, resolution, &meta, records)?;
-            println!("{}: {n} records ({meta})", out.display());
-            Ok(())
-        }
-        SimCommand::Info { trace: path } => {
-            let r = trace::open_file(&path)?;
-            println!("format      v{}", r.header().version);
-            println!("resolution  {}", r.header().resolution);
-            println!("meta        {}", r.header().meta);
-            let (mut quotes, mut events, mut premium, mut last, mut zones) =
-                (0u64, 0u64, 0u64, 0u64, std::collections::HashSet::new());
-            for rec in r {
-                let rec = rec?;
-                match rec.op {
-                    Op::Quote { .. } => quotes += 1,
-                    Op::Event(_) => events += 1,
-                }
-                if rec.tier == Tier::Premium {
-                    premium += 1;
-                }
-                zones.insert(rec.op.zone());
-                last = rec.at_us;
-            }
-            println!("length      {:.3} s", last as f64 / 1e6);
-            println!("quotes      {quotes}");
-            println!("events      {events}");
-            println!("premium     {premium} of {}", quotes + events);
-            println!("zones       {}", zones.len());
-            println!("checksum    ok");
-            Ok(())
-        }
+        } => generate_trace(city, seed, duration, out),
+        SimCommand::ImportProfile(args) => import_profile(args),
+        SimCommand::Info { trace: path } => info(path),
         SimCommand::Replay {
             trace: path,
             target,
             speed,
             out,
-        } => {
-            let speed = sim::Speed::parse(&speed)?;
-            if !matches!(speed, sim::Speed::Times(f) if f <= 1.0) {
-                warn_wall_clock_windows(&speed);
-            }
-            let t = target.target()?;
-            let opts = target.options();
-            let report = crate::net::runtime()?.block_on(sim::replay_file(
-                &path,
-                &t,
-                &sim::Connections::default(),
-                speed,
-                &opts,
-            ))?;
-            write_outputs(&report, &out)
-        }
+        } => replay(path, target, speed, out),
         SimCommand::Run {
             scenario,
             target,
@@ -389,39 +261,206 @@ pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
             users,
             strict,
             out,
-        } => {
-            let mut s = sim::Scenario::load(&scenario)?;
-            if let Some(d) = duration {
-                if d <= 0.0 {
-                    bail!("--duration must be above 0");
-                }
-                s.config.duration_s = d;
-                if let Some(c) = s.config.capacity.as_mut() {
-                    c.step_s = d;
-                }
-            }
-            if let Some(r) = ramp_up {
-                s.config.ramp_up_s = r.max(0.0);
-            }
-            if let Some(u) = users {
-                if u == 0 {
-                    bail!("--users must be at least 1");
-                }
-                s.config.users = u;
-            }
-            let t = target.target()?;
-            let opts = target.options();
-            let rt = crate::net::runtime()?;
-            let report = if s.config.capacity.is_some() {
-                rt.block_on(sim::run_capacity(&s, &t, &opts))?
-            } else {
-                rt.block_on(sim::run_scenario(&s, &t, &opts))?
-            };
-            write_outputs(&report, &out)?;
-            if strict && !report.pass {
-                std::process::exit(2);
-            }
-            Ok(())
+        } => run_scenario(scenario, target, duration, ramp_up, users, strict, out),
+    }
+}
+
+fn generate_market(
+    city: PathBuf,
+    seed: Option<u64>,
+    duration: Option<f64>,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    let cfg = sim::city::CityConfig::load(&city)?;
+    let seed = seed.unwrap_or(cfg.seed);
+    let c = sim::city::City::new(cfg)?;
+    let clock = c.config().clock.clone();
+    let trace_s = duration.unwrap_or(clock.duration_s);
+    let hours = trace_s * clock.speed / 3600.0;
+    let demand = sim::city::CityDemand::new(&c, seed, clock.start_hour, hours);
+    let mut m = sim::market::Market::new(
+        c.config().market.clone(),
+        demand,
+        c.config().drivers.count,
+        seed,
+        1,
+    )?;
+    let end_ms = (hours * 3_600_000.0).round() as u64;
+    let mut buf = Vec::new();
+    let mut records = Vec::new();
+    let mut t = 0;
+    while t < end_ms {
+        t = (t + 1_000).min(end_ms);
+        m.advance(t, &sim::market::FlatPrices, &mut buf);
+        for o in buf.drain(..) {
+            records.push(o.to_record((o.at_ms as f64 * 1000.0 / clock.speed).round() as u64));
         }
     }
+    let meta = format!(
+        "market of city {} ({}), seed {seed}, {} zones, {} drivers, from {:.2} h for {hours:.2} city h at speed {}, open loop (prices assumed 1.0x)",
+        c.config().name,
+        city.display(),
+        c.zones().len(),
+        c.config().drivers.count,
+        clock.start_hour,
+        clock.speed
+    );
+    let n = trace::write_file(&out, c.config().resolution, &meta, records)?;
+    println!("{}: {n} records ({meta})", out.display());
+    Ok(())
+}
+
+fn generate_trace(
+    city: PathBuf,
+    seed: Option<u64>,
+    duration: Option<f64>,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    let cfg = sim::city::CityConfig::load(&city)?;
+    let seed = seed.unwrap_or(cfg.seed);
+    let c = sim::city::City::new(cfg)?;
+    let meta = format!(
+        "city {} ({}), seed {seed}, {} zones",
+        c.config().name,
+        city.display(),
+        c.zones().len()
+    );
+    let n = trace::write_file(
+        &out,
+        c.config().resolution,
+        &meta,
+        sim::city::CityTrace::new(&c, seed, duration),
+    )?;
+    let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    println!("{}: {n} records, {bytes} bytes ({meta})", out.display());
+    Ok(())
+}
+
+fn import_profile(a: ImportProfileArgs) -> anyhow::Result<()> {
+    let ImportProfileArgs {
+        profile,
+        centroids,
+        out,
+        seed,
+        slot_seconds,
+        premium_share,
+        resolution,
+        fleet,
+        shift_curve,
+    } = a;
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let rows = sim::profile::parse_profile(&read(&profile)?)
+        .with_context(|| format!("in {}", profile.display()))?;
+    let cents = sim::profile::parse_centroid_areas(&read(&centroids)?)
+        .with_context(|| format!("in {}", centroids.display()))?;
+    let opts = sim::profile::ExpandOptions {
+        seed,
+        slot_seconds,
+        resolution,
+        premium_share,
+        ..Default::default()
+    };
+    let fleet = sim::profile::Fleet {
+        size: fleet,
+        shift_curve,
+    };
+    let (records, drivers) = sim::profile::expand_with_fleet(&rows, &cents, &opts, &fleet, 1)?;
+    let meta = format!(
+        "profile {} with centroids {}, seed {seed}, {slot_seconds} s per slot, fleet of {drivers} drivers, open loop (prices assumed 1.0x)",
+        profile.display(),
+        centroids.display()
+    );
+    let n = trace::write_file(&out, resolution, &meta, records)?;
+    println!("{}: {n} records ({meta})", out.display());
+    Ok(())
+}
+
+fn info(path: PathBuf) -> anyhow::Result<()> {
+    let r = trace::open_file(&path)?;
+    println!("format      v{}", r.header().version);
+    println!("resolution  {}", r.header().resolution);
+    println!("meta        {}", r.header().meta);
+    let (mut quotes, mut events, mut premium, mut last, mut zones) =
+        (0u64, 0u64, 0u64, 0u64, std::collections::HashSet::new());
+    for rec in r {
+        let rec = rec?;
+        match rec.op {
+            Op::Quote { .. } => quotes += 1,
+            Op::Event(_) => events += 1,
+        }
+        if rec.tier == Tier::Premium {
+            premium += 1;
+        }
+        zones.insert(rec.op.zone());
+        last = rec.at_us;
+    }
+    println!("length      {:.3} s", last as f64 / 1e6);
+    println!("quotes      {quotes}");
+    println!("events      {events}");
+    println!("premium     {premium} of {}", quotes + events);
+    println!("zones       {}", zones.len());
+    println!("checksum    ok");
+    Ok(())
+}
+
+fn replay(path: PathBuf, target: SimTarget, speed: String, out: Outputs) -> anyhow::Result<()> {
+    let speed = sim::Speed::parse(&speed)?;
+    if !matches!(speed, sim::Speed::Times(f) if f <= 1.0) {
+        warn_wall_clock_windows(&speed);
+    }
+    let t = target.target()?;
+    let opts = target.options();
+    let report = crate::runtime::runtime()?.block_on(sim::replay_file(
+        &path,
+        &t,
+        &sim::Connections::default(),
+        speed,
+        &opts,
+    ))?;
+    write_outputs(&report, &out)
+}
+
+fn run_scenario(
+    scenario: PathBuf,
+    target: SimTarget,
+    duration: Option<f64>,
+    ramp_up: Option<f64>,
+    users: Option<u32>,
+    strict: bool,
+    out: Outputs,
+) -> anyhow::Result<()> {
+    let mut s = sim::Scenario::load(&scenario)?;
+    if let Some(d) = duration {
+        if d <= 0.0 {
+            bail!("--duration must be above 0");
+        }
+        s.config.duration_s = d;
+        if let Some(c) = s.config.capacity.as_mut() {
+            c.step_s = d;
+        }
+    }
+    if let Some(r) = ramp_up {
+        s.config.ramp_up_s = r.max(0.0);
+    }
+    if let Some(u) = users {
+        if u == 0 {
+            bail!("--users must be at least 1");
+        }
+        s.config.users = u;
+    }
+    let t = target.target()?;
+    let opts = target.options();
+    let rt = crate::runtime::runtime()?;
+    let report = if s.config.capacity.is_some() {
+        rt.block_on(sim::run_capacity(&s, &t, &opts))?
+    } else {
+        rt.block_on(sim::run_scenario(&s, &t, &opts))?
+    };
+    write_outputs(&report, &out)?;
+    if strict && !report.pass {
+        std::process::exit(2);
+    }
+    Ok(())
 }

@@ -219,3 +219,85 @@ async fn requests_beyond_the_in_flight_limit_are_answered_overloaded() {
     );
     assert_eq!(ok + overloaded, 51);
 }
+
+/// A producer's events are applied once each by their sequence: far more events to one zone
+/// than its dedupe log holds are all applied (none `dedupe_full`), every resend is a
+/// duplicate, and a restart with a higher epoch fences the old incarnation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_sends_more_events_to_one_zone_than_the_dedupe_log_holds_each_applied_once() {
+    // A dedupe log of 64 ids: the EVENT_BATCH path refuses past it, the producer path
+    // does not use it.
+    let fast = std::fs::read_to_string(support::FAST_ENGINE).expect("engine config");
+    let engine = std::env::temp_dir().join(format!("eq-small-dedupe-{}.toml", std::process::id()));
+    std::fs::write(
+        &engine,
+        fast.replace("[zone]\n", "[zone]\ndedupe_ids_max = 64\n"),
+    )
+    .expect("write engine config");
+    let node = TestNode::start_with_engine(engine.to_str().expect("utf-8 path"));
+    let c = node.client(PREMIUM).await;
+    let ev = |rider| msg::WireEvent {
+        id: 0,
+        zone: ZONE,
+        driver: rider,
+        kind: event_kind::RIDER_DEMAND,
+    };
+    // The plain path, for contrast: ids beyond the dedupe log are refused.
+    let plain: Vec<msg::WireEvent> = (1..=200u64)
+        .map(|i| msg::WireEvent { id: i, ..ev(i) })
+        .collect();
+    let outcomes = c.send_events(plain).await.expect("plain batch");
+    let refused = outcomes
+        .iter()
+        .filter(|&&o| o == outcome::DEDUPE_FULL)
+        .count();
+    assert_eq!(refused, 200 - 64, "the dedupe log holds 64 ids");
+
+    let mut p = client::Producer::new(0xfeed, 1);
+    let mut sent = Vec::new();
+    for chunk in 0..20u64 {
+        let mut batch: Vec<msg::WireEvent> = (0..500).map(|i| ev(chunk * 500 + i + 1)).collect();
+        p.number(&mut batch);
+        let outcomes = c.send_produced(&p, batch.clone()).await.expect("batch");
+        assert!(
+            outcomes.iter().all(|&o| o == outcome::APPLIED),
+            "chunk {chunk}: {:?}",
+            outcomes.iter().find(|&&o| o != outcome::APPLIED)
+        );
+        sent.extend(batch);
+    }
+    // Resend everything, in batches of 1,000: nothing is applied again. The last 128 (the
+    // window) are recognised as duplicates; older ones cannot be told from first deliveries
+    // and are refused as too old.
+    let mut back = Vec::new();
+    for batch in sent.chunks(1_000) {
+        back.extend(c.send_produced(&p, batch.to_vec()).await.expect("resend"));
+    }
+    let count = |code| back.iter().filter(|&&o| o == code).count();
+    assert_eq!(count(outcome::APPLIED), 0, "applied twice");
+    assert_eq!(count(outcome::DUPLICATE), 128);
+    assert_eq!(count(outcome::SEQUENCE_TOO_OLD), sent.len() - 128);
+    // The producer restarts: its old epoch is fenced, the new one starts from 1.
+    let mut p2 = client::Producer::new(0xfeed, 2);
+    let mut fresh = vec![ev(1)];
+    p2.number(&mut fresh);
+    assert_eq!(
+        c.send_produced(&p2, fresh).await.expect("new epoch"),
+        [outcome::APPLIED]
+    );
+    let late = c
+        .send_produced(&p, sent[..1].to_vec())
+        .await
+        .expect("old epoch");
+    assert_eq!(late, [outcome::PRODUCER_FENCED]);
+    // Producer 0 is not a producer.
+    let zero = msg::ProducerBatch {
+        producer: 0,
+        epoch: 1,
+        events: vec![ev(1)],
+    };
+    match c.request(Message::ProducerBatch(zero)).await {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::InvalidValue.code()),
+        other => panic!("producer 0 answered {other:?}"),
+    }
+}

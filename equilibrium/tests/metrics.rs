@@ -222,12 +222,18 @@ async fn a_node_counts_exactly_the_requests_and_events_it_answered_and_promtool_
     shared.close().await;
 }
 
-/// Metric families a PromQL text refers to (`equilibrium_*`, histogram suffixes removed when
-/// the node exports the family without them).
+/// Metric families a PromQL text refers to (`equilibrium_*` and `process_*`, histogram
+/// suffixes removed when the node exports the family without them).
 fn referenced(expr: &str, exported: &BTreeSet<String>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut rest = expr;
-    while let Some(i) = rest.find("equilibrium_") {
+    let next = |r: &str| {
+        ["equilibrium_", "process_"]
+            .iter()
+            .filter_map(|p| r.find(p))
+            .min()
+    };
+    while let Some(i) = next(rest) {
         let name: String = rest[i..]
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')

@@ -51,6 +51,17 @@ fn a_python_client_built_from_the_spec_authenticates_sends_events_and_quotes() {
         stdout.contains(r#""resend": {"kind": "outcomes", "outcomes": [1, 1]}"#),
         "{stdout}"
     );
+    // As an idempotent producer: applied, resent (duplicates), restarted (a new epoch is
+    // applied), and the old epoch fenced (10).
+    for (key, outcomes) in [
+        ("produced", "[0, 0]"),
+        ("produced_resend", "[1, 1]"),
+        ("restarted", "[0]"),
+        ("old_epoch", "[10, 10]"),
+    ] {
+        let want = format!(r#""{key}": {{"kind": "outcomes", "outcomes": {outcomes}}}"#);
+        assert!(stdout.contains(&want), "{want} in {stdout}");
+    }
     assert!(
         stdout.contains(&format!(r#""quote": {{"kind": "quote", "zone": "{ZONE}""#)),
         "{stdout}"

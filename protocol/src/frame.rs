@@ -170,6 +170,7 @@ pub fn encode(request_id: u64, msg: &Message, out: &mut Vec<u8>) {
         Message::Quote(m) => archive(m, out),
         Message::QuoteBatch(m) => archive(m, out),
         Message::EventBatch(m) => archive(m, out),
+        Message::ProducerBatch(m) => archive(m, out),
         Message::Verify(m) | Message::Explain(m) => archive(m, out),
         Message::ZoneState(m) | Message::FareGet(m) | Message::ZoneHistory(m) => archive(m, out),
         Message::ZoneHistoryOk(m) => archive(m, out),
@@ -186,7 +187,7 @@ pub fn encode(request_id: u64, msg: &Message, out: &mut Vec<u8>) {
         Message::Welcome(m) => archive(m, out),
         Message::QuoteOk(m) => archive(m, out),
         Message::QuoteBatchOk(m) => archive(m, out),
-        Message::EventBatchOk(m) => archive(m, out),
+        Message::EventBatchOk(m) | Message::ProducerBatchOk(m) => archive(m, out),
         Message::VerifyOk(m) => archive(m, out),
         Message::ExplainOk(m) => archive(m, out),
         Message::Error(m) => archive(m, out),
@@ -207,11 +208,32 @@ where
         let aligned = &mut s.borrow_mut().1;
         aligned.clear();
         aligned.extend_from_slice(body);
-        rkyv::from_bytes::<T, rancor::Error>(aligned).map_err(|e| FrameError::InvalidBody {
+        rkyv::from_bytes::<T, rancor::Error>(aligned).map_err(|_| FrameError::InvalidBody {
             kind,
-            reason: e.to_string(),
+            reason: body_problem(
+                body.len(),
+                std::mem::size_of::<T::Archived>(),
+                std::mem::align_of::<T::Archived>(),
+            ),
         })
     })
+}
+
+/// Why a body did not validate, for people: the validator itself says nothing more.
+fn body_problem(len: usize, root: usize, align: usize) -> String {
+    if len < root {
+        format!(
+            "the body is {len} bytes, shorter than the message's {root}-byte root (PROTOCOL.md §4: the root struct ends the body)"
+        )
+    } else if len % align != 0 {
+        format!(
+            "the body is {len} bytes, not a multiple of the message's alignment {align} (PROTOCOL.md §4: pad the body so the root ends on it)"
+        )
+    } else {
+        format!(
+            "a field of the {root}-byte root or of its out-of-line data does not validate: a vector's offset or length reaching outside the body or into the root, a misaligned vector, or a value out of range (PROTOCOL.md §4)"
+        )
+    }
 }
 
 /// Decodes and validates a frame body of the given header.
@@ -225,6 +247,7 @@ pub fn decode(header: &Header, body: &[u8]) -> Result<Message, FrameError> {
         Kind::Quote => Message::Quote(unarchive::<msg::QuoteRequest>(kind, body)?),
         Kind::QuoteBatch => Message::QuoteBatch(unarchive::<msg::QuoteBatch>(kind, body)?),
         Kind::EventBatch => Message::EventBatch(unarchive::<msg::EventBatch>(kind, body)?),
+        Kind::ProducerBatch => Message::ProducerBatch(unarchive::<msg::ProducerBatch>(kind, body)?),
         Kind::Verify => Message::Verify(unarchive::<msg::TokenRequest>(kind, body)?),
         Kind::Explain => Message::Explain(unarchive::<msg::TokenRequest>(kind, body)?),
         Kind::ZoneState => Message::ZoneState(unarchive::<msg::ZoneRequest>(kind, body)?),
@@ -251,6 +274,9 @@ pub fn decode(header: &Header, body: &[u8]) -> Result<Message, FrameError> {
         Kind::QuoteOk => Message::QuoteOk(unarchive::<msg::QuoteReply>(kind, body)?),
         Kind::QuoteBatchOk => Message::QuoteBatchOk(unarchive::<msg::QuoteBatchReply>(kind, body)?),
         Kind::EventBatchOk => Message::EventBatchOk(unarchive::<msg::EventBatchReply>(kind, body)?),
+        Kind::ProducerBatchOk => {
+            Message::ProducerBatchOk(unarchive::<msg::EventBatchReply>(kind, body)?)
+        }
         Kind::VerifyOk => Message::VerifyOk(unarchive::<msg::TokenInfo>(kind, body)?),
         Kind::ExplainOk => Message::ExplainOk(unarchive::<msg::ExplainReply>(kind, body)?),
         Kind::Error => Message::Error(unarchive::<msg::ErrorReply>(kind, body)?),

@@ -41,6 +41,8 @@ pub enum Kind {
     Drain = 0x0E,
     /// Admin (read) → node: a zone's recently published snapshots ([`ZoneRequest`]).
     ZoneHistory = 0x0F,
+    /// Client → node: apply events from an idempotent producer ([`ProducerBatch`]).
+    ProducerBatch = 0x10,
     /// Node → client: reply to `Hello` ([`Welcome`]).
     Welcome = 0x81,
     /// Node → client: reply to `Quote` ([`QuoteReply`]).
@@ -71,13 +73,15 @@ pub enum Kind {
     DrainOk = 0x8E,
     /// Node → admin: reply to `ZoneHistory` ([`ZoneHistoryReply`]).
     ZoneHistoryOk = 0x8F,
+    /// Node → client: reply to `ProducerBatch` ([`EventBatchReply`]).
+    ProducerBatchOk = 0x90,
     /// Node → client: the request failed ([`ErrorReply`]).
     Error = 0xFF,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Self; 31] = [
+    pub const ALL: [Self; 33] = [
         Self::Hello,
         Self::Quote,
         Self::QuoteBatch,
@@ -93,6 +97,7 @@ impl Kind {
         Self::Cluster,
         Self::Drain,
         Self::ZoneHistory,
+        Self::ProducerBatch,
         Self::Welcome,
         Self::QuoteOk,
         Self::QuoteBatchOk,
@@ -108,6 +113,7 @@ impl Kind {
         Self::ClusterOk,
         Self::DrainOk,
         Self::ZoneHistoryOk,
+        Self::ProducerBatchOk,
         Self::Error,
     ];
 
@@ -293,6 +299,22 @@ pub struct EventBatch {
     pub events: Vec<WireEvent>,
 }
 
+/// Events from an idempotent producer; answered by one [`EventBatchReply`]. Each event's
+/// `id` is its sequence among this producer's events for its zone, from 1: the zone applies
+/// each sequence once (a resend is `duplicate`), accepts sequences out of order by less than
+/// 128, and remembers per producer only its highest sequence and that window, so there is
+/// no dedupe window to fill. A producer keeps its `producer` id across restarts and raises
+/// `epoch` at each start; events of an older epoch are refused `producer_fenced`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ProducerBatch {
+    /// The producer's id (not 0).
+    pub producer: u64,
+    /// The producer's epoch.
+    pub epoch: u32,
+    /// The events, at most `batch_len_max`; `id` is the sequence per zone.
+    pub events: Vec<WireEvent>,
+}
+
 /// Per-event outcomes on the wire (`EventBatchReply::outcomes`).
 pub mod outcome {
     /// Applied.
@@ -316,10 +338,18 @@ pub mod outcome {
     /// Not applied: the zone's owner is not serving it right now (ownership is moving, or
     /// the owner could not be reached); resend it (ids make resending safe).
     pub const NOT_SERVING: u8 = 9;
+    /// Rejected: the batch's producer epoch is older than one the zone has seen (the
+    /// producer restarted since); do not resend.
+    pub const PRODUCER_FENCED: u8 = 10;
+    /// Rejected: the sequence is 128 or more behind the producer's highest in the zone, so
+    /// the zone cannot tell a resend from a first delivery; do not resend.
+    pub const SEQUENCE_TOO_OLD: u8 = 11;
+    /// Rejected: the zone remembers its maximum number of producers; retry later.
+    pub const PRODUCERS_FULL: u8 = 12;
 
     /// Stable snake_case names (CLI output, reports), indexed by code, then `other` for a
     /// code this version does not know.
-    pub const NAMES: [&str; 11] = [
+    pub const NAMES: [&str; 14] = [
         "applied",
         "duplicate",
         "invalid_zone",
@@ -330,6 +360,9 @@ pub mod outcome {
         "stopped",
         "unknown_kind",
         "not_serving",
+        "producer_fenced",
+        "sequence_too_old",
+        "producers_full",
         "other",
     ];
 
@@ -715,6 +748,8 @@ pub enum Message {
     DrainOk(DrainReply),
     ZoneHistory(ZoneRequest),
     ZoneHistoryOk(ZoneHistoryReply),
+    ProducerBatch(ProducerBatch),
+    ProducerBatchOk(EventBatchReply),
     Error(ErrorReply),
 }
 
@@ -752,6 +787,8 @@ impl Message {
             Self::DrainOk(_) => Kind::DrainOk,
             Self::ZoneHistory(_) => Kind::ZoneHistory,
             Self::ZoneHistoryOk(_) => Kind::ZoneHistoryOk,
+            Self::ProducerBatch(_) => Kind::ProducerBatch,
+            Self::ProducerBatchOk(_) => Kind::ProducerBatchOk,
             Self::Error(_) => Kind::Error,
         }
     }

@@ -159,3 +159,22 @@ mod hostile {
         }
     }
 }
+
+#[test]
+fn a_body_that_does_not_validate_is_explained_in_words() {
+    let reason = |body: &[u8]| {
+        let mut f = frame(1, &samples::all()[0].2);
+        f.truncate(HEADER_LEN);
+        f[0..4].copy_from_slice(&((12 + body.len()) as u32).to_le_bytes());
+        f.extend_from_slice(body);
+        match decode_frame(&f, Limits::default()) {
+            Err(e @ FrameError::InvalidBody { .. }) => e.to_string(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // HELLO's root is 16 bytes (two vectors), align 4.
+    assert!(reason(&[0; 4]).contains("4 bytes, shorter than the message's 16-byte root"));
+    assert!(reason(&[0; 18]).contains("not a multiple of the message's alignment 4"));
+    let out_of_body = [0xff, 0xff, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert!(reason(&out_of_body).contains("reaching outside the body"));
+}

@@ -29,6 +29,7 @@ fn archived_layouts_are_as_documented() {
     layout!(ArchivedQuoteBatchReply, size 8, align 4, { results @ 0 });
     layout!(ArchivedWireEvent, size 32, align 8, { id @ 0, zone @ 8, driver @ 16, kind @ 24 });
     layout!(ArchivedEventBatch, size 8, align 4, { events @ 0 });
+    layout!(ArchivedProducerBatch, size 24, align 8, { producer @ 0, epoch @ 8, events @ 12 });
     layout!(ArchivedEventBatchReply, size 8, align 4, { outcomes @ 0 });
     layout!(ArchivedTokenRequest, size 112, align 1, { token @ 0 });
     layout!(ArchivedTokenInfo, size 96, align 8, {

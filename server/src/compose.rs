@@ -81,7 +81,7 @@ pub fn start_node(
 ) -> Result<(Node, Option<Arc<Cluster>>), ComposeError> {
     let StartedEngine { engine, ticks } = started;
     let (Some(ccfg), Some(ticks)) = (cfg.cluster.clone(), ticks) else {
-        return Ok((Node::start(cfg, engine)?, None));
+        return Ok((Node::builder(cfg, engine).start()?, None));
     };
     let metrics = Arc::new(telemetry::Metrics::new(engine.config().node_id));
     // Bind the client socket first: peers learn this node's client address from the
@@ -101,12 +101,10 @@ pub fn start_node(
         Arc::clone(&metrics),
         client_addr,
     )?;
-    let node = Node::start_clustered(
-        cfg,
-        engine,
-        metrics,
-        Some((Arc::clone(&cluster), forwarded)),
-        Some(socket),
-    )?;
+    let node = Node::builder(cfg, engine)
+        .metrics(metrics)
+        .cluster(Arc::clone(&cluster), forwarded)
+        .socket(socket)
+        .start()?;
     Ok((node, Some(cluster)))
 }

@@ -18,13 +18,13 @@
 //! - [`cluster`]: the cluster shell: peer QUIC endpoint with mutual TLS, gossip, leases and
 //!   snapshots in Redis, hand-off, replication, forwarding. Membership, ownership, the lease
 //!   rules and the coordinator's decisions are the `cluster` crate's sans-IO cores; this
-//!   module carries them out (one task owns the coordinator) and still holds the
-//!   replication and quote-count encodings and the rules for accepting replicas.
+//!   module carries them out (one task owns the coordinator), encodes peer messages with
+//!   `cluster::wire` and routes and accepts by `cluster::routing`.
 //!
 //! # What this crate is not
 //!
-//! It holds no pricing logic (the engine does) and no ownership or lease rules (the
-//! `cluster` crate does).
+//! It holds no pricing logic (the engine does) and no ownership, lease, routing or
+//! acceptance rules, nor the peer wire format (the `cluster` crate does).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

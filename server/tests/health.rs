@@ -34,7 +34,7 @@ async fn health_is_200_while_serving_and_503_once_shutting_down() {
     let key = engine::QuoteKey::from_hex(1, &cfg.cluster_key_hex).expect("key");
     let engine =
         Arc::new(engine::Engine::start(ecfg, key, Arc::new(engine::SystemClock)).expect("engine"));
-    let node = Node::start(&cfg, engine).expect("node starts");
+    let node = Node::builder(&cfg, engine).start().expect("node starts");
     let addr = node.metrics_addr().expect("endpoint on");
     let metrics = Arc::clone(node.metrics());
 

@@ -345,18 +345,7 @@ pub struct City {
     zone_set: HashSet<u64>,
 }
 
-/// Great-circle distance, km.
-pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
-    let (la1, lo1, la2, lo2) = (
-        a.0.to_radians(),
-        a.1.to_radians(),
-        b.0.to_radians(),
-        b.1.to_radians(),
-    );
-    let h = ((la2 - la1) / 2.0).sin().powi(2)
-        + la1.cos() * la2.cos() * ((lo2 - lo1) / 2.0).sin().powi(2);
-    2.0 * 6371.0 * h.sqrt().asin()
-}
+pub use crate::geo::distance_km;
 
 /// A standard normal sample (Box–Muller).
 pub(crate) fn normal(rng: &mut SmallRng) -> f64 {

@@ -10,8 +10,9 @@
 //!   specified in `sim/TRACE.md`.
 //! - [`profile`]: demand profiles (CSV) expanded into traces.
 //! - [`scenario`]: load scenarios and their objectives ([`scenario::Scenario`]).
-//! - [`run`] (connections, the open-loop dispatcher) and [`report`] (the [`Report`], its
-//!   JSON schema in `sim/REPORT.md`).
+//! - [`run`] (connections, the open-loop dispatcher), `recorder` (what a run counts and
+//!   times, merged from every sender) and [`report`] (the [`Report`], its JSON schema in
+//!   `sim/REPORT.md`).
 //! - [`market`]: the market model (drivers on shifts, riders who decline high prices,
 //!   matching), sans-IO; `sim/MARKET.md` says why its numbers are plausible.
 //! - [`backtest`]: a day through the engine's pure shard in virtual time, closed loop with
@@ -38,9 +39,11 @@
 
 pub mod backtest;
 pub mod city;
+mod geo;
 pub mod market;
 pub mod profile;
 pub mod realism;
+mod recorder;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -47,7 +47,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
-use crate::city::distance_km;
+use crate::geo::distance_km;
 use crate::trace::{Op, Record, Tier};
 
 /// Hours in a day: the length of every curve indexed by hour of day.

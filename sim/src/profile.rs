@@ -26,7 +26,8 @@ use protocol::msg::{event_kind, WireEvent};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::city::{distance_km, exponential};
+use crate::city::exponential;
+use crate::geo::distance_km;
 use crate::market::{Arrival, DemandModel, FlatPrices, Market, MarketConfig, HOURS};
 use crate::trace::{Op, Record, Tier};
 

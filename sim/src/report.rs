@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::run::{Kind, Recorder};
+use crate::recorder::{Kind, Recorder};
 use crate::scenario::Objectives;
 use crate::trace::Tier;
 

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use client::{Client, ClientConfig, ClientError, Trust};
-use hdrhistogram::Histogram;
 use protocol::msg::{self, WireEvent};
 use protocol::ErrorCode;
 
+use crate::recorder::{Kind, Recorder};
 use crate::report::{self, Report};
 use crate::trace::{Op, Record, Tier};
 
@@ -133,6 +133,10 @@ pub struct RunOptions {
     pub premium_nice: i32,
     /// Time slice of those threads, µs (0: the kernel's default). See [`PREMIUM_SLICE_US`].
     pub premium_slice_us: u32,
+    /// Send events as `EVENT_BATCH` with the trace's ids (the node's dedupe window, the
+    /// compatibility path) instead of as idempotent producers (`PRODUCER_BATCH`: each event
+    /// connection a producer numbering its events per zone; the default).
+    pub plain_events: bool,
 }
 
 /// The premium tier's default priority: its clients stand for devices of their own, so on a
@@ -212,23 +216,6 @@ fn premium_runtime(priority: &Arc<Priority>) -> anyhow::Result<PremiumRuntime> {
         .build()
         .map(|rt| PremiumRuntime(Some(rt)))
         .context("starting the premium tier's runtime")
-}
-
-/// The message kinds a report tells apart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Quote = 0,
-    Events = 1,
-}
-
-impl Kind {
-    pub(crate) const ALL: [Kind; 2] = [Kind::Quote, Kind::Events];
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Kind::Quote => "quote",
-            Kind::Events => "events",
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -416,11 +403,14 @@ struct EventJob {
 /// One event connection's sender: one wire batch in flight at a time, so a zone's events
 /// reach the node in schedule order; batches that fall due meanwhile are merged into the
 /// next wire batch (up to the node's batch limit), so throughput does not suffer. Each
-/// merged batch is still recorded as its own request with its own latency.
+/// merged batch is still recorded as its own request with its own latency. Unless
+/// `plain_events`, the sender is an idempotent producer (`producer`): it numbers its events
+/// per zone, so the node needs no dedupe window for them.
 async fn event_sender(
     client: Client,
     mut rx: tokio::sync::mpsc::Receiver<EventJob>,
     shared: Arc<Shared>,
+    mut producer: client::Producer,
 ) {
     let cap = match client.welcome().await {
         Ok(w) => (w.batch_len_max as usize).clamp(1, MERGED_EVENTS_MAX),
@@ -455,7 +445,12 @@ async fn event_sender(
         for j in &jobs {
             all.extend_from_slice(&j.events);
         }
-        let result = client.send_events(all).await;
+        let result = if shared.plain_events {
+            client.send_events(all).await
+        } else {
+            producer.number(&mut all);
+            client.send_produced(&producer, all).await
+        };
         let mut rec = shared.rec(first_tier);
         let mut at = 0;
         for j in jobs {
@@ -492,12 +487,23 @@ fn start_event_senders(
     rts: &[tokio::runtime::Handle; 2],
 ) -> EventQueues {
     let mut out: EventQueues = [Vec::new(), Vec::new()];
+    // Producer ids unique to this run (its start time and process), so runs against the same
+    // nodes never share a producer.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let run_id = (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40);
+    let epoch = u32::try_from(now.as_secs()).unwrap_or(u32::MAX);
+    let mut n = 0u64;
     for tier in Tier::ALL {
         for node in &pool.event[tier as usize] {
             let mut senders = Vec::new();
             for c in node {
                 let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE_LEN);
-                rts[tier as usize].spawn(event_sender(c.clone(), rx, Arc::clone(shared)));
+                n += 1;
+                let id = (run_id.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15))).max(1);
+                let producer = client::Producer::new(id, epoch);
+                rts[tier as usize].spawn(event_sender(c.clone(), rx, Arc::clone(shared), producer));
                 senders.push(tx);
             }
             out[tier as usize].push(senders);
@@ -594,172 +600,6 @@ impl Pool {
     }
 }
 
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
-}
-
-/// Adds `b` to `a`.
-fn add(a: &mut Histogram<u64>, b: &Histogram<u64>) {
-    a.add(b)
-        .expect("histograms of a run share their bounds, so adding cannot overflow them");
-}
-
-fn small_hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 2).expect("valid histogram bounds")
-}
-
-/// Counts of one (kind, tier).
-#[derive(Debug)]
-pub(crate) struct Cell {
-    pub(crate) sent: u64,
-    pub(crate) answered: u64,
-    pub(crate) errors: std::collections::BTreeMap<String, u64>,
-    pub(crate) latency_us: Histogram<u64>,
-}
-
-/// One second of the schedule.
-#[derive(Debug)]
-pub(crate) struct Second {
-    pub(crate) sent: u64,
-    pub(crate) answered: u64,
-    pub(crate) errors: u64,
-    /// Quote latency per tier, and event-batch latency.
-    pub(crate) quote_us: [Histogram<u64>; 2],
-    pub(crate) events_us: Histogram<u64>,
-}
-
-impl Second {
-    fn new() -> Self {
-        Self {
-            sent: 0,
-            answered: 0,
-            errors: 0,
-            quote_us: [small_hist(), small_hist()],
-            events_us: small_hist(),
-        }
-    }
-}
-
-/// Everything recorded during a run.
-#[derive(Debug)]
-pub(crate) struct Recorder {
-    /// Indexed by kind, then tier.
-    pub(crate) cells: [[Cell; 2]; 2],
-    pub(crate) series: Vec<Second>,
-    /// Per-event outcomes of answered batches (see `protocol::msg::outcome`).
-    pub(crate) event_outcomes: [u64; report::OUTCOME_SLOTS],
-    pub(crate) events_sent: u64,
-    pub(crate) last_due_us: u64,
-    /// How late the dispatcher sent requests after their scheduled time (the simulator's
-    /// own lag, already inside every latency).
-    pub(crate) lag_us: Histogram<u64>,
-    /// Multipliers of the answered quotes, thousandths.
-    pub(crate) quote_multiplier_milli: Histogram<u64>,
-}
-
-/// Seconds of series kept at most (longer runs fold the rest into the last second).
-const SERIES_LEN_MAX: usize = 24 * 3600;
-
-impl Recorder {
-    fn new() -> Self {
-        let cell = || Cell {
-            sent: 0,
-            answered: 0,
-            errors: Default::default(),
-            latency_us: hist(),
-        };
-        Self {
-            cells: [[cell(), cell()], [cell(), cell()]],
-            series: Vec::new(),
-            event_outcomes: [0; report::OUTCOME_SLOTS],
-            events_sent: 0,
-            last_due_us: 0,
-            lag_us: hist(),
-            quote_multiplier_milli: hist(),
-        }
-    }
-
-    /// Adds everything `other` recorded.
-    fn merge(&mut self, other: &Recorder) {
-        for (mine, theirs) in self
-            .cells
-            .iter_mut()
-            .flatten()
-            .zip(other.cells.iter().flatten())
-        {
-            mine.sent += theirs.sent;
-            mine.answered += theirs.answered;
-            for (code, n) in &theirs.errors {
-                *mine.errors.entry(code.clone()).or_default() += n;
-            }
-            add(&mut mine.latency_us, &theirs.latency_us);
-        }
-        for (i, s) in other.series.iter().enumerate() {
-            let mine = self.second(i as u64 * 1_000_000);
-            mine.sent += s.sent;
-            mine.answered += s.answered;
-            mine.errors += s.errors;
-            for t in 0..2 {
-                add(&mut mine.quote_us[t], &s.quote_us[t]);
-            }
-            add(&mut mine.events_us, &s.events_us);
-        }
-        for (mine, theirs) in self.event_outcomes.iter_mut().zip(other.event_outcomes) {
-            *mine += theirs;
-        }
-        self.events_sent += other.events_sent;
-        self.last_due_us = self.last_due_us.max(other.last_due_us);
-        add(
-            &mut self.quote_multiplier_milli,
-            &other.quote_multiplier_milli,
-        );
-        add(&mut self.lag_us, &other.lag_us);
-    }
-
-    fn second(&mut self, due_us: u64) -> &mut Second {
-        let i = ((due_us / 1_000_000) as usize).min(SERIES_LEN_MAX - 1);
-        while self.series.len() <= i {
-            self.series.push(Second::new());
-        }
-        &mut self.series[i]
-    }
-
-    fn sent(&mut self, kind: Kind, tier: Tier, due_us: u64, events: usize, lag_us: u64) {
-        self.lag_us.saturating_record(lag_us.max(1));
-        self.cells[kind as usize][tier as usize].sent += 1;
-        self.events_sent += events as u64;
-        self.last_due_us = self.last_due_us.max(due_us);
-        self.second(due_us).sent += 1;
-    }
-
-    fn done(
-        &mut self,
-        kind: Kind,
-        tier: Tier,
-        due_us: u64,
-        latency_us: u64,
-        error: Option<String>,
-    ) {
-        let cell = &mut self.cells[kind as usize][tier as usize];
-        match error {
-            Some(code) => {
-                *cell.errors.entry(code).or_default() += 1;
-                self.second(due_us).errors += 1;
-            }
-            None => {
-                cell.answered += 1;
-                cell.latency_us.saturating_record(latency_us.max(1));
-                let s = self.second(due_us);
-                s.answered += 1;
-                match kind {
-                    Kind::Quote => s.quote_us[tier as usize].saturating_record(latency_us.max(1)),
-                    Kind::Events => s.events_us.saturating_record(latency_us.max(1)),
-                }
-            }
-        }
-    }
-}
-
 /// The stable name of a failure, as it appears in reports.
 pub fn error_name(e: &ClientError) -> String {
     match e {
@@ -787,6 +627,8 @@ struct Shared {
     answered: AtomicU64,
     errors: AtomicU64,
     due_us: AtomicU64,
+    /// See [`RunOptions::plain_events`].
+    plain_events: bool,
 }
 
 impl Shared {
@@ -831,6 +673,7 @@ pub(crate) async fn run_records(
         answered: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         due_us: AtomicU64::new(0),
+        plain_events: opts.plain_events,
     });
     let planner = Planner::new(records, target.nodes.len(), conns.clone());
     let queues = start_event_senders(&pool, &shared, &rts);

@@ -1,16 +1,36 @@
-//! A tiny HTTP/1.1 server for `GET /metrics` and `GET /health`, on tokio.
+//! The `/metrics` and `/health` HTTP endpoint, on hyper's HTTP/1 server over tokio.
 //!
-//! One request per connection (`Connection: close`), which is all Prometheus and orchestrator
-//! probes need. Bounded: at most `connections_max` connections at once (more are closed at
-//! once), a request head of at most `request_len_max` bytes (`431` beyond), and
-//! `timeout_ms` to send it (the connection is closed after). Anything but `GET` is `405`,
-//! any other path `404`.
+//! One request per connection (keep-alive off: `Connection: close`), which is all Prometheus
+//! and orchestrator probes need. Only `GET` (`405` otherwise), only `/metrics` and `/health`
+//! (`404` otherwise). Hardened against slow and malformed clients, so that `/health` and
+//! `/metrics` stay answered while some clients misbehave:
+//!
+//! - at most `connections_max` connections open at once, and at most
+//!   `connections_per_addr_max` from one IP address; a connection beyond either is closed at
+//!   once, so one source (a slowloris) cannot take every slot;
+//! - the request head must arrive within `head_timeout_ms` (hyper's header read timeout), and
+//!   the whole exchange within `timeout_ms`; then the connection is closed;
+//! - a head longer than `request_len_max` bytes is answered `431`;
+//! - strict HTTP/1.0 and 1.1: hyper refuses other versions (`HTTP/1.9`: `400`), and a line
+//!   of the head that ends in a bare LF instead of CRLF is refused with `400` too (see
+//!   [`StrictHead`]).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
@@ -19,19 +39,25 @@ use crate::registry::Metrics;
 /// The server's bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpLimits {
-    /// Most connections served at once.
+    /// Most connections open at once.
     pub connections_max: u32,
+    /// Most connections open at once from one IP address.
+    pub connections_per_addr_max: u32,
     /// Longest request head (request line and headers), bytes.
     pub request_len_max: u32,
-    /// Longest a client may take to send its request, and to read the reply.
+    /// Longest a client may take to send its request head, from accepting the connection.
+    pub head_timeout_ms: u64,
+    /// Longest a whole exchange may take (request and reply), from accepting the connection.
     pub timeout_ms: u64,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         Self {
-            connections_max: 16,
+            connections_max: 64,
+            connections_per_addr_max: 8,
             request_len_max: 8 * 1024,
+            head_timeout_ms: 2_000,
             timeout_ms: 5_000,
         }
     }
@@ -71,10 +97,54 @@ impl Drop for MetricsServer {
     }
 }
 
+/// Open connections, in total and per source address. Taken on accept and on close only.
+#[derive(Debug, Default)]
+struct Open {
+    total: u32,
+    per_addr: HashMap<IpAddr, u32>,
+}
+
+/// A connection's place in [`Open`], given back when dropped.
+#[derive(Debug)]
+struct Slot {
+    open: Arc<Mutex<Open>>,
+    ip: IpAddr,
+}
+
+impl Slot {
+    /// A slot for a connection from `ip`, if neither bound is reached.
+    fn take(open: &Arc<Mutex<Open>>, ip: IpAddr, limits: &HttpLimits) -> Option<Self> {
+        let mut o = open.lock().unwrap_or_else(|p| p.into_inner());
+        let from_ip = o.per_addr.get(&ip).copied().unwrap_or(0);
+        if o.total >= limits.connections_max.max(1)
+            || from_ip >= limits.connections_per_addr_max.max(1)
+        {
+            return None;
+        }
+        o.total += 1;
+        *o.per_addr.entry(ip).or_insert(0) += 1;
+        Some(Self {
+            open: Arc::clone(open),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut o = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        o.total -= 1;
+        if let Some(n) = o.per_addr.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                o.per_addr.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, limits: HttpLimits, metrics: Arc<Metrics>) {
-    let open = Arc::new(tokio::sync::Semaphore::new(
-        limits.connections_max.max(1) as usize
-    ));
+    let open = Arc::new(Mutex::new(Open::default()));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -85,95 +155,156 @@ async fn accept_loop(listener: TcpListener, limits: HttpLimits, metrics: Arc<Met
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+        let Some(slot) = Slot::take(&open, peer.ip(), &limits) else {
             debug!(%peer, "metrics endpoint: connection limit reached, closing");
             drop(stream);
             continue;
         };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             let limit = Duration::from_millis(limits.timeout_ms);
-            if tokio::time::timeout(limit, serve(stream, limits, &metrics))
-                .await
-                .is_err()
-            {
-                debug!(%peer, "metrics endpoint: client too slow, closed");
+            match tokio::time::timeout(limit, serve(stream, limits, metrics)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, "metrics endpoint: {e}"),
+                Err(_) => debug!(%peer, "metrics endpoint: client too slow, closed"),
             }
         });
     }
 }
 
-async fn serve(mut stream: TcpStream, limits: HttpLimits, metrics: &Metrics) {
-    let max = limits.request_len_max as usize;
-    let mut head = Vec::with_capacity(1024.min(max));
-    let mut buf = [0u8; 1024];
-    let complete = loop {
-        if head.len() > max {
-            break false;
-        }
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
-            break true;
-        }
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    };
-    let (status, content_type, body) = if complete {
-        route(&head, metrics)
-    } else {
-        (
-            431,
-            "text/plain; charset=utf-8",
-            format!("request head longer than {max} bytes\n"),
-        )
-    };
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        400 => "Bad Request",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if stream.write_all(head.as_bytes()).await.is_ok() {
-        let _ = stream.write_all(body.as_bytes()).await;
-    }
-    let _ = stream.shutdown().await;
+async fn serve(stream: TcpStream, limits: HttpLimits, metrics: Arc<Metrics>) -> hyper::Result<()> {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let response = route(&req, &metrics);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.head_timeout_ms))
+        .max_header_size(limits.request_len_max as usize)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(StrictHead::new(stream)), service)
+        .await
 }
 
-fn route(head: &[u8], metrics: &Metrics) -> (u16, &'static str, String) {
+fn route(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return (400, TEXT, "malformed request line\n".into());
-    };
-    if !version.starts_with(b"HTTP/1.") {
-        return (400, TEXT, "HTTP/1.x only\n".into());
+    if req.method() != Method::GET {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only\n".into());
     }
-    if method != b"GET" {
-        return (405, TEXT, "GET only\n".into());
-    }
-    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-    match path {
-        b"/metrics" => (
-            200,
+    match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
         ),
-        b"/health" => {
+        "/health" => {
             let uptime = metrics.started_elapsed();
             let (status, body) = metrics.health.answer(metrics.node_id(), uptime);
-            (status, "application/json", body)
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            reply(status, "application/json", body)
         }
-        _ => (404, TEXT, "not found: try /metrics or /health\n".into()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: try /metrics or /health\n".into(),
+        ),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// The connection as hyper reads it, with the request head held to CRLF line endings.
+///
+/// hyper's parser (httparse) accepts a bare LF as a line ending; RFC 9112 lets a server
+/// refuse it, and a proxy in front of the node might split the head differently than the
+/// node does (request smuggling). So until the head's final empty line, each LF not preceded
+/// by CR is replaced by a NUL byte, which the parser refuses wherever it stands: the request
+/// gets `400 Bad Request` from hyper's own error path.
+#[derive(Debug)]
+pub(crate) struct StrictHead<S> {
+    inner: S,
+    /// The previous byte of the head was CR.
+    prev_cr: bool,
+    /// CRLFs in a row just seen; 2 ends the head.
+    crlfs: u8,
+}
+
+impl<S> StrictHead<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self {
+            inner,
+            prev_cr: false,
+            crlfs: 0,
+        }
+    }
+
+    /// Checks `bytes`, just read, replacing every bare LF of the head.
+    fn check(&mut self, bytes: &mut [u8]) {
+        for b in bytes {
+            if self.crlfs >= 2 {
+                return;
+            }
+            match *b {
+                b'\n' if self.prev_cr => self.crlfs += 1,
+                b'\n' => *b = 0,
+                b'\r' => {}
+                _ => self.crlfs = 0,
+            }
+            self.prev_cr = *b == b'\r';
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for StrictHead<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let this = &mut *self;
+            this.check(&mut buf.filled_mut()[before..]);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for StrictHead<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -181,27 +312,39 @@ fn route(head: &[u8], metrics: &Metrics) -> (u16, &'static str, String) {
 mod tests {
     use super::*;
     use crate::HealthState;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get(addr: SocketAddr, request: &[u8]) -> String {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        s.write_all(request).await.expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
-        out
+        get_from("127.0.0.1".parse().expect("ip"), addr, request).await
+    }
+
+    /// Sends `request` from source address `ip` and reads until the server closes.
+    async fn get_from(ip: IpAddr, addr: SocketAddr, request: &[u8]) -> String {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(ip, 0)).expect("bind source");
+        let mut s = socket.connect(addr).await.expect("connect");
+        // A connection closed at accept may refuse the write: what is read still counts.
+        let _ = s.write_all(request).await;
+        let mut out = Vec::new();
+        // A refused request may be closed with unread bytes (a reset): what was read counts.
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn start(limits: HttpLimits) -> (Arc<Metrics>, MetricsServer) {
+        let m = Arc::new(Metrics::new(2));
+        let server =
+            MetricsServer::start("127.0.0.1:0".parse().expect("addr"), limits, Arc::clone(&m))
+                .expect("binds");
+        (m, server)
     }
 
     #[tokio::test]
     async fn serves_metrics_and_health_and_refuses_everything_else() {
-        let m = Arc::new(Metrics::new(2));
-        let server = MetricsServer::start(
-            "127.0.0.1:0".parse().expect("addr"),
-            HttpLimits {
-                request_len_max: 256,
-                ..HttpLimits::default()
-            },
-            Arc::clone(&m),
-        )
-        .expect("binds");
+        let (m, server) = start(HttpLimits {
+            request_len_max: 256,
+            ..HttpLimits::default()
+        });
         let a = server.local_addr();
         let r = get(a, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
@@ -222,5 +365,61 @@ mod tests {
         let long = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(400));
         let r = get(a, long.as_bytes()).await;
         assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
+    }
+
+    #[tokio::test]
+    async fn bare_line_feeds_and_unknown_versions_are_refused() {
+        let (m, server) = start(HttpLimits::default());
+        m.health.set(HealthState::Serving);
+        let a = server.local_addr();
+        for bad in [
+            &b"GET /health HTTP/1.1\nHost: x\n\n"[..],
+            b"GET /health HTTP/1.1\r\nHost: x\n\r\n",
+            b"GET /health HTTP/1.9\r\nHost: x\r\n\r\n",
+            b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n",
+        ] {
+            let r = get(a, bad).await;
+            assert!(
+                r.is_empty() || r.starts_with("HTTP/1.1 400 "),
+                "{:?} answered {r:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let r = get(a, b"GET /health HTTP/1.0\r\n\r\n").await;
+        assert!(r.contains(" 200 OK\r\n"), "{r}");
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_hold_more_than_its_share_of_connections() {
+        let (m, server) = start(HttpLimits {
+            connections_per_addr_max: 2,
+            ..HttpLimits::default()
+        });
+        m.health.set(HealthState::Serving);
+        let a = server.local_addr();
+        // Two silent connections from 127.0.0.1 hold its share...
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(a).await.expect("connect");
+            s.write_all(b"GET /health HT").await.expect("write");
+            held.push(s);
+        }
+        // ...so a third from there is closed unanswered (connections are accepted in order),
+        // while another address is served.
+        let r = get(a, b"GET /health HTTP/1.1\r\n\r\n").await;
+        assert!(r.is_empty(), "{r}");
+        let other = "127.0.0.2".parse().expect("ip");
+        let r = get_from(other, a, b"GET /health HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        drop(held);
+    }
+
+    #[test]
+    fn strict_head_replaces_only_bare_line_feeds_of_the_head() {
+        let mut s = StrictHead::new(());
+        let mut head = *b"GET / HTTP/1.1\r\nA: b\nC: d\r\n\r\nbody\n";
+        s.check(&mut head[..10]);
+        s.check(&mut head[10..]);
+        assert_eq!(&head, b"GET / HTTP/1.1\r\nA: b\0C: d\r\n\r\nbody\n");
     }
 }

@@ -1,73 +1,73 @@
-//! Metric primitives: relaxed atomics, sized at construction. Recording a value is one or two
-//! relaxed atomic adds; it never locks and never allocates.
+//! Metric primitives: thin handles on the `prometheus` crate's metrics, each one registered
+//! (and, for a labelled family, its child resolved) once when [`Metrics`](crate::Metrics) is
+//! built. Recording is then one atomic add (counters), one store (gauges), or a bucket search
+//! and four atomic operations, one of them a compare-and-swap loop for the sum (histograms):
+//! no lock, no allocation, no label lookup.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Upper bounds of the latency buckets, nanoseconds: 50 µs to 1 s, roughly 1-2.5-5 per
-/// decade (above 1 s falls in `+Inf`).
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
+use prometheus::{HistogramOpts, Opts, Registry};
+
+/// Upper bounds of the latency buckets, nanoseconds: 1 µs to 1 s, 1-2-5 per decade (above
+/// 1 s falls in `+Inf`). A quote is answered in a few µs, so the quote percentiles fall
+/// between real bounds instead of inside one wide bucket.
 pub const LATENCY_BUCKETS_NS: &[u64] = &[
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
     50_000,
     100_000,
-    250_000,
+    200_000,
     500_000,
     1_000_000,
-    2_500_000,
+    2_000_000,
     5_000_000,
     10_000_000,
-    25_000_000,
+    20_000_000,
     50_000_000,
     100_000_000,
-    250_000_000,
+    200_000_000,
     500_000_000,
     1_000_000_000,
 ];
 
 /// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+#[derive(Clone, Debug)]
+pub struct Counter(prometheus::IntCounter);
 
 impl Counter {
-    /// A counter at zero.
-    pub const fn new() -> Self {
-        Self(AtomicU64::new(0))
-    }
-
     /// Adds one.
     #[inline]
     pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.inc();
     }
 
     /// Adds `n`.
     #[inline]
     pub fn add(&self, n: u64) {
         if n > 0 {
-            self.0.fetch_add(n, Ordering::Relaxed);
+            self.0.inc_by(n);
         }
     }
 
     /// The count so far.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
     }
 }
 
-/// A value that goes up and down (stored as the bits of an `f64`).
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicU64);
+/// A value that goes up and down.
+#[derive(Clone, Debug)]
+pub struct Gauge(prometheus::Gauge);
 
 impl Gauge {
-    /// A gauge at zero.
-    pub const fn new() -> Self {
-        Self(AtomicU64::new(0))
-    }
-
     /// Sets the value.
     #[inline]
     pub fn set(&self, v: f64) {
-        self.0.store(v.to_bits(), Ordering::Relaxed);
+        self.0.set(v);
     }
 
     /// Sets the value from a count.
@@ -84,119 +84,159 @@ impl Gauge {
 
     /// The value now.
     pub fn get(&self) -> f64 {
-        f64::from_bits(self.0.load(Ordering::Relaxed))
+        self.0.get()
     }
 }
 
-/// A distribution of durations over fixed buckets (Prometheus histogram). Buckets are stored
-/// non-cumulative and summed when rendered, so recording touches one bucket and the sum.
-#[derive(Debug)]
-pub struct Histogram {
-    /// Upper bounds, nanoseconds, ascending; one more bucket (`+Inf`) follows them.
-    bounds_ns: &'static [u64],
-    buckets: Box<[AtomicU64]>,
-    sum_ns: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self::latency()
-    }
-}
+/// A distribution of durations over fixed buckets, in seconds (a Prometheus histogram).
+#[derive(Clone, Debug)]
+pub struct Histogram(prometheus::Histogram);
 
 impl Histogram {
-    /// A histogram over `bounds_ns` (ascending upper bounds, nanoseconds).
-    pub fn new(bounds_ns: &'static [u64]) -> Self {
-        assert!(
-            bounds_ns.windows(2).all(|w| w[0] < w[1]),
-            "histogram bounds must ascend"
-        );
-        Self {
-            bounds_ns,
-            buckets: (0..=bounds_ns.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_ns: AtomicU64::new(0),
-        }
-    }
-
-    /// A histogram over [`LATENCY_BUCKETS_NS`] (50 µs to 1 s).
-    pub fn latency() -> Self {
-        Self::new(LATENCY_BUCKETS_NS)
-    }
-
     /// Records one duration.
     #[inline]
     pub fn observe(&self, d: Duration) {
-        self.observe_n(d, 1);
+        self.0.observe(d.as_secs_f64());
     }
 
     /// Records `n` requests that each took `d` (e.g. every request answered by one write).
+    /// The `prometheus` histogram has no weighted observation, so this is `n` observations.
     #[inline]
     pub fn observe_n(&self, d: Duration, n: u64) {
-        if n == 0 {
-            return;
+        let s = d.as_secs_f64();
+        for _ in 0..n {
+            self.0.observe(s);
         }
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let i = self
-            .bounds_ns
-            .iter()
-            .position(|&b| ns <= b)
-            .unwrap_or(self.bounds_ns.len());
-        self.buckets[i].fetch_add(n, Ordering::Relaxed);
-        self.sum_ns
-            .fetch_add(ns.saturating_mul(n), Ordering::Relaxed);
     }
 
-    /// Observations so far (the sum of the buckets).
+    /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+        self.0.get_sample_count()
     }
 
     /// Sum of the observations, seconds.
     pub fn sum_seconds(&self) -> f64 {
-        self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+        self.0.get_sample_sum()
+    }
+}
+
+/// Registers metrics in one registry. Names and labels are constants of this crate, so a
+/// failed registration (a name used twice, an invalid name) is a bug: it panics.
+pub(crate) struct Reg<'a>(pub(crate) &'a Registry);
+
+impl Reg<'_> {
+    fn add<C: Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0
+            .register(Box::new(c.clone()))
+            .unwrap_or_else(|e| panic!("registering a metric: {e}"));
+        c
     }
 
-    /// Writes the `_bucket`, `_sum` and `_count` lines of this histogram. `labels` is empty or
-    /// `key="value",...` without braces.
-    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0u64;
-        for (i, b) in self.buckets.iter().enumerate() {
-            cumulative += b.load(Ordering::Relaxed);
-            let _ = match self.bounds_ns.get(i) {
-                Some(&ns) => writeln!(
-                    out,
-                    "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cumulative}",
-                    ns as f64 / 1e9
-                ),
-                None => writeln!(
-                    out,
-                    "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
-                ),
-            };
-        }
-        let braced = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braced} {}", self.sum_seconds());
-        let _ = writeln!(out, "{name}_count{braced} {cumulative}");
+    /// A counter without labels.
+    pub(crate) fn counter(&self, name: &str, help: &str) -> Counter {
+        Counter(
+            self.add(
+                prometheus::IntCounter::with_opts(Opts::new(name, help)).expect("valid counter"),
+            ),
+        )
     }
+
+    /// A gauge without labels.
+    pub(crate) fn gauge(&self, name: &str, help: &str) -> Gauge {
+        Gauge(self.add(prometheus::Gauge::with_opts(Opts::new(name, help)).expect("valid gauge")))
+    }
+
+    /// A latency histogram without labels.
+    pub(crate) fn histogram(&self, name: &str, help: &str) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(latency_buckets());
+        Histogram(self.add(prometheus::Histogram::with_opts(opts).expect("valid histogram")))
+    }
+
+    /// A counter family with one label, every child resolved now, in the order of `values`.
+    pub(crate) fn counters<const N: usize>(
+        &self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: [&str; N],
+    ) -> [Counter; N] {
+        let vec = self.add(
+            prometheus::IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid counter"),
+        );
+        values.map(|v| Counter(child(&vec, &[v])))
+    }
+
+    /// A latency histogram family labelled `labels`; resolve each child once with
+    /// [`histogram_child`].
+    pub(crate) fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(latency_buckets());
+        self.add(prometheus::HistogramVec::new(opts, labels).expect("valid histogram"))
+    }
+
+    /// A gauge family with one label, every child resolved now, in the order of `values`.
+    pub(crate) fn labelled_gauges<const N: usize>(
+        &self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: [&str; N],
+    ) -> [Gauge; N] {
+        let vec = self
+            .add(prometheus::GaugeVec::new(Opts::new(name, help), &[label]).expect("valid gauge"));
+        values.map(|v| Gauge(child(&vec, &[v])))
+    }
+
+    /// A gauge family, for values whose labels carry the information (`build_info`).
+    pub(crate) fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+        self.add(prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"))
+    }
+}
+
+/// The child of `vec` for `values`, created now.
+fn child<T: MetricVecBuilder>(vec: &MetricVec<T>, values: &[&str]) -> T::M {
+    vec.get_metric_with_label_values(values)
+        .unwrap_or_else(|e| panic!("label values {values:?}: {e}"))
+}
+
+/// The histogram of `vec` for `values`, resolved once so recording skips the label lookup.
+pub(crate) fn histogram_child(vec: &prometheus::HistogramVec, values: &[&str]) -> Histogram {
+    Histogram(child(vec, values))
+}
+
+/// [`LATENCY_BUCKETS_NS`] in seconds.
+fn latency_buckets() -> Vec<f64> {
+    LATENCY_BUCKETS_NS
+        .iter()
+        .map(|&ns| ns as f64 / 1e9)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn render(r: &Registry) -> String {
+        let mut out = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&r.gather(), &mut out)
+            .expect("encodes");
+        out
+    }
+
     #[test]
     fn a_histogram_puts_each_observation_in_the_first_bucket_that_holds_it() {
-        let h = Histogram::latency();
-        h.observe(Duration::from_micros(50)); // on the bound: le="5e-05"
+        let r = Registry::new();
+        let vec = Reg(&r).histograms("x", "test", &["op"]);
+        let h = histogram_child(&vec, &["quote"]);
+        h.observe(Duration::from_micros(50)); // on the bound: le="0.00005"
         h.observe(Duration::from_micros(51));
         h.observe_n(Duration::from_secs(2), 3); // +Inf
-        let mut out = String::new();
-        h.render(&mut out, "x", "op=\"quote\"");
+        let out = render(&r);
         assert!(
             out.contains("x_bucket{op=\"quote\",le=\"0.00005\"} 1\n"),
             "{out}"
@@ -216,13 +256,30 @@ mod tests {
     }
 
     #[test]
+    fn latency_buckets_start_at_a_microsecond_so_quote_percentiles_are_not_one_bucket() {
+        let r = Registry::new();
+        let h = Reg(&r).histogram("q", "test");
+        h.observe(Duration::from_nanos(800));
+        h.observe(Duration::from_nanos(3_500));
+        let out = render(&r);
+        for line in [
+            "q_bucket{le=\"0.000001\"} 1\n",
+            "q_bucket{le=\"0.000002\"} 1\n",
+            "q_bucket{le=\"0.000005\"} 2\n",
+        ] {
+            assert!(out.contains(line), "missing {line:?} in\n{out}");
+        }
+    }
+
+    #[test]
     fn gauges_hold_fractions_and_counters_only_grow() {
-        let g = Gauge::new();
+        let r = Registry::new();
+        let g = Reg(&r).gauge("g", "test");
         g.set(0.25);
         assert_eq!(g.get(), 0.25);
         g.set_bool(true);
         assert_eq!(g.get(), 1.0);
-        let c = Counter::new();
+        let c = Reg(&r).counter("c", "test");
         c.inc();
         c.add(4);
         assert_eq!(c.get(), 5);

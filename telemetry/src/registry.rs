@@ -1,21 +1,23 @@
-//! Every metric a node exports, grouped by who feeds it, and their rendering in the Prometheus
-//! text exposition format 0.0.4.
+//! Every metric a node exports, grouped by who feeds it, registered in one `prometheus`
+//! registry, and their rendering in the Prometheus text exposition format 0.0.4.
 //!
-//! All names start with `equilibrium_`. Counters end in `_total`; durations are histograms in
-//! seconds over [`LATENCY_BUCKETS_NS`](crate::metric::LATENCY_BUCKETS_NS) (50 µs to 1 s).
-//! Values that live elsewhere (in-flight requests, zones, mailbox depths) are copied into
-//! gauges by scrape hooks ([`Metrics::on_scrape`]) when `/metrics` is read, so nothing on the
-//! request path pays for them.
+//! All names start with `equilibrium_` (and the `prometheus` crate's `process_*` metrics:
+//! CPU, resident memory, open file descriptors, threads). Counters end in `_total`; durations
+//! are histograms in seconds over [`LATENCY_BUCKETS_NS`](crate::metric::LATENCY_BUCKETS_NS)
+//! (1 µs to 1 s). Every labelled child is resolved when [`Metrics::new`] runs, so recording
+//! never looks a label up. Values that live elsewhere (in-flight requests, zones, mailbox
+//! depths) are copied into gauges by scrape hooks ([`Metrics::on_scrape`]) when `/metrics`
+//! is read, so nothing on the request path pays for them.
 
-use std::fmt::Write as _;
 use std::sync::RwLock;
 use std::time::Instant;
 
+use prometheus::Registry;
 use protocol::msg::outcome;
 use protocol::ErrorCode;
 
 use crate::health::Health;
-use crate::metric::{Counter, Gauge, Histogram};
+use crate::metric::{histogram_child, Counter, Gauge, Histogram, Reg};
 
 /// Request kinds, as the `op` label of the latency histograms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -122,7 +124,7 @@ const FIRST_REJECTED: usize = outcome::INVALID_ZONE as usize;
 const REJECT_REASONS: usize = outcome::SLOTS - FIRST_REJECTED;
 
 /// Events by outcome.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EventMetrics {
     /// `equilibrium_events_applied_total`.
     pub applied: Counter,
@@ -155,7 +157,7 @@ impl EventMetrics {
 }
 
 /// The engine: ticks, zones, mailboxes, snapshot freshness.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EngineMetrics {
     /// `equilibrium_tick_duration_seconds`: one shard's tick.
     pub tick_duration: Histogram,
@@ -176,9 +178,9 @@ pub struct EngineMetrics {
     pub snapshot_age_seconds: Gauge,
 }
 
-/// The cluster: fed by the node's cluster shell (`server::cluster`); 0 on a node without a
-/// cluster.
-#[derive(Debug, Default)]
+/// The cluster: fed by the node's cluster shell (`server::cluster`); at 0 on a node without
+/// a cluster.
+#[derive(Debug)]
 pub struct ClusterMetrics {
     /// `equilibrium_cluster_members`: live members in this node's view.
     pub members: Gauge,
@@ -217,9 +219,9 @@ pub struct ClusterMetrics {
     pub peer_quote_counts_clamped: Counter,
 }
 
-/// Redis, the lease and snapshot store: fed by the node's cluster shell; 0 on a node without
-/// a cluster (`equilibrium_redis_configured` says which).
-#[derive(Debug, Default)]
+/// Redis, the lease and snapshot store: fed by the node's cluster shell; at 0 on a node
+/// without a cluster (`equilibrium_redis_configured` says which).
+#[derive(Debug)]
 pub struct RedisMetrics {
     /// `equilibrium_redis_configured`: 1 when this node uses Redis (alerts only fire then).
     pub configured: Gauge,
@@ -249,8 +251,15 @@ pub struct Metrics {
     pub cluster: ClusterMetrics,
     /// Redis (fed by the cluster layer).
     pub redis: RedisMetrics,
+    /// The client-facing defences (fed by the node's guard, admission and quotas).
+    pub guard: crate::guard::GuardMetrics,
     /// What `/health` answers.
     pub health: Health,
+    /// `equilibrium_uptime_seconds`, set when rendering.
+    uptime: Gauge,
+    /// `equilibrium_up`, set from [`Health`] when rendering.
+    up: Gauge,
+    registry: Registry,
     node_id: u16,
     started: Instant,
     hooks: RwLock<Vec<ScrapeHook>>,
@@ -265,21 +274,165 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Every metric at zero, for node `node_id`.
+    /// Every metric at zero, for node `node_id`, registered in a registry of its own (with
+    /// the `process_*` metrics of this process).
     pub fn new(node_id: u16) -> Self {
+        let registry = Registry::new();
+        let r = Reg(&registry);
+        let build = r.gauges(
+            "equilibrium_build_info",
+            "Always 1; labels name the version and node id.",
+            &["version", "node_id"],
+        );
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), &node_id.to_string()])
+            .set(1.0);
+        let uptime = r.gauge(
+            "equilibrium_uptime_seconds",
+            "Seconds since the node started.",
+        );
+        let up = r.gauge(
+            "equilibrium_up",
+            "1 while the node serves, 0 while starting or shutting down (as /health).",
+        );
+        let requests = request_metrics(&r);
+        let events = EventMetrics {
+            applied: r.counter(
+                "equilibrium_events_applied_total",
+                "Events applied to a zone.",
+            ),
+            duplicate: r.counter(
+                "equilibrium_events_duplicate_total",
+                "Events resent within the dedupe window (applied once, not again).",
+            ),
+            rejected: r.counters(
+                "equilibrium_events_rejected_total",
+                "Events rejected, by reason.",
+                "reason",
+                std::array::from_fn(|i| outcome::NAMES[FIRST_REJECTED + i]),
+            ),
+        };
+        let engine = EngineMetrics {
+            tick_duration: r.histogram(
+                "equilibrium_tick_duration_seconds",
+                "Duration of one shard's tick.",
+            ),
+            snapshots_published: r.counter(
+                "equilibrium_snapshots_published_total",
+                "Price snapshots published by ticks.",
+            ),
+            zones_evicted: r.counter(
+                "equilibrium_zones_evicted_total",
+                "Idle zones passivated by ticks.",
+            ),
+            zones_owned: r.gauge(
+                "equilibrium_zones_owned",
+                "Zones live in this node's engine.",
+            ),
+            mailbox_depth: r.gauge(
+                "equilibrium_mailbox_depth",
+                "Messages queued in all shard mailboxes.",
+            ),
+            mailbox_depth_max: r.gauge(
+                "equilibrium_mailbox_depth_max",
+                "Messages queued in the fullest shard mailbox.",
+            ),
+            mailbox_capacity: r.gauge(
+                "equilibrium_mailbox_capacity",
+                "Bound of one shard mailbox.",
+            ),
+            snapshot_age_seconds: r.gauge(
+                "equilibrium_snapshot_age_seconds",
+                "Seconds since the least recent shard tick: how stale a live zone's price can be.",
+            ),
+        };
+        let [handoffs_acquired, handoffs_released] = r.counters(
+            "equilibrium_cluster_handoffs_total",
+            "Zone group hand-offs, by direction (acquired by or released from this node).",
+            "direction",
+            ["acquired", "released"],
+        );
+        let [lease_renewals_ok, lease_renewals_failed] = r.counters(
+            "equilibrium_cluster_lease_renewals_total",
+            "Lease renewals, by result.",
+            "result",
+            ["ok", "failed"],
+        );
+        let [peer_refused_identity, peer_refused_size, peer_refused_role] = r.counters(
+            "equilibrium_cluster_peer_refused_total",
+            "Peer input refused: identity (claimed sender is not the certificate's node), size (beyond its kind's bound), role (a forwarded request its credential may not make).",
+            "reason",
+            ["identity", "size", "role"],
+        );
+        let cluster = ClusterMetrics {
+            members: r.gauge(
+                "equilibrium_cluster_members",
+                "Live members in this node's view of the cluster.",
+            ),
+            membership_changes: r.counter(
+                "equilibrium_cluster_membership_changes_total",
+                "Membership changes seen (joins, leaves, deaths).",
+            ),
+            suspicions: r.counter(
+                "equilibrium_cluster_suspicions_total",
+                "Members this node suspected of failure.",
+            ),
+            groups_owned: r.gauge(
+                "equilibrium_cluster_groups_owned",
+                "Zone groups whose lease this node holds.",
+            ),
+            handoffs_acquired,
+            handoffs_released,
+            handoff_duration: r.histogram(
+                "equilibrium_cluster_handoff_duration_seconds",
+                "From deciding to take a zone group to serving it.",
+            ),
+            lease_renewals_ok,
+            lease_renewals_failed,
+            fencing_rejections: r.counter(
+                "equilibrium_cluster_fencing_rejections_total",
+                "Writes refused because their lease epoch was stale.",
+            ),
+            peer_refused_identity,
+            peer_refused_size,
+            peer_refused_role,
+            peer_quote_counts_clamped: r.counter(
+                "equilibrium_cluster_peer_quote_counts_clamped_total",
+                "Quote counts from peers cut down to what the peer could have answered.",
+            ),
+        };
+        let redis = RedisMetrics {
+            configured: r.gauge(
+                "equilibrium_redis_configured",
+                "1 when this node persists to Redis.",
+            ),
+            up: r.gauge("equilibrium_redis_up", "1 while Redis answers."),
+            write_duration: r.histogram(
+                "equilibrium_redis_write_duration_seconds",
+                "Redis snapshot and lease writes.",
+            ),
+            errors: r.counter("equilibrium_redis_errors_total", "Failed Redis commands."),
+            bad_values: r.counter(
+                "equilibrium_redis_bad_values_total",
+                "Stored Redis values that do not decode (the log names each key and field).",
+            ),
+        };
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .unwrap_or_else(|e| panic!("registering the process metrics: {e}"));
         Self {
-            requests: RequestMetrics {
-                latency: std::array::from_fn(|_| std::array::from_fn(|_| Histogram::latency())),
-                shed: Default::default(),
-                errors: std::array::from_fn(|_| Counter::new()),
-                in_flight: Gauge::new(),
-                connections: Gauge::new(),
-            },
-            events: EventMetrics::default(),
-            engine: EngineMetrics::default(),
-            cluster: ClusterMetrics::default(),
-            redis: RedisMetrics::default(),
+            requests,
+            events,
+            engine,
+            cluster,
+            redis,
+            guard: crate::guard::GuardMetrics::new(&r),
             health: Health::new(),
+            uptime,
+            up,
+            registry,
             node_id,
             started: Instant::now(),
             hooks: RwLock::new(Vec::new()),
@@ -310,293 +463,45 @@ impl Metrics {
         for hook in self.hooks.read().unwrap_or_else(|p| p.into_inner()).iter() {
             hook(self);
         }
+        self.uptime.set(self.started_elapsed());
+        self.up.set_bool(self.health.state().serving());
         let mut o = String::with_capacity(32 * 1024);
-        self.render_into(&mut o);
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut o)
+            .unwrap_or_else(|e| panic!("every family has a child resolved at start: {e}"));
         o
     }
+}
 
-    fn render_into(&self, o: &mut String) {
-        let r = &self.requests;
-        head(
-            o,
-            "equilibrium_build_info",
-            "gauge",
-            "Always 1; labels name the version and node id.",
-        );
-        let _ = writeln!(
-            o,
-            "equilibrium_build_info{{version=\"{}\",node_id=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION"),
-            self.node_id
-        );
-        gauge(
-            o,
-            "equilibrium_uptime_seconds",
-            "Seconds since the node started.",
-            self.started.elapsed().as_secs_f64(),
-        );
-        gauge(
-            o,
-            "equilibrium_up",
-            "1 while the node serves, 0 while starting or shutting down (as /health).",
-            if self.health.state().serving() {
-                1.0
-            } else {
-                0.0
-            },
-        );
-
-        let name = "equilibrium_request_duration_seconds";
-        head(
-            o,
-            name,
-            "histogram",
-            "Request latency, from reading the request to writing its reply, by op and tier.",
-        );
-        for op in Op::ALL {
-            for tier in TierLabel::ALL {
-                let labels = format!("op=\"{}\",tier=\"{}\"", op.name(), tier.name());
-                r.latency(op, tier).render(o, name, &labels);
-            }
-        }
-        let name = "equilibrium_requests_shed_total";
-        head(
-            o,
-            name,
-            "counter",
+/// The request metrics, every (op, tier) histogram and every label child resolved now.
+fn request_metrics(r: &Reg<'_>) -> RequestMetrics {
+    let latency = r.histograms(
+        "equilibrium_request_duration_seconds",
+        "Request latency, from reading the request to writing its reply, by op and tier.",
+        &["op", "tier"],
+    );
+    RequestMetrics {
+        latency: Op::ALL.map(|op| {
+            TierLabel::ALL.map(|tier| histogram_child(&latency, &[op.name(), tier.name()]))
+        }),
+        shed: r.counters(
+            "equilibrium_requests_shed_total",
             "Requests refused as overloaded by admission control, by tier.",
-        );
-        for tier in TierLabel::ALL {
-            let _ = writeln!(
-                o,
-                "{name}{{tier=\"{}\"}} {}",
-                tier.name(),
-                r.shed[tier as usize].get()
-            );
-        }
-        let name = "equilibrium_request_errors_total";
-        head(o, name, "counter", "ERROR replies, by code (PROTOCOL.md).");
-        for (i, code) in ErrorCode::ALL.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "{name}{{code=\"{}\"}} {}",
-                code.name(),
-                r.errors[i].get()
-            );
-        }
-        gauge(
-            o,
+            "tier",
+            TierLabel::ALL.map(TierLabel::name),
+        ),
+        errors: r.counters(
+            "equilibrium_request_errors_total",
+            "ERROR replies, by code (PROTOCOL.md).",
+            "code",
+            ErrorCode::ALL.map(ErrorCode::name),
+        ),
+        in_flight: r.gauge(
             "equilibrium_requests_in_flight",
             "Requests admitted and not yet answered.",
-            r.in_flight.get(),
-        );
-        gauge(
-            o,
-            "equilibrium_connections_open",
-            "Client connections open.",
-            r.connections.get(),
-        );
-
-        let e = &self.events;
-        counter(
-            o,
-            "equilibrium_events_applied_total",
-            "Events applied to a zone.",
-            e.applied.get(),
-        );
-        counter(
-            o,
-            "equilibrium_events_duplicate_total",
-            "Events resent within the dedupe window (applied once, not again).",
-            e.duplicate.get(),
-        );
-        let name = "equilibrium_events_rejected_total";
-        head(o, name, "counter", "Events rejected, by reason.");
-        for (c, reason) in e.rejected.iter().zip(&outcome::NAMES[FIRST_REJECTED..]) {
-            let _ = writeln!(o, "{name}{{reason=\"{reason}\"}} {}", c.get());
-        }
-
-        let g = &self.engine;
-        let name = "equilibrium_tick_duration_seconds";
-        head(o, name, "histogram", "Duration of one shard's tick.");
-        g.tick_duration.render(o, name, "");
-        counter(
-            o,
-            "equilibrium_snapshots_published_total",
-            "Price snapshots published by ticks.",
-            g.snapshots_published.get(),
-        );
-        counter(
-            o,
-            "equilibrium_zones_evicted_total",
-            "Idle zones passivated by ticks.",
-            g.zones_evicted.get(),
-        );
-        gauge(
-            o,
-            "equilibrium_zones_owned",
-            "Zones live in this node's engine.",
-            g.zones_owned.get(),
-        );
-        gauge(
-            o,
-            "equilibrium_mailbox_depth",
-            "Messages queued in all shard mailboxes.",
-            g.mailbox_depth.get(),
-        );
-        gauge(
-            o,
-            "equilibrium_mailbox_depth_max",
-            "Messages queued in the fullest shard mailbox.",
-            g.mailbox_depth_max.get(),
-        );
-        gauge(
-            o,
-            "equilibrium_mailbox_capacity",
-            "Bound of one shard mailbox.",
-            g.mailbox_capacity.get(),
-        );
-        gauge(
-            o,
-            "equilibrium_snapshot_age_seconds",
-            "Seconds since the least recent shard tick: how stale a live zone's price can be.",
-            g.snapshot_age_seconds.get(),
-        );
-
-        let c = &self.cluster;
-        gauge(
-            o,
-            "equilibrium_cluster_members",
-            "Live members in this node's view of the cluster.",
-            c.members.get(),
-        );
-        counter(
-            o,
-            "equilibrium_cluster_membership_changes_total",
-            "Membership changes seen (joins, leaves, deaths).",
-            c.membership_changes.get(),
-        );
-        counter(
-            o,
-            "equilibrium_cluster_suspicions_total",
-            "Members this node suspected of failure.",
-            c.suspicions.get(),
-        );
-        gauge(
-            o,
-            "equilibrium_cluster_groups_owned",
-            "Zone groups whose lease this node holds.",
-            c.groups_owned.get(),
-        );
-        let name = "equilibrium_cluster_handoffs_total";
-        head(
-            o,
-            name,
-            "counter",
-            "Zone group hand-offs, by direction (acquired by or released from this node).",
-        );
-        let _ = writeln!(
-            o,
-            "{name}{{direction=\"acquired\"}} {}",
-            c.handoffs_acquired.get()
-        );
-        let _ = writeln!(
-            o,
-            "{name}{{direction=\"released\"}} {}",
-            c.handoffs_released.get()
-        );
-        let name = "equilibrium_cluster_handoff_duration_seconds";
-        head(
-            o,
-            name,
-            "histogram",
-            "From deciding to take a zone group to serving it.",
-        );
-        c.handoff_duration.render(o, name, "");
-        let name = "equilibrium_cluster_lease_renewals_total";
-        head(o, name, "counter", "Lease renewals, by result.");
-        let _ = writeln!(o, "{name}{{result=\"ok\"}} {}", c.lease_renewals_ok.get());
-        let _ = writeln!(
-            o,
-            "{name}{{result=\"failed\"}} {}",
-            c.lease_renewals_failed.get()
-        );
-        counter(
-            o,
-            "equilibrium_cluster_fencing_rejections_total",
-            "Writes refused because their lease epoch was stale.",
-            c.fencing_rejections.get(),
-        );
-
-        let d = &self.redis;
-        gauge(
-            o,
-            "equilibrium_redis_configured",
-            "1 when this node persists to Redis.",
-            d.configured.get(),
-        );
-        gauge(
-            o,
-            "equilibrium_redis_up",
-            "1 while Redis answers.",
-            d.up.get(),
-        );
-        let name = "equilibrium_redis_write_duration_seconds";
-        head(o, name, "histogram", "Redis snapshot and lease writes.");
-        d.write_duration.render(o, name, "");
-        counter(
-            o,
-            "equilibrium_redis_errors_total",
-            "Failed Redis commands.",
-            d.errors.get(),
-        );
-        self.render_security(o);
+        ),
+        connections: r.gauge("equilibrium_connections_open", "Client connections open."),
     }
-
-    /// Refusals of bad peer and Redis input (SECURITY.md).
-    fn render_security(&self, o: &mut String) {
-        let c = &self.cluster;
-        let name = "equilibrium_cluster_peer_refused_total";
-        head(
-            o,
-            name,
-            "counter",
-            "Peer input refused: identity (claimed sender is not the certificate's node), size (beyond its kind's bound), role (forwarded request its credential may not make).",
-        );
-        for (reason, n) in [
-            ("identity", c.peer_refused_identity.get()),
-            ("size", c.peer_refused_size.get()),
-            ("role", c.peer_refused_role.get()),
-        ] {
-            let _ = writeln!(o, "{name}{{reason=\"{reason}\"}} {n}");
-        }
-        counter(
-            o,
-            "equilibrium_cluster_peer_quote_counts_clamped_total",
-            "Quote counts from peers cut down to what the peer could have answered.",
-            c.peer_quote_counts_clamped.get(),
-        );
-        counter(
-            o,
-            "equilibrium_redis_bad_values_total",
-            "Stored Redis values that do not decode (the log names each key and field).",
-            self.redis.bad_values.get(),
-        );
-    }
-}
-
-fn head(o: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn counter(o: &mut String, name: &str, help: &str, v: u64) {
-    head(o, name, "counter", help);
-    let _ = writeln!(o, "{name} {v}");
-}
-
-fn gauge(o: &mut String, name: &str, help: &str, v: f64) {
-    head(o, name, "gauge", help);
-    let _ = writeln!(o, "{name} {v}");
 }
 
 #[cfg(test)]
@@ -610,7 +515,8 @@ mod tests {
         m.requests
             .latency(Op::Quote, TierLabel::Shared)
             .observe(Duration::from_micros(70));
-        m.events.add_outcomes(&[5, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0]);
+        m.events
+            .add_outcomes(&[5, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
         let text = m.render();
         let mut families = std::collections::HashSet::new();
         for line in text.lines() {
@@ -623,7 +529,10 @@ mod tests {
                     .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(*f)))
                     .unwrap_or(name);
                 assert!(families.contains(family), "{line} has no # TYPE");
-                assert!(family.starts_with("equilibrium_"), "{line}");
+                assert!(
+                    family.starts_with("equilibrium_") || family.starts_with("process_"),
+                    "{line}"
+                );
             }
         }
         assert!(text.contains(
@@ -631,7 +540,8 @@ mod tests {
         ));
         assert!(text.contains("equilibrium_events_applied_total 5\n"));
         assert!(text.contains("equilibrium_events_rejected_total{reason=\"overloaded\"} 2\n"));
-        assert!(text.contains("equilibrium_build_info{version=\"0.1.0\",node_id=\"3\"} 1\n"));
+        // Labels come out sorted by name (the `prometheus` crate sorts them).
+        assert!(text.contains("equilibrium_build_info{node_id=\"3\",version=\"0.1.0\"} 1\n"));
     }
 
     #[test]
@@ -643,7 +553,7 @@ mod tests {
             outcome::UNKNOWN_KIND,
             outcome::NOT_SERVING,
             outcome::NOT_SERVING,
-            outcome::NOT_SERVING + 1,
+            outcome::PRODUCERS_FULL + 1,
         ];
         m.events.count_outcomes(&codes);
         let text = m.render();

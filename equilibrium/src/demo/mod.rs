@@ -363,6 +363,7 @@ async fn cluster_demo(
         expected_s: None,
         premium_nice: sim::run::PREMIUM_NICE,
         premium_slice_us: sim::run::PREMIUM_SLICE_US,
+        ..Default::default()
     };
     let report = sim::run_scenario(&scenario, &target, &opts).await?;
     if let Some((name, st)) = procs.exited() {
@@ -728,7 +729,7 @@ async fn tour(
     );
     println!(
         "  quote token (112 bytes, signed with the cluster key): {}…",
-        &crate::net::hex(&q.token)[..48]
+        &crate::output::hex(&q.token)[..48]
     );
     let third = (owner + 2) % nodes.len();
     let mut tampered = q.token;

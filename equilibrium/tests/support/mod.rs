@@ -40,12 +40,39 @@ pub(crate) struct TestNode {
     pub(crate) metrics_addr: SocketAddr,
     pub(crate) dir: PathBuf,
     pub(crate) cert_der: Vec<u8>,
+    /// The node's standard error, when started with [`TestNode::start_logged`].
+    pub(crate) log_path: Option<PathBuf>,
 }
 
 impl TestNode {
     /// Starts a node with extra `[limits]` lines.
     pub(crate) fn start(limits: &str) -> Self {
         Self::start_on("127.0.0.1:0", limits)
+    }
+
+    /// Starts a node with extra `[limits]` lines whose log (standard error, `RUST_LOG=warn`
+    /// unless `EQ_TEST_LOG` says otherwise) goes to the file [`TestNode::log`] reads.
+    pub(crate) fn start_logged(limits: &str) -> Self {
+        LOG_TO_FILE.with(|l| l.set(true));
+        let node = Self::start(limits);
+        LOG_TO_FILE.with(|l| l.set(false));
+        node
+    }
+
+    /// What the node has logged so far (started with [`TestNode::start_logged`]).
+    pub(crate) fn log(&self) -> String {
+        let path = self.log_path.as_ref().expect("started with start_logged");
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// The node's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Whether the node's process is still running.
+    pub(crate) fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
     /// Starts a node whose engine configuration is `engine` (a path) instead of the tests'
@@ -152,6 +179,11 @@ name = "test-reader"
             ),
         )
         .expect("write config");
+        let log_path = LOG_TO_FILE.with(|l| l.get()).then(|| dir.join("node.log"));
+        let stderr = match &log_path {
+            Some(p) => Stdio::from(std::fs::File::create(p).expect("log file")),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_equilibrium"))
             .args(["node", "--config"])
             .arg(dir.join("node.toml"))
@@ -160,7 +192,7 @@ name = "test-reader"
                 std::env::var("EQ_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("node starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -192,6 +224,7 @@ name = "test-reader"
             metrics_addr,
             dir,
             cert_der,
+            log_path,
         }
     }
 
@@ -239,6 +272,8 @@ impl Drop for TestNode {
 }
 
 thread_local! {
+    /// Set while [`TestNode::start_logged`] starts a node.
+    static LOG_TO_FILE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// PEM pairs of the certificates started so far, by DER, so a restarted node can reuse one.
     static SAVED: std::cell::RefCell<std::collections::HashMap<Vec<u8>, (String, String)>> = Default::default();
 }

@@ -165,6 +165,35 @@ pub(crate) fn all() -> Vec<(&'static str, u64, Message)> {
             }),
         ),
         (
+            "10-producer-batch",
+            16,
+            Message::ProducerBatch(ProducerBatch {
+                producer: 0x5eed_0001,
+                epoch: 1_795_337_000,
+                events: vec![
+                    WireEvent {
+                        id: 1,
+                        zone: 0x882a100d67fffff,
+                        driver: 77,
+                        kind: event_kind::DRIVER_AVAILABLE,
+                    },
+                    WireEvent {
+                        id: 2,
+                        zone: 0x882a100d67fffff,
+                        driver: 4242,
+                        kind: event_kind::RIDER_DEMAND,
+                    },
+                ],
+            }),
+        ),
+        (
+            "90-producer-batch-ok",
+            16,
+            Message::ProducerBatchOk(EventBatchReply {
+                outcomes: vec![outcome::APPLIED, outcome::DUPLICATE],
+            }),
+        ),
+        (
             "05-verify",
             5,
             Message::Verify(TokenRequest { token: token() }),

@@ -102,9 +102,7 @@ impl Cluster {
     /// Graceful leave: tell the others, hand every group over (final fenced writes, leases
     /// released), then stop gossiping. Bounded by `timeout`. Idempotent.
     pub async fn leave(&self, timeout: Duration) {
-        if self.leaving.swap(true, Ordering::AcqRel)
-            && self.tasks.lock().expect("tasks lock").is_empty()
-        {
+        if self.leaving.swap(true, Ordering::AcqRel) && self.left.load(Ordering::Acquire) {
             return;
         }
         info!("cluster: leaving");
@@ -117,8 +115,10 @@ impl Cluster {
         // Release what is left (the coordinator's next lease tick sends the releases).
         tokio::time::sleep(Duration::from_millis(LEAVE_RELEASE_WAIT_MS)).await;
         self.flush(true).await;
-        for t in self.tasks.lock().expect("tasks lock").drain(..) {
-            t.abort();
+        if !self.left.swap(true, Ordering::AcqRel) {
+            for t in self.tasks.get().into_iter().flatten() {
+                t.abort();
+            }
         }
         // Close the peer endpoint a little later: a forwarded drain's answer still has to go
         // out on it.

@@ -49,7 +49,7 @@ impl Cluster {
                 "redis is not connected; the fare table was not changed",
             ));
         };
-        let _w = self.write_lock.lock().await;
+        let _w = self.writer.lock().await;
         let cfg = self.engine.config();
         let limits = &cfg.zone;
         let current = self.engine.export(&[zone]).await?.pop();

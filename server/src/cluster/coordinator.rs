@@ -296,7 +296,7 @@ impl Cluster {
         handoff: &[(u64, u64)],
         lost: &[(u64, Option<u64>, bool)],
     ) {
-        let _w = self.write_lock.lock().await;
+        let mut w = self.writer.lock().await;
         let all = self.engine.zone_ids().await.unwrap_or_default();
         let set: HashSet<u64> = handoff
             .iter()
@@ -322,7 +322,7 @@ impl Cluster {
             let zones = by_group.remove(&g).unwrap_or_default();
             let n = zones.len();
             let ok = self.write_group(store, g, epoch, zones).await;
-            self.unwritten.lock().expect("unwritten lock").remove(&g);
+            w.unwritten.remove(&g);
             self.metrics.cluster.handoffs_released.inc();
             span.in_scope(|| info!(zones = n, written = ok, "group handed over"));
         }
@@ -331,7 +331,7 @@ impl Cluster {
             // the state with the old epoch: the store accepts it only if no one else took
             // the group, and refuses (and counts) it otherwise.
             let mut zones = by_group.remove(&g).unwrap_or_default();
-            if let Some(mut pending) = self.unwritten.lock().expect("unwritten lock").remove(&g) {
+            if let Some(mut pending) = w.unwritten.remove(&g) {
                 for (z, b) in zones.drain(..) {
                     pending.insert(z, b);
                 }

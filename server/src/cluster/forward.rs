@@ -9,6 +9,7 @@ impl Cluster {
     /// `outcomes` for the events listed in `valid` (index into the batch, engine event).
     pub async fn route_events(
         &self,
+        producer: Option<engine::Producer>,
         wire: &[msg::WireEvent],
         valid: Vec<(usize, engine::Event)>,
         outcomes: &mut [u8],
@@ -42,7 +43,14 @@ impl Cluster {
         let fwd = async {
             let mut res = Vec::new();
             for (owner, (idx, events)) in remote {
-                let m = Message::EventBatch(msg::EventBatch { events });
+                let m = match producer {
+                    Some(p) => Message::ProducerBatch(msg::ProducerBatch {
+                        producer: p.id,
+                        epoch: p.epoch,
+                        events,
+                    }),
+                    None => Message::EventBatch(msg::EventBatch { events }),
+                };
                 let r = self.request_peer(owner, &m).await;
                 res.push((idx, r));
             }
@@ -63,7 +71,9 @@ impl Cluster {
         }
         for (idx, r) in forwarded_res {
             match r {
-                Some(Message::EventBatchOk(rep)) if rep.outcomes.len() == idx.len() => {
+                Some(Message::EventBatchOk(rep) | Message::ProducerBatchOk(rep))
+                    if rep.outcomes.len() == idx.len() =>
+                {
                     for (i, o) in idx.into_iter().zip(rep.outcomes) {
                         outcomes[i] = o;
                     }

@@ -213,21 +213,30 @@ pub struct Cluster {
     serving: ArcSwap<Serving>,
     /// Groups the request path saw that `serving` does not know yet, for the coordinator.
     groups_seen: mpsc::Sender<u64>,
-    /// Serializes snapshot writes (periodic, hand-off, write-through fare changes).
-    write_lock: tokio::sync::Mutex<()>,
-    /// Zone snapshots whose write failed (Redis down), by group, retried next interval.
-    unwritten: Mutex<HashMap<u64, BTreeMap<u64, Vec<u8>>>>,
+    /// The snapshot writer's state; holding it serializes snapshot writes (periodic,
+    /// hand-off, write-through fare changes), and nothing reaches the state without it.
+    writer: tokio::sync::Mutex<Writer>,
     /// True while the last Redis operation succeeded.
     store_up: AtomicBool,
     metrics: Arc<telemetry::Metrics>,
     leaving: AtomicBool,
     leave_tx: tokio::sync::watch::Sender<bool>,
     drained: tokio::sync::Notify,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The shell's tasks, set once at start, aborted once by `leave`.
+    tasks: std::sync::OnceLock<Vec<tokio::task::JoinHandle<()>>>,
+    /// Set once `leave` aborted the tasks.
+    left: AtomicBool,
     /// Rate limits of the peer refusal warnings, by kind (`peer::NOISE_*`).
     noise: [Noisy; NOISE_KINDS],
     /// Per peer: quotes it may still report (refilled at `peer_quotes_per_s_max`).
     quote_budget: Mutex<HashMap<NodeId, (u64, u64)>>,
+}
+
+/// What the snapshot writer owns besides the right to write.
+#[derive(Debug, Default)]
+struct Writer {
+    /// Zone snapshots whose write failed (Redis down), by group, retried next interval.
+    unwritten: HashMap<u64, BTreeMap<u64, Vec<u8>>>,
 }
 
 impl Cluster {
@@ -308,14 +317,14 @@ impl Cluster {
             view: ArcSwap::from_pointee(view),
             serving: ArcSwap::from_pointee(Serving::default()),
             groups_seen,
-            write_lock: tokio::sync::Mutex::new(()),
-            unwritten: Mutex::new(HashMap::new()),
+            writer: tokio::sync::Mutex::new(Writer::default()),
             store_up: AtomicBool::new(false),
             metrics,
             leaving: AtomicBool::new(false),
             leave_tx,
             drained: tokio::sync::Notify::new(),
-            tasks: Mutex::new(Vec::new()),
+            tasks: std::sync::OnceLock::new(),
+            left: AtomicBool::new(false),
             noise: Default::default(),
             quote_budget: Mutex::new(HashMap::new()),
             cfg,
@@ -333,7 +342,7 @@ impl Cluster {
             tokio::spawn(Arc::clone(t).replicate_loop(ticks)),
             tokio::spawn(Arc::clone(t).quote_report_loop()),
         ];
-        this.tasks.lock().expect("tasks lock").extend(handles);
+        let _ = this.tasks.set(handles);
         Ok((this, fwd_rx))
     }
 

@@ -20,12 +20,12 @@ impl Cluster {
         let Some(store) = self.store.get().cloned() else {
             return;
         };
-        let _w = self.write_lock.lock().await;
+        let mut w = self.writer.lock().await;
         let Ok(exports) = self.engine.export_dirty(all).await else {
             return;
         };
         let vs = self.view.load_full();
-        let mut pending = std::mem::take(&mut *self.unwritten.lock().expect("unwritten lock"));
+        let mut pending = std::mem::take(&mut w.unwritten);
         for e in &exports {
             pending
                 .entry(vs.view.group_of(e.zone))
@@ -63,12 +63,7 @@ impl Cluster {
             // Redis unreachable: keep them for the next try. (Refused: the lease is gone, the
             // coordinator's loss path takes the group over.)
             if !self.note_write(g, epoch, &r) && matches!(r, Err(WriteFailure::Unreachable(_))) {
-                self.unwritten
-                    .lock()
-                    .expect("unwritten lock")
-                    .entry(g)
-                    .or_default()
-                    .extend(zones);
+                w.unwritten.entry(g).or_default().extend(zones);
             }
         }
     }

@@ -2,6 +2,8 @@
 //! against the credential's role, and handed to its operation in `ops`; a refusal becomes
 //! an `ERROR` reply. Also the requests peers forward.
 
+use telemetry::ClientRefusal;
+
 use super::*;
 
 pub(super) async fn answer(
@@ -57,7 +59,12 @@ pub(super) async fn answer(
                 Message::ZoneHistory(z) => zone_history(shared, z.zone).map(Message::ZoneHistoryOk),
                 Message::Drain(d) => drain(shared, d.node_id, false).await.map(Message::DrainOk),
                 Message::QuoteBatch(b) => quote_batch(shared, &b, now).map(Message::QuoteBatchOk),
-                Message::EventBatch(b) => events(shared, b, false).await.map(Message::EventBatchOk),
+                Message::EventBatch(b) => events(shared, None, b.events, Some(session.credential))
+                    .await
+                    .map(Message::EventBatchOk),
+                Message::ProducerBatch(b) => produced(shared, b, Some(session.credential))
+                    .await
+                    .map(Message::ProducerBatchOk),
                 Message::Verify(t) => verify(shared, &t, now).map(Message::VerifyOk),
                 Message::Explain(t) => explain(shared, &t).await.map(Message::ExplainOk),
                 other => Err(Refusal::new(
@@ -79,7 +86,12 @@ pub(super) type Answer<T> = Result<T, Refusal>;
 /// Answers a request a peer forwarded (events or a fare change for a zone this node owns).
 pub(super) async fn answer_forwarded(shared: &Shared, m: Message) -> Message {
     let r = match m {
-        Message::EventBatch(b) => events(shared, b, true).await.map(Message::EventBatchOk),
+        Message::EventBatch(b) => events(shared, None, b.events, None)
+            .await
+            .map(Message::EventBatchOk),
+        Message::ProducerBatch(b) => produced(shared, b, None)
+            .await
+            .map(Message::ProducerBatchOk),
         Message::FareSet(f) => fare_set(shared, &f, true).await.map(Message::FareSetOk),
         Message::Drain(d) => drain(shared, d.node_id, true).await.map(Message::DrainOk),
         other => Err(Refusal::new(
@@ -95,6 +107,9 @@ pub(super) async fn answer_forwarded(shared: &Shared, m: Message) -> Message {
 
 /// `HELLO`: the token's tier and role become the connection's session, answered `WELCOME`;
 /// an unknown token, or a shared-tier token on the premium endpoint, closes the connection.
+/// From an address backed off after failed `HELLO`s, the token is not even looked at; when
+/// `connections_max` connections are authenticated already, the `HELLO` is answered
+/// `overloaded` and the connection closed.
 fn hello(
     shared: &Shared,
     state: &Connection,
@@ -102,9 +117,32 @@ fn hello(
     id: u64,
     out: &mut Vec<u8>,
 ) -> After {
+    let remote = state.remote;
+    if let Some(ms) = shared.guard.backed_off(remote.ip()) {
+        shared.guard.refused(
+            ClientRefusal::BackedOff,
+            remote,
+            "HELLO from an address backed off after failed HELLOs: closing the connection",
+        );
+        error_frame(
+            &shared.metrics,
+            id,
+            ErrorCode::BadCredentials,
+            format!("too many failed HELLOs from this address; retry in {ms} ms"),
+            out,
+        );
+        return After::CloseConnection(ErrorCode::BadCredentials);
+    }
     match shared.clients.get(&hello.client_token) {
-        Some((Tier::Shared, _, name)) if state.premium_only => {
-            warn!(client = %name, "HELLO with a shared-tier token on the premium endpoint: closing the connection");
+        Some(c) if c.tier == Tier::Shared && state.premium_only => {
+            shared.guard.refused(
+                ClientRefusal::WrongEndpoint,
+                remote,
+                &format!(
+                    "HELLO with a shared-tier token ({}) on the premium endpoint: closing the connection",
+                    c.name
+                ),
+            );
             error_frame(
                 &shared.metrics,
                 id,
@@ -114,12 +152,33 @@ fn hello(
             );
             After::CloseConnection(ErrorCode::Forbidden)
         }
-        Some((tier, role, name)) => {
+        Some(c) => {
+            let counted = {
+                let mut ticket = state.ticket.lock().unwrap_or_else(|p| p.into_inner());
+                ticket.as_mut().map_or(Ok(()), Ticket::authenticate)
+            };
+            if let Err(why) = counted {
+                shared.guard.refused(
+                    why,
+                    remote,
+                    "HELLO while connections_max connections are authenticated: closing",
+                );
+                error_frame(
+                    &shared.metrics,
+                    id,
+                    ErrorCode::Overloaded,
+                    "too many connections on this node; retry with backoff",
+                    out,
+                );
+                return After::CloseConnection(ErrorCode::Overloaded);
+            }
             state.session.store(Some(Arc::new(Session {
-                tier: *tier,
-                role: *role,
+                tier: c.tier,
+                role: c.role,
+                credential: c.index,
             })));
-            debug!(client = %name, ?tier, "authenticated");
+            state.authenticated.notify_one();
+            debug!(client = %c.name, tier = ?c.tier, "authenticated");
             let cfg = shared.engine.config();
             let welcome = msg::Welcome {
                 quote_ttl_ms: cfg.quotes.ttl_ms,
@@ -127,14 +186,14 @@ fn hello(
                 batch_len_max: shared.limits.batch_len_max,
                 in_flight_max: shared.limits.in_flight_per_connection_max,
                 node_id: shared.node_id,
-                tier: tier.wire(),
+                tier: c.tier.wire(),
                 resolution: cfg.resolution,
             };
             protocol::encode(id, &Message::Welcome(welcome), out);
-            After::Continue
+            After::Authenticated
         }
         None => {
-            warn!("HELLO with an unknown client token: closing the connection");
+            shared.guard.hello_failed(remote);
             error_frame(
                 &shared.metrics,
                 id,

@@ -13,16 +13,23 @@
 //! - `session`: one stream: frames read, admitted or shed, answered in order, written back.
 //! - `dispatch`: one request: decoded, authenticated, checked against the role, handed to
 //!   its operation; requests forwarded by peers.
+//! - `guard`: the defences before and around authentication: connection counts by stage
+//!   and per address, stateless retry, handshake and `HELLO` deadlines' bookkeeping, backoff
+//!   after failed `HELLO`s, rate-limited warnings, the QUIC transport limits.
+//! - `quota`: the per-credential quota on new zones.
 //! - `ops`: the operations, one file per kind: `quote`, `events`, `tokens` (verify,
 //!   explain), `admin` (zone state and history, fares, policy, status, cluster, drain).
 
 mod dispatch;
 mod endpoint;
+mod guard;
 mod ops;
+mod quota;
 mod session;
 
 use dispatch::*;
 use endpoint::*;
+use guard::*;
 use ops::admin::*;
 use ops::events::*;
 use ops::quote::*;
@@ -37,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use engine::fare::Trip;
-use engine::{Engine, Event, EventKind, EventOutcome, RejectReason, ZoneId, TOKEN_LEN};
+use engine::{Engine, Event, EventKind, EventOutcome, Producer, RejectReason, ZoneId, TOKEN_LEN};
 use protocol::frame::{Header, Limits, HEADER_LEN};
 use protocol::msg::{self, event_kind, outcome, Message};
 use protocol::ErrorCode;
@@ -46,7 +53,7 @@ use telemetry::http::{HttpLimits, MetricsServer};
 use telemetry::{HealthState, Metrics, Op, TierLabel};
 use tracing::{debug, info, warn};
 
-use crate::admission::{Admission, ConnectionLoad};
+use crate::admission::{Admission, Claim, ConnectionLoad};
 use crate::cluster::{wire_fare, Cluster, Forwarded};
 use crate::config::{LimitsConfig, NodeConfig, Role, Tier};
 use crate::refusal::Refusal;
@@ -101,15 +108,26 @@ pub enum StartError {
 struct Shared {
     engine: Arc<Engine>,
     limits: LimitsConfig,
-    clients: HashMap<Vec<u8>, (Tier, Role, String)>,
+    clients: HashMap<Vec<u8>, Credential>,
     started: std::time::Instant,
     admission: Admission,
     stopping: AtomicBool,
     node_id: u16,
     cluster: Option<Arc<Cluster>>,
-    /// Client connections: one permit each, `connections_max` in all.
-    open: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
+    /// Connection counts by stage and address, failed `HELLO`s (both endpoints).
+    guard: Arc<Guard>,
+    zone_quotas: quota::ZoneQuotas,
+}
+
+/// A configured client token.
+#[derive(Clone, Debug)]
+struct Credential {
+    tier: Tier,
+    role: Role,
+    name: String,
+    /// Its position in the configuration's client list: the key of its quotas.
+    index: usize,
 }
 
 /// What a successful `HELLO` established for a connection.
@@ -117,11 +135,29 @@ struct Shared {
 struct Session {
     tier: Tier,
     role: Role,
+    /// The credential's index (its quotas).
+    credential: usize,
+}
+
+impl Session {
+    /// Whom its requests are admitted for.
+    fn claim(self) -> Claim {
+        Claim {
+            tier: self.tier,
+            admin: self.role == Role::Admin,
+            credential: self.credential,
+        }
+    }
 }
 
 /// A connection's authentication and load.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Connection {
+    remote: SocketAddr,
+    /// Its place in the guard's counts (moves to authenticated at the first `HELLO`).
+    ticket: std::sync::Mutex<Option<Ticket>>,
+    /// Woken by a successful `HELLO` (the accept loop then reads more streams).
+    authenticated: tokio::sync::Notify,
     /// Accepted on the premium endpoint: only premium-tier credentials may `HELLO`.
     premium_only: bool,
     /// Set by each successful `HELLO` (the last one counts); read, without a lock, by every
@@ -134,10 +170,6 @@ impl Connection {
     /// The session, once a `HELLO` succeeded.
     fn session(&self) -> Option<Session> {
         self.session.load().as_deref().copied()
-    }
-
-    fn tier(&self) -> Option<Tier> {
-        self.session().map(|s| s.tier)
     }
 }
 
@@ -159,29 +191,67 @@ pub struct Node {
     http: Option<MetricsServer>,
 }
 
+/// How a [`Node`] is started: `Node::builder(cfg, engine)`, optionally given the metrics it
+/// records into, the cluster it is a member of, and its client socket, then
+/// [`start`](NodeBuilder::start)ed. The one way a node comes up.
+#[derive(Debug)]
+pub struct NodeBuilder<'a> {
+    cfg: &'a NodeConfig,
+    engine: Arc<Engine>,
+    metrics: Option<Arc<Metrics>>,
+    cluster: Option<(Arc<Cluster>, tokio::sync::mpsc::Receiver<Forwarded>)>,
+    socket: Option<std::net::UdpSocket>,
+}
+
+impl NodeBuilder<'_> {
+    /// Records into `metrics` (shared with whatever else feeds it, e.g. the cluster layer)
+    /// instead of metrics of the node's own.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// As a member of `cluster`: events and fare changes are routed through it, and requests
+    /// forwarded by peers arrive on `forwarded`.
+    pub fn cluster(
+        mut self,
+        cluster: Arc<Cluster>,
+        forwarded: tokio::sync::mpsc::Receiver<Forwarded>,
+    ) -> Self {
+        self.cluster = Some((cluster, forwarded));
+        self
+    }
+
+    /// Serves on `socket`, bound already (so the cluster could be told its real address when
+    /// `listen` has port 0), instead of binding `listen`.
+    pub fn socket(mut self, socket: std::net::UdpSocket) -> Self {
+        self.socket = Some(socket);
+        self
+    }
+
+    /// Binds the endpoint (and the premium endpoint and `/metrics` + `/health` when
+    /// configured) and starts accepting clients.
+    pub fn start(self) -> Result<Node, StartError> {
+        let metrics = self
+            .metrics
+            .unwrap_or_else(|| Arc::new(Metrics::new(self.engine.config().node_id)));
+        Node::start(self.cfg, self.engine, metrics, self.cluster, self.socket)
+    }
+}
+
 impl Node {
-    /// Binds the endpoint and starts accepting clients for `engine`, with metrics of its own.
-    pub fn start(cfg: &NodeConfig, engine: Arc<Engine>) -> Result<Self, StartError> {
-        let metrics = Arc::new(Metrics::new(engine.config().node_id));
-        Self::start_with_metrics(cfg, engine, metrics)
+    /// Starts building a node serving `engine` as `cfg` says.
+    pub fn builder(cfg: &NodeConfig, engine: Arc<Engine>) -> NodeBuilder<'_> {
+        NodeBuilder {
+            cfg,
+            engine,
+            metrics: None,
+            cluster: None,
+            socket: None,
+        }
     }
 
-    /// Binds the endpoint and starts accepting clients for `engine`, recording into
-    /// `metrics` (shared with whatever else feeds it, e.g. the cluster layer), and serves
-    /// `/metrics` and `/health` on `cfg.metrics_listen` when set.
-    pub fn start_with_metrics(
-        cfg: &NodeConfig,
-        engine: Arc<Engine>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, StartError> {
-        Self::start_clustered(cfg, engine, metrics, None, None)
-    }
-
-    /// [`start_with_metrics`](Self::start_with_metrics), as a member of a cluster: events
-    /// and fare changes are routed through `cluster`, and requests forwarded by peers arrive
-    /// on the receiver. `socket`, when given, is the client endpoint's socket, bound already
-    /// (so the cluster could be told its real address when `listen` has port 0).
-    pub fn start_clustered(
+    fn start(
         cfg: &NodeConfig,
         engine: Arc<Engine>,
         metrics: Arc<Metrics>,
@@ -203,20 +273,9 @@ impl Node {
             );
         }
         let l = &cfg.limits;
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .max_concurrent_bidi_streams(VarInt::from_u32(l.streams_per_connection_max))
-            .max_concurrent_uni_streams(VarInt::from_u32(0))
-            .datagram_receive_buffer_size(None)
-            .max_idle_timeout(Some(
-                Duration::from_millis(l.idle_timeout_ms)
-                    .try_into()
-                    .unwrap_or(quinn::IdleTimeout::from(VarInt::from_u32(
-                        IDLE_TIMEOUT_FALLBACK_MS,
-                    ))),
-            ));
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
-        server.transport_config(Arc::new(transport));
+        server.transport_config(Arc::new(transport_config(l)));
+        limit_incoming(&mut server, l);
         let premium_server = server.clone();
         let socket = match socket {
             Some(s) => s,
@@ -226,13 +285,18 @@ impl Node {
         let clients = cfg
             .clients
             .iter()
-            .map(|c| {
-                (
-                    c.token.as_bytes().to_vec(),
-                    (c.tier, c.role, c.name.clone()),
-                )
+            .enumerate()
+            .map(|(index, c)| {
+                let credential = Credential {
+                    tier: c.tier,
+                    role: c.role,
+                    name: c.name.clone(),
+                    index,
+                };
+                (c.token.as_bytes().to_vec(), credential)
             })
             .collect();
+        let zone_quotas = quota::ZoneQuotas::new(l, cfg.clients.len(), engine.clock().now_ms());
         let shared = Arc::new(Shared {
             node_id: engine.config().node_id,
             engine,
@@ -242,39 +306,26 @@ impl Node {
                 l.in_flight_max,
                 l.shared_shed_percent,
                 l.in_flight_per_connection_max,
+            )
+            .with_quotas(
+                l.in_flight_admin_reserved,
+                cfg.clients.len(),
+                l.in_flight_per_credential_max,
             ),
+            zone_quotas,
             stopping: AtomicBool::new(false),
             started: std::time::Instant::now(),
-            open: Arc::new(tokio::sync::Semaphore::new(l.connections_max as usize)),
+            guard: Guard::new(l, Arc::clone(&metrics)),
             metrics: Arc::clone(&metrics),
             cluster,
         });
-        if let Some(mut rx) = forwarded {
-            let fwd_shared = Arc::clone(&shared);
-            tokio::spawn(async move {
-                while let Some((m, reply)) = rx.recv().await {
-                    let shared = Arc::clone(&fwd_shared);
-                    tokio::spawn(async move {
-                        let _ = reply.send(answer_forwarded(&shared, m).await);
-                    });
-                }
-            });
-            let shared = Arc::clone(&shared);
-            tokio::spawn(async move { poll_policy(shared).await });
+        if let Some(rx) = forwarded {
+            tokio::spawn(serve_forwarded(Arc::clone(&shared), rx));
+            tokio::spawn(poll_policy(Arc::clone(&shared)));
         }
         observe(&shared);
         let http = match cfg.metrics_listen {
-            Some(addr) => {
-                let limits = HttpLimits {
-                    connections_max: l.metrics_connections_max,
-                    request_len_max: l.metrics_request_len_max,
-                    timeout_ms: l.metrics_timeout_ms,
-                };
-                let server = MetricsServer::start(addr, limits, Arc::clone(&metrics))
-                    .map_err(|e| StartError::MetricsBind { addr, source: e })?;
-                info!(addr = %server.local_addr(), "metrics endpoint: /metrics and /health");
-                Some(server)
-            }
+            Some(addr) => Some(start_http(addr, l, &metrics)?),
             None => None,
         };
         let premium = match cfg.premium_listen {
@@ -364,6 +415,35 @@ impl Node {
     }
 }
 
+/// Answers the requests peers forward to this node, each in a task of its own.
+async fn serve_forwarded(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Forwarded>) {
+    while let Some((m, reply)) = rx.recv().await {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let _ = reply.send(answer_forwarded(&shared, m).await);
+        });
+    }
+}
+
+/// Serves `/metrics` and `/health` on `addr`.
+fn start_http(
+    addr: SocketAddr,
+    l: &LimitsConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<MetricsServer, StartError> {
+    let limits = HttpLimits {
+        connections_max: l.metrics_connections_max,
+        connections_per_addr_max: l.metrics_connections_per_addr_max,
+        request_len_max: l.metrics_request_len_max,
+        head_timeout_ms: l.metrics_head_timeout_ms,
+        timeout_ms: l.metrics_timeout_ms,
+    };
+    let server = MetricsServer::start(addr, limits, Arc::clone(metrics))
+        .map_err(|e| StartError::MetricsBind { addr, source: e })?;
+    info!(addr = %server.local_addr(), "metrics endpoint: /metrics and /health");
+    Ok(server)
+}
+
 /// Feeds the metrics from the engine: every timer tick, and the gauges at each scrape. The
 /// hooks hold the node weakly, so they never keep it (or its engine) alive.
 fn observe(shared: &Arc<Shared>) {
@@ -382,8 +462,7 @@ fn observe(shared: &Arc<Shared>) {
         m.requests
             .in_flight
             .set_u64(u64::from(s.admission.in_flight()));
-        let open = (s.limits.connections_max as usize).saturating_sub(s.open.available_permits());
-        m.requests.connections.set_u64(open as u64);
+        s.guard.export(m);
         m.engine.zones_owned.set_u64(e.zones_live() as u64);
         let (mut sum, mut max) = (0usize, 0usize);
         for d in e.mailbox_depths() {
@@ -411,7 +490,7 @@ fn op_of(kind: u8) -> Option<Op> {
     Some(match protocol::Kind::from_byte(kind)? {
         K::Quote => Op::Quote,
         K::QuoteBatch => Op::QuoteBatch,
-        K::EventBatch => Op::Events,
+        K::EventBatch | K::ProducerBatch => Op::Events,
         K::Verify => Op::Verify,
         K::Explain => Op::Explain,
         K::ZoneState | K::FareGet | K::FareSet | K::PolicyGet | K::PolicySet | K::Status => {

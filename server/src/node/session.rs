@@ -17,7 +17,25 @@ pub(super) fn error_frame(
 /// What the stream loop does after answering a request.
 pub(super) enum After {
     Continue,
+    /// A `HELLO` succeeded: the connection gets its full limits.
+    Authenticated,
     CloseConnection(ErrorCode),
+}
+
+/// Requests of one stream admitted and not yet written back, and the credential they were
+/// admitted for.
+struct Held {
+    credential: usize,
+    n: u32,
+}
+
+impl Held {
+    fn release(&mut self, shared: &Shared, state: &Connection) {
+        shared
+            .admission
+            .release_for(&state.load, self.credential, self.n);
+        self.n = 0;
+    }
 }
 
 pub(super) async fn serve_stream(
@@ -30,10 +48,36 @@ pub(super) async fn serve_stream(
     let limits = Limits {
         frame_len_max: shared.limits.frame_len_max,
     };
-    let mut inbuf: Vec<u8> = Vec::with_capacity(STREAM_BUFFER_BYTES);
-    let mut out: Vec<u8> = Vec::with_capacity(STREAM_BUFFER_BYTES);
-    let mut chunk = vec![0u8; STREAM_READ_BYTES];
+    let before_hello = Limits {
+        frame_len_max: shared
+            .limits
+            .hello_frame_len_max
+            .min(shared.limits.frame_len_max),
+    };
+    let write_timeout = Duration::from_millis(shared.limits.write_timeout_ms);
+    let mut authenticated = state.session().is_some();
+    // Until the connection is authenticated its buffers stay small; they grow once.
+    let (capacity, read_len) = if authenticated {
+        (STREAM_BUFFER_BYTES, STREAM_READ_BYTES)
+    } else {
+        (
+            STREAM_BUFFER_BYTES_BEFORE_HELLO,
+            STREAM_BUFFER_BYTES_BEFORE_HELLO,
+        )
+    };
+    let mut inbuf: Vec<u8> = Vec::with_capacity(capacity);
+    let mut out: Vec<u8> = Vec::with_capacity(capacity);
+    let mut chunk = vec![0u8; read_len];
+    let mut held = Held {
+        credential: 0,
+        n: 0,
+    };
     loop {
+        // A HELLO on another stream of the connection counts here too.
+        authenticated = authenticated || state.session().is_some();
+        if authenticated && chunk.len() < STREAM_READ_BYTES {
+            chunk.resize(STREAM_READ_BYTES, 0);
+        }
         let n = match recv.read(&mut chunk).await {
             Ok(Some(n)) => n,
             Ok(None) => break,
@@ -49,54 +93,88 @@ pub(super) async fn serve_stream(
         let read_at = Instant::now();
         let mut tally = [[0u32; TierLabel::ALL.len()]; Op::ALL.len()];
         let mut pos = 0;
-        let mut admitted = 0u32;
         let mut after = After::Continue;
         // One clock read per chunk of frames, not per request.
         let now = now_ms(&shared);
         while inbuf.len() - pos >= HEADER_LEN {
             let head: &[u8; HEADER_LEN] =
                 inbuf[pos..pos + HEADER_LEN].try_into().expect("16 bytes");
-            let header = match Header::parse(head, limits) {
-                Ok(h) => h,
-                Err(e) => {
-                    let id = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-                    error_frame(&shared.metrics, id, e.code(), e.to_string(), &mut out);
-                    end_stream(e.code(), &out, &mut send, &mut recv).await;
-                    shared.admission.release(&state.load, admitted);
-                    return;
-                }
-            };
+            let header =
+                match Header::parse(head, if authenticated { limits } else { before_hello }) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let id = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+                        error_frame(&shared.metrics, id, e.code(), e.to_string(), &mut out);
+                        if tokio::time::timeout(
+                            write_timeout,
+                            end_stream(e.code(), &out, &mut send, &mut recv),
+                        )
+                        .await
+                        .is_err()
+                        {
+                            write_timed_out(&shared, &state, &conn);
+                        }
+                        held.release(&shared, &state);
+                        return;
+                    }
+                };
             let end = pos + HEADER_LEN + header.body_len as usize;
             if inbuf.len() < end {
                 break;
             }
             let body = &inbuf[pos + HEADER_LEN..end];
             pos = end;
-            if !admit(&shared, &state, header.request_id, &mut out) {
+            // A HELLO, and anything before one, is answered at once without engine work: it
+            // takes no in-flight slot (so a squatted shared tier cannot refuse a premium or
+            // admin HELLO).
+            let session = state.session();
+            let admitted_for = match session {
+                Some(s) if header.kind != protocol::Kind::Hello as u8 => Some(s),
+                _ => None,
+            };
+            if !admit(&shared, &state, admitted_for, header.request_id, &mut out) {
                 continue;
             }
-            admitted += 1;
+            if let Some(s) = admitted_for {
+                if held.n > 0 && held.credential != s.credential {
+                    // Re-authenticated as another credential mid-chunk: what was admitted
+                    // for the old one is answered already.
+                    held.release(&shared, &state);
+                }
+                held.credential = s.credential;
+                held.n += 1;
+            }
             after = answer(&shared, &state, &header, body, now, &mut out).await;
             if let Some(op) = op_of(header.kind) {
                 // The tier as authenticated (a request before HELLO counts as shared).
-                let tier = state.tier().unwrap_or(Tier::Shared);
+                let tier = session.map(|s| s.tier).unwrap_or(Tier::Shared);
                 tally[op as usize][tier_label(tier) as usize] += 1;
             }
-            if matches!(after, After::CloseConnection(_)) {
-                break;
+            match after {
+                After::CloseConnection(_) => break,
+                After::Authenticated if !authenticated => {
+                    authenticated = true;
+                    on_authenticated(&shared, &conn);
+                }
+                _ => {}
             }
         }
         inbuf.drain(..pos);
         let written = if out.is_empty() {
-            Ok(())
+            Ok(Ok(()))
         } else {
-            send.write_all(&out).await
+            tokio::time::timeout(write_timeout, send.write_all(&out)).await
         };
         out.clear();
-        shared.admission.release(&state.load, admitted);
+        held.release(&shared, &state);
         record_latencies(&shared.metrics, &tally, read_at);
-        if written.is_err() {
-            return;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                write_timed_out(&shared, &state, &conn);
+                return;
+            }
         }
         if let After::CloseConnection(code) = after {
             let _ = send.finish();
@@ -112,14 +190,34 @@ pub(super) async fn serve_stream(
     let _ = send.finish();
 }
 
+/// A reply write did not complete within `write_timeout_ms`: the client does not read. The
+/// connection is closed (application code 30, `overloaded`), which frees its slots.
+fn write_timed_out(shared: &Shared, state: &Connection, conn: &quinn::Connection) {
+    shared.guard.refused(
+        telemetry::ClientRefusal::WriteTimeout,
+        state.remote,
+        "a reply write did not complete within write_timeout_ms (the client does not read): closing the connection",
+    );
+    conn.close(
+        VarInt::from_u32(u32::from(ErrorCode::Overloaded.code())),
+        b"reply write timed out",
+    );
+}
+
 pub(super) fn now_ms(shared: &Shared) -> u64 {
     shared.engine.clock().now_ms()
 }
 
-/// Admits a request, or answers it `shutting_down` (the node is stopping) or `overloaded`
-/// (an in-flight bound is reached; the shared tier is shed first) and says so.
-fn admit(shared: &Shared, state: &Connection, request_id: u64, out: &mut Vec<u8>) -> bool {
-    let tier = state.tier().unwrap_or(Tier::Shared);
+/// Admits a request for `session` (`None`: a `HELLO` or a request before one, which takes
+/// no slot), or answers it `shutting_down` (the node is stopping) or `overloaded` (an
+/// in-flight bound is reached; the shared tier is shed first) and says so.
+fn admit(
+    shared: &Shared,
+    state: &Connection,
+    session: Option<Session>,
+    request_id: u64,
+    out: &mut Vec<u8>,
+) -> bool {
     if shared.stopping.load(Ordering::Acquire) {
         error_frame(
             &shared.metrics,
@@ -130,7 +228,17 @@ fn admit(shared: &Shared, state: &Connection, request_id: u64, out: &mut Vec<u8>
         );
         return false;
     }
-    if !shared.admission.try_admit(&state.load, tier) {
+    let Some(session) = session else {
+        return true;
+    };
+    let tier = session.tier;
+    if let Err(why) = shared.admission.try_admit_for(&state.load, session.claim()) {
+        if why == crate::admission::Shed::Credential {
+            shared
+                .metrics
+                .guard
+                .refuse(telemetry::ClientRefusal::CredentialInFlight);
+        }
         shared.metrics.requests.shed[tier_label(tier) as usize].inc();
         error_frame(
             &shared.metrics,

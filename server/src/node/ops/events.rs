@@ -1,5 +1,5 @@
-//! `EVENT_BATCH`: wire events converted to engine events at this boundary, applied here or
-//! routed by the cluster, outcomes counted.
+//! `EVENT_BATCH` and `PRODUCER_BATCH`: wire events converted to engine events at this
+//! boundary, applied here or routed by the cluster, outcomes counted.
 
 use super::*;
 
@@ -30,17 +30,45 @@ pub(in crate::node) fn outcome_of(o: EventOutcome) -> u8 {
             RejectReason::ZoneLimit => outcome::ZONE_LIMIT,
             RejectReason::DriversFull => outcome::DRIVERS_FULL,
             RejectReason::DedupeFull => outcome::DEDUPE_FULL,
+            RejectReason::ProducerFenced => outcome::PRODUCER_FENCED,
+            RejectReason::SequenceTooOld => outcome::SEQUENCE_TOO_OLD,
+            RejectReason::ProducersFull => outcome::PRODUCERS_FULL,
             RejectReason::Overloaded => outcome::OVERLOADED,
             RejectReason::Stopped => outcome::STOPPED,
         },
     }
 }
 
+/// `PRODUCER_BATCH`: events numbered by their producer (see `engine::producer`).
+pub(in crate::node) async fn produced(
+    shared: &Shared,
+    b: msg::ProducerBatch,
+    credential: Option<usize>,
+) -> Answer<msg::EventBatchReply> {
+    if b.producer == 0 {
+        return Err(Refusal::new(
+            ErrorCode::InvalidValue,
+            "producer 0 is not a producer (send EVENT_BATCH for events without one); nothing was applied",
+        ));
+    }
+    let producer = Producer {
+        id: b.producer,
+        epoch: b.epoch,
+    };
+    events(shared, Some(producer), b.events, credential).await
+}
+
+/// Events, from a producer or without one. `credential` is the sender's (its new zones are
+/// charged to its quota); `None` for a batch a peer forwarded (charged where it entered the
+/// cluster).
 pub(in crate::node) async fn events(
     shared: &Shared,
-    b: msg::EventBatch,
-    forwarded: bool,
+    producer: Option<Producer>,
+    events: Vec<msg::WireEvent>,
+    credential: Option<usize>,
 ) -> Answer<msg::EventBatchReply> {
+    let b = msg::EventBatch { events };
+    let forwarded = credential.is_none();
     let max =
         (shared.limits.batch_len_max as usize).min(shared.engine.config().actors.batch_events_max);
     if b.events.len() > max {
@@ -63,12 +91,15 @@ pub(in crate::node) async fn events(
             Err(code) => outcomes[i] = code,
         }
     }
+    if let Some(credential) = credential {
+        crate::node::quota::charge_new_zones(shared, credential, &mut valid, &mut outcomes);
+    }
     let apply = async |evs: Vec<Event>| -> Answer<Vec<u8>> {
-        let applied = shared.engine.apply_batch(evs).await?;
+        let applied = shared.engine.apply_batch_from(producer, evs).await?;
         Ok(applied.into_iter().map(outcome_of).collect())
     };
     if let Some(c) = &shared.cluster {
-        c.route_events(&b.events, valid, &mut outcomes, forwarded, apply)
+        c.route_events(producer, &b.events, valid, &mut outcomes, forwarded, apply)
             .await?;
     } else if !valid.is_empty() {
         let (index, evs): (Vec<usize>, Vec<Event>) = valid.into_iter().unzip();
