@@ -177,6 +177,16 @@ impl Membership {
         *self.foca.identity()
     }
 
+    /// The node id a gossip packet claims as its sender (the source identity in its header),
+    /// or `None` when the header does not decode. The shell compares it with the id in the
+    /// sending peer's certificate before handing the packet over: a member cannot speak for
+    /// another.
+    pub fn packet_sender(data: &[u8]) -> Option<NodeId> {
+        use foca::Codec as _;
+        let header: foca::Header<Peer> = foca::PostcardCodec.decode_header(data).ok()?;
+        Some(header.src.id)
+    }
+
     /// A packet from the network.
     pub fn handle_data(&mut self, data: &[u8], now_ms: u64) {
         // Malformed or foreign packets are dropped; foca reports why, which a peer cannot

@@ -199,3 +199,33 @@ fn membership_converges_after_faults_heal() {
         failed.len()
     );
 }
+
+#[test]
+fn every_gossip_packet_names_its_sender_so_the_shell_can_check_it_against_the_certificate() {
+    let cfg = MembershipConfig::default();
+    let seeds: Vec<SocketAddr> = (0..3).map(addr).collect();
+    let mut m = Membership::new(
+        Peer {
+            id: 2,
+            addr: addr(2),
+            client: addr(2),
+            generation: 1,
+            weight: 1,
+        },
+        seeds,
+        cfg,
+        7,
+    );
+    m.tick(1_000);
+    let out = m.take_outbox();
+    assert!(
+        !out.is_empty(),
+        "an isolated node announces itself to its seeds"
+    );
+    for (_, data) in &out {
+        assert_eq!(Membership::packet_sender(data), Some(2));
+        // A cut or garbled header names no one (dropped by the shell's check or by foca).
+        assert_eq!(Membership::packet_sender(&data[..3.min(data.len())]), None);
+    }
+    assert_eq!(Membership::packet_sender(b""), None);
+}

@@ -52,7 +52,7 @@ pub use crate::event::{Event, EventKind, EventOutcome, Producer, RejectReason};
 pub use crate::explain::Explanation;
 pub use crate::fare::{Currency, FareTable, Trip};
 pub use crate::policy::{PolicyInput, PolicyState, SurgePolicy};
-pub use crate::quote::{Price, QuoteError, QuoteKey, QuoteToken, Quoter, TOKEN_LEN};
+pub use crate::quote::{Price, QuoteError, QuoteKey, QuoteKeys, QuoteToken, Quoter, TOKEN_LEN};
 pub use crate::shell::Engine;
 pub use crate::snapshot::{PriceSnapshot, SnapshotTable};
 pub use crate::zone::ZoneId;

@@ -74,9 +74,18 @@ pub enum KeyError {
     /// Secrets shorter than [`KEY_LEN_MIN`] bytes are refused.
     #[error("quote signing secret is {0} bytes; at least {KEY_LEN_MIN} are required")]
     TooShort(usize),
-    /// The hex text does not decode.
-    #[error("quote signing secret is not valid hex")]
+    /// The hex text does not decode (odd length, or a character outside `0-9a-fA-F`).
+    #[error("quote signing secret is not valid hex (expected an even number of 0-9a-f digits)")]
     NotHex,
+    /// A key ring holds no key.
+    #[error("no quote signing key configured")]
+    NoKeys,
+    /// Two keys of a ring share an id (a token names its key by id).
+    #[error("quote signing key id {0} appears twice")]
+    DuplicateId(u16),
+    /// The ring's signing key id names no key of the ring.
+    #[error("signing key id {0} is not among the configured keys")]
+    UnknownSigningKey(u16),
 }
 
 impl QuoteKey {
@@ -93,15 +102,18 @@ impl QuoteKey {
 
     /// A key from a hex-encoded secret (as found in config files).
     pub fn from_hex(id: u16, hex: &str) -> Result<Self, KeyError> {
-        let hex = hex.trim();
-        if hex.len() % 2 != 0 {
+        let hex = hex.trim().as_bytes();
+        // Checked byte by byte before decoding: a multi-byte character must be an error, not
+        // a slice across a character boundary.
+        if hex.len() % 2 != 0 || !hex.iter().all(u8::is_ascii_hexdigit) {
             return Err(KeyError::NotHex);
         }
-        let bytes: Result<Vec<u8>, _> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let bytes: Option<Vec<u8>> = hex
+            .chunks_exact(2)
+            .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
             .collect();
-        Self::new(id, &bytes.map_err(|_| KeyError::NotHex)?)
+        Self::new(id, &bytes.ok_or(KeyError::NotHex)?)
     }
 
     /// The key's id, written into every token it signs.
@@ -114,6 +126,56 @@ impl QuoteKey {
         let mut out = [0; MAC_LEN];
         out.copy_from_slice(&tag[..MAC_LEN]);
         out
+    }
+}
+
+/// The quote keys a node holds: one signs, every one verifies. Rotating the cluster key is
+/// adding a key (first for verifying only, then signing) and, once every token it signed has
+/// expired, removing the old one (SECURITY.md, "Rotating the cluster key").
+#[derive(Clone, Debug)]
+pub struct QuoteKeys {
+    keys: Vec<QuoteKey>,
+    signing: usize,
+}
+
+impl QuoteKeys {
+    /// A ring of `keys` (distinct ids) signing with `signing_id`, or without it with the
+    /// highest id (the newest, when ids grow with each rotation).
+    pub fn new(keys: Vec<QuoteKey>, signing_id: Option<u16>) -> Result<Self, KeyError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for k in &keys {
+            if !seen.insert(k.id) {
+                return Err(KeyError::DuplicateId(k.id));
+            }
+        }
+        let id = match signing_id {
+            Some(id) => id,
+            None => *seen.last().ok_or(KeyError::NoKeys)?,
+        };
+        let signing = keys
+            .iter()
+            .position(|k| k.id == id)
+            .ok_or(KeyError::UnknownSigningKey(id))?;
+        Ok(Self { keys, signing })
+    }
+
+    /// The key new tokens are signed with.
+    pub fn signing(&self) -> &QuoteKey {
+        &self.keys[self.signing]
+    }
+
+    /// Every key a token may be signed with.
+    pub fn all(&self) -> &[QuoteKey] {
+        &self.keys
+    }
+}
+
+impl From<QuoteKey> for QuoteKeys {
+    fn from(key: QuoteKey) -> Self {
+        Self {
+            keys: vec![key],
+            signing: 0,
+        }
     }
 }
 
@@ -323,7 +385,7 @@ pub struct Price {
 #[derive(Debug)]
 pub struct Quoter {
     table: Arc<SnapshotTable>,
-    key: QuoteKey,
+    keys: QuoteKeys,
     /// The next block of quote ids to hand to a thread (see `next_quote_id`).
     next_id: AtomicU64,
     /// Distinguishes quoters in the per-thread id cache.
@@ -348,7 +410,7 @@ impl Quoter {
     /// that differs across restarts (the shell passes its start time), so ids stay unique.
     pub fn new(
         table: Arc<SnapshotTable>,
-        key: QuoteKey,
+        keys: impl Into<QuoteKeys>,
         node_id: u16,
         first_seq: u64,
         ttl_ms: u64,
@@ -356,7 +418,7 @@ impl Quoter {
         let seq = first_seq & ((1 << QUOTE_SEQ_BITS) - 1);
         Self {
             table,
-            key,
+            keys: keys.into(),
             next_id: AtomicU64::new(u64::from(node_id) << QUOTE_SEQ_BITS | seq),
             instance: QUOTER_INSTANCES.fetch_add(1, Ordering::Relaxed),
             ttl_ms,
@@ -381,7 +443,12 @@ impl Quoter {
 
     /// The signing key (verifiers need it, or its twin, too).
     pub fn key(&self) -> &QuoteKey {
-        &self.key
+        self.keys.signing()
+    }
+
+    /// Every key this quoter verifies with (the signing key among them).
+    pub fn keys(&self) -> &QuoteKeys {
+        &self.keys
     }
 
     /// The table quotes are read from.
@@ -462,16 +529,16 @@ impl Quoter {
             neighbour_mean_milli: snap.neighbour_mean_milli,
             target_milli: snap.target_milli,
             confidence_permille: snap.confidence_permille,
-            key_id: self.key.id,
+            key_id: self.keys.signing().id,
         };
-        token.sign_into(&self.key, out);
+        token.sign_into(self.keys.signing(), out);
         self.table.note_quote(slot);
         let age_ms = now_ms.saturating_sub(self.table.fresh_at_ms(slot));
         Ok((token, age_ms))
     }
 
-    /// Verifies a token with this quoter's key.
+    /// Verifies a token with whichever of this quoter's keys signed it.
     pub fn verify(&self, bytes: &[u8], now_ms: u64) -> Result<QuoteToken, TokenError> {
-        QuoteToken::verify(bytes, std::slice::from_ref(&self.key), now_ms)
+        QuoteToken::verify(bytes, self.keys.all(), now_ms)
     }
 }

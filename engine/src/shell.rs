@@ -25,7 +25,7 @@ use crate::event::{Event, EventOutcome, Producer, RejectReason};
 use crate::explain::Explanation;
 use crate::fare::FareTable;
 use crate::policy::{PolicyError, SurgePolicy};
-use crate::quote::{QuoteKey, QuoteToken, Quoter, TokenError};
+use crate::quote::{QuoteKeys, QuoteToken, Quoter, TokenError};
 use crate::shard::{
     FareSetError, Shard, ShardMemory, ShardSettings, SnapshotLog, TickSink, TickStats,
 };
@@ -315,11 +315,11 @@ impl std::fmt::Debug for ShardActor {
 }
 
 impl Engine {
-    /// Starts the actor system with `config`, signing quotes with `key` and reading time from
-    /// `clock`.
+    /// Starts the actor system with `config`, signing quotes with `key` (a key, or a ring:
+    /// one signs, all verify) and reading time from `clock`.
     pub fn start(
         config: EngineConfig,
-        key: QuoteKey,
+        key: impl Into<QuoteKeys>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartError> {
         Self::start_with(config, key, clock, None, 0)
@@ -330,7 +330,7 @@ impl Engine {
     /// zones owned elsewhere (replicas).
     pub fn start_with(
         config: EngineConfig,
-        key: QuoteKey,
+        key: impl Into<QuoteKeys>,
         clock: Arc<dyn Clock>,
         sink: Option<TickSink>,
         extra_slots: usize,

@@ -101,13 +101,19 @@ enum Command {
     /// Work with engine configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Generate a cluster credential: a CA and a certificate it signs, which every node
-    /// presents to its peers (mutual TLS). Writes ca.pem, ca-key.pem (keep offline),
-    /// node.pem and node-key.pem into DIR.
+    /// Generate a cluster credential: a CA and one certificate per node, naming the node's
+    /// id, which it presents to its peers (mutual TLS; peers take its id from it). Writes
+    /// DIR/ca/{ca.pem,ca-key.pem} (keep the CA key offline, on no node) and, per node,
+    /// DIR/node-ID/{ca.pem,node.pem,node-key.pem} (what that node needs). Private keys are
+    /// 0600, directories 0700. With an existing DIR/ca, its CA issues the new certificates
+    /// (adding a node, replacing a node's certificate).
     ClusterCredentials {
         /// Directory to write into (created if missing).
         #[arg(long, default_value = "cluster-credentials")]
         out: PathBuf,
+        /// The node ids to issue certificates for: a list and ranges, e.g. 1,2,3 or 1-5.
+        #[arg(long, default_value = "1-3", value_parser = parse_node_ids)]
+        nodes: std::vec::Vec<u16>,
     },
 }
 
@@ -166,13 +172,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Zone(args) => admin::zone(args),
         Command::Fare(cmd) => admin::fare(cmd),
         Command::Policy(cmd) => admin::policy(cmd),
-        Command::ClusterCredentials { out } => {
-            server::cluster::write_credentials(&out)?;
+        Command::ClusterCredentials { out, nodes } => {
+            let w = server::cluster::write_credentials(&out, &nodes)?;
             println!(
-                "wrote {0}/ca.pem, {0}/ca-key.pem, {0}/node.pem, {0}/node-key.pem",
-                out.display()
+                "{} {}/ca.pem and ca-key.pem (keep the CA key offline)",
+                if w.ca_created {
+                    "wrote"
+                } else {
+                    "used the existing CA"
+                },
+                w.ca_dir.display()
             );
-            println!("point [cluster] ca_cert_path, cert_path and key_path of every node at them");
+            for (id, dir) in &w.nodes {
+                println!(
+                    "node {id}: {0}/ca.pem, {0}/node.pem, {0}/node-key.pem",
+                    dir.display()
+                );
+            }
+            println!(
+                "point [cluster] ca_cert_path, cert_path and key_path of each node at its own directory"
+            );
             Ok(())
         }
         Command::Config(ConfigCommand::Check { file }) => {
@@ -187,6 +206,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `1,2,3`, `1-5` or a mix: node ids (1..=65535), each once.
+fn parse_node_ids(s: &str) -> Result<Vec<u16>, String> {
+    let mut ids = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let parse = |x: &str| {
+            x.trim()
+                .parse::<u16>()
+                .map_err(|e| format!("{x:?}: not a node id ({e})"))
+        };
+        let (a, b) = (parse(a)?, parse(b)?);
+        if a == 0 || a > b || usize::from(b - a) >= 1024 {
+            return Err(format!(
+                "{part:?}: expected ids within 1..=65535, low-high, at most 1024"
+            ));
+        }
+        ids.extend(a..=b);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Err("no node id".into());
+    }
+    Ok(ids)
 }
 
 /// Reads and validates an engine configuration file.

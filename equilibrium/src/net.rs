@@ -43,6 +43,11 @@ pub(crate) struct NodeArgs {
     /// Override `metrics_listen` (TCP address of /metrics and /health); "" turns it off.
     #[arg(long, env = "EQUILIBRIUM_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Development mode (`dev_mode = true`): accept the sample secrets shipped with
+    /// Equilibrium (configs/node.toml's cluster key and client tokens), with a warning.
+    /// Without it a node refuses to start with them.
+    #[arg(long)]
+    dev: bool,
 }
 
 /// An address flag where `""` means none.
@@ -79,7 +84,10 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(id) = args.node_id {
         engine_cfg.node_id = id;
     }
-    let key = engine::QuoteKey::from_hex(1, &cfg.cluster_key_hex)?;
+    if args.dev {
+        cfg.dev_mode = true;
+    }
+    let key = cfg.quote_keys()?;
     if let Some(c) = cfg.cluster.as_mut() {
         if let Some(l) = args.peer_listen {
             c.listen = l;

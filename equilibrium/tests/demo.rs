@@ -227,13 +227,23 @@ fn interrupt_mid_run(signal: &str, code: i32) {
         .map(str::to_owned)
         .collect();
     assert_eq!(addrs.len(), 3, "{started}");
+    // The demo makes fresh secrets per run and says which admin token it made.
+    let admin_token = demo
+        .seen
+        .iter()
+        .find_map(|l| l.split("admin token ").nth(1))
+        .expect("the demo names this run's admin token")
+        .trim()
+        .to_owned();
+    assert!(admin_token.starts_with("admin-"), "{admin_token}");
+    assert_ne!(admin_token, "admin-demo-token");
     let members = Command::new(env!("CARGO_BIN_EXE_equilibrium"))
         .args([
             "members",
             "--json",
             "--insecure",
             "--token",
-            "admin-demo-token",
+            &admin_token,
             "--addr",
         ])
         .arg(&addrs[0])

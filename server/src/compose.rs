@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use engine::{Engine, EngineConfig, QuoteKey};
+use engine::{Engine, EngineConfig, QuoteKeys};
 
 use crate::cluster::{tick_channel, Cluster, ClusterError, TickReceiver};
 use crate::config::NodeConfig;
@@ -26,6 +26,10 @@ pub enum ComposeError {
     /// The client endpoint did not start.
     #[error(transparent)]
     Node(#[from] StartError),
+    /// A secret is a published sample (outside development mode) or a key file is open to
+    /// group or others.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretError),
     /// The client socket could not be bound.
     #[error("binding {addr} (listen): {source}")]
     Bind {
@@ -45,12 +49,14 @@ pub struct StartedEngine {
 }
 
 /// Starts the engine for `cfg` (outside any tokio runtime): with a tick sink and room for
-/// replicas when the node is clustered.
+/// replicas when the node is clustered. Checks the node's secrets first
+/// ([`crate::secrets::check`]).
 pub fn start_engine(
     cfg: &NodeConfig,
     engine_cfg: EngineConfig,
-    key: QuoteKey,
+    key: impl Into<QuoteKeys>,
 ) -> Result<StartedEngine, ComposeError> {
+    crate::secrets::check(cfg)?;
     let clock = Arc::new(engine::SystemClock);
     let Some(c) = &cfg.cluster else {
         let engine = Engine::start(engine_cfg, key, clock)?;

@@ -32,8 +32,10 @@ pub struct NodeConfig {
     /// Engine configuration file, relative to this file. Default `engine.toml`.
     #[serde(default = "default_engine_config")]
     pub engine_config: PathBuf,
-    /// The cluster key that signs and verifies quote tokens, hex, at least 16 bytes.
-    /// Every node of a cluster holds the same key.
+    /// The cluster key that signs and verifies quote tokens, hex, at least 16 bytes: key
+    /// id 1. Every node of a cluster holds the same keys. May be left out (`""`) when
+    /// `cluster_keys` lists the keys.
+    #[serde(default)]
     pub cluster_key_hex: String,
     /// TLS certificate; without it the node generates a self-signed one (development only).
     #[serde(default)]
@@ -54,6 +56,40 @@ pub struct NodeConfig {
     /// Clustering; without this section the node runs alone (no peers, no Redis).
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+
+    // Secrets (SECURITY.md): development mode and key rotation.
+    /// Development mode: the sample secrets shipped in this repository (the sample cluster
+    /// key and client tokens of `configs/node.toml`, the demo's) are accepted, with a
+    /// warning at start. Off by default: a node refuses to start with them. Also the flag
+    /// `--dev`.
+    #[serde(default)]
+    pub dev_mode: bool,
+    /// More quote-token keys, for rotation: each `{ id, hex }` (id 1 is `cluster_key_hex`'s
+    /// when that is set). Every key verifies; one signs (`signing_key_id`).
+    #[serde(default)]
+    pub cluster_keys: Vec<ClusterKeyEntry>,
+    /// The id of the key that signs new tokens. Default: the highest id configured (the
+    /// newest). Set it to the old id while a new key is being rolled out to every node.
+    #[serde(default)]
+    pub signing_key_id: Option<u16>,
+}
+
+/// A quote-token key with its id (`[[cluster_keys]]`).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterKeyEntry {
+    /// The id written into every token the key signs (1..=65535; 1 is `cluster_key_hex`).
+    pub id: u16,
+    /// The secret, hex, at least 16 bytes.
+    pub hex: String,
+}
+
+impl std::fmt::Debug for ClusterKeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterKeyEntry")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_premium_nice() -> i32 {
@@ -176,6 +212,27 @@ pub struct ClusterConfig {
     /// Most peer connections (in and out). Default 64.
     #[serde(default = "default_peer_connections")]
     pub peer_connections_max: u32,
+
+    // Redis TLS and peer bounds (SECURITY.md).
+    /// For a `rediss://` URL: the CA certificate (PEM) that signed Redis's certificate.
+    /// Default: none (the system's roots).
+    #[serde(default)]
+    pub redis_tls_ca_path: Option<PathBuf>,
+    /// For a `rediss://` URL to a Redis that authenticates clients (`tls-auth-clients`):
+    /// this node's client certificate and key (PEM; the key 0600). Both or neither.
+    #[serde(default)]
+    pub redis_tls_cert_path: Option<PathBuf>,
+    /// See `redis_tls_cert_path`.
+    #[serde(default)]
+    pub redis_tls_key_path: Option<PathBuf>,
+    /// Most quotes a peer can answer per second: the ceiling of the quote counts a peer
+    /// reports per interval (more is cut down and counted). Default 1,000,000.
+    #[serde(default = "default_peer_quotes_per_s")]
+    pub peer_quotes_per_s_max: u64,
+}
+
+fn default_peer_quotes_per_s() -> u64 {
+    1_000_000
 }
 
 fn default_redis_url() -> String {
@@ -518,13 +575,16 @@ impl NodeConfig {
         // Paths in the file are relative to the file.
         if let Some(dir) = path.parent() {
             let c = cfg.cluster.as_mut();
-            let (a, b, d) = match c {
+            let (a, b, d, e, f, g) = match c {
                 Some(c) => (
                     Some(&mut c.ca_cert_path),
                     Some(&mut c.cert_path),
                     Some(&mut c.key_path),
+                    c.redis_tls_ca_path.as_mut(),
+                    c.redis_tls_cert_path.as_mut(),
+                    c.redis_tls_key_path.as_mut(),
                 ),
-                None => (None, None, None),
+                None => (None, None, None, None, None, None),
             };
             for p in [
                 Some(&mut cfg.engine_config),
@@ -533,6 +593,9 @@ impl NodeConfig {
                 a,
                 b,
                 d,
+                e,
+                f,
+                g,
             ]
             .into_iter()
             .flatten()
@@ -558,10 +621,38 @@ impl NodeConfig {
         })
     }
 
+    /// The quote-token keys: `cluster_key_hex` (id 1) and `cluster_keys`, signing with
+    /// `signing_key_id` or the highest id.
+    pub fn quote_keys(&self) -> Result<engine::QuoteKeys, NodeConfigError> {
+        let mut keys = Vec::new();
+        if !self.cluster_key_hex.trim().is_empty() {
+            keys.push(
+                engine::QuoteKey::from_hex(1, &self.cluster_key_hex)
+                    .map_err(|e| invalid("cluster_key_hex", e.to_string()))?,
+            );
+        }
+        for k in &self.cluster_keys {
+            if k.id == 0 {
+                return Err(invalid("cluster_keys.id", "must be within 1..=65535"));
+            }
+            keys.push(
+                engine::QuoteKey::from_hex(k.id, &k.hex)
+                    .map_err(|e| invalid("cluster_keys.hex", format!("key id {}: {e}", k.id)))?,
+            );
+        }
+        if keys.is_empty() {
+            return Err(invalid(
+                "cluster_key_hex",
+                "no quote-token key: set cluster_key_hex or [[cluster_keys]] (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+        engine::QuoteKeys::new(keys, self.signing_key_id)
+            .map_err(|e| invalid("cluster_keys", format!("{e} (cluster_key_hex is key id 1)")))
+    }
+
     /// Checks every field.
     pub fn validate(self) -> Result<Self, NodeConfigError> {
-        engine::QuoteKey::from_hex(1, &self.cluster_key_hex)
-            .map_err(|e| invalid("cluster_key_hex", e.to_string()))?;
+        self.quote_keys()?;
         if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
             return Err(invalid(
                 "tls",
@@ -650,6 +741,18 @@ impl NodeConfig {
                 return Err(invalid(
                     "cluster.*_ms",
                     "snapshot_interval_ms and suspect_to_down_ms must be positive, probe_period_ms at least 50",
+                ));
+            }
+            if c.redis_tls_cert_path.is_some() != c.redis_tls_key_path.is_some() {
+                return Err(invalid(
+                    "cluster.redis_tls_cert_path / redis_tls_key_path",
+                    "set both or neither",
+                ));
+            }
+            if c.peer_quotes_per_s_max == 0 {
+                return Err(invalid(
+                    "cluster.peer_quotes_per_s_max",
+                    "must be at least 1",
                 ));
             }
             if c.replication_queue_max == 0 || c.peer_connections_max == 0 {
@@ -815,6 +918,30 @@ mod tests {
         assert_eq!(j.log.format, LogFormat::Json);
         let e = parse("[limits]\nmetrics_request_len_max = 10\n").expect_err("too small");
         assert!(e.to_string().contains("metrics_request_len_max"), "{e}");
+    }
+
+    #[test]
+    fn rotated_keys_load_with_the_newest_signing_unless_told_otherwise() {
+        let two = "cluster_keys = [{ id = 2, hex = \"ffeeddccbbaa99887766554433221100\" }]\n";
+        let c = parse(two).expect("two keys");
+        let keys = c.quote_keys().expect("keys");
+        assert_eq!(keys.all().len(), 2);
+        assert_eq!(keys.signing().id(), 2);
+        let c = parse(&format!("{two}signing_key_id = 1\n")).expect("staged");
+        assert_eq!(c.quote_keys().expect("keys").signing().id(), 1);
+        for (bad, says) in [
+            ("signing_key_id = 3\n", "signing key id 3"),
+            (
+                "cluster_keys = [{ id = 1, hex = \"ffeeddccbbaa99887766554433221100\" }]\n",
+                "appears twice",
+            ),
+            ("cluster_keys = [{ id = 2, hex = \"zz\" }]\n", "key id 2"),
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        let e = NodeConfig::from_toml("", Path::new("node.toml")).expect_err("no key");
+        assert!(e.to_string().contains("no quote-token key"), "{e}");
     }
 
     #[test]

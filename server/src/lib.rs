@@ -7,6 +7,8 @@
 //! - [`compose`]: the composition root: engine, cluster shell and client endpoint started in
 //!   order (`equilibrium node` calls it).
 //! - [`config`]: the node configuration file (`configs/node.toml`).
+//! - [`secrets`]: the secrets checked before a node starts (no published sample outside
+//!   development mode, no private key file open to group or others), private files 0600.
 //! - [`tls`]: the server identity (certificate files, or a self-signed one for development).
 //! - [`admission`]: in-flight limits per connection and per node; shared tier shed first.
 //! - [`refusal`]: [`Refusal`](refusal::Refusal), the one error boundary: every engine and
@@ -33,6 +35,7 @@ pub mod compose;
 pub mod config;
 pub mod node;
 pub mod refusal;
+pub mod secrets;
 pub mod tls;
 
 pub use config::{NodeConfig, Tier};

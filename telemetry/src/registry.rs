@@ -203,6 +203,20 @@ pub struct ClusterMetrics {
     pub lease_renewals_failed: Counter,
     /// `equilibrium_cluster_fencing_rejections_total`: writes refused for a stale epoch.
     pub fencing_rejections: Counter,
+
+    // Peer checks (SECURITY.md, "Peers").
+    /// `equilibrium_cluster_peer_refused_total{reason="identity"}`: peer messages or
+    /// connections whose claimed sender is not the node id in the peer's certificate.
+    pub peer_refused_identity: Counter,
+    /// `equilibrium_cluster_peer_refused_total{reason="size"}`: peer messages longer than
+    /// their kind's bound.
+    pub peer_refused_size: Counter,
+    /// `equilibrium_cluster_peer_refused_total{reason="role"}`: forwarded requests whose
+    /// original credential's role does not allow them.
+    pub peer_refused_role: Counter,
+    /// `equilibrium_cluster_peer_quote_counts_clamped_total`: quote counts from a peer cut
+    /// down to what it could have answered in the interval.
+    pub peer_quote_counts_clamped: Counter,
 }
 
 /// Redis, the lease and snapshot store: fed by the node's cluster shell; at 0 on a node
@@ -217,6 +231,9 @@ pub struct RedisMetrics {
     pub write_duration: Histogram,
     /// `equilibrium_redis_errors_total`: failed Redis commands.
     pub errors: Counter,
+    /// `equilibrium_redis_bad_values_total`: stored values that do not decode (a snapshot
+    /// field, a lease, the incarnation, a quiet period clamped); the log names each key.
+    pub bad_values: Counter,
 }
 
 type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
@@ -341,6 +358,12 @@ impl Metrics {
             "result",
             ["ok", "failed"],
         );
+        let [peer_refused_identity, peer_refused_size, peer_refused_role] = r.counters(
+            "equilibrium_cluster_peer_refused_total",
+            "Peer input refused: identity (claimed sender is not the certificate's node), size (beyond its kind's bound), role (a forwarded request its credential may not make).",
+            "reason",
+            ["identity", "size", "role"],
+        );
         let cluster = ClusterMetrics {
             members: r.gauge(
                 "equilibrium_cluster_members",
@@ -370,6 +393,13 @@ impl Metrics {
                 "equilibrium_cluster_fencing_rejections_total",
                 "Writes refused because their lease epoch was stale.",
             ),
+            peer_refused_identity,
+            peer_refused_size,
+            peer_refused_role,
+            peer_quote_counts_clamped: r.counter(
+                "equilibrium_cluster_peer_quote_counts_clamped_total",
+                "Quote counts from peers cut down to what the peer could have answered.",
+            ),
         };
         let redis = RedisMetrics {
             configured: r.gauge(
@@ -382,6 +412,10 @@ impl Metrics {
                 "Redis snapshot and lease writes.",
             ),
             errors: r.counter("equilibrium_redis_errors_total", "Failed Redis commands."),
+            bad_values: r.counter(
+                "equilibrium_redis_bad_values_total",
+                "Stored Redis values that do not decode (the log names each key and field).",
+            ),
         };
         registry
             .register(Box::new(

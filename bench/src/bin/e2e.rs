@@ -393,6 +393,11 @@ fn start_node(bin: &PathBuf, cert_pem: &str, key_pem: &str) -> anyhow::Result<No
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("cert.pem"), cert_pem)?;
     std::fs::write(dir.join("key.pem"), key_pem)?;
+    // A node refuses a private key that group or others can read.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o600))?;
+    }
     let engine = std::env::current_dir()?.join("configs/engine.toml");
     std::fs::write(
         dir.join("node.toml"),

@@ -33,12 +33,25 @@ const SCENARIO_TOML: &str = include_str!("../../../configs/scenarios/demo.toml")
 /// city minutes); the file says which constants and why.
 const ENGINE_TOML: &str = include_str!("../../../configs/engine-demo.toml");
 
-const PREMIUM_TOKEN: &str = "premium-demo-token";
-const SHARED_TOKEN: &str = "shared-demo-token";
-const ADMIN_TOKEN: &str = "admin-demo-token";
-/// Signs quote tokens in the demo cluster only.
-const DEMO_CLUSTER_KEY_HEX: &str =
-    "64656d6f2d6f6e6c792d6e657665722d7573652d696e2d70726f64756374696f6e";
+/// The demo cluster's secrets: fresh for every run (a fixed sample would be a key anyone can
+/// sign quotes with, and nodes refuse published samples outside development mode).
+#[derive(Debug)]
+struct DemoSecrets {
+    premium_token: String,
+    shared_token: String,
+    admin_token: String,
+    cluster_key_hex: String,
+}
+
+fn secrets() -> &'static DemoSecrets {
+    static SECRETS: std::sync::OnceLock<DemoSecrets> = std::sync::OnceLock::new();
+    SECRETS.get_or_init(|| DemoSecrets {
+        premium_token: format!("premium-{}", server::secrets::random_hex(16)),
+        shared_token: format!("shared-{}", server::secrets::random_hex(16)),
+        admin_token: format!("admin-{}", server::secrets::random_hex(16)),
+        cluster_key_hex: server::secrets::random_hex(32),
+    })
+}
 
 /// Nodes in the demo cluster.
 const NODES: u16 = 3;
@@ -267,11 +280,15 @@ async fn cluster_demo(
     // 2. Credentials: the cluster's (mutual TLS between peers) and the client-facing
     // certificate (clients verify it; nothing here runs with --insecure).
     let creds = dir.join("cluster-credentials");
-    server::cluster::write_credentials(&creds).context("cluster credentials")?;
+    let ids: Vec<u16> = (1..=NODES).collect();
+    server::cluster::write_credentials(&creds, &ids).context("cluster credentials")?;
     let tls = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
         .context("client-facing certificate")?;
     std::fs::write(dir.join("tls-cert.pem"), tls.cert.pem())?;
-    std::fs::write(dir.join("tls-key.pem"), tls.signing_key.serialize_pem())?;
+    server::secrets::write_private(
+        &dir.join("tls-key.pem"),
+        tls.signing_key.serialize_pem().as_bytes(),
+    )?;
     std::fs::write(dir.join("engine.toml"), ENGINE_TOML)?;
     let trust = Trust::Roots(vec![tls.cert.der().to_vec()]);
 
@@ -286,7 +303,8 @@ async fn cluster_demo(
         let cluster = redis_url
             .as_deref()
             .map(|url| cluster_section(&peers, usize::from(id - 1), &creds, url));
-        std::fs::write(&config, node_config(cluster.as_deref()))?;
+        // The config holds the cluster key and the tokens: owner only.
+        server::secrets::write_private(&config, node_config(cluster.as_deref()).as_bytes())?;
         let n = procs::start_node(procs, &config, id, &logs.join(format!("node{id}.log")))?;
         nodes.push(n);
     }
@@ -299,6 +317,10 @@ async fn cluster_demo(
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    println!(
+        "  secrets: fresh for this run (cluster key, client tokens); admin token {}",
+        secrets().admin_token
+    );
     let admin = admin_clients(&nodes, &trust).await?;
 
     // 4. The cluster forms: every node sees every member; the city's zones spread.
@@ -332,8 +354,8 @@ async fn cluster_demo(
         premium_nodes: nodes.iter().filter_map(|n| n.premium).collect(),
         trust: trust.clone(),
         server_name: "localhost".into(),
-        premium_token: PREMIUM_TOKEN.into(),
-        shared_token: SHARED_TOKEN.into(),
+        premium_token: secrets().premium_token.clone(),
+        shared_token: secrets().shared_token.clone(),
     };
     let opts = sim::RunOptions {
         name: "demo".into(),
@@ -387,34 +409,49 @@ fn cluster_section(peers: &[SocketAddr], i: usize, creds: &Path, redis_url: &str
          key_path = \"{}\"\nredis_url = \"{redis_url}\"\n",
         peers[i],
         seeds.join(", "),
-        creds.join("ca.pem").display(),
-        creds.join("node.pem").display(),
-        creds.join("node-key.pem").display(),
+        creds
+            .join(format!("node-{}", i + 1))
+            .join("ca.pem")
+            .display(),
+        creds
+            .join(format!("node-{}", i + 1))
+            .join("node.pem")
+            .display(),
+        creds
+            .join(format!("node-{}", i + 1))
+            .join("node-key.pem")
+            .display(),
     )
 }
 
 /// A node's config: any free port for clients and metrics (the banner names them), the
 /// demo's tokens, the client-facing certificate, and the cluster section when clustered.
 fn node_config(cluster: Option<&str>) -> String {
+    let DemoSecrets {
+        premium_token,
+        shared_token,
+        admin_token,
+        cluster_key_hex,
+    } = secrets();
     format!(
         r#"listen = "127.0.0.1:0"
 premium_listen = "127.0.0.1:0"
 engine_config = "engine.toml"
-cluster_key_hex = "{DEMO_CLUSTER_KEY_HEX}"
+cluster_key_hex = "{cluster_key_hex}"
 metrics_listen = "127.0.0.1:0"
 [tls]
 cert_path = "tls-cert.pem"
 key_path = "tls-key.pem"
 [[clients]]
-token = "{PREMIUM_TOKEN}"
+token = "{premium_token}"
 tier = "premium"
 name = "demo-premium"
 [[clients]]
-token = "{SHARED_TOKEN}"
+token = "{shared_token}"
 tier = "shared"
 name = "demo-shared"
 [[clients]]
-token = "{ADMIN_TOKEN}"
+token = "{admin_token}"
 tier = "premium"
 role = "admin"
 name = "demo-admin"
@@ -436,9 +473,12 @@ async fn admin_clients(nodes: &[NodeProc], trust: &Trust) -> anyhow::Result<Vec<
     let mut v = Vec::new();
     for n in nodes {
         v.push(
-            Client::connect(n.addr, client_config(ADMIN_TOKEN, trust, "demo-admin"))
-                .await
-                .with_context(|| format!("connecting to node {}", n.id))?,
+            Client::connect(
+                n.addr,
+                client_config(&secrets().admin_token, trust, "demo-admin"),
+            )
+            .await
+            .with_context(|| format!("connecting to node {}", n.id))?,
         );
     }
     Ok(v)
@@ -482,10 +522,12 @@ async fn wait_members(nodes: &[NodeProc], procs: &mut Procs) -> anyhow::Result<(
 /// that never came online: it changes no supply or demand.
 async fn seed_zones(nodes: &[NodeProc], trust: &Trust, zones: &[u64]) -> anyhow::Result<()> {
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    let cc =
-        client::ClusterClient::connect(&addrs, client_config(PREMIUM_TOKEN, trust, "demo-warm-up"))
-            .await
-            .context("connecting to the nodes")?;
+    let cc = client::ClusterClient::connect(
+        &addrs,
+        client_config(&secrets().premium_token, trust, "demo-warm-up"),
+    )
+    .await
+    .context("connecting to the nodes")?;
     let base = sim::run::fresh_id_base() | (1 << 62);
     let deadline = Instant::now() + Duration::from_millis(FORM_TIMEOUT_MS);
     let mut pending: Vec<(usize, u64)> = zones.iter().copied().enumerate().collect();
@@ -592,7 +634,11 @@ async fn tour(
         let mut v = Vec::new();
         for n in nodes {
             v.push(
-                Client::connect(n.addr, client_config(PREMIUM_TOKEN, trust, "demo-tour")).await?,
+                Client::connect(
+                    n.addr,
+                    client_config(&secrets().premium_token, trust, "demo-tour"),
+                )
+                .await?,
             );
         }
         v
@@ -729,11 +775,15 @@ async fn keep_running(nodes: &[NodeProc], dir: &Path, out: &Path) {
     println!(
         "\nThe cluster keeps running until Ctrl-C. Try, in another terminal:\n  \
          export EQUILIBRIUM_CA={ca} EQUILIBRIUM_ADDR={first}\n  \
-         equilibrium status --token {ADMIN_TOKEN}\n  \
-         equilibrium quote --lat 52.5251 --lng 13.3694\n  \
+         export EQUILIBRIUM_PREMIUM_TOKEN={premium_token} EQUILIBRIUM_SHARED_TOKEN={shared_token}\n  \
+         equilibrium status --token {admin}\n  \
+         equilibrium quote --token {premium_token} --lat 52.5251 --lng 13.3694\n  \
          equilibrium sim run --scenario configs/scenarios/peak.toml --node {all}{premium} --ca {ca}\n\
          Metrics: {metrics}",
         ca = ca.display(),
+        admin = secrets().admin_token,
+        premium_token = secrets().premium_token,
+        shared_token = secrets().shared_token,
         first = addrs[0],
         all = addrs.join(","),
         metrics = nodes

@@ -181,6 +181,25 @@ impl Drop for Node {
     }
 }
 
+/// The cluster key of every node this test process starts: fresh per run (a key in the
+/// source would be a published secret), the same for all its nodes so their tokens verify
+/// on each other.
+pub(crate) fn cluster_key_hex() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| server::secrets::random_hex(32))
+}
+
+/// `equilibrium cluster-credentials --out DIR --nodes IDS` (the same CA for every call).
+pub(crate) fn issue_credentials(dir: &std::path::Path, ids: &str) {
+    let st = Command::new(env!("CARGO_BIN_EXE_equilibrium"))
+        .args(["cluster-credentials", "--nodes", ids, "--out"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("credentials");
+    assert!(st.success(), "cluster-credentials --nodes {ids}");
+}
+
 pub(crate) struct TestCluster {
     pub(crate) nodes: Vec<Node>,
     pub(crate) redis: Redis,
@@ -191,6 +210,8 @@ pub(crate) struct TestCluster {
     pub(crate) cert_der: Vec<u8>,
     /// Extra `[cluster]` lines for every node (settings under test).
     pub(crate) extra: String,
+    /// The Redis URL nodes are given, instead of `redis`'s own (e.g. with credentials).
+    pub(crate) redis_url: Option<String>,
 }
 
 impl TestCluster {
@@ -201,13 +222,7 @@ impl TestCluster {
     pub(crate) fn start_with(n: u16, extra: &str) -> Self {
         let redis = Redis::start();
         let creds = temp_dir("creds");
-        let st = Command::new(env!("CARGO_BIN_EXE_equilibrium"))
-            .args(["cluster-credentials", "--out"])
-            .arg(&creds)
-            .stdout(Stdio::null())
-            .status()
-            .expect("credentials");
-        assert!(st.success());
+        issue_credentials(&creds, &format!("1-{}", n.max(1)));
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
         let mut c = Self {
             nodes: Vec::new(),
@@ -218,6 +233,7 @@ impl TestCluster {
             key_pem: ck.signing_key.serialize_pem(),
             cert_der: ck.cert.der().to_vec(),
             extra: extra.to_owned(),
+            redis_url: None,
         };
         let peers: Vec<SocketAddr> = (0..n)
             .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
@@ -261,15 +277,21 @@ impl TestCluster {
         );
         let n = &self.nodes[i];
         std::fs::write(n.dir.join("cert.pem"), &self.cert_pem).expect("cert");
-        std::fs::write(n.dir.join("key.pem"), &self.key_pem).expect("key");
+        server::secrets::write_private(&n.dir.join("key.pem"), self.key_pem.as_bytes())
+            .expect("key");
         let seeds: Vec<String> = self.seeds.iter().map(|s| format!("\"{s}\"")).collect();
-        let creds = self.creds.display();
+        // One certificate per node, naming its id (issued by the same CA when added later).
+        let node_creds = self.creds.join(format!("node-{}", n.id));
+        if !node_creds.exists() {
+            issue_credentials(&self.creds, &n.id.to_string());
+        }
+        let creds = node_creds.display();
         std::fs::write(
             n.dir.join("node.toml"),
             format!(
                 r#"listen = "{addr}"
 engine_config = "{engine}"
-cluster_key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+cluster_key_hex = "{key}"
 metrics_listen = "127.0.0.1:0"
 [tls]
 cert_path = "cert.pem"
@@ -293,10 +315,11 @@ redis_url = "{redis}"
 {extra}
 "#,
                 extra = self.extra,
+                key = cluster_key_hex(),
                 addr = n.addr,
                 peer = n.peer,
                 seeds = seeds.join(", "),
-                redis = self.redis.url(),
+                redis = self.redis_url.clone().unwrap_or_else(|| self.redis.url()),
             ),
         )
         .expect("config");

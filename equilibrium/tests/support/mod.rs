@@ -16,6 +16,14 @@ pub(crate) const SHARED: &str = "shared-test-token";
 pub(crate) const ADMIN: &str = "admin-test-token";
 pub(crate) const READER: &str = "reader-test-token";
 
+/// The cluster key of every node this test process starts: fresh per run (a key in the
+/// source would be a published secret), the same for all its nodes so their tokens verify
+/// on each other.
+pub(crate) fn cluster_key_hex() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| server::secrets::random_hex(32))
+}
+
 /// The engine configuration test nodes run: the market's time constants in seconds, so that a
 /// test of a few seconds sees prices move.
 pub(crate) const FAST_ENGINE: &str = concat!(
@@ -134,14 +142,16 @@ impl TestNode {
             std::env::temp_dir().join(format!("eq-node-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("cert.pem"), &cert_pem).expect("write cert");
-        std::fs::write(dir.join("key.pem"), &key_pem).expect("write key");
+        server::secrets::write_private(&dir.join("key.pem"), key_pem.as_bytes())
+            .expect("write key");
+        let key = cluster_key_hex();
         std::fs::write(
             dir.join("node.toml"),
             format!(
                 r#"listen = "{listen}"
 engine_config = "{engine}"
 metrics_listen = "127.0.0.1:0"
-cluster_key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+cluster_key_hex = "{key}"
 [tls]
 cert_path = "cert.pem"
 key_path = "key.pem"

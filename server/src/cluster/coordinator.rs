@@ -13,6 +13,7 @@ impl Cluster {
         let mut tick = tokio::time::interval(Duration::from_millis(COORDINATOR_TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut view = self.view.load_full();
+        let mut bad = BadValues::default();
         loop {
             tick.tick().await;
             let Some(store) = self.store.get().cloned() else {
@@ -41,7 +42,7 @@ impl Cluster {
                 if actions.is_empty() {
                     break;
                 }
-                self.carry_out(&store, &mut coord, actions).await;
+                self.carry_out(&store, &mut coord, actions, &mut bad).await;
                 self.publish(&coord);
             }
         }
@@ -66,6 +67,7 @@ impl Cluster {
         store: &RedisLeaseStore,
         coord: &mut Coordinator,
         actions: Vec<Action>,
+        bad: &mut BadValues,
     ) {
         let (mut handoff, mut lost, mut requests, mut restores) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -89,8 +91,11 @@ impl Cluster {
         }
         if list {
             match store.groups().await {
-                Ok(gs) => {
+                Ok((gs, wrong)) => {
                     self.note_store(true);
+                    for v in &wrong {
+                        bad.note(v, mono_ms(), &self.metrics);
+                    }
                     coord.handle_groups_seen(gs);
                 }
                 Err(e) => {
@@ -122,7 +127,7 @@ impl Cluster {
             }
         }
         if !requests.is_empty() {
-            let replies = self.run_lease_requests(store, requests).await;
+            let replies = self.run_lease_requests(store, requests, bad).await;
             let at = mono_ms();
             for r in replies {
                 match r {
@@ -148,7 +153,7 @@ impl Cluster {
         for (g, epoch) in restores {
             let span = info_span!("takeover", group = format!("{g:x}"), epoch);
             let t0 = Instant::now();
-            let ok = self.restore_group(store, g).instrument(span).await;
+            let ok = self.restore_group(store, g, bad).instrument(span).await;
             if ok {
                 self.metrics.cluster.handoff_duration.observe(t0.elapsed());
             }
@@ -156,13 +161,27 @@ impl Cluster {
         }
     }
 
+    /// Sends the lease requests, all at once, except those about a stored value found bad
+    /// and still backing off (the coordinator re-sends them later). A bad value is reported
+    /// as such (metric, a rate-limited log line naming its key), not as Redis being down.
     pub(super) async fn run_lease_requests(
         &self,
         store: &RedisLeaseStore,
         reqs: Vec<(Request, u64)>,
+        bad: &mut BadValues,
     ) -> LeaseReplies {
+        let now = mono_ms();
+        let prefix = store.prefix().to_owned();
         let mut set = tokio::task::JoinSet::new();
         for (r, sent) in reqs {
+            let group = match r {
+                Request::Acquire { group, .. }
+                | Request::Renew { group, .. }
+                | Request::Release { group, .. } => group,
+            };
+            if bad.backing_off(&prefix, group, now) {
+                continue;
+            }
             let s = store.clone();
             let me = self.me;
             set.spawn(async move {
@@ -171,29 +190,57 @@ impl Cluster {
                     Request::Renew { group, epoch } => s.renew(group, me, epoch).await,
                     Request::Release { group, epoch } => s.release(group, me, epoch).await,
                 };
-                ans.map(|(incarnation, result)| Reply {
-                    request: r,
-                    sent_at_ms: sent,
-                    incarnation,
-                    result,
-                })
+                (
+                    group,
+                    ans.map(|(incarnation, result)| Reply {
+                        request: r,
+                        sent_at_ms: sent,
+                        incarnation,
+                        result,
+                    }),
+                )
             });
         }
         let mut out = Vec::new();
         let mut ok = true;
+        let mut answered = false;
         while let Some(r) = set.join_next().await {
-            if let Ok(r) = r {
-                ok &= r.is_ok();
-                out.push(r);
+            let Ok((group, r)) = r else {
+                continue;
+            };
+            match &r {
+                Err(RedisStoreError::Corrupt(v)) => bad.note(v, mono_ms(), &self.metrics),
+                Err(_) => ok = false,
+                Ok(_) => {
+                    answered = true;
+                    bad.answered(&prefix, group);
+                }
             }
+            out.push(r);
         }
-        self.note_store(ok);
+        for v in store.take_clamped() {
+            bad.note_clamped(&v, &self.metrics);
+        }
+        if answered || !ok {
+            self.note_store(ok);
+        }
         out
     }
 
-    pub(super) async fn restore_group(&self, store: &RedisLeaseStore, g: u64) -> bool {
+    pub(super) async fn restore_group(
+        &self,
+        store: &RedisLeaseStore,
+        g: u64,
+        bad: &mut BadValues,
+    ) -> bool {
         let stored = match store.read_group(g).await {
-            Ok(s) => s,
+            Ok(s) => {
+                // A field that is not a zone id costs that field only: the rest restores.
+                for v in &s.bad {
+                    bad.note(v, mono_ms(), &self.metrics);
+                }
+                s.zones
+            }
             Err(e) => {
                 self.note_store(false);
                 warn!("restoring: redis read failed, retrying: {e}");
@@ -205,7 +252,15 @@ impl Cluster {
         for (zone, bytes) in &stored {
             match cluster::persist::decode(bytes, limits) {
                 Ok(core) => cores.push(core),
-                Err(e) => warn!(zone = format!("{zone:x}"), "stored snapshot refused: {e}"),
+                Err(e) => {
+                    self.metrics.redis.bad_values.inc();
+                    warn!(
+                        key = format!("{}:snap:{g}", store.prefix()),
+                        field = zone,
+                        zone = format!("{zone:x}"),
+                        "stored snapshot refused (this zone only; the rest of the group restores): {e}"
+                    );
+                }
             }
         }
         let n = cores.len();
@@ -328,10 +383,116 @@ impl Cluster {
                 warn!(group = format!("{g:x}"), "snapshot write refused: {e:?}");
                 false
             }
+            Err(WriteFailure::Unreachable(RedisStoreError::Corrupt(v))) => {
+                // Redis is up; the group's lease holds a bad value. Counted here, logged by
+                // the coordinator (rate-limited) when its renewal reads the same key.
+                self.metrics.redis.bad_values.inc();
+                debug!(group = format!("{g:x}"), "snapshot write refused: {v}");
+                false
+            }
             Err(WriteFailure::Unreachable(e)) => {
                 self.note_store(false);
                 debug!("snapshot write failed: {e}");
                 false
+            }
+        }
+    }
+}
+
+/// First and largest pause before asking Redis again about a stored value found bad.
+const BAD_VALUE_RETRY_FIRST_MS: u64 = 500;
+const BAD_VALUE_RETRY_MAX_MS: u64 = 30_000;
+/// A bad value still bad is logged again at most this often (with the count in between).
+const BAD_VALUE_LOG_INTERVAL_MS: u64 = 60_000;
+/// Bad keys remembered; beyond it the oldest-logged are forgotten (and logged again).
+const BAD_KEYS_MAX: usize = 1_024;
+
+/// Stored values found bad, by key, as the coordinator task knows them (it alone owns this):
+/// when each may be asked about again (backing off, doubling) and when it was last logged.
+#[derive(Debug, Default)]
+pub(super) struct BadValues {
+    by_key: HashMap<String, BadKey>,
+}
+
+#[derive(Debug)]
+struct BadKey {
+    retry_at_ms: u64,
+    backoff_ms: u64,
+    logged_at_ms: u64,
+    unlogged: u64,
+}
+
+impl BadValues {
+    /// Counts `v`, logs it (at most once per `BAD_VALUE_LOG_INTERVAL_MS` per key) and backs
+    /// requests that read it off.
+    pub(super) fn note(&mut self, v: &StoreValue, now: u64, metrics: &telemetry::Metrics) {
+        metrics.redis.bad_values.inc();
+        if self.by_key.len() >= BAD_KEYS_MAX && !self.by_key.contains_key(&v.key) {
+            self.by_key.clear();
+        }
+        let e = self.by_key.entry(v.key.clone()).or_insert(BadKey {
+            retry_at_ms: 0,
+            backoff_ms: BAD_VALUE_RETRY_FIRST_MS / 2,
+            logged_at_ms: 0,
+            unlogged: 0,
+        });
+        e.backoff_ms = (e.backoff_ms * 2).min(BAD_VALUE_RETRY_MAX_MS);
+        e.retry_at_ms = now + e.backoff_ms;
+        if e.logged_at_ms == 0 || now.saturating_sub(e.logged_at_ms) >= BAD_VALUE_LOG_INTERVAL_MS {
+            warn!(
+                key = %v.key,
+                field = %v.field,
+                value = ?v.value,
+                again = e.unlogged,
+                retry_in_ms = e.backoff_ms,
+                "redis holds a value this cluster did not write ({v}); Redis is up, but what \
+                 reads this key fails until it is repaired (SECURITY.md, \"Redis\")"
+            );
+            e.logged_at_ms = now.max(1);
+            e.unlogged = 0;
+        } else {
+            e.unlogged += 1;
+        }
+    }
+
+    /// A quiet period the store clamped (found more than a lease length ahead).
+    pub(super) fn note_clamped(&self, v: &StoreValue, metrics: &telemetry::Metrics) {
+        metrics.redis.bad_values.inc();
+        warn!(
+            key = %v.key,
+            value = ?v.value,
+            "redis quiet period was more than one lease length ahead of Redis's clock: \
+             clamped to one lease length (a store found empty sets now + lease_ttl_ms)"
+        );
+    }
+
+    /// Whether a request about `group` must wait: its lease, the incarnation or the quiet
+    /// period was found bad and its pause is not over.
+    pub(super) fn backing_off(&self, prefix: &str, group: u64, now: u64) -> bool {
+        if self.by_key.is_empty() {
+            return false;
+        }
+        [
+            format!("{prefix}:lease:{group}"),
+            format!("{prefix}:incarnation"),
+            format!("{prefix}:quiet_until"),
+        ]
+        .iter()
+        .any(|k| self.by_key.get(k).is_some_and(|b| now < b.retry_at_ms))
+    }
+
+    /// A request about `group` was answered: what it reads is good again.
+    pub(super) fn answered(&mut self, prefix: &str, group: u64) {
+        if self.by_key.is_empty() {
+            return;
+        }
+        for k in [
+            format!("{prefix}:lease:{group}"),
+            format!("{prefix}:incarnation"),
+            format!("{prefix}:quiet_until"),
+        ] {
+            if self.by_key.remove(&k).is_some() {
+                info!(key = %k, "redis value repaired");
             }
         }
     }

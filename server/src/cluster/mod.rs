@@ -7,12 +7,15 @@
 //! - this file: [`Cluster`] (start, the shared handles, Redis connection and health), the
 //!   view as published, the tick channel to the replicator, and every bound and timing of
 //!   the shell, named with its unit.
-//! - `credentials`: the cluster CA and node certificate; the peer endpoint's mutual-TLS
-//!   QUIC configs (ALPN `equilibrium-peer/1`; a peer without a certificate signed by the
-//!   cluster CA fails the handshake).
+//! - `credentials`: the cluster CA and one certificate per node, naming its id; the peer
+//!   endpoint's mutual-TLS QUIC configs (ALPN `equilibrium-peer/2`; a peer without a
+//!   certificate signed by the cluster CA fails the handshake, one naming no node id is
+//!   closed).
 //! - `peer`: the peer endpoint's connections and what rides them: gossip in datagrams,
 //!   replication and quote counts on unidirectional streams, forwarded requests on
-//!   bidirectional streams as ordinary protocol frames.
+//!   bidirectional streams as ordinary protocol frames after their credential's role. A
+//!   peer's id is its certificate's; every message's claimed sender is checked against it
+//!   and every message bounded by its kind.
 //! - `gossip`: the task owning [`cluster::membership::Membership`] (SWIM, foca), ticked every
 //!   `MEMBERSHIP_TICK_MS`; the live set gives the ownership [`View`].
 //! - `coordinator`: the task owning [`cluster::coordinator::Coordinator`] (every
@@ -40,13 +43,14 @@ mod persister;
 mod replicator;
 
 use credentials::peer_configs;
-pub use credentials::write_credentials;
-use peer::Peers;
+pub use credentials::{node_id_of, node_name, write_credentials, WrittenCredentials};
+pub use peer::FORWARDING_ROLE;
+use peer::{Noisy, Peers, NOISE_KINDS};
 use persister::{write_chunks, WriteFailure};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -56,7 +60,9 @@ use cluster::coordinator::{Action, Coordinator, CoordinatorConfig, Serving};
 use cluster::lease::{LeaseConfig, Reply, Request, StoreError};
 use cluster::membership::{Membership, MembershipConfig, Peer};
 use cluster::ownership::{Member, NodeId, View};
-use cluster::redis_store::{RedisLeaseStore, WRITE_ZONES_MAX};
+use cluster::redis_store::{
+    redact_url, RedisLeaseStore, RedisStoreError, RedisTls, StoreValue, WRITE_ZONES_MAX,
+};
 use cluster::routing::{self, Route};
 use engine::shard::{TickOutput, TickSink};
 use engine::{Engine, FareTable, PriceSnapshot, ZoneCore, ZoneId};
@@ -71,12 +77,11 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::config::ClusterConfig;
 use crate::refusal::Refusal;
 
-/// ALPN of the peer protocol.
-pub const PEER_ALPN: &[u8] = b"equilibrium-peer/1";
+/// ALPN of the peer protocol. Version 2: forwarded requests carry the original credential's
+/// role, and a peer's node id is its certificate's (PROTOCOL.md section 12).
+pub const PEER_ALPN: &[u8] = b"equilibrium-peer/2";
 /// The name in every cluster certificate (peers verify it).
 pub const PEER_SERVER_NAME: &str = "equilibrium-cluster";
-/// Largest replication batch or forwarded frame read from a peer.
-const PEER_MESSAGE_MAX: usize = 64 << 20;
 /// Forwarded requests queued for the node before `overloaded`.
 const FORWARD_QUEUE_MAX: usize = 1_024;
 /// Gossip datagrams received and not yet handed to membership; beyond it they are dropped,
@@ -221,6 +226,10 @@ pub struct Cluster {
     tasks: std::sync::OnceLock<Vec<tokio::task::JoinHandle<()>>>,
     /// Set once `leave` aborted the tasks.
     left: AtomicBool,
+    /// Rate limits of the peer refusal warnings, by kind (`peer::NOISE_*`).
+    noise: [Noisy; NOISE_KINDS],
+    /// Per peer: quotes it may still report (refilled at `peer_quotes_per_s_max`).
+    quote_budget: Mutex<HashMap<NodeId, (u64, u64)>>,
 }
 
 /// What the snapshot writer owns besides the right to write.
@@ -243,14 +252,15 @@ impl Cluster {
     ) -> Result<(Arc<Self>, mpsc::Receiver<Forwarded>), ClusterError> {
         metrics.redis.configured.set_bool(true);
         metrics.cluster.members.set_u64(1);
-        let (server, client) = peer_configs(&cfg)?;
+        let me = engine.config().node_id;
+        let (server, client) = peer_configs(&cfg, me)?;
+        let redis_tls = redis_tls(&cfg)?;
         let endpoint =
             quinn::Endpoint::server(server, cfg.listen).map_err(|e| ClusterError::Bind {
                 addr: cfg.listen,
                 source: e,
             })?;
         let listen = endpoint.local_addr().unwrap_or(cfg.listen);
-        let me = engine.config().node_id;
         let generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -315,6 +325,8 @@ impl Cluster {
             drained: tokio::sync::Notify::new(),
             tasks: std::sync::OnceLock::new(),
             left: AtomicBool::new(false),
+            noise: Default::default(),
+            quote_budget: Mutex::new(HashMap::new()),
             cfg,
         });
         info!(node = me, peer_addr = %listen, generation, "cluster: joining");
@@ -322,7 +334,7 @@ impl Cluster {
         let (fwd_tx, fwd_rx) = mpsc::channel(FORWARD_QUEUE_MAX);
         let t = &this;
         let handles = vec![
-            tokio::spawn(Arc::clone(t).connect_store(generation)),
+            tokio::spawn(Arc::clone(t).connect_store(redis_tls, generation)),
             tokio::spawn(Arc::clone(t).accept_peers(endpoint, dgram_tx, fwd_tx)),
             tokio::spawn(Arc::clone(t).membership_loop(membership, dgram_rx, leave_rx)),
             tokio::spawn(Arc::clone(t).coordinator_loop(coordinator, groups_seen_rx)),
@@ -371,11 +383,14 @@ impl Cluster {
         }
     }
 
-    async fn connect_store(self: Arc<Self>, candidate: u64) {
+    async fn connect_store(self: Arc<Self>, tls: Option<RedisTls>, candidate: u64) {
         let mut backoff = REDIS_BACKOFF_FIRST_MS;
+        // Never the URL itself: it may carry a password.
+        let url = redact_url(&self.cfg.redis_url);
         loop {
-            match RedisLeaseStore::connect(
+            match RedisLeaseStore::connect_with(
                 &self.cfg.redis_url,
+                tls.as_ref(),
                 &self.cfg.redis_prefix,
                 self.cfg.lease_ttl_ms,
                 candidate,
@@ -383,14 +398,14 @@ impl Cluster {
             .await
             {
                 Ok(s) => {
-                    info!(url = %self.cfg.redis_url, "redis connected");
+                    info!(url = %url, tls = self.cfg.redis_url.starts_with("rediss://"), "redis connected");
                     self.store_up.store(true, Ordering::Relaxed);
                     self.metrics.redis.up.set_bool(true);
                     let _ = self.store.set(s);
                     return;
                 }
                 Err(e) => {
-                    warn!(url = %self.cfg.redis_url, "redis unavailable, retrying in {backoff} ms: {e}");
+                    warn!(url = %url, "redis unavailable, retrying in {backoff} ms: {}", redact_error(&e, &self.cfg.redis_url));
                     tokio::time::sleep(Duration::from_millis(backoff)).await;
                     backoff = (backoff * 2).min(REDIS_BACKOFF_MAX_MS);
                 }
@@ -414,6 +429,41 @@ impl Cluster {
             info!("redis available again");
         }
         if !ok {}
+    }
+}
+
+/// The TLS files for a `rediss://` URL, read at start (a missing file is an error then, not a
+/// retry loop later).
+fn redis_tls(c: &ClusterConfig) -> Result<Option<RedisTls>, ClusterError> {
+    if !c.redis_url.starts_with("rediss://") {
+        return Ok(None);
+    }
+    let read = |p: &Path| {
+        std::fs::read(p)
+            .map_err(|e| ClusterError::Credential(format!("redis TLS {}: {e}", p.display())))
+    };
+    let ca_pem = c.redis_tls_ca_path.as_deref().map(read).transpose()?;
+    let client = match (&c.redis_tls_cert_path, &c.redis_tls_key_path) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(Some(RedisTls { ca_pem, client }))
+}
+
+/// A Redis error's text with the configured URL's password redacted, should the error quote
+/// the URL.
+fn redact_error(e: &RedisStoreError, url: &str) -> String {
+    let text = e.to_string();
+    match url.split_once("://").and_then(|(_, r)| r.split_once('@')) {
+        Some((userinfo, _)) => {
+            let secret = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
+            if secret.is_empty() {
+                text
+            } else {
+                text.replace(secret, "***")
+            }
+        }
+        None => text,
     }
 }
 

@@ -79,28 +79,55 @@ impl Cluster {
             let (this, dgrams, forwards) = (Arc::clone(&self), dgrams.clone(), forwards.clone());
             tokio::spawn(async move {
                 let _permit = permit;
+                let remote = incoming.remote_address();
                 let conn = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
                         // Includes peers without a certificate signed by the cluster CA.
-                        warn!("peer handshake refused: {e}");
+                        if let Some(n) = this.noise[NOISE_HANDSHAKE].allow(mono_ms()) {
+                            warn!(%remote, suppressed = n, "peer handshake refused: {e}");
+                        }
                         return;
                     }
                 };
-                this.serve_peer(conn, dgrams, forwards).await;
+                // The peer's node id is its certificate's; nothing it says overrides that.
+                let Some(peer) = peer_node_id(&conn) else {
+                    this.metrics.cluster.peer_refused_identity.inc();
+                    if let Some(n) = this.noise[NOISE_IDENTITY].allow(mono_ms()) {
+                        warn!(%remote, suppressed = n, "peer certificate names no node id (node-<id>.equilibrium): closing");
+                    }
+                    conn.close(
+                        VarInt::from_u32(PEER_CLOSE_IDENTITY),
+                        b"certificate names no node id",
+                    );
+                    return;
+                };
+                this.serve_peer(conn, peer, dgrams, forwards).await;
             });
         }
     }
 
+    /// Serves a connection a peer opened, whose certificate names node `peer`: every
+    /// message's claimed sender must be `peer` (gossip, replication, quote counts), every
+    /// message is bounded by its kind, and a forwarded request is checked against the role it
+    /// carries.
     pub(super) async fn serve_peer(
         self: Arc<Self>,
         conn: quinn::Connection,
+        peer: NodeId,
         dgrams: mpsc::Sender<Vec<u8>>,
         forwards: mpsc::Sender<Forwarded>,
     ) {
+        let remote = conn.remote_address();
         let c2 = conn.clone();
+        let this = Arc::clone(&self);
         let d = tokio::spawn(async move {
             while let Ok(b) = c2.read_datagram().await {
+                let claimed = Membership::packet_sender(&b);
+                if claimed.is_some_and(|c| c != peer) {
+                    this.refuse_identity(remote, peer, claimed, "gossip");
+                    continue;
+                }
                 // Gossip is loss-tolerant: a full queue drops, as the network would.
                 let _ = dgrams.try_send(b.to_vec());
             }
@@ -111,23 +138,83 @@ impl Cluster {
             while let Ok(mut recv) = c3.accept_uni().await {
                 let this = Arc::clone(&this);
                 tokio::spawn(async move {
-                    if let Ok(bytes) = recv.read_to_end(PEER_MESSAGE_MAX).await {
-                        this.on_peer_message(&bytes);
+                    let mut kind = [0u8; 1];
+                    if recv.read_exact(&mut kind).await.is_err() {
+                        return;
+                    }
+                    let max = this.peer_message_max(kind[0]);
+                    if max <= 1 {
+                        // An unknown kind is dropped whole, unread.
+                        let _ = recv.stop(VarInt::from_u32(PEER_CLOSE_SIZE));
+                        debug!(%remote, kind = kind[0], "peer message of an unknown kind dropped");
+                        return;
+                    }
+                    match recv.read_to_end(max.saturating_sub(1)).await {
+                        Ok(rest) => {
+                            let mut bytes = Vec::with_capacity(rest.len() + 1);
+                            bytes.push(kind[0]);
+                            bytes.extend_from_slice(&rest);
+                            this.on_peer_message(&bytes, peer, remote);
+                        }
+                        Err(quinn::ReadToEndError::TooLong) => {
+                            let _ = recv.stop(VarInt::from_u32(PEER_CLOSE_SIZE));
+                            this.refuse_size(remote, peer, kind[0], max);
+                        }
+                        Err(_) => {}
                     }
                 });
             }
         });
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let forwards = forwards.clone();
+            let this = Arc::clone(&self);
             tokio::spawn(async move {
-                let Ok(bytes) = recv.read_to_end(PEER_MESSAGE_MAX).await else {
-                    return;
+                let max = this.forward_len_max();
+                let bytes = match recv.read_to_end(max).await {
+                    Ok(b) => b,
+                    Err(quinn::ReadToEndError::TooLong) => {
+                        let _ = recv.stop(VarInt::from_u32(PEER_CLOSE_SIZE));
+                        this.refuse_size(remote, peer, FORWARD_KIND, max);
+                        return;
+                    }
+                    Err(_) => return,
                 };
                 let limits = protocol::Limits {
-                    frame_len_max: PEER_MESSAGE_MAX as u32,
+                    frame_len_max: max as u32,
                 };
-                let reply = match protocol::decode_frame(&bytes, limits) {
-                    Ok((_, m, _)) => {
+                // A forwarded request: the original credential's role, then the frame.
+                let decoded = match bytes.split_first() {
+                    Some((&role, frame)) => role_of_wire(role)
+                        .ok_or_else(|| {
+                            Refusal::new(ErrorCode::InvalidBody, format!("unknown role {role}"))
+                        })
+                        .and_then(|role| {
+                            protocol::decode_frame(frame, limits)
+                                .map(|(_, m, _)| (role, m))
+                                .map_err(|e| Refusal::new(e.code(), e.to_string()))
+                        }),
+                    None => Err(Refusal::new(
+                        ErrorCode::MalformedFrame,
+                        "empty forwarded request",
+                    )),
+                };
+                let reply = match decoded {
+                    Ok((role, m)) if !role.allows(m.kind()) => {
+                        this.metrics.cluster.peer_refused_role.inc();
+                        if let Some(n) = this.noise[NOISE_ROLE].allow(mono_ms()) {
+                            warn!(%remote, node = peer, ?role, kind = ?m.kind(), suppressed = n,
+                                "forwarded request refused: its credential's role does not allow it");
+                        }
+                        Refusal::new(
+                            ErrorCode::Forbidden,
+                            format!(
+                                "the forwarding credential ({role:?}) may not send {:?}",
+                                m.kind()
+                            ),
+                        )
+                        .into_message()
+                    }
+                    Ok((_, m)) => {
                         let (tx, rx) = tokio::sync::oneshot::channel();
                         if forwards.try_send((m, tx)).is_err() {
                             Refusal::new(ErrorCode::Overloaded, "peer request queue full")
@@ -139,7 +226,7 @@ impl Cluster {
                             })
                         }
                     }
-                    Err(e) => Refusal::new(e.code(), e.to_string()).into_message(),
+                    Err(r) => r.into_message(),
                 };
                 let mut out = Vec::new();
                 protocol::encode(0, &reply, &mut out);
@@ -164,15 +251,31 @@ impl Cluster {
     ) -> Option<Message> {
         let addr = self.view.load().peers.iter().find(|p| p.id == owner)?.addr;
         let conn = self.peers.get(addr).await?;
+        // Client data goes only to the node the view names: the one whose certificate says so.
+        let answering = peer_node_id(&conn);
+        if answering != Some(owner) {
+            self.metrics.cluster.peer_refused_identity.inc();
+            if let Some(n) = self.noise[NOISE_IDENTITY].allow(mono_ms()) {
+                warn!(remote = %addr, expected = owner, certificate_node = ?answering, suppressed = n,
+                    "the peer at the owner's address is another node: request not forwarded");
+            }
+            return None;
+        }
+        // The role of the credential whose request this is (set by the request path); a
+        // request the node makes on its own behalf is an admin's.
+        let role = FORWARDING_ROLE
+            .try_with(|r| *r)
+            .unwrap_or(crate::config::Role::Admin);
+        let max = self.forward_len_max();
         let fut = async {
             let (mut send, mut recv) = conn.open_bi().await.ok()?;
-            let mut out = Vec::new();
+            let mut out = vec![role_wire(role)];
             protocol::encode(0, m, &mut out);
             send.write_all(&out).await.ok()?;
             send.finish().ok()?;
-            let bytes = recv.read_to_end(PEER_MESSAGE_MAX).await.ok()?;
+            let bytes = recv.read_to_end(max).await.ok()?;
             let limits = protocol::Limits {
-                frame_len_max: PEER_MESSAGE_MAX as u32,
+                frame_len_max: max as u32,
             };
             protocol::decode_frame(&bytes, limits)
                 .ok()
@@ -215,5 +318,130 @@ impl Cluster {
                 }
             }
         });
+    }
+}
+
+tokio::task_local! {
+    /// The role of the client credential whose request the current task is answering: the
+    /// request path sets it (`server::node`'s dispatch), and a request forwarded to a peer
+    /// carries it, so the owner checks the original credential's role, not the forwarder's.
+    pub static FORWARDING_ROLE: crate::config::Role;
+}
+
+/// A role as its byte in a forwarded request (PROTOCOL.md section 12).
+fn role_wire(r: crate::config::Role) -> u8 {
+    use crate::config::Role;
+    match r {
+        Role::Client => 0,
+        Role::Read => 1,
+        Role::Admin => 2,
+    }
+}
+
+fn role_of_wire(b: u8) -> Option<crate::config::Role> {
+    use crate::config::Role;
+    match b {
+        0 => Some(Role::Client),
+        1 => Some(Role::Read),
+        2 => Some(Role::Admin),
+        _ => None,
+    }
+}
+
+/// The node id in the certificate a peer presented (verified against the cluster CA by the
+/// handshake).
+fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().and_then(credentials::node_id_of)
+}
+
+/// Application close and stop codes on the peer endpoint.
+const PEER_CLOSE_IDENTITY: u32 = 1;
+const PEER_CLOSE_SIZE: u32 = 2;
+/// Pseudo kind naming forwarded requests in size refusals.
+const FORWARD_KIND: u8 = 0xf0;
+/// Kinds of refusal logged at most once per `PEER_REFUSAL_LOG_INTERVAL_MS` each.
+pub(super) const NOISE_HANDSHAKE: usize = 0;
+pub(super) const NOISE_IDENTITY: usize = 1;
+pub(super) const NOISE_SIZE: usize = 2;
+pub(super) const NOISE_ROLE: usize = 3;
+pub(super) const NOISE_KINDS: usize = 4;
+/// A refusal of one kind is logged at most this often (with the count suppressed since).
+const PEER_REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// A rate limit for one kind of log line.
+#[derive(Debug, Default)]
+pub(super) struct Noisy {
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl Noisy {
+    /// `Some(lines suppressed since the last)` when a line may be logged now.
+    pub(super) fn allow(&self, now_ms: u64) -> Option<u64> {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last != 0 && now_ms.saturating_sub(last) < PEER_REFUSAL_LOG_INTERVAL_MS {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if self
+            .last_ms
+            .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+impl Cluster {
+    /// A message whose claimed sender is not the node its certificate names: dropped,
+    /// counted, logged (rate-limited) with the remote address.
+    pub(super) fn refuse_identity(
+        &self,
+        remote: SocketAddr,
+        peer: NodeId,
+        claimed: Option<NodeId>,
+        what: &str,
+    ) {
+        self.metrics.cluster.peer_refused_identity.inc();
+        if let Some(n) = self.noise[NOISE_IDENTITY].allow(mono_ms()) {
+            warn!(%remote, certificate_node = peer, claimed = ?claimed, suppressed = n,
+                "{what} from a peer claiming another node's id: dropped");
+        }
+    }
+
+    fn refuse_size(&self, remote: SocketAddr, peer: NodeId, kind: u8, max: usize) {
+        self.metrics.cluster.peer_refused_size.inc();
+        if let Some(n) = self.noise[NOISE_SIZE].allow(mono_ms()) {
+            warn!(%remote, node = peer, kind, len_max = max, suppressed = n,
+                "peer message longer than its kind's bound: dropped");
+        }
+    }
+
+    /// The longest peer message of `kind` accepted (PROTOCOL.md section 12): a replication
+    /// batch holds at most every zone this node could know, a quote-count report one entry
+    /// per zone; anything else is an unknown kind, read no further than its kind byte.
+    pub(super) fn peer_message_max(&self, kind: u8) -> usize {
+        let a = &self.engine.config().actors;
+        let zones = a
+            .zones_max
+            .saturating_add(a.zones_max / 4)
+            .saturating_add(self.cfg.replica_zones_max);
+        match kind {
+            cluster::wire::KIND_REPLICATION_V1 => 19usize.saturating_add(zones.saturating_mul(99)),
+            cluster::wire::KIND_QUOTE_COUNTS_V1 => 7usize.saturating_add(zones.saturating_mul(12)),
+            _ => 1,
+        }
+    }
+
+    /// The longest forwarded request or reply read (role byte, frame header, the largest
+    /// batch of events the engine takes, 40 bytes each).
+    pub(super) fn forward_len_max(&self) -> usize {
+        let events = self.engine.config().actors.batch_events_max;
+        1 + 64 + 40 * events.max(1_024)
     }
 }

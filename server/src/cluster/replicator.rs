@@ -97,14 +97,64 @@ impl Cluster {
         }
     }
 
-    /// A message a peer sent on a unidirectional stream (untrusted bytes: decoded by
-    /// `cluster::wire`, dropped whole when invalid).
-    pub(super) fn on_peer_message(&self, bytes: &[u8]) {
+    /// A message a peer (node `peer`, by its certificate) sent on a unidirectional stream
+    /// (untrusted bytes: decoded by `cluster::wire`, dropped whole when invalid or when its
+    /// claimed sender is not `peer`).
+    pub(super) fn on_peer_message(&self, bytes: &[u8], peer: NodeId, remote: SocketAddr) {
         match wire::decode(bytes) {
+            Ok(PeerMessage::Replication(r)) if r.from != peer => {
+                self.refuse_identity(remote, peer, Some(r.from), "replication");
+            }
+            Ok(PeerMessage::QuoteCounts(q)) if q.from != peer => {
+                self.refuse_identity(remote, peer, Some(q.from), "quote counts");
+            }
             Ok(PeerMessage::Replication(r)) => self.on_replication(r),
-            Ok(PeerMessage::QuoteCounts(q)) => self.on_quote_counts(q.counts),
+            Ok(PeerMessage::QuoteCounts(q)) => {
+                let counts = self.within_quote_budget(peer, q.counts, mono_ms());
+                self.on_quote_counts(counts);
+            }
             Err(e) => debug!("peer message dropped: {e}"),
         }
+    }
+
+    /// Cuts `counts` down to what `peer` could have answered: at most
+    /// `peer_quotes_per_s_max` per second, with a burst of two report intervals. What is
+    /// over is dropped (zone by zone, in order) and counted.
+    fn within_quote_budget(
+        &self,
+        peer: NodeId,
+        mut counts: Vec<(ZoneId, u32)>,
+        now: u64,
+    ) -> Vec<(ZoneId, u32)> {
+        let rate = self.cfg.peer_quotes_per_s_max;
+        let cap = rate.saturating_mul(2 * QUOTE_REPORT_INTERVAL_MS) / 1_000;
+        let mut budgets = self.quote_budget.lock().expect("quote budget lock");
+        if budgets.len() > self.cfg.peer_connections_max as usize && !budgets.contains_key(&peer) {
+            budgets.clear();
+        }
+        let (left, at) = budgets.entry(peer).or_insert((cap, now));
+        let refill = now.saturating_sub(*at).saturating_mul(rate) / 1_000;
+        *left = left.saturating_add(refill).min(cap);
+        *at = now;
+        let mut clamped = false;
+        for (_, n) in &mut counts {
+            let take = u64::from(*n).min(*left);
+            if take < u64::from(*n) {
+                clamped = true;
+                *n = take as u32;
+            }
+            *left -= take;
+        }
+        drop(budgets);
+        if clamped {
+            self.metrics.cluster.peer_quote_counts_clamped.inc();
+            debug!(
+                peer,
+                "quote counts beyond what the peer could have answered: cut down"
+            );
+            counts.retain(|c| c.1 > 0);
+        }
+        counts
     }
 
     fn on_quote_counts(&self, counts: Vec<(ZoneId, u32)>) {

@@ -41,31 +41,39 @@ pub(super) async fn answer(
         error_frame(&shared.metrics, id, ErrorCode::Forbidden, text, out);
         return After::Continue;
     }
-    let reply = match message {
-        Message::Quote(q) => quote(shared, &q, now).map(Message::QuoteOk),
-        Message::ZoneState(z) => zone_state(shared, z.zone).await.map(Message::ZoneStateOk),
-        Message::FareGet(z) => fare_get(shared, z.zone).await.map(Message::FareGetOk),
-        Message::FareSet(f) => fare_set(shared, &f, false).await.map(Message::FareSetOk),
-        Message::PolicyGet(_) => Ok(Message::PolicyGetOk(wire_policy(&shared.engine.policy()))),
-        Message::PolicySet(p) => policy_set(shared, &p).await.map(Message::PolicySetOk),
-        Message::Status(_) => status(shared).await.map(Message::StatusOk),
-        Message::Cluster(_) => cluster_status(shared).await.map(Message::ClusterOk),
-        Message::ZoneHistory(z) => zone_history(shared, z.zone).map(Message::ZoneHistoryOk),
-        Message::Drain(d) => drain(shared, d.node_id, false).await.map(Message::DrainOk),
-        Message::QuoteBatch(b) => quote_batch(shared, &b, now).map(Message::QuoteBatchOk),
-        Message::EventBatch(b) => events(shared, None, b.events, Some(session.credential))
-            .await
-            .map(Message::EventBatchOk),
-        Message::ProducerBatch(b) => produced(shared, b, Some(session.credential))
-            .await
-            .map(Message::ProducerBatchOk),
-        Message::Verify(t) => verify(shared, &t, now).map(Message::VerifyOk),
-        Message::Explain(t) => explain(shared, &t).await.map(Message::ExplainOk),
-        other => Err(Refusal::new(
-            ErrorCode::UnknownKind,
-            format!("{:?} is not a request", other.kind()),
-        )),
-    };
+    // What this request forwards to a peer carries its credential's role (the owner checks it).
+    let role = session.role;
+    let reply = crate::cluster::FORWARDING_ROLE
+        .scope(role, async move {
+            match message {
+                Message::Quote(q) => quote(shared, &q, now).map(Message::QuoteOk),
+                Message::ZoneState(z) => zone_state(shared, z.zone).await.map(Message::ZoneStateOk),
+                Message::FareGet(z) => fare_get(shared, z.zone).await.map(Message::FareGetOk),
+                Message::FareSet(f) => fare_set(shared, &f, false).await.map(Message::FareSetOk),
+                Message::PolicyGet(_) => {
+                    Ok(Message::PolicyGetOk(wire_policy(&shared.engine.policy())))
+                }
+                Message::PolicySet(p) => policy_set(shared, &p).await.map(Message::PolicySetOk),
+                Message::Status(_) => status(shared).await.map(Message::StatusOk),
+                Message::Cluster(_) => cluster_status(shared).await.map(Message::ClusterOk),
+                Message::ZoneHistory(z) => zone_history(shared, z.zone).map(Message::ZoneHistoryOk),
+                Message::Drain(d) => drain(shared, d.node_id, false).await.map(Message::DrainOk),
+                Message::QuoteBatch(b) => quote_batch(shared, &b, now).map(Message::QuoteBatchOk),
+                Message::EventBatch(b) => events(shared, None, b.events, Some(session.credential))
+                    .await
+                    .map(Message::EventBatchOk),
+                Message::ProducerBatch(b) => produced(shared, b, Some(session.credential))
+                    .await
+                    .map(Message::ProducerBatchOk),
+                Message::Verify(t) => verify(shared, &t, now).map(Message::VerifyOk),
+                Message::Explain(t) => explain(shared, &t).await.map(Message::ExplainOk),
+                other => Err(Refusal::new(
+                    ErrorCode::UnknownKind,
+                    format!("{:?} is not a request", other.kind()),
+                )),
+            }
+        })
+        .await;
     match reply {
         Ok(m) => protocol::encode(id, &m, out),
         Err(r) => error_frame(&shared.metrics, id, r.code, r.message, out),
