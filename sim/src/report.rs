@@ -837,7 +837,11 @@ mod tests {
             "unknown_kind"
         );
         assert_eq!(OUTCOMES[outcome_slot(outcome::NOT_SERVING)], "not_serving");
-        assert_eq!(OUTCOMES[outcome_slot(outcome::NOT_SERVING + 1)], "other");
+        assert_eq!(
+            OUTCOMES[outcome_slot(outcome::SEQUENCE_TOO_OLD)],
+            "sequence_too_old"
+        );
+        assert_eq!(OUTCOMES[outcome_slot(outcome::PRODUCERS_FULL + 1)], "other");
         assert_eq!(OUTCOMES[outcome_slot(u8::MAX)], "other");
     }
 }
