@@ -257,70 +257,15 @@ async fn cluster_demo(
     let logs = args.out.join("logs");
 
     // 1. The store.
-    let redis_url = if redis {
-        let (port, pid) = procs::start_redis(procs, &args.redis_server, dir)?;
-        steps.next(&format!(
-            "redis-server on 127.0.0.1:{port} (pid {pid}, nothing persisted)"
-        ));
-        Some(format!("redis://127.0.0.1:{port}"))
-    } else {
-        let warning = format!(
-            "\n!!! WARNING: `{}` was not found or does not run. !!!\n\
-             !!! THIS IS NOT THE CLUSTER DEMO: the nodes keep their leases and snapshots in   !!!\n\
-             !!! Redis, so without it the demo runs ONE standalone node (no [cluster], no      !!!\n\
-             !!! peers, no persistence). Install redis-server (./scripts/demo.sh does it with !!!\n\
-             !!! apt-get) or pass --redis-server PATH to see three nodes share the city.      !!!\n",
-            args.redis_server
-        );
-        eprintln!("{warning}");
-        steps.next("no Redis: ONE standalone node (embedded fallback, not a cluster)");
-        None
-    };
+    let redis_url = start_store(args, procs, dir, redis, &mut steps)?;
 
     // 2. Credentials: the cluster's (mutual TLS between peers) and the client-facing
     // certificate (clients verify it; nothing here runs with --insecure).
-    let creds = dir.join("cluster-credentials");
-    let ids: Vec<u16> = (1..=NODES).collect();
-    server::cluster::write_credentials(&creds, &ids).context("cluster credentials")?;
-    let tls = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-        .context("client-facing certificate")?;
-    std::fs::write(dir.join("tls-cert.pem"), tls.cert.pem())?;
-    server::secrets::write_private(
-        &dir.join("tls-key.pem"),
-        tls.signing_key.serialize_pem().as_bytes(),
-    )?;
-    std::fs::write(dir.join("engine.toml"), ENGINE_TOML)?;
-    let trust = Trust::Roots(vec![tls.cert.der().to_vec()]);
+    let (creds, trust) = write_credentials(dir)?;
 
     // 3. The nodes.
-    let n_nodes = if redis_url.is_some() { NODES } else { 1 };
-    let peers: Vec<SocketAddr> = (0..n_nodes)
-        .map(|_| procs::free_udp_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p))))
-        .collect::<anyhow::Result<_>>()?;
-    let mut nodes = Vec::new();
-    for id in 1..=n_nodes {
-        let config = dir.join(format!("node{id}.toml"));
-        let cluster = redis_url
-            .as_deref()
-            .map(|url| cluster_section(&peers, usize::from(id - 1), &creds, url));
-        // The config holds the cluster key and the tokens: owner only.
-        server::secrets::write_private(&config, node_config(cluster.as_deref()).as_bytes())?;
-        let n = procs::start_node(procs, &config, id, &logs.join(format!("node{id}.log")))?;
-        nodes.push(n);
-    }
-    steps.next(&format!(
-        "started {}: {}",
-        if n_nodes == 1 { "one node" } else { "3 nodes" },
-        nodes
-            .iter()
-            .map(|n| format!("node {} on {} (pid {})", n.id, n.addr, n.pid))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-    println!(
-        "  secrets: fresh for this run (cluster key, client tokens); admin token {}",
-        secrets().admin_token
-    );
+    let nodes = start_nodes(procs, dir, &logs, redis_url.as_deref(), &creds, &mut steps)?;
+    let n_nodes = nodes.len() as u16;
     let admin = admin_clients(&nodes, &trust).await?;
 
     // 4. The cluster forms: every node sees every member; the city's zones spread.
@@ -372,16 +317,7 @@ async fn cluster_demo(
 
     // 6. The report.
     steps.next("the SLA report");
-    report.print_table();
-    let json = args.out.join("report.json");
-    let svg = args.out.join("report.svg");
-    std::fs::write(&json, report.to_json()).with_context(|| format!("{}", json.display()))?;
-    std::fs::write(&svg, report.to_svg()).with_context(|| format!("{}", svg.display()))?;
-    println!(
-        "wrote {} (schema: sim/REPORT.md) and {} (latency and throughput per second)",
-        json.display(),
-        svg.display()
-    );
+    write_report(args, &report)?;
 
     // 7. A look inside.
     steps.next("a look inside the cluster");
@@ -398,6 +334,109 @@ async fn cluster_demo(
     } else {
         "shutting down: SIGTERM to the node"
     });
+    Ok(())
+}
+
+/// Writes each node's configuration (owner-only: it holds the cluster key and the tokens)
+/// and starts the nodes: three with a Redis URL, else one standalone node.
+fn start_nodes(
+    procs: &mut Procs,
+    dir: &Path,
+    logs: &Path,
+    redis_url: Option<&str>,
+    creds: &Path,
+    steps: &mut Steps,
+) -> anyhow::Result<Vec<procs::NodeProc>> {
+    let n_nodes = if redis_url.is_some() { NODES } else { 1 };
+    let peers: Vec<SocketAddr> = (0..n_nodes)
+        .map(|_| procs::free_udp_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p))))
+        .collect::<anyhow::Result<_>>()?;
+    let mut nodes = Vec::new();
+    for id in 1..=n_nodes {
+        let config = dir.join(format!("node{id}.toml"));
+        let cluster = redis_url.map(|url| cluster_section(&peers, usize::from(id - 1), creds, url));
+        // The config holds the cluster key and the tokens: owner only.
+        server::secrets::write_private(&config, node_config(cluster.as_deref()).as_bytes())?;
+        let n = procs::start_node(procs, &config, id, &logs.join(format!("node{id}.log")))?;
+        nodes.push(n);
+    }
+    steps.next(&format!(
+        "started {}: {}",
+        if n_nodes == 1 { "one node" } else { "3 nodes" },
+        nodes
+            .iter()
+            .map(|n| format!("node {} on {} (pid {})", n.id, n.addr, n.pid))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    println!(
+        "  secrets: fresh for this run (cluster key, client tokens); admin token {}",
+        secrets().admin_token
+    );
+    Ok(nodes)
+}
+
+/// Starts `redis-server` when there is one (the cluster demo), or warns loudly that the
+/// demo falls back to one standalone node. The Redis URL, if any.
+fn start_store(
+    args: &DemoArgs,
+    procs: &mut Procs,
+    dir: &Path,
+    redis: bool,
+    steps: &mut Steps,
+) -> anyhow::Result<Option<String>> {
+    Ok(if redis {
+        let (port, pid) = procs::start_redis(procs, &args.redis_server, dir)?;
+        steps.next(&format!(
+            "redis-server on 127.0.0.1:{port} (pid {pid}, nothing persisted)"
+        ));
+        Some(format!("redis://127.0.0.1:{port}"))
+    } else {
+        let warning = format!(
+            "\n!!! WARNING: `{}` was not found or does not run. !!!\n\
+             !!! THIS IS NOT THE CLUSTER DEMO: the nodes keep their leases and snapshots in   !!!\n\
+             !!! Redis, so without it the demo runs ONE standalone node (no [cluster], no      !!!\n\
+             !!! peers, no persistence). Install redis-server (./scripts/demo.sh does it with !!!\n\
+             !!! apt-get) or pass --redis-server PATH to see three nodes share the city.      !!!\n",
+            args.redis_server
+        );
+        eprintln!("{warning}");
+        steps.next("no Redis: ONE standalone node (embedded fallback, not a cluster)");
+        None
+    })
+}
+
+/// The cluster's credentials (mutual TLS between peers, one certificate per node) and the
+/// client-facing certificate (clients verify it; nothing here runs with --insecure), and the
+/// engine configuration; the trust the demo's clients use.
+fn write_credentials(dir: &Path) -> anyhow::Result<(PathBuf, Trust)> {
+    let creds = dir.join("cluster-credentials");
+    let ids: Vec<u16> = (1..=NODES).collect();
+    server::cluster::write_credentials(&creds, &ids).context("cluster credentials")?;
+    let tls = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .context("client-facing certificate")?;
+    std::fs::write(dir.join("tls-cert.pem"), tls.cert.pem())?;
+    server::secrets::write_private(
+        &dir.join("tls-key.pem"),
+        tls.signing_key.serialize_pem().as_bytes(),
+    )?;
+    std::fs::write(dir.join("engine.toml"), ENGINE_TOML)?;
+    Ok((creds, Trust::Roots(vec![tls.cert.der().to_vec()])))
+}
+
+/// Prints the SLA report and writes it as JSON and SVG into the output directory.
+fn write_report(args: &DemoArgs, report: &sim::Report) -> anyhow::Result<()> {
+    report.print_table();
+    let json = args.out.join("report.json");
+    let svg = args.out.join("report.svg");
+    std::fs::write(&json, report.to_json()).with_context(|| format!("{}", json.display()))?;
+    std::fs::write(&svg, report.to_svg()).with_context(|| format!("{}", svg.display()))?;
+    println!(
+        "wrote {} (schema: sim/REPORT.md) and {} (latency and throughput per second)",
+        json.display(),
+        svg.display()
+    );
+
     Ok(())
 }
 
@@ -651,48 +690,7 @@ async fn tour(
         duration_s: 900,
         origin: msg::ORIGIN_ZONE,
     };
-    // The most and the least surging zones, as node 1 prices them.
-    let mut priced: Vec<(u32, u64)> = Vec::new();
-    for &z in scenario.city.zones() {
-        if let Ok(q) = clients[0].quote(trip(z)).await {
-            priced.push((q.multiplier_milli, z));
-        }
-    }
-    priced.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let (Some(&(_, zone)), Some(&(calm_m, calm))) = (priced.first(), priced.last()) else {
-        bail!("no zone could be quoted after the run");
-    };
-    let at_one = priced.iter().filter(|(m, _)| *m == 1000).count();
-    let mild = priced
-        .iter()
-        .filter(|(m, _)| (1001..=1500).contains(m))
-        .count();
-    let high = priced.len() - at_one - mild;
-    let zone_hex = format!("{zone:x}");
-    // Where the highest is: the nearest hotspot of the city, and how far.
-    let near = engine::ZoneId::new(zone).ok().and_then(|z| {
-        let c = z.center();
-        scenario
-            .city
-            .config()
-            .hotspots
-            .iter()
-            .map(|h| (sim::city::distance_km(c, (h.lat, h.lng)), h.name.as_str()))
-            .min_by(|a, b| a.0.total_cmp(&b.0))
-    });
-    let near = near.map_or_else(String::new, |(km, name)| {
-        format!(" ({km:.1} km from {name})")
-    });
-    println!(
-        "multipliers of the {} city zones: {at_one} at 1.0x, {mild} above 1.0x up to 1.5x, {high} \
-         above 1.5x; the highest is zone {zone_hex}{near} at {}, the calmest {calm:x} at {} \
-         (a zone holds 1.0x for the policy's hold_s after it is first seen: see \
-         configs/engine-demo.toml; `equilibrium demo --engine-only` and `equilibrium backtest` \
-         show surges recovering)",
-        scenario.city.zones().len(),
-        milli(priced[0].0),
-        milli(calm_m)
-    );
+    let zone = print_multipliers(&clients[0], scenario).await?;
     let mut owner = 0;
     for (i, a) in admin.iter().enumerate() {
         if let Ok(s) = a.zone_state(zone).await {
@@ -756,6 +754,62 @@ async fn tour(
         c.close().await;
     }
     Ok(())
+}
+
+/// The city's multipliers as `client`'s node prices them: how many at 1.0x, mildly and
+/// highly surging, the highest (and the nearest hotspot) and the calmest. The highest zone.
+async fn print_multipliers(client: &Client, scenario: &sim::Scenario) -> anyhow::Result<u64> {
+    let trip = |zone| msg::QuoteRequest {
+        zone,
+        lat: 0.0,
+        lng: 0.0,
+        distance_m: 5_000,
+        duration_s: 900,
+        origin: msg::ORIGIN_ZONE,
+    };
+    // The most and the least surging zones, as node 1 prices them.
+    let mut priced: Vec<(u32, u64)> = Vec::new();
+    for &z in scenario.city.zones() {
+        if let Ok(q) = client.quote(trip(z)).await {
+            priced.push((q.multiplier_milli, z));
+        }
+    }
+    priced.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let (Some(&(_, zone)), Some(&(calm_m, calm))) = (priced.first(), priced.last()) else {
+        bail!("no zone could be quoted after the run");
+    };
+    let at_one = priced.iter().filter(|(m, _)| *m == 1000).count();
+    let mild = priced
+        .iter()
+        .filter(|(m, _)| (1001..=1500).contains(m))
+        .count();
+    let high = priced.len() - at_one - mild;
+    let zone_hex = format!("{zone:x}");
+    // Where the highest is: the nearest hotspot of the city, and how far.
+    let near = engine::ZoneId::new(zone).ok().and_then(|z| {
+        let c = z.center();
+        scenario
+            .city
+            .config()
+            .hotspots
+            .iter()
+            .map(|h| (sim::city::distance_km(c, (h.lat, h.lng)), h.name.as_str()))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+    });
+    let near = near.map_or_else(String::new, |(km, name)| {
+        format!(" ({km:.1} km from {name})")
+    });
+    println!(
+        "multipliers of the {} city zones: {at_one} at 1.0x, {mild} above 1.0x up to 1.5x, {high} \
+         above 1.5x; the highest is zone {zone_hex}{near} at {}, the calmest {calm:x} at {} \
+         (a zone holds 1.0x for the policy's hold_s after it is first seen: see \
+         configs/engine-demo.toml; `equilibrium demo --engine-only` and `equilibrium backtest` \
+         show surges recovering)",
+        scenario.city.zones().len(),
+        milli(priced[0].0),
+        milli(calm_m)
+    );
+    Ok(zone)
 }
 
 /// `--keep`: the cluster stays up until Ctrl-C; shows how to reach it.

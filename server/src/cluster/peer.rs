@@ -135,107 +135,126 @@ impl Cluster {
         let c3 = conn.clone();
         let this = Arc::clone(&self);
         let u = tokio::spawn(async move {
-            while let Ok(mut recv) = c3.accept_uni().await {
+            while let Ok(recv) = c3.accept_uni().await {
                 let this = Arc::clone(&this);
-                tokio::spawn(async move {
-                    let mut kind = [0u8; 1];
-                    if recv.read_exact(&mut kind).await.is_err() {
-                        return;
-                    }
-                    let max = this.peer_message_max(kind[0]);
-                    if max <= 1 {
-                        // An unknown kind is dropped whole, unread.
-                        let _ = recv.stop(VarInt::from_u32(PEER_CLOSE_SIZE));
-                        debug!(%remote, kind = kind[0], "peer message of an unknown kind dropped");
-                        return;
-                    }
-                    match recv.read_to_end(max.saturating_sub(1)).await {
-                        Ok(rest) => {
-                            let mut bytes = Vec::with_capacity(rest.len() + 1);
-                            bytes.push(kind[0]);
-                            bytes.extend_from_slice(&rest);
-                            this.on_peer_message(&bytes, peer, remote);
-                        }
-                        Err(quinn::ReadToEndError::TooLong) => {
-                            let _ = recv.stop(VarInt::from_u32(PEER_CLOSE_SIZE));
-                            this.refuse_size(remote, peer, kind[0], max);
-                        }
-                        Err(_) => {}
-                    }
-                });
+                tokio::spawn(this.serve_peer_message(recv, peer, remote));
             }
         });
-        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        while let Ok((send, recv)) = conn.accept_bi().await {
             let forwards = forwards.clone();
             let this = Arc::clone(&self);
-            tokio::spawn(async move {
-                let max = this.forward_len_max();
-                let bytes = match recv.read_to_end(max).await {
-                    Ok(b) => b,
-                    Err(quinn::ReadToEndError::TooLong) => {
-                        let _ = recv.stop(VarInt::from_u32(PEER_CLOSE_SIZE));
-                        this.refuse_size(remote, peer, FORWARD_KIND, max);
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let limits = protocol::Limits {
-                    frame_len_max: max as u32,
-                };
-                // A forwarded request: the original credential's role, then the frame.
-                let decoded = match bytes.split_first() {
-                    Some((&role, frame)) => role_of_wire(role)
-                        .ok_or_else(|| {
-                            Refusal::new(ErrorCode::InvalidBody, format!("unknown role {role}"))
-                        })
-                        .and_then(|role| {
-                            protocol::decode_frame(frame, limits)
-                                .map(|(_, m, _)| (role, m))
-                                .map_err(|e| Refusal::new(e.code(), e.to_string()))
-                        }),
-                    None => Err(Refusal::new(
-                        ErrorCode::MalformedFrame,
-                        "empty forwarded request",
-                    )),
-                };
-                let reply = match decoded {
-                    Ok((role, m)) if !role.allows(m.kind()) => {
-                        this.metrics.cluster.peer_refused_role.inc();
-                        if let Some(n) = this.noise[NOISE_ROLE].allow(mono_ms()) {
-                            warn!(%remote, node = peer, ?role, kind = ?m.kind(), suppressed = n,
-                                "forwarded request refused: its credential's role does not allow it");
-                        }
-                        Refusal::new(
-                            ErrorCode::Forbidden,
-                            format!(
-                                "the forwarding credential ({role:?}) may not send {:?}",
-                                m.kind()
-                            ),
-                        )
-                        .into_message()
-                    }
-                    Ok((_, m)) => {
-                        let (tx, rx) = tokio::sync::oneshot::channel();
-                        if forwards.try_send((m, tx)).is_err() {
-                            Refusal::new(ErrorCode::Overloaded, "peer request queue full")
-                                .into_message()
-                        } else {
-                            rx.await.unwrap_or_else(|_| {
-                                Refusal::new(ErrorCode::ShuttingDown, "node stopping")
-                                    .into_message()
-                            })
-                        }
-                    }
-                    Err(r) => r.into_message(),
-                };
-                let mut out = Vec::new();
-                protocol::encode(0, &reply, &mut out);
-                let _ = send.write_all(&out).await;
-                let _ = send.finish();
-            });
+            tokio::spawn(this.serve_forward(send, recv, peer, remote, forwards));
         }
         d.abort();
         u.abort();
+    }
+
+    /// One peer message on a unidirectional stream: its kind byte, then at most that kind's
+    /// bound; an unknown kind or an oversized message is dropped unread.
+    async fn serve_peer_message(
+        self: Arc<Self>,
+        mut recv: quinn::RecvStream,
+        peer: NodeId,
+        remote: SocketAddr,
+    ) {
+        let this = self;
+        let mut kind = [0u8; 1];
+        if recv.read_exact(&mut kind).await.is_err() {
+            return;
+        }
+        let max = this.peer_message_max(kind[0]);
+        if max <= 1 {
+            // An unknown kind is dropped whole, unread.
+            let _ = recv.stop(VarInt::from_u32(PEER_CLOSE_SIZE));
+            debug!(%remote, kind = kind[0], "peer message of an unknown kind dropped");
+            return;
+        }
+        match recv.read_to_end(max.saturating_sub(1)).await {
+            Ok(rest) => {
+                let mut bytes = Vec::with_capacity(rest.len() + 1);
+                bytes.push(kind[0]);
+                bytes.extend_from_slice(&rest);
+                this.on_peer_message(&bytes, peer, remote);
+            }
+            Err(quinn::ReadToEndError::TooLong) => {
+                let _ = recv.stop(VarInt::from_u32(PEER_CLOSE_SIZE));
+                this.refuse_size(remote, peer, kind[0], max);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// One request a peer forwarded on a bidirectional stream: the original credential's
+    /// role byte, then the frame; refused when the role does not allow it; answered by the
+    /// node's own dispatch through `forwards`.
+    async fn serve_forward(
+        self: Arc<Self>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        peer: NodeId,
+        remote: SocketAddr,
+        forwards: mpsc::Sender<Forwarded>,
+    ) {
+        let this = self;
+        let max = this.forward_len_max();
+        let bytes = match recv.read_to_end(max).await {
+            Ok(b) => b,
+            Err(quinn::ReadToEndError::TooLong) => {
+                let _ = recv.stop(VarInt::from_u32(PEER_CLOSE_SIZE));
+                this.refuse_size(remote, peer, FORWARD_KIND, max);
+                return;
+            }
+            Err(_) => return,
+        };
+        let limits = protocol::Limits {
+            frame_len_max: max as u32,
+        };
+        // A forwarded request: the original credential's role, then the frame.
+        let decoded = match bytes.split_first() {
+            Some((&role, frame)) => role_of_wire(role)
+                .ok_or_else(|| Refusal::new(ErrorCode::InvalidBody, format!("unknown role {role}")))
+                .and_then(|role| {
+                    protocol::decode_frame(frame, limits)
+                        .map(|(_, m, _)| (role, m))
+                        .map_err(|e| Refusal::new(e.code(), e.to_string()))
+                }),
+            None => Err(Refusal::new(
+                ErrorCode::MalformedFrame,
+                "empty forwarded request",
+            )),
+        };
+        let reply = match decoded {
+            Ok((role, m)) if !role.allows(m.kind()) => {
+                this.metrics.cluster.peer_refused_role.inc();
+                if let Some(n) = this.noise[NOISE_ROLE].allow(mono_ms()) {
+                    warn!(%remote, node = peer, ?role, kind = ?m.kind(), suppressed = n,
+                        "forwarded request refused: its credential's role does not allow it");
+                }
+                Refusal::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "the forwarding credential ({role:?}) may not send {:?}",
+                        m.kind()
+                    ),
+                )
+                .into_message()
+            }
+            Ok((_, m)) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if forwards.try_send((m, tx)).is_err() {
+                    Refusal::new(ErrorCode::Overloaded, "peer request queue full").into_message()
+                } else {
+                    rx.await.unwrap_or_else(|_| {
+                        Refusal::new(ErrorCode::ShuttingDown, "node stopping").into_message()
+                    })
+                }
+            }
+            Err(r) => r.into_message(),
+        };
+        let mut out = Vec::new();
+        protocol::encode(0, &reply, &mut out);
+        let _ = send.write_all(&out).await;
+        let _ = send.finish();
     }
 
     pub(super) async fn request_peer(&self, owner: NodeId, m: &Message) -> Option<Message> {

@@ -24,12 +24,24 @@ pub(super) enum After {
 
 /// Requests of one stream admitted and not yet written back, and the credential they were
 /// admitted for.
+#[derive(Default)]
 struct Held {
     credential: usize,
     n: u32,
 }
 
 impl Held {
+    /// One more admitted request of `credential`.
+    fn hold(&mut self, shared: &Shared, state: &Connection, credential: usize) {
+        if self.n > 0 && self.credential != credential {
+            // Re-authenticated as another credential mid-chunk: what was admitted for the
+            // old one is answered already.
+            self.release(shared, state);
+        }
+        self.credential = credential;
+        self.n += 1;
+    }
+
     fn release(&mut self, shared: &Shared, state: &Connection) {
         shared
             .admission
@@ -45,33 +57,11 @@ pub(super) async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let limits = Limits {
-        frame_len_max: shared.limits.frame_len_max,
-    };
-    let before_hello = Limits {
-        frame_len_max: shared
-            .limits
-            .hello_frame_len_max
-            .min(shared.limits.frame_len_max),
-    };
+    let (limits, before_hello) = frame_limits(&shared);
     let write_timeout = Duration::from_millis(shared.limits.write_timeout_ms);
     let mut authenticated = state.session().is_some();
-    // Until the connection is authenticated its buffers stay small; they grow once.
-    let (capacity, read_len) = if authenticated {
-        (STREAM_BUFFER_BYTES, STREAM_READ_BYTES)
-    } else {
-        (
-            STREAM_BUFFER_BYTES_BEFORE_HELLO,
-            STREAM_BUFFER_BYTES_BEFORE_HELLO,
-        )
-    };
-    let mut inbuf: Vec<u8> = Vec::with_capacity(capacity);
-    let mut out: Vec<u8> = Vec::with_capacity(capacity);
-    let mut chunk = vec![0u8; read_len];
-    let mut held = Held {
-        credential: 0,
-        n: 0,
-    };
+    let (mut inbuf, mut out, mut chunk) = stream_buffers(authenticated);
+    let mut held = Held::default();
     loop {
         // A HELLO on another stream of the connection counts here too.
         authenticated = authenticated || state.session().is_some();
@@ -103,17 +93,16 @@ pub(super) async fn serve_stream(
                 match Header::parse(head, if authenticated { limits } else { before_hello }) {
                     Ok(h) => h,
                     Err(e) => {
-                        let id = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-                        error_frame(&shared.metrics, id, e.code(), e.to_string(), &mut out);
-                        if tokio::time::timeout(
-                            write_timeout,
-                            end_stream(e.code(), &out, &mut send, &mut recv),
+                        refuse_frame(
+                            &shared,
+                            &state,
+                            &conn,
+                            head,
+                            &e,
+                            &mut out,
+                            (&mut send, &mut recv),
                         )
-                        .await
-                        .is_err()
-                        {
-                            write_timed_out(&shared, &state, &conn);
-                        }
+                        .await;
                         held.release(&shared, &state);
                         return;
                     }
@@ -136,13 +125,7 @@ pub(super) async fn serve_stream(
                 continue;
             }
             if let Some(s) = admitted_for {
-                if held.n > 0 && held.credential != s.credential {
-                    // Re-authenticated as another credential mid-chunk: what was admitted
-                    // for the old one is answered already.
-                    held.release(&shared, &state);
-                }
-                held.credential = s.credential;
-                held.n += 1;
+                held.hold(&shared, &state, s.credential);
             }
             after = answer(&shared, &state, &header, body, now, &mut out).await;
             if let Some(op) = op_of(header.kind) {
@@ -160,30 +143,15 @@ pub(super) async fn serve_stream(
             }
         }
         inbuf.drain(..pos);
-        let written = if out.is_empty() {
-            Ok(Ok(()))
-        } else {
-            tokio::time::timeout(write_timeout, send.write_all(&out)).await
-        };
-        out.clear();
+        let written =
+            write_replies(&shared, &state, &conn, &mut send, &mut out, write_timeout).await;
         held.release(&shared, &state);
         record_latencies(&shared.metrics, &tally, read_at);
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
-                write_timed_out(&shared, &state, &conn);
-                return;
-            }
+        if !written {
+            return;
         }
         if let After::CloseConnection(code) = after {
-            let _ = send.finish();
-            // Give the reply a moment to leave before the connection closes.
-            tokio::time::sleep(Duration::from_millis(CLOSE_LINGER_MS)).await;
-            conn.close(
-                VarInt::from_u32(u32::from(code.code())),
-                code.name().as_bytes(),
-            );
+            close_after_reply(&conn, &mut send, code).await;
             return;
         }
     }
@@ -192,6 +160,101 @@ pub(super) async fn serve_stream(
 
 /// A reply write did not complete within `write_timeout_ms`: the client does not read. The
 /// connection is closed (application code 30, `overloaded`), which frees its slots.
+/// A stream's input, output and read buffers. Until the connection is authenticated they
+/// stay small (pre-auth memory is a few KiB); the read buffer grows once after `HELLO`.
+fn stream_buffers(authenticated: bool) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let (capacity, read_len) = if authenticated {
+        (STREAM_BUFFER_BYTES, STREAM_READ_BYTES)
+    } else {
+        (
+            STREAM_BUFFER_BYTES_BEFORE_HELLO,
+            STREAM_BUFFER_BYTES_BEFORE_HELLO,
+        )
+    };
+    (
+        Vec::with_capacity(capacity),
+        Vec::with_capacity(capacity),
+        vec![0u8; read_len],
+    )
+}
+
+/// The frame limits of a stream: once authenticated, and before `HELLO` (a small frame: a
+/// `HELLO` fits).
+fn frame_limits(shared: &Shared) -> (Limits, Limits) {
+    let limits = Limits {
+        frame_len_max: shared.limits.frame_len_max,
+    };
+    let before_hello = Limits {
+        frame_len_max: shared
+            .limits
+            .hello_frame_len_max
+            .min(shared.limits.frame_len_max),
+    };
+    (limits, before_hello)
+}
+
+/// Writes a chunk's replies in one write, within `write_timeout` (a client that does not
+/// read has its connection closed, freeing its slots). False when the stream is done for.
+async fn write_replies(
+    shared: &Shared,
+    state: &Connection,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    out: &mut Vec<u8>,
+    write_timeout: Duration,
+) -> bool {
+    let written = if out.is_empty() {
+        Ok(Ok(()))
+    } else {
+        tokio::time::timeout(write_timeout, send.write_all(out)).await
+    };
+    out.clear();
+    match written {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            write_timed_out(shared, state, conn);
+            false
+        }
+    }
+}
+
+/// A frame whose header is refused: the replies so far and its `ERROR` frame, then the
+/// stream ends (`STOP_SENDING` with the code), within `write_timeout_ms`.
+async fn refuse_frame(
+    shared: &Shared,
+    state: &Connection,
+    conn: &quinn::Connection,
+    head: &[u8; HEADER_LEN],
+    e: &protocol::FrameError,
+    out: &mut Vec<u8>,
+    (send, recv): (&mut quinn::SendStream, &mut quinn::RecvStream),
+) {
+    let id = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+    error_frame(&shared.metrics, id, e.code(), e.to_string(), out);
+    let write_timeout = Duration::from_millis(shared.limits.write_timeout_ms);
+    if tokio::time::timeout(write_timeout, end_stream(e.code(), out, send, recv))
+        .await
+        .is_err()
+    {
+        write_timed_out(shared, state, conn);
+    }
+}
+
+/// Closes the connection with `code` once the reply had a moment to leave.
+async fn close_after_reply(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    code: ErrorCode,
+) {
+    let _ = send.finish();
+    tokio::time::sleep(Duration::from_millis(CLOSE_LINGER_MS)).await;
+    conn.close(
+        VarInt::from_u32(u32::from(code.code())),
+        code.name().as_bytes(),
+    );
+}
+
 fn write_timed_out(shared: &Shared, state: &Connection, conn: &quinn::Connection) {
     shared.guard.refused(
         telemetry::ClientRefusal::WriteTimeout,
