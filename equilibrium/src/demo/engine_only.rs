@@ -92,20 +92,7 @@ struct Counters {
 }
 
 pub(crate) fn run(args: &EngineOnlyArgs, common: Common) -> anyhow::Result<()> {
-    let mut cfg = match &args.config {
-        Some(p) => crate::load_config(p)?,
-        None => {
-            // A sped-up market (seconds instead of minutes), so that a run of a few seconds
-            // shows a surge and its recovery; the shipped defaults take minutes.
-            let mut c = EngineConfig::default();
-            // About 40x: a 10 s spike stands for a 7-minute one.
-            c.zone.demand_half_life_s = 3;
-            c.policy.smoothing_half_life_s = 2;
-            c.policy.hold_s = 2;
-            c.policy.change_per_min_max_milli = 15_000;
-            c
-        }
-    };
+    let mut cfg = demo_config(args)?;
     // Calm ratio ≈ 0.7: decayed demand (about rate × half-life / ln 2) over drivers present.
     let window_s = (u64::from(cfg.zone.demand_half_life_s) * 1443 / 1000).max(1);
     let riders_per_s = args
@@ -178,6 +165,45 @@ pub(crate) fn run(args: &EngineOnlyArgs, common: Common) -> anyhow::Result<()> {
         })
     };
 
+    watch(&engine, &city, &counters, started, total)?;
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(traffic).context("traffic task")??;
+
+    println!();
+    let report = quotes_report(&engine, &city, common.seed)?;
+    println!("{report}");
+    print_summary(&rt, &engine, &counters)?;
+    Ok(())
+}
+
+/// The demo engine's configuration: the given file, or the defaults with a market about 40x
+/// as fast (seconds instead of minutes), so a run of a few seconds shows a surge and its
+/// recovery.
+fn demo_config(args: &EngineOnlyArgs) -> anyhow::Result<EngineConfig> {
+    Ok(match &args.config {
+        Some(p) => crate::load_config(p)?,
+        None => {
+            // A sped-up market (seconds instead of minutes), so that a run of a few seconds
+            // shows a surge and its recovery; the shipped defaults take minutes.
+            let mut c = EngineConfig::default();
+            // About 40x: a 10 s spike stands for a 7-minute one.
+            c.zone.demand_half_life_s = 3;
+            c.policy.smoothing_half_life_s = 2;
+            c.policy.hold_s = 2;
+            c.policy.change_per_min_max_milli = 15_000;
+            c
+        }
+    })
+}
+
+/// Every two seconds until `total` has passed: events applied, their rate, the hottest zones.
+fn watch(
+    engine: &Engine,
+    city: &City,
+    counters: &Counters,
+    started: Instant,
+    total: Duration,
+) -> anyhow::Result<()> {
     let mut last = (0u64, Instant::now());
     let mut interval = Duration::from_secs(1);
     while started.elapsed() < total {
@@ -186,7 +212,7 @@ pub(crate) fn run(args: &EngineOnlyArgs, common: Common) -> anyhow::Result<()> {
         let applied = counters.applied.load(Ordering::Relaxed);
         let rate = (applied - last.0) as f64 / last.1.elapsed().as_secs_f64().max(0.001);
         last = (applied, Instant::now());
-        let hot = hottest(&engine, &city, 3)?;
+        let hot = hottest(engine, city, 3)?;
         let phase = phase_of(started.elapsed(), total);
         println!(
             "t={:>4.1}s  {:<6}  events applied {:>9} ({:>7.0}/s)  hottest: {}",
@@ -200,12 +226,15 @@ pub(crate) fn run(args: &EngineOnlyArgs, common: Common) -> anyhow::Result<()> {
                 .join(", ")
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    rt.block_on(traffic).context("traffic task")??;
+    Ok(())
+}
 
-    println!();
-    let report = quotes_report(&engine, &city, common.seed)?;
-    println!("{report}");
+/// What became of the events, and the engine's memory.
+fn print_summary(
+    rt: &tokio::runtime::Runtime,
+    engine: &Engine,
+    counters: &Counters,
+) -> anyhow::Result<()> {
     let (a, d, r) = (
         counters.applied.load(Ordering::Relaxed),
         counters.duplicate.load(Ordering::Relaxed),
