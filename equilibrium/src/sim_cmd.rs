@@ -1,7 +1,7 @@
 //! `equilibrium sim ...`: the traffic simulator's commands (the `sim` crate does the work).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
@@ -265,15 +265,20 @@ pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The city file at `path` and the seed to use (the flag's, else the city's own).
+fn load_city(path: &Path, seed: Option<u64>) -> anyhow::Result<(sim::city::City, u64)> {
+    let cfg = sim::city::CityConfig::load(path)?;
+    let seed = seed.unwrap_or(cfg.seed);
+    Ok((sim::city::City::new(cfg)?, seed))
+}
+
 fn generate_market(
     city: PathBuf,
     seed: Option<u64>,
     duration: Option<f64>,
     out: PathBuf,
 ) -> anyhow::Result<()> {
-    let cfg = sim::city::CityConfig::load(&city)?;
-    let seed = seed.unwrap_or(cfg.seed);
-    let c = sim::city::City::new(cfg)?;
+    let (c, seed) = load_city(&city, seed)?;
     let clock = c.config().clock.clone();
     let trace_s = duration.unwrap_or(clock.duration_s);
     let hours = trace_s * clock.speed / 3600.0;
@@ -316,9 +321,7 @@ fn generate_trace(
     duration: Option<f64>,
     out: PathBuf,
 ) -> anyhow::Result<()> {
-    let cfg = sim::city::CityConfig::load(&city)?;
-    let seed = seed.unwrap_or(cfg.seed);
-    let c = sim::city::City::new(cfg)?;
+    let (c, seed) = load_city(&city, seed)?;
     let meta = format!(
         "city {} ({}), seed {seed}, {} zones",
         c.config().name,

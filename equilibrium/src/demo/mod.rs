@@ -651,6 +651,18 @@ fn milli(m: u32) -> String {
 
 /// After the run: where the zones live now, the most surging zone, who owns it, a quote for
 /// it from another node, and the quote's explanation from a third.
+/// The trip the tour quotes: 5 km, 15 minutes, from `zone`.
+fn tour_trip(zone: u64) -> msg::QuoteRequest {
+    msg::QuoteRequest {
+        zone,
+        lat: 0.0,
+        lng: 0.0,
+        distance_m: 5_000,
+        duration_s: 900,
+        origin: msg::ORIGIN_ZONE,
+    }
+}
+
 async fn tour(
     nodes: &[NodeProc],
     admin: &[Client],
@@ -682,14 +694,6 @@ async fn tour(
         }
         v
     };
-    let trip = |zone| msg::QuoteRequest {
-        zone,
-        lat: 0.0,
-        lng: 0.0,
-        distance_m: 5_000,
-        duration_s: 900,
-        origin: msg::ORIGIN_ZONE,
-    };
     let zone = print_multipliers(&clients[0], scenario).await?;
     let mut owner = 0;
     for (i, a) in admin.iter().enumerate() {
@@ -710,7 +714,7 @@ async fn tour(
     }
     // Any node quotes any zone: ask one that does not own it.
     let other = (owner + 1) % nodes.len();
-    let q = clients[other].quote(trip(zone)).await?;
+    let q = clients[other].quote(tour_trip(zone)).await?;
     println!(
         "  quoted by node {}{}: 5 km, 15 min: {} {} (minor units) at {}, from snapshot v{} ({} ms old)",
         nodes[other].id,
@@ -759,18 +763,10 @@ async fn tour(
 /// The city's multipliers as `client`'s node prices them: how many at 1.0x, mildly and
 /// highly surging, the highest (and the nearest hotspot) and the calmest. The highest zone.
 async fn print_multipliers(client: &Client, scenario: &sim::Scenario) -> anyhow::Result<u64> {
-    let trip = |zone| msg::QuoteRequest {
-        zone,
-        lat: 0.0,
-        lng: 0.0,
-        distance_m: 5_000,
-        duration_s: 900,
-        origin: msg::ORIGIN_ZONE,
-    };
     // The most and the least surging zones, as node 1 prices them.
     let mut priced: Vec<(u32, u64)> = Vec::new();
     for &z in scenario.city.zones() {
-        if let Ok(q) = client.quote(trip(z)).await {
+        if let Ok(q) = client.quote(tour_trip(z)).await {
             priced.push((q.multiplier_milli, z));
         }
     }
