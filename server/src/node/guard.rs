@@ -101,6 +101,9 @@ impl Ticket {
             .then(|| waiting.pop_front())
             .flatten()
             .map(|(_, old)| {
+                // It leaves the count with its place, not when its task ends: the gauge
+                // never shows more than `unauthenticated_max`.
+                g.unauthenticated.fetch_sub(1, Ordering::AcqRel);
                 old.close(
                     VarInt::from_u32(u32::from(ErrorCode::NotAuthenticated.code())),
                     b"too many connections awaiting HELLO: the oldest is closed",
@@ -158,8 +161,8 @@ pub(super) struct Guard {
     /// connection stage, never per request.
     per_address: Mutex<HashMap<IpAddr, u32>>,
     /// Connections awaiting `HELLO`, oldest first, at most `unauthenticated_max` (one closed
-    /// to make room leaves it at once; its count in `unauthenticated` goes when its task
-    /// ends).
+    /// to make room leaves it and the `unauthenticated` count at once; its per-address count
+    /// goes when its task ends). `unauthenticated` is its length, kept under its lock.
     waiting: Mutex<std::collections::VecDeque<(u64, quinn::Connection)>>,
     next_seq: AtomicU64,
     attempts: Mutex<Attempts>,
@@ -236,18 +239,20 @@ impl Guard {
 
     /// A connection leaves a stage before authentication (or authenticates).
     fn leave(&self, stage: Stage, ip: IpAddr, seq: u64) {
-        let counter = match stage {
-            Stage::Handshaking => &self.handshaking,
+        match stage {
+            Stage::Handshaking => {
+                self.handshaking.fetch_sub(1, Ordering::AcqRel);
+            }
             Stage::Unauthenticated => {
                 let mut waiting = lock(&self.waiting);
+                // One closed to make room has left the queue and the count already.
                 if let Some(i) = waiting.iter().position(|(s, _)| *s == seq) {
                     waiting.remove(i);
+                    self.unauthenticated.fetch_sub(1, Ordering::AcqRel);
                 }
-                &self.unauthenticated
             }
             Stage::Authenticated => return,
-        };
-        counter.fetch_sub(1, Ordering::AcqRel);
+        }
         let mut per_address = lock(&self.per_address);
         if let Some(n) = per_address.get_mut(&ip) {
             *n -= 1;
