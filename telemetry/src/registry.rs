@@ -17,7 +17,7 @@ use protocol::msg::outcome;
 use protocol::ErrorCode;
 
 use crate::health::Health;
-use crate::metric::{histogram_child, Counter, Gauge, Histogram, Reg};
+use crate::metric::{Counter, Gauge, Histogram, Reg};
 
 /// Request kinds, as the `op` label of the latency histograms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -481,9 +481,8 @@ fn request_metrics(r: &Reg<'_>) -> RequestMetrics {
         &["op", "tier"],
     );
     RequestMetrics {
-        latency: Op::ALL.map(|op| {
-            TierLabel::ALL.map(|tier| histogram_child(&latency, &[op.name(), tier.name()]))
-        }),
+        latency: Op::ALL
+            .map(|op| TierLabel::ALL.map(|tier| latency.child(&[op.name(), tier.name()]))),
         shed: r.counters(
             "equilibrium_requests_shed_total",
             "Requests refused as overloaded by admission control, by tier.",

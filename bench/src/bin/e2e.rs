@@ -33,6 +33,9 @@ struct Args {
     seconds: u64,
     in_flight: usize,
     node_bin: PathBuf,
+    /// A node built before producers and the per-credential zone quota (issues 12 and 13),
+    /// to compare against: neither its config key nor the producer phase.
+    compat: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -40,6 +43,7 @@ fn args() -> anyhow::Result<Args> {
         seconds: 5,
         in_flight: 64,
         node_bin: PathBuf::from("target/release/equilibrium"),
+        compat: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -47,8 +51,12 @@ fn args() -> anyhow::Result<Args> {
             "--seconds" => a.seconds = it.next().context("--seconds N")?.parse()?,
             "--in-flight" => a.in_flight = it.next().context("--in-flight N")?.parse()?,
             "--node-bin" => a.node_bin = it.next().context("--node-bin PATH")?.into(),
+            "--compat" => a.compat = true,
             "-h" | "--help" => {
-                println!("e2e [--seconds N (per phase, default 5)] [--in-flight N (default 64)] [--node-bin PATH]");
+                println!(
+                    "e2e [--seconds N (per phase, default 5)] [--in-flight N (default 64)] [--node-bin PATH]\n    \
+                     [--compat (a node built before producers: no producer phase, no zone quota key)]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -64,6 +72,8 @@ struct Phase {
     done: u64,
     errors: u64,
     elapsed: Duration,
+    /// CPU time (user + system, all threads) the serving process spent in the phase.
+    cpu: Option<Duration>,
 }
 
 impl Phase {
@@ -74,6 +84,7 @@ impl Phase {
             done: 0,
             errors: 0,
             elapsed: Duration::ZERO,
+            cpu: None,
         }
     }
 
@@ -82,8 +93,17 @@ impl Phase {
     }
 
     fn line(&self) -> String {
+        let cpu = self
+            .cpu
+            .map(|c| {
+                format!(
+                    "  server CPU {:.3} µs/op",
+                    c.as_secs_f64() * 1e6 / self.done.max(1) as f64
+                )
+            })
+            .unwrap_or_default();
         format!(
-            "{:<44} {:>10.0}/s  p50 {:>6} µs  p99 {:>6} µs  p999 {:>6} µs  errors {}",
+            "{:<44} {:>10.0}/s  p50 {:>6} µs  p99 {:>6} µs  p999 {:>6} µs  errors {}{cpu}",
             self.name,
             self.rate(),
             self.hist.value_at_quantile(0.5),
@@ -92,6 +112,29 @@ impl Phase {
             self.errors
         )
     }
+}
+
+/// CPU time a process has run so far, all its threads, from `/proc/PID/task/*/schedstat`
+/// (nanoseconds, far less noisy on a shared machine than a rate); `None` where there is no
+/// such file.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let mut ns = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let s = std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
+        ns += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(ns))
+}
+
+/// Runs `phase` and records the CPU time process `pid` spent meanwhile.
+async fn measured(
+    pid: u32,
+    phase: impl std::future::Future<Output = anyhow::Result<Phase>>,
+) -> anyhow::Result<Phase> {
+    let before = cpu_time(pid);
+    let mut p = phase.await?;
+    p.cpu = before.zip(cpu_time(pid)).map(|(b, a)| a.saturating_sub(b));
+    Ok(p)
 }
 
 /// Reads one frame; returns (request id, kind).
@@ -385,7 +428,12 @@ impl Drop for NodeProcess {
     }
 }
 
-fn start_node(bin: &PathBuf, cert_pem: &str, key_pem: &str) -> anyhow::Result<NodeProcess> {
+fn start_node(
+    bin: &PathBuf,
+    cert_pem: &str,
+    key_pem: &str,
+    compat: bool,
+) -> anyhow::Result<NodeProcess> {
     if !bin.exists() {
         bail!("{} not found: build it first (bench/e2e.sh does: cargo build --release -p equilibrium)", bin.display());
     }
@@ -402,9 +450,10 @@ fn start_node(bin: &PathBuf, cert_pem: &str, key_pem: &str) -> anyhow::Result<No
     std::fs::write(
         dir.join("node.toml"),
         format!(
-            "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nengine_config = \"{}\"\ncluster_key_hex = \"{}\"\n[tls]\ncert_path = \"cert.pem\"\nkey_path = \"key.pem\"\n[limits]\nin_flight_per_connection_max = 1024\nzones_new_per_credential_burst = 100000\n[[clients]]\ntoken = \"{TOKEN}\"\ntier = \"premium\"\nname = \"e2e\"\n",
+            "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nengine_config = \"{}\"\ncluster_key_hex = \"{}\"\n[tls]\ncert_path = \"cert.pem\"\nkey_path = \"key.pem\"\n[limits]\nin_flight_per_connection_max = 1024\n{}[[clients]]\ntoken = \"{TOKEN}\"\ntier = \"premium\"\nname = \"e2e\"\n",
             engine.display(),
-            "ab".repeat(32)
+            "ab".repeat(32),
+            if compat { "" } else { "zones_new_per_credential_burst = 100000\n" }
         ),
     )?;
     let mut child = Command::new(bin)
@@ -550,7 +599,16 @@ fn redis_baseline(in_flight: usize, requests: u64) -> anyhow::Result<Option<(f64
         .arg(&dir)
         .stdout(Stdio::null())
         .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
+    // Until it accepts (a fixed sleep was too short on a loaded machine, and redis-benchmark
+    // then spun without end).
+    let ready = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if ready.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            anyhow::bail!("redis-server did not accept connections within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = Command::new(bench)
         .args([
             "-p",
@@ -563,7 +621,21 @@ fn redis_baseline(in_flight: usize, requests: u64) -> anyhow::Result<Option<(f64
             &in_flight.to_string(),
             "--csv",
         ])
-        .output();
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .and_then(|mut b| {
+            // Bounded: a stuck benchmark is killed, not waited for.
+            let started = Instant::now();
+            while b.try_wait()?.is_none() {
+                if started.elapsed() > Duration::from_secs(60) {
+                    let _ = b.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            b.wait_with_output()
+        });
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -638,7 +710,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (cert_der, cert_pem, key_pem) = identity()?;
-    let node = start_node(&a.node_bin, &cert_pem, &key_pem)?;
+    let node = start_node(&a.node_bin, &cert_pem, &key_pem, a.compat)?;
     let mut echo = Command::new(std::env::current_exe()?)
         .arg("--serve-echo")
         .arg(node.dir.join("cert.pem"))
@@ -664,6 +736,7 @@ fn main() -> anyhow::Result<()> {
         a.in_flight
     );
 
+    let (node_pid, echo_pid) = (node.child.id(), echo.id());
     rt.block_on(async {
         // Zones to quote: events for every fixture zone first.
         let c = client::Client::connect(node.addr, client::ClientConfig::new(TOKEN, client::Trust::Pinned(cert_der.clone()))).await?;
@@ -682,24 +755,24 @@ fn main() -> anyhow::Result<()> {
 
         let conn = client::connect_raw(qaddr, "localhost", &client::Trust::Pinned(cert_der.clone()), protocol::ALPN).await?;
         let (s, r) = conn.open_bi().await?;
-        let echo = closed_loop(s, r, Workload { frame: request.clone(), patch: no_patch, bad_items: no_items, in_flight: a.in_flight }, dur, "baseline: bare quinn echo, max").await?;
+        let echo = measured(echo_pid, closed_loop(s, r, Workload { frame: request.clone(), patch: no_patch, bad_items: no_items, in_flight: a.in_flight }, dur, "baseline: bare quinn echo, max")).await?;
         println!("{}", echo.line());
 
         let tcp = tokio::net::TcpStream::connect(taddr).await?;
         tcp.set_nodelay(true)?;
         let (tr, tw) = tcp.into_split();
-        let tcp_phase = closed_loop(tw, tr, Workload { frame: request.clone(), patch: no_patch, bad_items: no_items, in_flight: a.in_flight }, dur, "baseline: plain TCP request/response, max").await?;
+        let tcp_phase = measured(echo_pid, closed_loop(tw, tr, Workload { frame: request.clone(), patch: no_patch, bad_items: no_items, in_flight: a.in_flight }, dur, "baseline: plain TCP request/response, max")).await?;
         println!("{}", tcp_phase.line());
 
         let (_c1, s, r) = node_stream(node.addr, &cert_der).await?;
-        let max = closed_loop(s, r, Workload { frame: request.clone(), patch: no_patch, bad_items: no_items, in_flight: a.in_flight }, dur, "equilibrium: pipelined quotes, max").await?;
+        let max = measured(node_pid, closed_loop(s, r, Workload { frame: request.clone(), patch: no_patch, bad_items: no_items, in_flight: a.in_flight }, dur, "equilibrium: pipelined quotes, max")).await?;
         println!("{}", max.line());
 
         let mut open = Vec::new();
         for frac in [0.25, 0.5, 0.75] {
             let rate = (max.rate() * frac).max(100.0);
             let (_c, s, r) = node_stream(node.addr, &cert_der).await?;
-            let p = open_loop(s, r, request.clone(), rate, dur, &format!("equilibrium: open loop at {:.0}% of max ({rate:.0}/s)", frac * 100.0)).await?;
+            let p = measured(node_pid, open_loop(s, r, request.clone(), rate, dur, &format!("equilibrium: open loop at {:.0}% of max ({rate:.0}/s)", frac * 100.0))).await?;
             println!("{}", p.line());
             open.push(p);
         }
@@ -714,28 +787,31 @@ fn main() -> anyhow::Result<()> {
             .map(|i| msg::WireEvent { id: i, zone: 0, driver: 0, kind: msg::event_kind::RIDER_DEMAND })
             .collect();
         protocol::encode(0, &Message::EventBatch(msg::EventBatch { events }), &mut evf);
-        let mut ev = closed_loop(s, r, Workload { frame: evf, patch: fresh_event_ids, bad_items: events_not_applied, in_flight: 8 }, dur, "equilibrium: event batches of 1,000").await?;
+        let mut ev = measured(node_pid, closed_loop(s, r, Workload { frame: evf, patch: fresh_event_ids, bad_items: events_not_applied, in_flight: 8 }, dur, "equilibrium: event batches of 1,000")).await?;
         // Count events, not batches.
         ev.done *= EVENTS_PER_BATCH;
         println!("{} (events/s; every event a fresh id)", ev.line());
         // The same as an idempotent producer: each event's id is its sequence in its zone
         // (the same numbers, increasing per zone with gaps), so no dedupe window is kept.
+        let pev = if a.compat { None } else {
         let (_c3, s, r) = node_stream(node.addr, &cert_der).await?;
         let mut pf = Vec::new();
         let events: Vec<_> = (0..EVENTS_PER_BATCH)
             .map(|i| msg::WireEvent { id: i, zone: 0, driver: 0, kind: msg::event_kind::RIDER_DEMAND })
             .collect();
         protocol::encode(0, &Message::ProducerBatch(msg::ProducerBatch { producer: 0xe2e, epoch: 1, events }), &mut pf);
-        let mut pev = closed_loop(s, r, Workload { frame: pf, patch: fresh_event_ids, bad_items: events_not_applied, in_flight: 8 }, dur, "equilibrium: producer batches of 1,000").await?;
+        let mut pev = measured(node_pid, closed_loop(s, r, Workload { frame: pf, patch: fresh_event_ids, bad_items: events_not_applied, in_flight: 8 }, dur, "equilibrium: producer batches of 1,000")).await?;
         pev.done *= EVENTS_PER_BATCH;
         println!("{} (events/s; sequences per zone)", pev.line());
+        Some(pev)
+        };
 
         phases.push(echo);
         phases.push(tcp_phase);
         phases.push(max);
         phases.extend(open);
         phases.push(ev);
-        phases.push(pev);
+        phases.extend(pev);
         anyhow::Ok(phases)
     })
     .map(|phases| {
