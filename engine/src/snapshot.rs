@@ -366,6 +366,7 @@ impl SnapshotTable {
             let e = self.index[i].load(Ordering::Acquire);
             if e != EMPTY {
                 if let Some(s) = self.candidate(e, fp, key) {
+                    self.orphan(reserved);
                     return Ok(s);
                 }
                 i = (i + 1) & self.mask;
@@ -391,7 +392,10 @@ impl SnapshotTable {
             {
                 Ok(_) => return Ok(SlotIdx(s)),
                 Err(other) => match self.candidate(other, fp, key) {
-                    Some(existing) => return Ok(existing),
+                    Some(existing) => {
+                        self.orphan(reserved);
+                        return Ok(existing);
+                    }
                     None => i = (i + 1) & self.mask,
                 },
             }
@@ -399,6 +403,16 @@ impl SnapshotTable {
         Err(TableFull {
             max: self.prices.len(),
         })
+    }
+
+    /// A slot reserved by an insert that another thread's insert of the same zone beat: its
+    /// key is cleared, so [`Self::zones`] never lists the zone twice (it did, and a node then
+    /// reported the difference between the two slots' quote totals, wrapped, as billions of
+    /// quotes). The slot itself stays used: at most one per racing insert of a new zone.
+    fn orphan(&self, reserved: Option<u32>) {
+        if let Some(s) = reserved {
+            self.prices[s as usize].key.store(0, Ordering::Release);
+        }
     }
 
     /// Stores a snapshot's words under the slot's sequence lock. Writers of one slot may race
@@ -695,6 +709,46 @@ mod tests {
             assert_eq!(t.insert(*z), Ok(*s), "re-inserting returns the same slot");
         }
         assert!(outside.iter().all(|z| t.slot_of(*z).is_none()));
+    }
+
+    #[test]
+    fn zones_inserted_by_racing_threads_are_listed_once_each() {
+        // Two threads insert the same new zones at the same moments (a replica arriving
+        // while the shard creates the zone): the loser's reserved slot must not list the
+        // zone a second time.
+        let zones: Vec<ZoneId> = (0..2_000)
+            .map(|i| ZoneId::from_lat_lng(40.0 + f64::from(i) * 0.001, -74.0, 9).expect("valid"))
+            .collect();
+        let mut zones = zones;
+        zones.sort_unstable_by_key(|z| z.raw());
+        zones.dedup();
+        for round in 0..20 {
+            let t = Arc::new(SnapshotTable::with_capacity(2 * zones.len()));
+            let start = Arc::new(std::sync::Barrier::new(2));
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let (t, start, zones) = (Arc::clone(&t), Arc::clone(&start), zones.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        zones
+                            .iter()
+                            .map(|&z| t.insert(z).expect("room"))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let slots: Vec<Vec<SlotIdx>> = handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect();
+            assert_eq!(slots[0], slots[1], "round {round}: both got the same slots");
+            let mut listed: Vec<u64> = t.zones().map(|(z, _)| z.raw()).collect();
+            listed.sort_unstable();
+            let n = listed.len();
+            listed.dedup();
+            assert_eq!(n, listed.len(), "round {round}: a zone listed twice");
+            assert_eq!(n, zones.len(), "round {round}");
+        }
     }
 
     #[test]

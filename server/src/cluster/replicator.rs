@@ -137,6 +137,8 @@ impl Cluster {
         *left = left.saturating_add(refill).min(cap);
         *at = now;
         let mut clamped = false;
+        let counts_asked: u64 = counts.iter().map(|c| u64::from(c.1)).sum();
+        let largest = counts.iter().map(|c| c.1).max().unwrap_or(0);
         for (_, n) in &mut counts {
             let take = u64::from(*n).min(*left);
             if take < u64::from(*n) {
@@ -150,6 +152,8 @@ impl Cluster {
             self.metrics.cluster.peer_quote_counts_clamped.inc();
             debug!(
                 peer,
+                asked = counts_asked,
+                largest,
                 "quote counts beyond what the peer could have answered: cut down"
             );
             counts.retain(|c| c.1 > 0);
