@@ -18,6 +18,18 @@
 //!   ([`Coordinator::handle_handed_off`]); only then is the release sent.
 //! - **A lapsed lease stops serving at once** ([`Action::Abandon`]), whatever else is
 //!   under way.
+//! - **Nothing is written under a lease before its restore.** A lease granted but not yet
+//!   restored gives no epoch to write with ([`Serving::epoch`]): this node's memory of the
+//!   group may be older than the store's (it was paused, an interim owner served the group
+//!   and handed it back), and a write of that memory under the new epoch would be accepted
+//!   and put the older state back over the interim owner's hand-off. The restore reads the
+//!   store first ([`Action::Restore`]), so a node that regains a group serves the latest
+//!   fenced state, never its own memory of an earlier lease.
+//! - **A store restarted empty is rewritten at once.** A lease reply from a new store
+//!   incarnation marks every group for rewriting: each is restored again under a new lease,
+//!   and a restore writes every zone the store does not hold before the group is served.
+//!   Once every owned group is served again, [`Action::StoreRewritten`] reports how long it
+//!   took.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -94,6 +106,16 @@ pub enum Action {
     },
     /// Drop from the engine every zone whose group [`Coordinator::keeps`] is false for.
     SweepStray,
+    /// The store restarted empty (seen at node time `reset_seen_at_ms`) and every group this
+    /// node owns is served again, each rewritten by its restore: report it (log, metric).
+    StoreRewritten {
+        /// Node time the new store incarnation was first seen in a lease reply.
+        reset_seen_at_ms: u64,
+        /// Node time every owned group was served again.
+        rewritten_at_ms: u64,
+        /// Groups served again.
+        groups: usize,
+    },
 }
 
 /// A lease as the request path and the writers see it.
@@ -121,12 +143,14 @@ impl Serving {
             .is_some_and(|l| l.served && now_ms < l.valid_until_ms)
     }
 
-    /// The epoch to fence a snapshot write of `group` with, while a lease on it is valid
-    /// (served or not yet restored).
+    /// The epoch to fence a snapshot or fare write of `group` with: only while it is
+    /// served (restored under this lease, the lease still valid). A lease not yet restored
+    /// gives none, so no memory older than the store's is written under it (module
+    /// documentation).
     pub fn epoch(&self, group: u64, now_ms: u64) -> Option<u64> {
         self.leases
             .get(&group)
-            .filter(|l| now_ms < l.valid_until_ms)
+            .filter(|l| l.served && now_ms < l.valid_until_ms)
             .map(|l| l.epoch)
     }
 
@@ -175,6 +199,9 @@ pub struct Coordinator {
     handing_off: BTreeMap<u64, u64>,
     listed_at_ms: u64,
     swept_at_ms: u64,
+    /// Node time a lease reply first showed a new store incarnation, until every owned group
+    /// is served again ([`Action::StoreRewritten`]).
+    store_reset_at_ms: Option<u64>,
     actions: VecDeque<Action>,
 }
 
@@ -195,6 +222,7 @@ impl Coordinator {
             handing_off: BTreeMap::new(),
             listed_at_ms: 0,
             swept_at_ms: 0,
+            store_reset_at_ms: None,
             actions: VecDeque::new(),
         }
     }
@@ -228,18 +256,53 @@ impl Coordinator {
     /// A store reply to an [`Action::Lease`] request, at node time `now_ms`. A grant of a
     /// wanted group is followed by its [`Action::Restore`].
     pub fn handle_lease_reply(&mut self, now_ms: u64, reply: Reply) {
+        let before = self.leases.incarnation();
         self.leases.on_reply(now_ms, reply);
+        if before.is_some_and(|b| b != reply.incarnation) {
+            // The store restarted empty: every lease is gone (the table dropped them), and
+            // what it held is lost. Each owned group is restored again under a new lease,
+            // which rewrites it; count from now.
+            self.store_reset_at_ms.get_or_insert(now_ms);
+            for group in std::mem::take(&mut self.ready) {
+                self.actions.push_back(Action::Abandon {
+                    group,
+                    last_epoch: None,
+                    keep_zones: self.wanted.contains(&group),
+                });
+            }
+        }
         if let Request::Acquire { group, .. } = reply.request {
             self.queue_restore(group, now_ms);
         }
     }
 
-    /// The answer to an [`Action::Restore`]: the group's zones are loaded (`ok`), so it is
-    /// served while its lease is valid; or not, and the next tick asks again.
-    pub fn handle_restored(&mut self, group: u64, ok: bool) {
+    /// The answer to an [`Action::Restore`], at node time `now_ms`: the group's zones are
+    /// loaded and every zone the store lacked written (`ok`), so it is served while its
+    /// lease is valid; or not, and the next tick asks again.
+    pub fn handle_restored(&mut self, now_ms: u64, group: u64, ok: bool) {
         self.restoring.remove(&group);
         if ok {
             self.ready.insert(group);
+            self.note_rewritten(now_ms);
+        }
+    }
+
+    /// After a store restart: once every owned group is served again, reports it.
+    fn note_rewritten(&mut self, now_ms: u64) {
+        let Some(at) = self.store_reset_at_ms else {
+            return;
+        };
+        let all = self
+            .wanted
+            .iter()
+            .all(|g| self.ready.contains(g) && self.leases.is_valid(*g, now_ms));
+        if all {
+            self.store_reset_at_ms = None;
+            self.actions.push_back(Action::StoreRewritten {
+                reset_seen_at_ms: at,
+                rewritten_at_ms: now_ms,
+                groups: self.wanted.len(),
+            });
         }
     }
 
@@ -322,6 +385,8 @@ impl Coordinator {
             self.listed_at_ms = now_ms;
             self.actions.push_back(Action::ListGroups);
         }
+        // Owning nothing (or nothing left to restore) after a store restart.
+        self.note_rewritten(now_ms);
     }
 
     fn queue_restore(&mut self, group: u64, now_ms: u64) {
@@ -415,7 +480,7 @@ mod tests {
                         result: Ok(1),
                     },
                 ),
-                Action::Restore { group, .. } => c.handle_restored(group, true),
+                Action::Restore { group, .. } => c.handle_restored(now, group, true),
                 _ => {}
             }
         }
@@ -443,6 +508,102 @@ mod tests {
         assert!(c.serving(12).serves(7, 12));
         let until = 10 + LeaseConfig::default().local_validity_ms();
         assert!(!c.serving(12).serves(7, until), "served past its lease");
+    }
+
+    #[test]
+    fn a_lease_not_yet_restored_gives_no_epoch_to_write_with() {
+        let mut c = Coordinator::new(1, CoordinatorConfig::default(), view(&[1]));
+        c.handle_groups_seen([7]);
+        c.tick(10);
+        let first = drain(&mut c);
+        for a in &first {
+            if let Action::Lease {
+                request: request @ Request::Acquire { .. },
+                sent_at_ms,
+            } = *a
+            {
+                c.handle_lease_reply(
+                    11,
+                    Reply {
+                        request,
+                        sent_at_ms,
+                        incarnation: 1,
+                        result: Ok(4),
+                    },
+                );
+            }
+        }
+        // Granted, restore pending: this node's memory of the group may predate the store's.
+        assert_eq!(c.serving(11).epoch(7, 11), None);
+        c.handle_restored(12, 7, true);
+        assert_eq!(c.serving(12).epoch(7, 12), Some(4));
+    }
+
+    #[test]
+    fn a_store_restarted_empty_is_reported_rewritten_once_every_owned_group_is_restored_again() {
+        let mut c = Coordinator::new(1, CoordinatorConfig::default(), view(&[1]));
+        c.handle_groups_seen([7, 8]);
+        c.tick(10);
+        let a = drain(&mut c);
+        grant_all(&mut c, 11, &a);
+        let a = drain(&mut c);
+        grant_all(&mut c, 12, &a);
+        assert_eq!(c.serving(12).served_count(12), 2);
+        // A renewal answered by a new incarnation (refused: the store forgot the lease).
+        c.handle_lease_reply(
+            600,
+            Reply {
+                request: Request::Renew { group: 7, epoch: 1 },
+                sent_at_ms: 600,
+                incarnation: 2,
+                result: Err(crate::lease::StoreError::Stale { current: 0 }),
+            },
+        );
+        assert_eq!(
+            c.serving(600).served_count(600),
+            0,
+            "served after the reset"
+        );
+        let a = drain(&mut c);
+        assert_eq!(
+            a.iter()
+                .filter(|x| matches!(
+                    x,
+                    Action::Abandon {
+                        keep_zones: true,
+                        ..
+                    }
+                ))
+                .count(),
+            2
+        );
+        c.tick(3_000);
+        let a = drain(&mut c);
+        grant_all(&mut c, 3_001, &a);
+        let a = drain(&mut c);
+        assert!(!a.iter().any(|x| matches!(x, Action::StoreRewritten { .. })));
+        let restores: Vec<u64> = a
+            .iter()
+            .filter_map(|x| match x {
+                Action::Restore { group, .. } => Some(*group),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(restores, vec![7, 8]);
+        c.handle_restored(3_010, 7, true);
+        assert!(
+            drain(&mut c).is_empty(),
+            "reported before every group was back"
+        );
+        c.handle_restored(3_020, 8, true);
+        assert_eq!(
+            drain(&mut c),
+            vec![Action::StoreRewritten {
+                reset_seen_at_ms: 600,
+                rewritten_at_ms: 3_020,
+                groups: 2
+            }]
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use cluster::coordinator::{Action, Coordinator, CoordinatorConfig, Serving};
-use cluster::lease::{LeaseConfig, Reply, Request, StoreError};
+use cluster::lease::{version_floor, LeaseConfig, Reply, Request, StoreError};
 use cluster::membership::{Membership, MembershipConfig, Peer};
 use cluster::ownership::{Member, NodeId, View};
 use cluster::redis_store::{
