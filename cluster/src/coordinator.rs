@@ -36,6 +36,7 @@ use std::sync::Arc;
 
 use crate::lease::{LeaseConfig, Leases, Reply, Request};
 use crate::ownership::{NodeId, View};
+use crate::warmup::Warmup;
 
 /// The coordinator's timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +49,10 @@ pub struct CoordinatorConfig {
     /// How often to drop zones of groups neither served nor owned here
     /// ([`Action::SweepStray`]).
     pub stray_sweep_ms: u64,
+    /// Longest a node warms after its first step ([`crate::warmup`]).
+    pub warmup_max_ms: u64,
+    /// The node was given peers to join: it warms until it has heard from one.
+    pub expects_peers: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -56,6 +61,8 @@ impl Default for CoordinatorConfig {
             lease: LeaseConfig::default(),
             groups_refresh_ms: 5_000,
             stray_sweep_ms: 1_000,
+            warmup_max_ms: 10_000,
+            expects_peers: false,
         }
     }
 }
@@ -202,6 +209,7 @@ pub struct Coordinator {
     /// Node time a lease reply first showed a new store incarnation, until every owned group
     /// is served again ([`Action::StoreRewritten`]).
     store_reset_at_ms: Option<u64>,
+    warmup: Warmup,
     actions: VecDeque<Action>,
 }
 
@@ -223,6 +231,7 @@ impl Coordinator {
             listed_at_ms: 0,
             swept_at_ms: 0,
             store_reset_at_ms: None,
+            warmup: Warmup::new(me, cfg.warmup_max_ms, cfg.expects_peers),
             actions: VecDeque::new(),
         }
     }
@@ -292,11 +301,7 @@ impl Coordinator {
         let Some(at) = self.store_reset_at_ms else {
             return;
         };
-        let all = self
-            .wanted
-            .iter()
-            .all(|g| self.ready.contains(g) && self.leases.is_valid(*g, now_ms));
-        if all {
+        if self.owns_all_served(now_ms) {
             self.store_reset_at_ms = None;
             self.actions.push_back(Action::StoreRewritten {
                 reset_seen_at_ms: at,
@@ -387,6 +392,26 @@ impl Coordinator {
         }
         // Owning nothing (or nothing left to restore) after a store restart.
         self.note_rewritten(now_ms);
+        let all_served = self.owns_all_served(now_ms);
+        self.warmup.tick(now_ms, &self.view, all_served);
+    }
+
+    /// True when every group this node owns in its view (as of the last tick) is restored
+    /// and its lease valid at `now_ms`.
+    pub fn owns_all_served(&self, now_ms: u64) -> bool {
+        self.wanted
+            .iter()
+            .all(|g| self.ready.contains(g) && self.leases.is_valid(*g, now_ms))
+    }
+
+    /// Member `from` sent this node all of its prices ([`crate::warmup`]).
+    pub fn handle_full_announce(&mut self, from: NodeId) {
+        self.warmup.handle_full_announce(from);
+    }
+
+    /// False while this node is warming, as of the last tick ([`crate::warmup`]).
+    pub fn is_warm(&self) -> bool {
+        self.warmup.is_warm()
     }
 
     fn queue_restore(&mut self, group: u64, now_ms: u64) {

@@ -9,6 +9,7 @@ impl Cluster {
         self: Arc<Self>,
         mut coord: Coordinator,
         mut groups_seen: mpsc::Receiver<u64>,
+        mut full_announces: mpsc::Receiver<NodeId>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(COORDINATOR_TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -25,6 +26,9 @@ impl Cluster {
                 seen.push(g);
             }
             coord.handle_groups_seen(seen);
+            while let Ok(from) = full_announces.try_recv() {
+                coord.handle_full_announce(from);
+            }
             let vs = self.view.load_full();
             if !Arc::ptr_eq(&vs, &view) {
                 coord.handle_view(vs.view.clone());
@@ -34,6 +38,13 @@ impl Cluster {
                 coord.handle_leave();
             }
             coord.tick(mono_ms());
+            if coord.is_warm() && !self.warm.swap(true, Ordering::AcqRel) {
+                info!(
+                    groups_served = coord.serving(mono_ms()).served_count(mono_ms()),
+                    "warm: every member's prices received and every owned group served \
+                     (unknown zones are answered unknown_zone from now on)"
+                );
+            }
             // Published before anything is carried out: a group handed over or lost stops
             // being served before its zones leave the engine.
             self.publish(&coord);

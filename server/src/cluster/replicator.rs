@@ -44,9 +44,13 @@ impl Cluster {
                     published: zones.iter().filter_map(|&z| table.get(z)).collect(),
                     unchanged: Vec::new(),
                 };
-                let bytes: Arc<[u8]> =
-                    wire::encode_replication(self.me, all.now_ms, &all.published, &all.unchanged)
-                        .into();
+                let bytes: Arc<[u8]> = wire::encode_full_replication(
+                    self.me,
+                    all.now_ms,
+                    &all.published,
+                    &all.unchanged,
+                )
+                .into();
                 for addr in newcomers {
                     self.send_uni_within(addr, Arc::clone(&bytes), NEWCOMER_SYNC_ATTEMPTS_MAX);
                 }
@@ -178,6 +182,7 @@ impl Cluster {
             now_ms,
             published: snaps,
             still_current: unchanged,
+            full,
         } = r;
         let vs = self.view.load();
         let serving = self.serving.load();
@@ -204,6 +209,10 @@ impl Cluster {
             if let Some(slot) = table.slot_of(z) {
                 table.touch(slot, now_ms);
             }
+        }
+        if full {
+            // After its prices are in the table: warming may end once every member's are.
+            let _ = self.full_announces.try_send(from);
         }
     }
 }

@@ -84,11 +84,22 @@ pub struct ClusterConfig {
     #[serde(default = "default_peer_quotes_per_s")]
     pub peer_quotes_per_s_max: u64,
 
+    /// A node that just started is *warming* until every other member sent it all its
+    /// prices and every group it owns is served (`cluster::warmup`), at most this long:
+    /// meanwhile a quote for a zone without a price here is answered `unavailable`
+    /// (retryable), not `unknown_zone`. Default 10,000 ms.
+    #[serde(default = "default_warmup_max")]
+    pub warmup_max_ms: u64,
+
     /// For fault-injection tests only: each takeover waits this long after its lease was
     /// granted before it reads the store, which widens the window in which a stale write
     /// could land (ARCHITECTURE.md, "How a takeover flows"). Default 0; at most 10,000.
     #[serde(default)]
     pub test_restore_hold_ms: u64,
+}
+
+fn default_warmup_max() -> u64 {
+    10_000
 }
 
 fn default_peer_quotes_per_s() -> u64 {
