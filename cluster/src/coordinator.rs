@@ -204,7 +204,9 @@ pub struct Coordinator {
     restoring: BTreeSet<u64>,
     /// [`Action::HandOff`] emitted, not yet answered: group → epoch. Their leases are kept.
     handing_off: BTreeMap<u64, u64>,
-    listed_at_ms: u64,
+    /// When the groups were last listed (none yet: the first tick lists them, so a node that
+    /// just started knows every stored group at once).
+    listed_at_ms: Option<u64>,
     swept_at_ms: u64,
     /// Node time a lease reply first showed a new store incarnation, until every owned group
     /// is served again ([`Action::StoreRewritten`]).
@@ -228,7 +230,7 @@ impl Coordinator {
             ready: BTreeSet::new(),
             restoring: BTreeSet::new(),
             handing_off: BTreeMap::new(),
-            listed_at_ms: 0,
+            listed_at_ms: None,
             swept_at_ms: 0,
             store_reset_at_ms: None,
             warmup: Warmup::new(me, cfg.warmup_max_ms, cfg.expects_peers),
@@ -386,8 +388,11 @@ impl Coordinator {
         for group in held {
             self.queue_restore(group, now_ms);
         }
-        if now_ms.saturating_sub(self.listed_at_ms) >= self.cfg.groups_refresh_ms {
-            self.listed_at_ms = now_ms;
+        if self
+            .listed_at_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= self.cfg.groups_refresh_ms)
+        {
+            self.listed_at_ms = Some(now_ms);
             self.actions.push_back(Action::ListGroups);
         }
         // Owning nothing (or nothing left to restore) after a store restart.
