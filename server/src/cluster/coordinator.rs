@@ -196,12 +196,14 @@ impl Cluster {
                 return;
             }
         }
+        if self.cfg.test_restore_hold_ms > 0 {
+            // The fault-injection hook: the leases are granted and published, the store not
+            // read yet (once per batch, so the hold stays shorter than a lease).
+            tokio::time::sleep(Duration::from_millis(self.cfg.test_restore_hold_ms)).await;
+        }
         for (g, epoch) in restores {
             let span = info_span!("takeover", group = format!("{g:x}"), epoch);
             let t0 = Instant::now();
-            if self.cfg.test_restore_hold_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(self.cfg.test_restore_hold_ms)).await;
-            }
             // The writer lock from the store read until the group is published as served:
             // a periodic flush either ran before (and wrote nothing of this group: no epoch
             // before the restore) or runs after, on the restored zones.

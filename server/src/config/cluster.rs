@@ -91,9 +91,11 @@ pub struct ClusterConfig {
     #[serde(default = "default_warmup_max")]
     pub warmup_max_ms: u64,
 
-    /// For fault-injection tests only: each takeover waits this long after its lease was
-    /// granted before it reads the store, which widens the window in which a stale write
-    /// could land (ARCHITECTURE.md, "How a takeover flows"). Default 0; at most 10,000.
+    /// For fault-injection tests only: each batch of takeovers waits this long after its
+    /// leases were granted (and published) before it reads the store, which widens the
+    /// window in which a stale write could land (ARCHITECTURE.md, "How a takeover flows").
+    /// It blocks the coordinator, so keep it below `lease_ttl_ms` minus
+    /// `lease_renew_after_ms`. Default 0; at most 10,000.
     #[serde(default)]
     pub test_restore_hold_ms: u64,
 }
