@@ -211,6 +211,9 @@ pub struct Coordinator {
     /// Node time a lease reply first showed a new store incarnation, until every owned group
     /// is served again ([`Action::StoreRewritten`]).
     store_reset_at_ms: Option<u64>,
+    /// A lease was granted to this node at least once (a quiet period seen afterwards means
+    /// the store restarted empty).
+    granted_before: bool,
     warmup: Warmup,
     actions: VecDeque<Action>,
 }
@@ -233,6 +236,7 @@ impl Coordinator {
             listed_at_ms: None,
             swept_at_ms: 0,
             store_reset_at_ms: None,
+            granted_before: false,
             warmup: Warmup::new(me, cfg.warmup_max_ms, cfg.expects_peers),
             actions: VecDeque::new(),
         }
@@ -269,7 +273,19 @@ impl Coordinator {
     pub fn handle_lease_reply(&mut self, now_ms: u64, reply: Reply) {
         let before = self.leases.incarnation();
         self.leases.on_reply(now_ms, reply);
-        if before.is_some_and(|b| b != reply.incarnation) {
+        // A store restarted empty shows a new incarnation, or (when the node that bootstraps
+        // it happens to write the same incarnation id again) its quiet period to a node that
+        // had been granted leases before.
+        let recovering = matches!(reply.result, Err(crate::lease::StoreError::Recovering));
+        let reset =
+            before.is_some_and(|b| b != reply.incarnation) || (recovering && self.granted_before);
+        if matches!(
+            (reply.request, reply.result),
+            (Request::Acquire { .. }, Ok(_))
+        ) {
+            self.granted_before = true;
+        }
+        if reset {
             // The store restarted empty: every lease is gone (the table dropped them), and
             // what it held is lost. Each owned group is restored again under a new lease,
             // which rewrites it; count from now.
@@ -632,6 +648,47 @@ mod tests {
                 reset_seen_at_ms: 600,
                 rewritten_at_ms: 3_020,
                 groups: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn a_quiet_period_after_a_grant_counts_as_a_store_restarted_empty() {
+        let mut c = Coordinator::new(1, CoordinatorConfig::default(), view(&[1]));
+        c.handle_groups_seen([7]);
+        c.tick(10);
+        let a = drain(&mut c);
+        grant_all(&mut c, 11, &a);
+        let a = drain(&mut c);
+        grant_all(&mut c, 12, &a);
+        // The same incarnation id again (the same node bootstrapped the new store), but in
+        // its quiet period.
+        c.handle_lease_reply(
+            3_000,
+            Reply {
+                request: Request::Acquire {
+                    group: 7,
+                    min_epoch: 1,
+                },
+                sent_at_ms: 3_000,
+                incarnation: 1,
+                result: Err(crate::lease::StoreError::Recovering),
+            },
+        );
+        assert!(drain(&mut c)
+            .iter()
+            .any(|x| matches!(x, Action::Abandon { group: 7, .. })));
+        c.tick(6_000);
+        let a = drain(&mut c);
+        grant_all(&mut c, 6_001, &a);
+        let a = drain(&mut c);
+        grant_all(&mut c, 6_002, &a);
+        assert_eq!(
+            drain(&mut c),
+            vec![Action::StoreRewritten {
+                reset_seen_at_ms: 3_000,
+                rewritten_at_ms: 6_002,
+                groups: 1
             }]
         );
     }
