@@ -18,12 +18,25 @@
 //!   ([`Coordinator::handle_handed_off`]); only then is the release sent.
 //! - **A lapsed lease stops serving at once** ([`Action::Abandon`]), whatever else is
 //!   under way.
+//! - **Nothing is written under a lease before its restore.** A lease granted but not yet
+//!   restored gives no epoch to write with ([`Serving::epoch`]): this node's memory of the
+//!   group may be older than the store's (it was paused, an interim owner served the group
+//!   and handed it back), and a write of that memory under the new epoch would be accepted
+//!   and put the older state back over the interim owner's hand-off. The restore reads the
+//!   store first ([`Action::Restore`]), so a node that regains a group serves the latest
+//!   fenced state, never its own memory of an earlier lease.
+//! - **A store restarted empty is rewritten at once.** A lease reply from a new store
+//!   incarnation marks every group for rewriting: each is restored again under a new lease,
+//!   and a restore writes every zone the store does not hold before the group is served.
+//!   Once every owned group is served again, [`Action::StoreRewritten`] reports how long it
+//!   took.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::lease::{LeaseConfig, Leases, Reply, Request};
 use crate::ownership::{NodeId, View};
+use crate::warmup::Warmup;
 
 /// The coordinator's timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +49,10 @@ pub struct CoordinatorConfig {
     /// How often to drop zones of groups neither served nor owned here
     /// ([`Action::SweepStray`]).
     pub stray_sweep_ms: u64,
+    /// Longest a node warms after its first step ([`crate::warmup`]).
+    pub warmup_max_ms: u64,
+    /// The node was given peers to join: it warms until it has heard from one.
+    pub expects_peers: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -44,6 +61,8 @@ impl Default for CoordinatorConfig {
             lease: LeaseConfig::default(),
             groups_refresh_ms: 5_000,
             stray_sweep_ms: 1_000,
+            warmup_max_ms: 10_000,
+            expects_peers: false,
         }
     }
 }
@@ -94,6 +113,16 @@ pub enum Action {
     },
     /// Drop from the engine every zone whose group [`Coordinator::keeps`] is false for.
     SweepStray,
+    /// The store restarted empty (seen at node time `reset_seen_at_ms`) and every group this
+    /// node owns is served again, each rewritten by its restore: report it (log, metric).
+    StoreRewritten {
+        /// Node time the new store incarnation was first seen in a lease reply.
+        reset_seen_at_ms: u64,
+        /// Node time every owned group was served again.
+        rewritten_at_ms: u64,
+        /// Groups served again.
+        groups: usize,
+    },
 }
 
 /// A lease as the request path and the writers see it.
@@ -121,12 +150,14 @@ impl Serving {
             .is_some_and(|l| l.served && now_ms < l.valid_until_ms)
     }
 
-    /// The epoch to fence a snapshot write of `group` with, while a lease on it is valid
-    /// (served or not yet restored).
+    /// The epoch to fence a snapshot or fare write of `group` with: only while it is
+    /// served (restored under this lease, the lease still valid). A lease not yet restored
+    /// gives none, so no memory older than the store's is written under it (module
+    /// documentation).
     pub fn epoch(&self, group: u64, now_ms: u64) -> Option<u64> {
         self.leases
             .get(&group)
-            .filter(|l| now_ms < l.valid_until_ms)
+            .filter(|l| l.served && now_ms < l.valid_until_ms)
             .map(|l| l.epoch)
     }
 
@@ -173,8 +204,17 @@ pub struct Coordinator {
     restoring: BTreeSet<u64>,
     /// [`Action::HandOff`] emitted, not yet answered: group → epoch. Their leases are kept.
     handing_off: BTreeMap<u64, u64>,
-    listed_at_ms: u64,
+    /// When the groups were last listed (none yet: the first tick lists them, so a node that
+    /// just started knows every stored group at once).
+    listed_at_ms: Option<u64>,
     swept_at_ms: u64,
+    /// Node time a lease reply first showed a new store incarnation, until every owned group
+    /// is served again ([`Action::StoreRewritten`]).
+    store_reset_at_ms: Option<u64>,
+    /// A lease was granted to this node at least once (a quiet period seen afterwards means
+    /// the store restarted empty).
+    granted_before: bool,
+    warmup: Warmup,
     actions: VecDeque<Action>,
 }
 
@@ -193,8 +233,11 @@ impl Coordinator {
             ready: BTreeSet::new(),
             restoring: BTreeSet::new(),
             handing_off: BTreeMap::new(),
-            listed_at_ms: 0,
+            listed_at_ms: None,
             swept_at_ms: 0,
+            store_reset_at_ms: None,
+            granted_before: false,
+            warmup: Warmup::new(me, cfg.warmup_max_ms, cfg.expects_peers),
             actions: VecDeque::new(),
         }
     }
@@ -228,18 +271,61 @@ impl Coordinator {
     /// A store reply to an [`Action::Lease`] request, at node time `now_ms`. A grant of a
     /// wanted group is followed by its [`Action::Restore`].
     pub fn handle_lease_reply(&mut self, now_ms: u64, reply: Reply) {
+        let before = self.leases.incarnation();
         self.leases.on_reply(now_ms, reply);
+        // A store restarted empty shows a new incarnation, or (when the node that bootstraps
+        // it happens to write the same incarnation id again) its quiet period to a node that
+        // had been granted leases before.
+        let recovering = matches!(reply.result, Err(crate::lease::StoreError::Recovering));
+        let reset =
+            before.is_some_and(|b| b != reply.incarnation) || (recovering && self.granted_before);
+        if matches!(
+            (reply.request, reply.result),
+            (Request::Acquire { .. }, Ok(_))
+        ) {
+            self.granted_before = true;
+        }
+        if reset {
+            // The store restarted empty: every lease is gone (the table dropped them), and
+            // what it held is lost. Each owned group is restored again under a new lease,
+            // which rewrites it; count from now.
+            self.store_reset_at_ms.get_or_insert(now_ms);
+            for group in std::mem::take(&mut self.ready) {
+                self.actions.push_back(Action::Abandon {
+                    group,
+                    last_epoch: None,
+                    keep_zones: self.wanted.contains(&group),
+                });
+            }
+        }
         if let Request::Acquire { group, .. } = reply.request {
             self.queue_restore(group, now_ms);
         }
     }
 
-    /// The answer to an [`Action::Restore`]: the group's zones are loaded (`ok`), so it is
-    /// served while its lease is valid; or not, and the next tick asks again.
-    pub fn handle_restored(&mut self, group: u64, ok: bool) {
+    /// The answer to an [`Action::Restore`], at node time `now_ms`: the group's zones are
+    /// loaded and every zone the store lacked written (`ok`), so it is served while its
+    /// lease is valid; or not, and the next tick asks again.
+    pub fn handle_restored(&mut self, now_ms: u64, group: u64, ok: bool) {
         self.restoring.remove(&group);
         if ok {
             self.ready.insert(group);
+            self.note_rewritten(now_ms);
+        }
+    }
+
+    /// After a store restart: once every owned group is served again, reports it.
+    fn note_rewritten(&mut self, now_ms: u64) {
+        let Some(at) = self.store_reset_at_ms else {
+            return;
+        };
+        if self.owns_all_served(now_ms) {
+            self.store_reset_at_ms = None;
+            self.actions.push_back(Action::StoreRewritten {
+                reset_seen_at_ms: at,
+                rewritten_at_ms: now_ms,
+                groups: self.wanted.len(),
+            });
         }
     }
 
@@ -318,10 +404,35 @@ impl Coordinator {
         for group in held {
             self.queue_restore(group, now_ms);
         }
-        if now_ms.saturating_sub(self.listed_at_ms) >= self.cfg.groups_refresh_ms {
-            self.listed_at_ms = now_ms;
+        if self
+            .listed_at_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= self.cfg.groups_refresh_ms)
+        {
+            self.listed_at_ms = Some(now_ms);
             self.actions.push_back(Action::ListGroups);
         }
+        // Owning nothing (or nothing left to restore) after a store restart.
+        self.note_rewritten(now_ms);
+        let all_served = self.owns_all_served(now_ms);
+        self.warmup.tick(now_ms, &self.view, all_served);
+    }
+
+    /// True when every group this node owns in its view (as of the last tick) is restored
+    /// and its lease valid at `now_ms`.
+    pub fn owns_all_served(&self, now_ms: u64) -> bool {
+        self.wanted
+            .iter()
+            .all(|g| self.ready.contains(g) && self.leases.is_valid(*g, now_ms))
+    }
+
+    /// Member `from` sent this node all of its prices ([`crate::warmup`]).
+    pub fn handle_full_announce(&mut self, from: NodeId) {
+        self.warmup.handle_full_announce(from);
+    }
+
+    /// False while this node is warming, as of the last tick ([`crate::warmup`]).
+    pub fn is_warm(&self) -> bool {
+        self.warmup.is_warm()
     }
 
     fn queue_restore(&mut self, group: u64, now_ms: u64) {
@@ -415,7 +526,7 @@ mod tests {
                         result: Ok(1),
                     },
                 ),
-                Action::Restore { group, .. } => c.handle_restored(group, true),
+                Action::Restore { group, .. } => c.handle_restored(now, group, true),
                 _ => {}
             }
         }
@@ -443,6 +554,143 @@ mod tests {
         assert!(c.serving(12).serves(7, 12));
         let until = 10 + LeaseConfig::default().local_validity_ms();
         assert!(!c.serving(12).serves(7, until), "served past its lease");
+    }
+
+    #[test]
+    fn a_lease_not_yet_restored_gives_no_epoch_to_write_with() {
+        let mut c = Coordinator::new(1, CoordinatorConfig::default(), view(&[1]));
+        c.handle_groups_seen([7]);
+        c.tick(10);
+        let first = drain(&mut c);
+        for a in &first {
+            if let Action::Lease {
+                request: request @ Request::Acquire { .. },
+                sent_at_ms,
+            } = *a
+            {
+                c.handle_lease_reply(
+                    11,
+                    Reply {
+                        request,
+                        sent_at_ms,
+                        incarnation: 1,
+                        result: Ok(4),
+                    },
+                );
+            }
+        }
+        // Granted, restore pending: this node's memory of the group may predate the store's.
+        assert_eq!(c.serving(11).epoch(7, 11), None);
+        c.handle_restored(12, 7, true);
+        assert_eq!(c.serving(12).epoch(7, 12), Some(4));
+    }
+
+    #[test]
+    fn a_store_restarted_empty_is_reported_rewritten_once_every_owned_group_is_restored_again() {
+        let mut c = Coordinator::new(1, CoordinatorConfig::default(), view(&[1]));
+        c.handle_groups_seen([7, 8]);
+        c.tick(10);
+        let a = drain(&mut c);
+        grant_all(&mut c, 11, &a);
+        let a = drain(&mut c);
+        grant_all(&mut c, 12, &a);
+        assert_eq!(c.serving(12).served_count(12), 2);
+        // A renewal answered by a new incarnation (refused: the store forgot the lease).
+        c.handle_lease_reply(
+            600,
+            Reply {
+                request: Request::Renew { group: 7, epoch: 1 },
+                sent_at_ms: 600,
+                incarnation: 2,
+                result: Err(crate::lease::StoreError::Stale { current: 0 }),
+            },
+        );
+        assert_eq!(
+            c.serving(600).served_count(600),
+            0,
+            "served after the reset"
+        );
+        let a = drain(&mut c);
+        assert_eq!(
+            a.iter()
+                .filter(|x| matches!(
+                    x,
+                    Action::Abandon {
+                        keep_zones: true,
+                        ..
+                    }
+                ))
+                .count(),
+            2
+        );
+        c.tick(3_000);
+        let a = drain(&mut c);
+        grant_all(&mut c, 3_001, &a);
+        let a = drain(&mut c);
+        assert!(!a.iter().any(|x| matches!(x, Action::StoreRewritten { .. })));
+        let restores: Vec<u64> = a
+            .iter()
+            .filter_map(|x| match x {
+                Action::Restore { group, .. } => Some(*group),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(restores, vec![7, 8]);
+        c.handle_restored(3_010, 7, true);
+        assert!(
+            drain(&mut c).is_empty(),
+            "reported before every group was back"
+        );
+        c.handle_restored(3_020, 8, true);
+        assert_eq!(
+            drain(&mut c),
+            vec![Action::StoreRewritten {
+                reset_seen_at_ms: 600,
+                rewritten_at_ms: 3_020,
+                groups: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn a_quiet_period_after_a_grant_counts_as_a_store_restarted_empty() {
+        let mut c = Coordinator::new(1, CoordinatorConfig::default(), view(&[1]));
+        c.handle_groups_seen([7]);
+        c.tick(10);
+        let a = drain(&mut c);
+        grant_all(&mut c, 11, &a);
+        let a = drain(&mut c);
+        grant_all(&mut c, 12, &a);
+        // The same incarnation id again (the same node bootstrapped the new store), but in
+        // its quiet period.
+        c.handle_lease_reply(
+            3_000,
+            Reply {
+                request: Request::Acquire {
+                    group: 7,
+                    min_epoch: 1,
+                },
+                sent_at_ms: 3_000,
+                incarnation: 1,
+                result: Err(crate::lease::StoreError::Recovering),
+            },
+        );
+        assert!(drain(&mut c)
+            .iter()
+            .any(|x| matches!(x, Action::Abandon { group: 7, .. })));
+        c.tick(6_000);
+        let a = drain(&mut c);
+        grant_all(&mut c, 6_001, &a);
+        let a = drain(&mut c);
+        grant_all(&mut c, 6_002, &a);
+        assert_eq!(
+            drain(&mut c),
+            vec![Action::StoreRewritten {
+                reset_seen_at_ms: 3_000,
+                rewritten_at_ms: 6_002,
+                groups: 1
+            }]
+        );
     }
 
     #[test]

@@ -162,11 +162,18 @@ impl StoreModel {
         }
     }
 
-    /// A fenced snapshot write: accepted only with the current epoch of a lease that has not
-    /// lapsed.
-    pub fn write(&mut self, group: u64, epoch: u64, now_ms: u64) -> Result<(), StoreError> {
+    /// A fenced snapshot write by `node`: accepted only with the current epoch of a lease
+    /// that has not lapsed, held by `node` (after a restart empty, epoch numbers start again
+    /// from what each asking node has seen, so the number alone may be an earlier holder's).
+    pub fn write(
+        &mut self,
+        group: u64,
+        node: NodeId,
+        epoch: u64,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         match self.leases.get(&group) {
-            Some(l) if l.epoch == epoch && l.expires_at_ms > now_ms => {
+            Some(l) if l.epoch == epoch && l.holder == node && l.expires_at_ms > now_ms => {
                 self.writes.0 += 1;
                 Ok(())
             }
@@ -244,6 +251,21 @@ struct Held {
     since_ms: u64,
 }
 
+/// Bits of a snapshot version below its lease epoch.
+pub const VERSION_EPOCH_SHIFT: u32 = 32;
+
+/// The lowest snapshot version a zone may carry once restored under lease `epoch`: the epoch
+/// in the high 32 bits, a count in the low 32. A group's epochs only grow (a new holder gets a
+/// higher one; a store restarted empty never hands out one below what the asking node has
+/// seen), so versions published under different leases never meet and each owner's are
+/// above its predecessors': a `(zone, version)` pair names exactly one price. It holds while a
+/// zone publishes fewer than 2^32 snapshots under one lease (136 years at one per second) and
+/// epochs stay below 2^32 (beyond, the floor stays at its largest value and versions still
+/// grow, but may repeat across owners).
+pub fn version_floor(epoch: u64) -> u64 {
+    epoch.min(u64::from(u32::MAX)) << VERSION_EPOCH_SHIFT
+}
+
 /// One node's leases: what it holds, what it asked for, what it must ask next.
 #[derive(Clone, Debug)]
 pub struct Leases {
@@ -270,6 +292,11 @@ impl Leases {
             incarnation: None,
             last_held: BTreeMap::new(),
         }
+    }
+
+    /// The store incarnation of the last reply (none before the first).
+    pub fn incarnation(&self) -> Option<u64> {
+        self.incarnation
     }
 
     /// The epoch of the last lease this node was granted on `group`, even if lapsed. Never
@@ -429,8 +456,16 @@ mod tests {
             Err(StoreError::Held { holder: 1 })
         );
         assert_eq!(s.acquire(7, 2, 0, 3_000, 3_000), Ok(2));
-        assert_eq!(s.write(7, 1, 3_001), Err(StoreError::Stale { current: 2 }));
-        assert_eq!(s.write(7, 2, 3_001), Ok(()));
+        assert_eq!(
+            s.write(7, 1, 1, 3_001),
+            Err(StoreError::Stale { current: 2 })
+        );
+        assert_eq!(s.write(7, 2, 2, 3_001), Ok(()));
+        // The right number from the wrong holder is fenced too.
+        assert_eq!(
+            s.write(7, 1, 2, 3_001),
+            Err(StoreError::Stale { current: 2 })
+        );
         assert_eq!(
             s.renew(7, 1, 1, 3_002, 3_000),
             Err(StoreError::Stale { current: 2 })

@@ -17,6 +17,8 @@
 //!   here.
 //! - [`persist`]: a zone's whole state as a validated rkyv snapshot; restoring resumes
 //!   exactly.
+//! - [`warmup`]: when a node that just started is *warming* (answers `unavailable` rather
+//!   than `unknown_zone` for a zone it has no price for yet), defined precisely.
 //! - [`wire`]: the peer messages (replication, quote counts): named, versioned kinds and a
 //!   validating decoder for bytes from the network.
 //! - `redis_store` (feature `redis`): the lease rules as Redis Lua scripts, and the
@@ -39,4 +41,5 @@ pub mod persist;
 #[cfg(feature = "redis")]
 pub mod redis_store;
 pub mod routing;
+pub mod warmup;
 pub mod wire;

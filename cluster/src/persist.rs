@@ -166,6 +166,13 @@ pub fn encode(e: &ZoneExport) -> Vec<u8> {
 
 /// Restores a zone from stored bytes, validating them and checking them against `limits`.
 pub fn decode(bytes: &[u8], limits: &ZoneLimits) -> Result<ZoneCore, PersistError> {
+    Ok(ZoneCore::import(decode_export(bytes)?, limits)?)
+}
+
+/// A zone's exported state from stored bytes, validated (the limits are checked when it is
+/// imported): for a restore that adjusts it first (its snapshot version, see
+/// [`crate::lease::version_floor`]).
+pub fn decode_export(bytes: &[u8]) -> Result<ZoneExport, PersistError> {
     let format = bytes.first().copied();
     if format != Some(FORMAT) && format != Some(FORMAT_2) {
         return Err(PersistError::Format(format));
@@ -212,7 +219,7 @@ pub fn decode(bytes: &[u8], limits: &ZoneLimits) -> Result<ZoneCore, PersistErro
         version: s.version,
         last_event_ms: s.last_event_ms,
     };
-    Ok(ZoneCore::import(export, limits)?)
+    Ok(export)
 }
 
 #[cfg(test)]

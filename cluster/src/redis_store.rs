@@ -112,15 +112,19 @@ return {'ok', inc, epoch, notice}
 ";
 
 /// KEYS: incarnation, quiet_until, lease, snapshot hash, group set. ARGV: candidate
-/// incarnation, ttl, epoch, group, then zone/payload pairs.
+/// incarnation, ttl, epoch, group, node, then zone/payload pairs. The holder is checked with
+/// the epoch: after a restart empty, epochs start again from what each asking node has seen,
+/// so a node that never saw the group may be granted a number an earlier holder had used
+/// before the restart; that holder's late write must not pass for the new one's.
 const WRITE: &str = r"
-local l = redis.call('HMGET', KEYS[3], 'epoch', 'expires')
+local l = redis.call('HMGET', KEYS[3], 'epoch', 'expires', 'holder')
 local epoch = field(KEYS[3], 'epoch', l[1])
 local expires = field(KEYS[3], 'expires', l[2])
+field(KEYS[3], 'holder', l[3])
 if bad then return bad end
-if epoch == tonumber(ARGV[3]) and expires > now then
-  if #ARGV > 4 then
-    redis.call('HSET', KEYS[4], unpack(ARGV, 5))
+if epoch == tonumber(ARGV[3]) and expires > now and l[3] == ARGV[5] then
+  if #ARGV > 5 then
+    redis.call('HSET', KEYS[4], unpack(ARGV, 6))
   end
   redis.call('SADD', KEYS[5], ARGV[4])
   return {'ok', inc, epoch, notice}
@@ -478,11 +482,13 @@ impl RedisLeaseStore {
             .await
     }
 
-    /// A fenced snapshot write of some zones of a group: stored only if `epoch` is the
-    /// group's current epoch and its lease has not lapsed. At most [`WRITE_ZONES_MAX`] zones.
+    /// A fenced snapshot write of some zones of a group by `node`: stored only if `epoch` is
+    /// the group's current epoch, `node` its holder, and its lease has not lapsed. At most
+    /// [`WRITE_ZONES_MAX`] zones.
     pub async fn write(
         &self,
         group: u64,
+        node: NodeId,
         epoch: u64,
         zones: &[(u64, Vec<u8>)],
     ) -> Result<Answer, RedisStoreError> {
@@ -495,7 +501,8 @@ impl RedisLeaseStore {
         inv.arg(self.candidate_incarnation)
             .arg(self.ttl_ms)
             .arg(epoch)
-            .arg(group);
+            .arg(group)
+            .arg(node);
         for (zone, payload) in zones.iter().take(WRITE_ZONES_MAX) {
             inv.arg(*zone).arg(payload.as_slice());
         }

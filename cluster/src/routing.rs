@@ -122,7 +122,7 @@ mod tests {
                         result: Ok(1),
                     },
                 ),
-                Action::Restore { group, .. } => c.handle_restored(group, true),
+                Action::Restore { group, .. } => c.handle_restored(1, group, true),
                 _ => {}
             }
         }

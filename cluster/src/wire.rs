@@ -18,6 +18,11 @@ use crate::ownership::NodeId;
 pub const KIND_REPLICATION_V1: u8 = 1;
 /// Kind byte of [`QuoteCounts`], layout 1.
 pub const KIND_QUOTE_COUNTS_V1: u8 = 2;
+/// Kind byte of a [`Replication`] that carries *all* of the sender's prices (sent once to a
+/// member new to it): [`KIND_REPLICATION_V1`]'s layout, a kind of its own so the receiver
+/// knows it has everything that member serves (see `crate::warmup`). A node of an earlier
+/// version drops it as an unknown kind.
+pub const KIND_REPLICATION_FULL_V1: u8 = 3;
 
 /// Encoded size of one replicated snapshot.
 pub const SNAPSHOT_BYTES: usize = 8 + 8 + 4 + 4 + 24 + 3 + 4 + 2 + 4 * 4 + 8;
@@ -40,6 +45,8 @@ pub struct Replication {
     pub published: Vec<PriceSnapshot>,
     /// Zones whose last snapshot is still current.
     pub still_current: Vec<ZoneId>,
+    /// Sent as [`KIND_REPLICATION_FULL_V1`]: `published` is every price the sender serves.
+    pub full: bool,
 }
 
 /// Quotes the sender answered from its replicas of the receiver's zones since its last
@@ -96,8 +103,34 @@ pub enum DecodeError {
     Currency([u8; 3]),
 }
 
-/// Encodes a [`Replication`] message.
+/// Encodes a [`Replication`] message (one tick's new snapshots).
 pub fn encode_replication(
+    from: NodeId,
+    now_ms: u64,
+    published: &[PriceSnapshot],
+    still_current: &[ZoneId],
+) -> Vec<u8> {
+    encode_replication_kind(KIND_REPLICATION_V1, from, now_ms, published, still_current)
+}
+
+/// Encodes a [`Replication`] of every price the sender serves ([`KIND_REPLICATION_FULL_V1`]).
+pub fn encode_full_replication(
+    from: NodeId,
+    now_ms: u64,
+    published: &[PriceSnapshot],
+    still_current: &[ZoneId],
+) -> Vec<u8> {
+    encode_replication_kind(
+        KIND_REPLICATION_FULL_V1,
+        from,
+        now_ms,
+        published,
+        still_current,
+    )
+}
+
+fn encode_replication_kind(
+    kind: u8,
     from: NodeId,
     now_ms: u64,
     published: &[PriceSnapshot],
@@ -106,7 +139,7 @@ pub fn encode_replication(
     let mut b = Vec::with_capacity(
         REPLICATION_HEADER_BYTES + published.len() * SNAPSHOT_BYTES + still_current.len() * 8,
     );
-    b.push(KIND_REPLICATION_V1);
+    b.push(kind);
     b.extend_from_slice(&from.to_le_bytes());
     b.extend_from_slice(&now_ms.to_le_bytes());
     b.extend_from_slice(&(published.len() as u32).to_le_bytes());
@@ -158,7 +191,9 @@ pub fn encode_quote_counts(from: NodeId, counts: &[(ZoneId, u32)]) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<PeerMessage, DecodeError> {
     match bytes.first() {
         None => Err(DecodeError::Empty),
-        Some(&KIND_REPLICATION_V1) => decode_replication(bytes).map(PeerMessage::Replication),
+        Some(&k @ (KIND_REPLICATION_V1 | KIND_REPLICATION_FULL_V1)) => {
+            decode_replication(k, bytes).map(PeerMessage::Replication)
+        }
         Some(&KIND_QUOTE_COUNTS_V1) => decode_quote_counts(bytes).map(PeerMessage::QuoteCounts),
         Some(&k) => Err(DecodeError::UnknownKind(k)),
     }
@@ -204,8 +239,7 @@ fn check_length(kind: u8, body: usize, counts: &[(u32, usize)]) -> Result<(), De
     Ok(())
 }
 
-fn decode_replication(b: &[u8]) -> Result<Replication, DecodeError> {
-    let kind = KIND_REPLICATION_V1;
+fn decode_replication(kind: u8, b: &[u8]) -> Result<Replication, DecodeError> {
     if b.len() < REPLICATION_HEADER_BYTES {
         return Err(DecodeError::Truncated { kind, len: b.len() });
     }
@@ -258,6 +292,7 @@ fn decode_replication(b: &[u8]) -> Result<Replication, DecodeError> {
         now_ms,
         published,
         still_current,
+        full: kind == KIND_REPLICATION_FULL_V1,
     })
 }
 

@@ -123,7 +123,10 @@ async fn a_bad_field_in_a_groups_snapshot_hash_costs_that_field_only() {
     let redis = RedisServer::start(&[], false);
     let (s, epoch) = store_holding(&redis, "h1", 9).await;
     let zones = [(11u64, b"zone-11".to_vec()), (12, b"zone-12".to_vec())];
-    assert_eq!(s.write(9, epoch, &zones).await.expect("redis").1, Ok(epoch));
+    assert_eq!(
+        s.write(9, 1, epoch, &zones).await.expect("redis").1,
+        Ok(epoch)
+    );
     let mut raw = redis.raw().await;
     cmd(&mut raw, &["HSET", "h1:snap:9", "not-a-zone", "x"]).await;
     cmd(&mut raw, &["HSET", "h1:snap:9", "-13", "x"]).await;
@@ -159,7 +162,7 @@ async fn a_garbage_epoch_is_answered_as_a_bad_value_naming_the_lease_key_and_not
     assert_eq!(corrupt(s.renew(5, 1, epoch).await), want);
     assert_eq!(corrupt(s.acquire(5, 2, 0).await), want);
     assert_eq!(
-        corrupt(s.write(5, epoch, &[(1, b"x".to_vec())]).await),
+        corrupt(s.write(5, 1, epoch, &[(1, b"x".to_vec())]).await),
         want
     );
     assert_eq!(corrupt(s.release(5, 1, epoch).await), want);
@@ -360,7 +363,7 @@ async fn leases_work_over_tls_with_a_generated_certificate_and_client_certificat
     sleep_ms(TTL_MS + 50).await;
     let epoch = s.acquire(1, 1, 0).await.expect("redis").1.expect("granted");
     assert_eq!(
-        s.write(1, epoch, &[(3, b"z".to_vec())])
+        s.write(1, 1, epoch, &[(3, b"z".to_vec())])
             .await
             .expect("redis")
             .1,

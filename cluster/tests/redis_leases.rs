@@ -97,7 +97,7 @@ async fn redis_grants_fences_expires_and_survives_a_restart_without_reusing_epoc
         Err(StoreError::Held { holder: 1 })
     );
     assert_eq!(
-        a.write(7, e1, &[(1, b"snapshot-1".to_vec())])
+        a.write(7, 1, e1, &[(1, b"snapshot-1".to_vec())])
             .await
             .expect("redis")
             .1,
@@ -111,7 +111,7 @@ async fn redis_grants_fences_expires_and_survives_a_restart_without_reusing_epoc
     assert!(e2 > e1);
     // Node 1's late writes and renewals are fenced off.
     assert_eq!(
-        a.write(7, e1, &[(1, b"late".to_vec())])
+        a.write(7, 1, e1, &[(1, b"late".to_vec())])
             .await
             .expect("redis")
             .1,
@@ -121,14 +121,22 @@ async fn redis_grants_fences_expires_and_survives_a_restart_without_reusing_epoc
         a.renew(7, 1, e1).await.expect("redis").1,
         Err(StoreError::Stale { current: e2 })
     );
+    // The current epoch from a node that does not hold it is fenced off too.
     assert_eq!(
-        b.write(7, e2, &[(1, b"snapshot-2".to_vec())])
+        a.write(7, 1, e2, &[(1, b"not-the-holder".to_vec())])
+            .await
+            .expect("redis")
+            .1,
+        Err(StoreError::Stale { current: e2 })
+    );
+    assert_eq!(
+        b.write(7, 2, e2, &[(1, b"snapshot-2".to_vec())])
             .await
             .expect("redis")
             .1,
         Ok(e2)
     );
-    assert_eq!(a.stale_writes().await.expect("redis"), 1);
+    assert_eq!(a.stale_writes().await.expect("redis"), 2);
     // The fenced-off write left the newer holder's snapshot in place.
     let stored = b.read_group(7).await.expect("redis");
     assert_eq!(stored.zones, vec![(1, b"snapshot-2".to_vec())]);

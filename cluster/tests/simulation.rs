@@ -9,8 +9,16 @@
 //! Checked at every step: a node serves a group only while it holds a valid lease on it, by
 //! its own clock and by the store's (the store's lease is this node's, at the served epoch,
 //! and has not lapsed); no two nodes hold a valid lease on the same group; and a hand-off's
-//! release is never sent before its final write was answered. Checked at the end, after a
-//! quiet period: every live node has the same view, and every group is served by its owner.
+//! release is never sent before its final write was answered. Checked at every write the
+//! store accepts: a group's stored state never goes back in time (each group's state is a
+//! count of the events applied to it; nodes keep it in memory as the engine keeps zones, and
+//! write it when the shell would: periodically under [`Serving::epoch`], on hand-off, on a
+//! lapse, and at a restore for a group the store lacks). Checked at the end, after a quiet
+//! period: every live node has the same view, and every group is served by its owner.
+//!
+//! `a_node_that_regains_a_group_restores_the_interim_owners_state` forces the pause-and-return
+//! race of issue 13 step by step: a paused node's group is taken over, the node resumes, gets
+//! the group back and its restore is held past its periodic writes.
 //!
 //! 256 seeds per run; a failure prints its seed, and `EQ_SIM_SEED=N` replays just that one.
 //! (Membership here is an oracle with detection delays; `membership_sim.rs` simulates the
@@ -60,18 +68,28 @@ enum Msg {
     ViewUpdate {
         node: NodeId,
     },
+    /// A node declared down resumed and rejoined (a new generation, as SWIM's renewal).
+    Rejoin {
+        node: NodeId,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum LocalOp {
-    Restored { group: u64, ok: bool },
+    Restored { group: u64, epoch: u64, ok: bool },
     WriteTimeout { group: u64, epoch: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Req {
     Lease(ReqL),
-    Write { group: u64, epoch: u64, last: bool },
+    /// A fenced write of the group's state (`value`: the events applied to it).
+    Write {
+        group: u64,
+        epoch: u64,
+        last: bool,
+        value: u64,
+    },
 }
 
 /// `Request` with an ordering, for the event queue.
@@ -123,6 +141,11 @@ struct Node {
     published: Serving,
     /// Hand-offs whose final write is not answered yet: (group, epoch).
     handoffs: BTreeSet<(u64, u64)>,
+    /// Each group's state as this node's engine holds it: the count of events applied to
+    /// it. Kept across a lapse (`keep_zones`), as the engine keeps zones for quotes.
+    memory: BTreeMap<u64, u64>,
+    /// Declared down by the others (a long pause, as SWIM would): not in their views.
+    declared_down: bool,
 }
 
 impl Node {
@@ -149,6 +172,13 @@ struct Sim {
     side_b: BTreeSet<NodeId>,
     /// Per ordered link (node, towards the store?): the latest delivery time queued on it.
     links: BTreeMap<(NodeId, bool), u64>,
+    /// The store's state of each group: the value of its last accepted write.
+    stored: BTreeMap<u64, u64>,
+    /// Each restore takes this long (sim ms) when set; otherwise 1–50 ms, and 5% of them
+    /// 500–2,000 ms (a slow Redis read), so periodic writes meet restores in flight.
+    restore_ms: Option<u64>,
+    /// Chaos on (the randomised run) or off (a scripted scenario).
+    chaos: bool,
     stats: BTreeMap<&'static str, u64>,
 }
 
@@ -169,6 +199,9 @@ impl Sim {
             cfg,
             side_b: BTreeSet::new(),
             links: BTreeMap::new(),
+            stored: BTreeMap::new(),
+            restore_ms: None,
+            chaos: true,
             stats: BTreeMap::new(),
         };
         for id in 1..=3 {
@@ -205,6 +238,8 @@ impl Sim {
                 coord,
                 published: Serving::default(),
                 handoffs: BTreeSet::new(),
+                memory: BTreeMap::new(),
+                declared_down: false,
             },
         );
     }
@@ -223,7 +258,7 @@ impl Sim {
     /// connection is: what a node sends reaches the store in the order sent, and the store's
     /// answers reach the node in the order sent; on different links anything goes.
     fn send_net(&mut self, m: Msg) {
-        let chaos = self.t < CHAOS_MS;
+        let chaos = self.chaos && self.t < CHAOS_MS;
         if chaos && self.rng.random_bool(0.05) {
             self.count("lost");
             return;
@@ -231,7 +266,7 @@ impl Sim {
         let link = match m {
             Msg::ToStore { from, .. } => Some((from, true)),
             Msg::ToNode { to, .. } | Msg::WriteDone { to, .. } => Some((to, false)),
-            Msg::Local { .. } | Msg::ViewUpdate { .. } => None,
+            Msg::Local { .. } | Msg::ViewUpdate { .. } | Msg::Rejoin { .. } => None,
         };
         let copies = if chaos && self.rng.random_bool(0.03) {
             2
@@ -261,7 +296,10 @@ impl Sim {
             self.nodes
                 .iter()
                 .filter(|(&n, node)| {
-                    node.alive && (node.leaving_since.is_none() || n == id) && self.reachable(id, n)
+                    node.alive
+                        && (node.leaving_since.is_none() || n == id)
+                        && (!node.declared_down || n == id)
+                        && self.reachable(id, n)
                 })
                 .map(|(&n, _)| Member { id: n, weight: 1 }),
         );
@@ -312,20 +350,27 @@ impl Sim {
                     });
                 }
                 Action::ListGroups => n.coord.handle_groups_seen(0..GROUPS),
-                Action::Restore { group, .. } => {
-                    // Reading the group's snapshots: 1–50 ms, failing 5% of the time.
+                Action::Restore { group, epoch } => {
+                    // Reading the group's snapshots: 1–50 ms (5% of reads 0.5–2 s), failing
+                    // 5% of the time. The store is read when the restore completes.
                     let ok = self.rng.random_bool(0.95);
-                    let d = self.rng.random_range(1..=50);
+                    let d = match self.restore_ms {
+                        Some(d) => d,
+                        None if self.rng.random_bool(0.05) => self.rng.random_range(500..=2_000),
+                        None => self.rng.random_range(1..=50),
+                    };
                     self.send(
                         d,
                         Msg::Local {
                             node: id,
-                            op: LocalOp::Restored { group, ok },
+                            op: LocalOp::Restored { group, epoch, ok },
                         },
                     );
                 }
                 Action::HandOff { group, epoch } => {
                     n.handoffs.insert((group, epoch));
+                    // The zones leave the engine with their final state.
+                    let value = n.memory.remove(&group).unwrap_or(0);
                     self.count("hand-offs");
                     self.send_net(Msg::ToStore {
                         from: id,
@@ -334,6 +379,7 @@ impl Sim {
                             group,
                             epoch,
                             last: true,
+                            value,
                         },
                     });
                     self.send(
@@ -345,10 +391,17 @@ impl Sim {
                     );
                 }
                 Action::Abandon {
-                    group, last_epoch, ..
+                    group,
+                    last_epoch,
+                    keep_zones,
                 } => {
+                    let value = if keep_zones {
+                        n.memory.get(&group).copied()
+                    } else {
+                        n.memory.remove(&group)
+                    };
                     self.count("abandoned");
-                    if let Some(epoch) = last_epoch {
+                    if let (Some(epoch), Some(value)) = (last_epoch, value) {
                         self.send_net(Msg::ToStore {
                             from: id,
                             sent_at: now,
@@ -356,12 +409,16 @@ impl Sim {
                                 group,
                                 epoch,
                                 last: false,
+                                value,
                             },
                         });
                     }
                 }
-                // No zones are modelled: nothing to sweep.
-                Action::SweepStray => {}
+                Action::SweepStray => {
+                    let coord = &n.coord;
+                    n.memory.retain(|g, _| coord.keeps(*g));
+                }
+                Action::StoreRewritten { .. } => self.count("store rewrites reported"),
             }
         }
         // The shell publishes what is served after every batch of actions.
@@ -383,6 +440,14 @@ impl Sim {
     fn deliver(&mut self, m: Msg) {
         let t = self.t;
         match m {
+            Msg::Rejoin { node } => {
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    if n.declared_down {
+                        n.declared_down = false;
+                        self.membership_changed();
+                    }
+                }
+            }
             Msg::ViewUpdate { node } => {
                 let v = self.correct_view(node);
                 if let Some(n) = self.nodes.get_mut(&node) {
@@ -396,13 +461,29 @@ impl Sim {
             Msg::ToStore { from, sent_at, req } => {
                 let ttl = self.cfg.lease.ttl_ms;
                 match req {
-                    Req::Write { group, epoch, last } => {
-                        let ok = self.store.write(group, epoch, t).is_ok();
+                    Req::Write {
+                        group,
+                        epoch,
+                        last,
+                        value,
+                    } => {
+                        let ok = self.store.write(group, from, epoch, t).is_ok();
                         self.count(if ok {
                             "writes accepted"
                         } else {
                             "stale writes rejected"
                         });
+                        if ok {
+                            let before = self.stored.get(&group).copied().unwrap_or(0);
+                            assert!(
+                                value >= before,
+                                "seed {}: t={t} node {from} wrote group {group} back in time \
+                                 at epoch {epoch} (final: {last}): the store held {before} events, \
+                                 the write {value}",
+                                self.seed
+                            );
+                            self.stored.insert(group, value);
+                        }
                         if last {
                             self.send_net(Msg::WriteDone {
                                 to: from,
@@ -479,11 +560,36 @@ impl Sim {
                         ..
                     } => self.final_write_done(to, group, epoch),
                     Msg::Local {
-                        op: LocalOp::Restored { group, ok },
+                        op: LocalOp::Restored { group, epoch, ok },
                         ..
                     } => {
+                        let stored = self.stored.get(&group).copied();
                         let n = self.nodes.get_mut(&to).expect("node");
-                        n.coord.handle_restored(group, ok);
+                        let now = n.clock(t);
+                        if ok {
+                            // The store's copy replaces the engine's; a group the store lacks
+                            // keeps the engine's copy, written under the new lease first.
+                            match stored {
+                                Some(v) => {
+                                    n.memory.insert(group, v);
+                                }
+                                None => {
+                                    let v = *n.memory.entry(group).or_insert(0);
+                                    self.send_net(Msg::ToStore {
+                                        from: to,
+                                        sent_at: now,
+                                        req: Req::Write {
+                                            group,
+                                            epoch,
+                                            last: false,
+                                            value: v,
+                                        },
+                                    });
+                                }
+                            }
+                        }
+                        let n = self.nodes.get_mut(&to).expect("node");
+                        n.coord.handle_restored(now, group, ok);
                         self.run_actions(to);
                     }
                     _ => unreachable!("matched above"),
@@ -508,10 +614,19 @@ impl Sim {
                 self.run_actions(id);
             }
             let n = self.nodes.get_mut(&id).expect("node");
-            let writes: Vec<(u64, u64)> = n
-                .published
-                .served(now)
-                .filter_map(|g| n.published.epoch(g, now).map(|e| (g, e)))
+            // Events are applied to served groups (the request path's check).
+            let served: BTreeSet<u64> = n.published.served(now).collect();
+            for g in served {
+                if n.published.serves(g, now) && self.rng.random_bool(0.3) {
+                    *n.memory.entry(g).or_insert(0) += 1;
+                }
+            }
+            // The persister's rule: every group with state in memory that `Serving::epoch`
+            // gives an epoch for.
+            let writes: Vec<(u64, u64, u64)> = n
+                .memory
+                .iter()
+                .filter_map(|(&g, &v)| n.published.epoch(g, now).map(|e| (g, e, v)))
                 .collect();
             let done = n.leaving_since.is_some_and(|since| {
                 t - since >= LEAVE_TIMEOUT_MS
@@ -521,7 +636,7 @@ impl Sim {
                 n.alive = false;
                 continue;
             }
-            for (group, epoch) in writes {
+            for (group, epoch, value) in writes {
                 if self.rng.random_bool(0.05) {
                     self.send_net(Msg::ToStore {
                         from: id,
@@ -530,6 +645,7 @@ impl Sim {
                             group,
                             epoch,
                             last: false,
+                            value,
                         },
                     });
                 }
@@ -629,32 +745,56 @@ impl Sim {
             9 if self.rng.random_bool(0.2) => {
                 let inc = self.store.incarnation + 1;
                 self.store.reset(inc, self.t, self.cfg.lease.ttl_ms);
+                self.stored.clear();
                 self.count("store restarts");
+            }
+            10 if alive.len() > 2 => {
+                // A pause long enough to be declared down: the others take its groups over,
+                // and it rejoins when it resumes (and gets its groups back).
+                let id = alive[self.rng.random_range(0..alive.len())];
+                let pause = self.rng.random_range(3_000..=6_000);
+                self.pause_declared_down(id, pause);
+                self.count("pauses declared down");
             }
             _ => {}
         }
     }
 
+    /// Pauses `id` for `pause_ms`; the others declare it down (their views drop it after a
+    /// detection delay), and it is back in every view once it resumes.
+    fn pause_declared_down(&mut self, id: NodeId, pause_ms: u64) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        n.paused_until = self.t + pause_ms;
+        n.declared_down = true;
+        self.membership_changed();
+        self.send(pause_ms, Msg::Rejoin { node: id });
+    }
+
+    /// One step of `STEP_MS`: chaos (if on), deliveries due, node steps, checks.
+    fn step(&mut self) {
+        if self.chaos && self.t < CHAOS_MS && self.t % 100 == 0 {
+            self.chaos();
+        }
+        if self.t == CHAOS_MS && !self.side_b.is_empty() {
+            self.side_b.clear();
+            self.membership_changed();
+        }
+        while let Some(std::cmp::Reverse((at, _, _))) = self.queue.peek() {
+            if *at > self.t {
+                break;
+            }
+            let std::cmp::Reverse((_, _, m)) = self.queue.pop().expect("peeked");
+            self.deliver(m);
+        }
+        self.tick_nodes();
+        self.check();
+        self.t += STEP_MS;
+    }
+
     fn run(seed: u64) -> BTreeMap<&'static str, u64> {
         let mut sim = Sim::new(seed);
         while sim.t < CHAOS_MS + QUIET_MS {
-            if sim.t < CHAOS_MS && sim.t % 100 == 0 {
-                sim.chaos();
-            }
-            if sim.t == CHAOS_MS && !sim.side_b.is_empty() {
-                sim.side_b.clear();
-                sim.membership_changed();
-            }
-            while let Some(std::cmp::Reverse((at, _, _))) = sim.queue.peek() {
-                if *at > sim.t {
-                    break;
-                }
-                let std::cmp::Reverse((_, _, m)) = sim.queue.pop().expect("peeked");
-                sim.deliver(m);
-            }
-            sim.tick_nodes();
-            sim.check();
-            sim.t += STEP_MS;
+            sim.step();
         }
         // Converged: the same view everywhere, and every group served by its owner.
         let live: Vec<&Node> = sim.nodes.values().filter(|n| n.alive).collect();
@@ -706,6 +846,8 @@ fn every_node_serves_only_under_a_valid_lease_and_hands_over_before_releasing_un
         "releases",
         "abandoned",
         "store restarts",
+        "store rewrites reported",
+        "pauses declared down",
         "stale writes rejected",
     ] {
         assert!(
@@ -713,5 +855,69 @@ fn every_node_serves_only_under_a_valid_lease_and_hands_over_before_releasing_un
             "no {what} happened in {} seeds",
             seeds.len()
         );
+    }
+}
+
+/// Issue 13's race, forced: a node paused past its lease is declared down, an interim owner
+/// takes its group over and applies events; the node resumes, the view gives the group back,
+/// the interim owner hands it over, and the returning node's restore is held (1.5 s, longer
+/// than between its periodic writes, while its engine still holds its pre-pause state). It
+/// must serve the interim owner's state, and no write may put its older state back.
+#[test]
+fn a_node_that_regains_a_group_restores_the_interim_owners_state() {
+    let mut sim = Sim::new(13);
+    sim.chaos = false;
+    while sim.t < 5_000 {
+        sim.step();
+    }
+    let group = 0;
+    let home = sim.nodes[&1]
+        .coord
+        .view()
+        .owner_of_group(group)
+        .expect("owner");
+    let before = sim.nodes[&home].memory.get(&group).copied().unwrap_or(0);
+    assert!(
+        sim.nodes[&home]
+            .published
+            .serves(group, sim.nodes[&home].clock(sim.t)),
+        "group {group} not served by its owner {home} after settling"
+    );
+    let paused_at = sim.t;
+    sim.pause_declared_down(home, 6_000);
+    while sim.t < paused_at + 5_900 {
+        sim.step();
+    }
+    let interim = *sim
+        .nodes
+        .iter()
+        .find(|(&id, n)| id != home && n.published.serves(group, n.clock(sim.t)))
+        .expect("an interim owner serves the group during the pause")
+        .0;
+    let interim_value = sim.nodes[&interim].memory[&group];
+    assert!(
+        interim_value > before,
+        "the interim owner applied no event ({interim_value} vs {before})"
+    );
+    // From the resume on, every restore takes 1.5 s.
+    sim.restore_ms = Some(1_500);
+    let deadline = sim.t + 10_000;
+    loop {
+        sim.step();
+        let n = &sim.nodes[&home];
+        if sim.t > paused_at + 6_000 && n.published.serves(group, n.clock(sim.t)) {
+            break;
+        }
+        assert!(sim.t < deadline, "node {home} never got group {group} back");
+    }
+    let back = sim.nodes[&home].memory[&group];
+    assert!(
+        back >= interim_value,
+        "node {home} serves group {group} from {back} events, the interim owner {interim} \
+         had applied {interim_value}: acknowledged events lost"
+    );
+    // Nothing went back in time afterwards either.
+    for _ in 0..300 {
+        sim.step();
     }
 }

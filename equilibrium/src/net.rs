@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
@@ -101,7 +102,7 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
     }
     let rt = runtime()?;
     let started = server::compose::start_engine(&cfg, engine_cfg, key)?;
-    rt.block_on(async {
+    let run = rt.block_on(async {
         let (node, cluster) = server::compose::start_node(&cfg, started)?;
         if let Some(c) = &cluster {
             tracing::info!(peer = %c.peer_addr(), "cluster peer endpoint");
@@ -119,9 +120,15 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
         }
         node.shutdown().await;
         anyhow::Ok(())
-    })?;
-    Ok(())
+    });
+    // `shutdown` kept to `drain_timeout_ms`; tasks still running (a Redis call that never
+    // answers) must not hold the process beyond it.
+    rt.shutdown_timeout(Duration::from_millis(RUNTIME_SHUTDOWN_MS));
+    run
 }
+
+/// After the node's graceful shutdown, the longest wait for the runtime's remaining tasks.
+const RUNTIME_SHUTDOWN_MS: u64 = 100;
 
 /// Prints the lines tests and scripts wait for: the address comes last on each. One write,
 /// errors ignored: a reader that takes the first line and closes the pipe must not bring the

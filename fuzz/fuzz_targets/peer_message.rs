@@ -10,6 +10,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = wire::decode(data) {
         let again = match &m {
+            PeerMessage::Replication(r) if r.full => {
+                wire::encode_full_replication(r.from, r.now_ms, &r.published, &r.still_current)
+            }
             PeerMessage::Replication(r) => {
                 wire::encode_replication(r.from, r.now_ms, &r.published, &r.still_current)
             }

@@ -197,6 +197,10 @@ pub struct ClusterMetrics {
     /// `equilibrium_cluster_handoff_duration_seconds`: from deciding to take a group to
     /// serving it (lease, restore from Redis).
     pub handoff_duration: Histogram,
+    /// `equilibrium_cluster_store_rewrite_duration_seconds`: after Redis restarted empty,
+    /// from the first lease reply of its new incarnation to every group this node owns
+    /// rewritten and served again (includes the store's quiet period of one lease length).
+    pub store_rewrite_duration: Histogram,
     /// `equilibrium_cluster_lease_renewals_total{result="ok"}`.
     pub lease_renewals_ok: Counter,
     /// `equilibrium_cluster_lease_renewals_total{result="failed"}`.
@@ -386,6 +390,10 @@ impl Metrics {
             handoff_duration: r.histogram(
                 "equilibrium_cluster_handoff_duration_seconds",
                 "From deciding to take a zone group to serving it.",
+            ),
+            store_rewrite_duration: r.histogram(
+                "equilibrium_cluster_store_rewrite_duration_seconds",
+                "After Redis restarted empty: from seeing its new incarnation to every owned zone group rewritten and served again.",
             ),
             lease_renewals_ok,
             lease_renewals_failed,

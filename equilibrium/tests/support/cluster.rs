@@ -623,9 +623,12 @@ pub(crate) async fn every_node_quotes_every_zone(c: &TestCluster, zones: &[u64])
                         assert!(q.snapshot_age_ms <= 10_000);
                         break;
                     }
+                    // A node that just started answers `unavailable` while warming.
                     Err(e)
-                        if e.code() == Some(ErrorCode::UnknownZone)
-                            && Instant::now() < deadline =>
+                        if matches!(
+                            e.code(),
+                            Some(ErrorCode::UnknownZone | ErrorCode::Unavailable)
+                        ) && Instant::now() < deadline =>
                     {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }

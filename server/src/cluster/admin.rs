@@ -108,13 +108,26 @@ impl Cluster {
         info!("cluster: leaving");
         self.leaving.store(true, Ordering::Release);
         let _ = self.leave_tx.send(true);
+        // The whole leave stays within `timeout`: the hand-off until the time kept for the
+        // releases and the final flush, the flush until the end (a slow Redis cannot hold
+        // it longer: what is not written by then is what a crash would lose).
         let deadline = Instant::now() + timeout;
-        while self.serving_groups() > 0 && Instant::now() < deadline {
+        let reserve = Duration::from_millis(LEAVE_RELEASE_WAIT_MS + LEAVE_FLUSH_RESERVE_MS);
+        let handoff_until = deadline.checked_sub(reserve).unwrap_or_else(Instant::now);
+        while self.serving_groups() > 0 && Instant::now() < handoff_until {
             tokio::time::sleep(Duration::from_millis(LEAVE_POLL_MS)).await;
         }
         // Release what is left (the coordinator's next lease tick sends the releases).
-        tokio::time::sleep(Duration::from_millis(LEAVE_RELEASE_WAIT_MS)).await;
-        self.flush(true).await;
+        let release_wait = Duration::from_millis(LEAVE_RELEASE_WAIT_MS)
+            .min(deadline.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(release_wait).await;
+        let flush_until = tokio::time::Instant::from_std(deadline);
+        if tokio::time::timeout_at(flush_until, self.flush(true))
+            .await
+            .is_err()
+        {
+            warn!("leaving: the final snapshot flush did not finish in time");
+        }
         if !self.left.swap(true, Ordering::AcqRel) {
             for t in self.tasks.get().into_iter().flatten() {
                 t.abort();

@@ -70,7 +70,15 @@ impl Cluster {
             format!("zone {zone}'s lease lapsed; nothing changed, retry"),
         ))?;
         let bytes = cluster::persist::encode(&core.export());
-        let r = write_chunks(&store, &self.metrics, g, epoch, &[(zone.raw(), bytes)]).await;
+        let r = write_chunks(
+            &store,
+            &self.metrics,
+            self.me,
+            g,
+            epoch,
+            &[(zone.raw(), bytes)],
+        )
+        .await;
         if !self.note_write(g, epoch, &r) {
             return Err(match r {
                 Err(WriteFailure::Unreachable(e)) => Refusal::new(

@@ -9,6 +9,7 @@ impl Cluster {
         self: Arc<Self>,
         mut coord: Coordinator,
         mut groups_seen: mpsc::Receiver<u64>,
+        mut full_announces: mpsc::Receiver<NodeId>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(COORDINATOR_TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -25,6 +26,9 @@ impl Cluster {
                 seen.push(g);
             }
             coord.handle_groups_seen(seen);
+            while let Ok(from) = full_announces.try_recv() {
+                coord.handle_full_announce(from);
+            }
             let vs = self.view.load_full();
             if !Arc::ptr_eq(&vs, &view) {
                 coord.handle_view(vs.view.clone());
@@ -34,6 +38,13 @@ impl Cluster {
                 coord.handle_leave();
             }
             coord.tick(mono_ms());
+            if coord.is_warm() && !self.warm.swap(true, Ordering::AcqRel) {
+                info!(
+                    groups_served = coord.serving(mono_ms()).served_count(mono_ms()),
+                    "warm: every member's prices received and every owned group served \
+                     (unknown zones are answered unknown_zone from now on)"
+                );
+            }
             // Published before anything is carried out: a group handed over or lost stops
             // being served before its zones leave the engine.
             self.publish(&coord);
@@ -87,6 +98,22 @@ impl Cluster {
                     keep_zones,
                 } => lost.push((group, last_epoch, keep_zones)),
                 Action::SweepStray => sweep = true,
+                Action::StoreRewritten {
+                    reset_seen_at_ms,
+                    rewritten_at_ms,
+                    groups,
+                } => {
+                    let ms = rewritten_at_ms.saturating_sub(reset_seen_at_ms);
+                    self.metrics
+                        .cluster
+                        .store_rewrite_duration
+                        .observe(Duration::from_millis(ms));
+                    info!(
+                        groups,
+                        after_ms = ms,
+                        "redis restarted empty: every group this node owns is rewritten and served again"
+                    );
+                }
             }
         }
         if list {
@@ -150,14 +177,48 @@ impl Cluster {
                 }
             }
         }
+        if restores.is_empty() {
+            return;
+        }
+        let mut local: HashMap<u64, Vec<ZoneId>> = HashMap::new();
+        match self.engine.zone_ids().await {
+            Ok(zones) => {
+                for z in zones {
+                    local.entry(coord.view().group_of(z)).or_default().push(z);
+                }
+            }
+            Err(e) => {
+                // Restoring without knowing what is live here could serve an old copy.
+                warn!("restoring: engine: {e}");
+                for (g, _) in restores {
+                    coord.handle_restored(mono_ms(), g, false);
+                }
+                return;
+            }
+        }
+        if self.cfg.test_restore_hold_ms > 0 {
+            // The fault-injection hook: the leases are granted and published, the store not
+            // read yet (once per batch, so the hold stays shorter than a lease).
+            tokio::time::sleep(Duration::from_millis(self.cfg.test_restore_hold_ms)).await;
+        }
         for (g, epoch) in restores {
             let span = info_span!("takeover", group = format!("{g:x}"), epoch);
             let t0 = Instant::now();
-            let ok = self.restore_group(store, g, bad).instrument(span).await;
+            // The writer lock from the store read until the group is published as served:
+            // a periodic flush either ran before (and wrote nothing of this group: no epoch
+            // before the restore) or runs after, on the restored zones.
+            let w = self.writer.lock().await;
+            let local = local.remove(&g).unwrap_or_default();
+            let ok = self
+                .restore_group(store, g, epoch, &local, bad)
+                .instrument(span)
+                .await;
             if ok {
                 self.metrics.cluster.handoff_duration.observe(t0.elapsed());
             }
-            coord.handle_restored(g, ok);
+            coord.handle_restored(mono_ms(), g, ok);
+            self.publish(coord);
+            drop(w);
         }
     }
 
@@ -227,10 +288,17 @@ impl Cluster {
         out
     }
 
+    /// Restores group `g` under lease `epoch` (see ARCHITECTURE.md, "How a takeover
+    /// flows"): the store's copy of each zone replaces the one live here; a zone live here
+    /// (`local`) that the store does not hold is written under `epoch` first; every zone's
+    /// snapshot version is raised to at least [`version_floor`]`(epoch)` and above the copy
+    /// live here. False when something failed: nothing is served, the coordinator retries.
     pub(super) async fn restore_group(
         &self,
         store: &RedisLeaseStore,
         g: u64,
+        epoch: u64,
+        local: &[ZoneId],
         bad: &mut BadValues,
     ) -> bool {
         let stored = match store.read_group(g).await {
@@ -247,10 +315,25 @@ impl Cluster {
                 return false;
             }
         };
+        let live: HashMap<u64, engine::core::ZoneExport> = match self.engine.export(local).await {
+            Ok(v) => v.into_iter().map(|e| (e.zone.raw(), e)).collect(),
+            Err(e) => {
+                warn!("restoring: engine: {e}");
+                return false;
+            }
+        };
         let limits = &self.engine.config().zone;
-        let mut cores: Vec<ZoneCore> = Vec::with_capacity(stored.len());
+        let floor = version_floor(epoch);
+        let mut cores: Vec<ZoneCore> = Vec::with_capacity(stored.len() + live.len());
+        let mut in_store: HashSet<u64> = HashSet::with_capacity(stored.len());
         for (zone, bytes) in &stored {
-            match cluster::persist::decode(bytes, limits) {
+            in_store.insert(*zone);
+            let decoded = cluster::persist::decode_export(bytes).and_then(|mut e| {
+                let here = live.get(zone).map_or(0, |l| l.version);
+                e.version = e.version.max(here).max(floor);
+                Ok(ZoneCore::import(e, limits)?)
+            });
+            match decoded {
                 Ok(core) => cores.push(core),
                 Err(e) => {
                     self.metrics.redis.bad_values.inc();
@@ -263,10 +346,40 @@ impl Cluster {
                 }
             }
         }
+        // A zone live here but absent from the store (the store restarted empty, or the zone
+        // was never written): no owner since wrote it (every hand-off writes all of a
+        // group's zones), so this copy is the newest there is. It is written under the new
+        // lease before the group is served, so it is durable at once, not when it next
+        // changes.
+        let missing: Vec<engine::core::ZoneExport> = live
+            .into_values()
+            .filter(|e| !in_store.contains(&e.zone.raw()))
+            .map(|mut e| {
+                e.version = e.version.max(floor);
+                e
+            })
+            .collect();
+        let written = missing.len();
+        if !missing.is_empty() {
+            let zones: Vec<(u64, Vec<u8>)> = missing
+                .iter()
+                .map(|e| (e.zone.raw(), cluster::persist::encode(e)))
+                .collect();
+            if !self.write_group(store, g, epoch, zones).await {
+                warn!(
+                    zones = written,
+                    "restoring: writing the zones the store lacks failed, retrying"
+                );
+                return false;
+            }
+            for e in missing {
+                match ZoneCore::import(e, limits) {
+                    Ok(core) => cores.push(core),
+                    Err(e) => warn!("restoring: a live zone did not re-import: {e}"),
+                }
+            }
+        }
         let n = cores.len();
-        // Zones in Redis replace any local copy. A zone live here but absent from Redis (the
-        // store restarted empty, or it was never written) keeps its in-memory state: it is
-        // the newest there is.
         match self.engine.import(cores).await {
             Ok(failed) => {
                 if failed > 0 {
@@ -274,7 +387,7 @@ impl Cluster {
                 }
                 self.metrics.cluster.handoffs_acquired.inc();
                 // The `takeover` span carries the group and its epoch.
-                info!(zones = n, "group taken over");
+                info!(zones = n, written_from_memory = written, "group taken over");
                 true
             }
             Err(e) => {
@@ -359,7 +472,7 @@ impl Cluster {
         epoch: u64,
         zones: Vec<(u64, Vec<u8>)>,
     ) -> bool {
-        let r = write_chunks(store, &self.metrics, g, epoch, &zones).await;
+        let r = write_chunks(store, &self.metrics, self.me, g, epoch, &zones).await;
         self.note_write(g, epoch, &r)
     }
 

@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use cluster::coordinator::{Action, Coordinator, CoordinatorConfig, Serving};
-use cluster::lease::{LeaseConfig, Reply, Request, StoreError};
+use cluster::lease::{version_floor, LeaseConfig, Reply, Request, StoreError};
 use cluster::membership::{Membership, MembershipConfig, Peer};
 use cluster::ownership::{Member, NodeId, View};
 use cluster::redis_store::{
@@ -111,6 +111,10 @@ const COORDINATOR_TICK_MS: u64 = 100;
 /// coordinator; beyond it they are dropped and reported again by the next request naming
 /// them.
 const GROUPS_SEEN_QUEUE_MAX: usize = 4_096;
+/// Full replica announces received and not yet handed to the coordinator (one per member
+/// and generation is all warming needs; beyond it they are dropped, and warming ends at
+/// `warmup_max_ms` at the latest).
+const FULL_ANNOUNCES_QUEUE_MAX: usize = 256;
 /// How often quotes answered from replicas are reported to their owners.
 const QUOTE_REPORT_INTERVAL_MS: u64 = 1_000;
 /// Zones listed in the admin `CLUSTER` reply's hottest list.
@@ -119,6 +123,8 @@ const HOTTEST_ZONES_MAX: usize = 10;
 const LEAVE_POLL_MS: u64 = 20;
 /// While leaving: time for the coordinator's next lease tick to send the releases.
 const LEAVE_RELEASE_WAIT_MS: u64 = 150;
+/// While leaving: time kept at the end of the leave's budget for the final flush.
+const LEAVE_FLUSH_RESERVE_MS: u64 = 500;
 /// While leaving: the peer endpoint stays open this long, so a forwarded drain's answer can
 /// still go out on it.
 const LEAVE_CLOSE_DELAY_MS: u64 = 500;
@@ -213,6 +219,10 @@ pub struct Cluster {
     serving: ArcSwap<Serving>,
     /// Groups the request path saw that `serving` does not know yet, for the coordinator.
     groups_seen: mpsc::Sender<u64>,
+    /// Members that sent all their prices (a full replica announce), for the coordinator.
+    full_announces: mpsc::Sender<NodeId>,
+    /// False while this node is warming (`cluster::warmup`), as the coordinator last decided.
+    warm: AtomicBool,
     /// The snapshot writer's state; holding it serializes snapshot writes (periodic,
     /// hand-off, write-through fare changes), and nothing reaches the state without it.
     writer: tokio::sync::Mutex<Writer>,
@@ -297,11 +307,14 @@ impl Cluster {
             me,
             CoordinatorConfig {
                 lease: lease_cfg,
+                warmup_max_ms: cfg.warmup_max_ms,
+                expects_peers: cfg.seeds.iter().any(|s| *s != cfg.listen),
                 ..CoordinatorConfig::default()
             },
             view.view.clone(),
         );
         let (groups_seen, groups_seen_rx) = mpsc::channel(GROUPS_SEEN_QUEUE_MAX);
+        let (full_announces, full_announces_rx) = mpsc::channel(FULL_ANNOUNCES_QUEUE_MAX);
         let (leave_tx, leave_rx) = tokio::sync::watch::channel(false);
         let this = Arc::new(Self {
             peers: Peers {
@@ -317,6 +330,8 @@ impl Cluster {
             view: ArcSwap::from_pointee(view),
             serving: ArcSwap::from_pointee(Serving::default()),
             groups_seen,
+            full_announces,
+            warm: AtomicBool::new(false),
             writer: tokio::sync::Mutex::new(Writer::default()),
             store_up: AtomicBool::new(false),
             metrics,
@@ -337,7 +352,11 @@ impl Cluster {
             tokio::spawn(Arc::clone(t).connect_store(redis_tls, generation)),
             tokio::spawn(Arc::clone(t).accept_peers(endpoint, dgram_tx, fwd_tx)),
             tokio::spawn(Arc::clone(t).membership_loop(membership, dgram_rx, leave_rx)),
-            tokio::spawn(Arc::clone(t).coordinator_loop(coordinator, groups_seen_rx)),
+            tokio::spawn(Arc::clone(t).coordinator_loop(
+                coordinator,
+                groups_seen_rx,
+                full_announces_rx,
+            )),
             tokio::spawn(Arc::clone(t).persist_loop()),
             tokio::spawn(Arc::clone(t).replicate_loop(ticks)),
             tokio::spawn(Arc::clone(t).quote_report_loop()),
@@ -364,6 +383,13 @@ impl Cluster {
     /// The staleness bound for quotes.
     pub fn stale_ms(&self) -> u64 {
         self.cfg.snapshot_stale_ms
+    }
+
+    /// False while this node is warming (`cluster::warmup`): just started, it may not yet
+    /// hold a price for a zone that exists, so a quote for a zone it has no price for is
+    /// answered `unavailable` (retry), not `unknown_zone`.
+    pub fn is_warm(&self) -> bool {
+        self.warm.load(Ordering::Acquire)
     }
 
     /// Groups this node serves now.

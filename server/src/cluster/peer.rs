@@ -451,7 +451,9 @@ impl Cluster {
             .saturating_add(a.zones_max / 4)
             .saturating_add(self.cfg.replica_zones_max);
         match kind {
-            cluster::wire::KIND_REPLICATION_V1 => 19usize.saturating_add(zones.saturating_mul(99)),
+            cluster::wire::KIND_REPLICATION_V1 | cluster::wire::KIND_REPLICATION_FULL_V1 => {
+                19usize.saturating_add(zones.saturating_mul(99))
+            }
             cluster::wire::KIND_QUOTE_COUNTS_V1 => 7usize.saturating_add(zones.saturating_mul(12)),
             _ => 1,
         }

@@ -49,10 +49,10 @@ impl Cluster {
                 // Not ours any more: the coordinator's hand-off or loss path handles it.
                 continue;
             };
-            let (store, metrics) = (store.clone(), Arc::clone(&self.metrics));
+            let (store, metrics, me) = (store.clone(), Arc::clone(&self.metrics), self.me);
             set.spawn(async move {
                 let zones: Vec<(u64, Vec<u8>)> = zones.into_iter().collect();
-                let r = write_chunks(&store, &metrics, g, epoch, &zones).await;
+                let r = write_chunks(&store, &metrics, me, g, epoch, &zones).await;
                 (g, epoch, zones, r)
             });
         }
@@ -83,13 +83,14 @@ pub(super) enum WriteFailure {
 pub(super) async fn write_chunks(
     store: &RedisLeaseStore,
     metrics: &telemetry::Metrics,
+    me: NodeId,
     g: u64,
     epoch: u64,
     zones: &[(u64, Vec<u8>)],
 ) -> Result<(), WriteFailure> {
     for chunk in zones.chunks(WRITE_ZONES_MAX) {
         let t0 = Instant::now();
-        let r = store.write(g, epoch, chunk).await;
+        let r = store.write(g, me, epoch, chunk).await;
         metrics.redis.write_duration.observe(t0.elapsed());
         match r {
             Ok((_, Ok(_))) => {}

@@ -29,7 +29,10 @@ impl Cluster {
                 .copied()
                 .collect();
             // A member new to this node (joined, or restarted: a new generation) has none of
-            // our prices, and steady zones publish nothing new: send it all of them once.
+            // our prices, and steady zones publish nothing new: send it every price this node
+            // holds once, its replicas included: a group moving between owners at this moment
+            // (taken out of one engine, not yet into the next) is then still in someone's
+            // announce, so a warm node has a price for every zone (`cluster::warmup`).
             let newcomers: Vec<SocketAddr> = others
                 .iter()
                 .filter(|p| !synced.contains(&(p.id, p.generation)))
@@ -37,16 +40,19 @@ impl Cluster {
                 .collect();
             synced = others.iter().map(|p| (p.id, p.generation)).collect();
             if !newcomers.is_empty() {
-                let zones = self.engine.zone_ids().await.unwrap_or_default();
                 let table = self.engine.table();
                 let all = TickMsg {
                     now_ms: t.now_ms,
-                    published: zones.iter().filter_map(|&z| table.get(z)).collect(),
+                    published: table.zones().filter_map(|(_, i)| table.load(i)).collect(),
                     unchanged: Vec::new(),
                 };
-                let bytes: Arc<[u8]> =
-                    wire::encode_replication(self.me, all.now_ms, &all.published, &all.unchanged)
-                        .into();
+                let bytes: Arc<[u8]> = wire::encode_full_replication(
+                    self.me,
+                    all.now_ms,
+                    &all.published,
+                    &all.unchanged,
+                )
+                .into();
                 for addr in newcomers {
                     self.send_uni_within(addr, Arc::clone(&bytes), NEWCOMER_SYNC_ATTEMPTS_MAX);
                 }
@@ -182,6 +188,7 @@ impl Cluster {
             now_ms,
             published: snaps,
             still_current: unchanged,
+            full,
         } = r;
         let vs = self.view.load();
         let serving = self.serving.load();
@@ -208,6 +215,10 @@ impl Cluster {
             if let Some(slot) = table.slot_of(z) {
                 table.touch(slot, now_ms);
             }
+        }
+        if full {
+            // After its prices are in the table: warming may end once every member's are.
+            let _ = self.full_announces.try_send(from);
         }
     }
 }

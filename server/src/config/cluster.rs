@@ -83,6 +83,25 @@ pub struct ClusterConfig {
     /// reports per interval (more is cut down and counted). Default 1,000,000.
     #[serde(default = "default_peer_quotes_per_s")]
     pub peer_quotes_per_s_max: u64,
+
+    /// A node that just started is *warming* until every other member sent it all its
+    /// prices and every group it owns is served (`cluster::warmup`), at most this long:
+    /// meanwhile a quote for a zone without a price here is answered `unavailable`
+    /// (retryable), not `unknown_zone`. Default 10,000 ms.
+    #[serde(default = "default_warmup_max")]
+    pub warmup_max_ms: u64,
+
+    /// For fault-injection tests only: each batch of takeovers waits this long after its
+    /// leases were granted (and published) before it reads the store, which widens the
+    /// window in which a stale write could land (ARCHITECTURE.md, "How a takeover flows").
+    /// It blocks the coordinator, so keep it below `lease_ttl_ms` minus
+    /// `lease_renew_after_ms`. Default 0; at most 10,000.
+    #[serde(default)]
+    pub test_restore_hold_ms: u64,
+}
+
+fn default_warmup_max() -> u64 {
+    10_000
 }
 
 fn default_peer_quotes_per_s() -> u64 {
@@ -164,6 +183,12 @@ impl ClusterConfig {
             return Err(invalid(
                 "cluster.peer_quotes_per_s_max",
                 "must be at least 1",
+            ));
+        }
+        if c.test_restore_hold_ms > 10_000 {
+            return Err(invalid(
+                "cluster.test_restore_hold_ms",
+                "must be at most 10000 (a test hook; 0 in production)",
             ));
         }
         if c.replication_queue_max == 0 || c.peer_connections_max == 0 {

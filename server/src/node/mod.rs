@@ -63,6 +63,12 @@ use crate::tls::Identity;
 const IDLE_TIMEOUT_FALLBACK_MS: u32 = 30_000;
 /// While draining: how often to look whether every admitted request was answered.
 const DRAIN_POLL_MS: u64 = 10;
+/// Share of `drain_timeout_ms` the cluster hand-off may take at shutdown, in percent; the
+/// rest is for in-flight requests and closing connections.
+pub const LEAVE_SHARE_PERCENT: u32 = 70;
+/// Time kept at the end of `drain_timeout_ms` for closing connections once in-flight
+/// requests had their chance.
+pub const CLOSE_RESERVE_MS: u64 = 200;
 /// Initial capacity of a stream's read and write buffers (they grow up to what a read of
 /// frames of at most `frame_len_max` needs).
 const STREAM_BUFFER_BYTES: usize = 64 * 1024;
@@ -379,22 +385,39 @@ impl Node {
         self.shared.admission.in_flight()
     }
 
-    /// Graceful shutdown: stop accepting, answer new requests `shutting_down`, wait (up to
-    /// `drain_timeout_ms`) for in-flight requests, then close every connection with code 51.
+    /// Graceful shutdown, all of it within `drain_timeout_ms` of being called: in a cluster,
+    /// hand every zone over first (at most [`LEAVE_SHARE_PERCENT`] of the budget, still
+    /// answering quotes); then stop accepting, answer new requests `shutting_down`, wait for
+    /// in-flight requests until [`CLOSE_RESERVE_MS`] before the deadline, close every
+    /// connection with code 51 and wait for the endpoints to go idle until the deadline.
+    /// Whatever is unfinished at the deadline is abandoned (and logged), so a slow Redis or a
+    /// stuck peer cannot hold a SIGTERM past the bound.
     pub async fn shutdown(mut self) {
-        info!("shutting down: draining in-flight requests");
+        let budget = Duration::from_millis(self.shared.limits.drain_timeout_ms);
+        let t0 = tokio::time::Instant::now();
+        let deadline = t0 + budget;
+        info!(
+            drain_timeout_ms = self.shared.limits.drain_timeout_ms,
+            "shutting down: handing over, then draining in-flight requests"
+        );
         self.shared.metrics.health.set(HealthState::ShuttingDown);
         if let Some(c) = &self.shared.cluster {
             // Hand every zone over first (final writes, leases released), while still
             // answering quotes; peers forward events to the new owners.
-            c.leave(Duration::from_millis(self.shared.limits.drain_timeout_ms))
-                .await;
+            let share = budget * LEAVE_SHARE_PERCENT / 100;
+            if tokio::time::timeout(share, c.leave(share)).await.is_err() {
+                warn!(
+                    "drain timeout: the hand-off did not finish in its share of drain_timeout_ms"
+                );
+            }
         }
         self.shared.stopping.store(true, Ordering::Release);
         self.accept.abort();
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(self.shared.limits.drain_timeout_ms);
-        while self.shared.admission.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        let drain_until = deadline
+            .checked_sub(Duration::from_millis(CLOSE_RESERVE_MS))
+            .unwrap_or(deadline)
+            .max(tokio::time::Instant::now());
+        while self.shared.admission.in_flight() > 0 && tokio::time::Instant::now() < drain_until {
             tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
         }
         let left = self.shared.admission.in_flight();
@@ -406,12 +429,20 @@ impl Node {
         if let Some(p) = &self.premium {
             p.endpoint.close(code, b"shutting down");
         }
-        self.endpoint.wait_idle().await;
+        if tokio::time::timeout_at(deadline, self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            warn!("drain timeout: connections still closing");
+        }
         if let Some(thread) = self.premium.as_mut().and_then(|p| p.thread.take()) {
             // Its runtime ends once its endpoint is idle.
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            let join = tokio::task::spawn_blocking(move || thread.join());
+            if tokio::time::timeout_at(deadline, join).await.is_err() {
+                warn!("drain timeout: the premium endpoint thread is still closing");
+            }
         }
-        info!("stopped");
+        info!(took_ms = t0.elapsed().as_millis() as u64, "stopped");
     }
 }
 

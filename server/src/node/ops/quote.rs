@@ -1,5 +1,6 @@
 //! `QUOTE` and `QUOTE_BATCH`: straight from the snapshot table, refused as `stale` beyond the
-//! cluster's staleness bound.
+//! cluster's staleness bound, and as `unavailable` (not `unknown_zone`) for a zone without a
+//! price while the node is warming.
 
 use super::*;
 
@@ -27,10 +28,24 @@ pub(in crate::node) fn quote(
         distance_m: q.distance_m,
         duration_s: q.duration_s,
     };
-    let (t, age) = shared
+    let (t, age) = match shared
         .engine
         .quoter()
-        .quote_with_age(zone, trip, now, &mut token)?;
+        .quote_with_age(zone, trip, now, &mut token)
+    {
+        Ok(v) => v,
+        // Just started: the zone may exist and its replica not have arrived yet
+        // (`cluster::warmup`), so not `unknown_zone`, which a client cannot retry.
+        Err(engine::quote::QuoteError::UnknownZone(_))
+            if shared.cluster.as_ref().is_some_and(|c| !c.is_warm()) =>
+        {
+            return Err(Refusal::new(
+                ErrorCode::Unavailable,
+                format!("zone {zone} has no price here yet: this node is warming up; retry"),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(c) = &shared.cluster {
         if age > c.stale_ms() {
             return Err(Refusal::new(
