@@ -10,7 +10,10 @@ by byte as the spec describes. Usage:
 It authenticates, sends two rider-demand events (twice: the resend must come back as
 duplicates), sends two more as an idempotent producer (numbered per zone; resent, and then
 once more from an older epoch, which is fenced), quotes a trip from ZONE_HEX and a trip from
-an invalid latitude, and prints one JSON object with what the node answered.
+an invalid latitude, tries the rules of PROTOCOL.md §6 (a reply kind sent as a request, a bad
+`origin`, a `client_name` over 64 bytes, a second HELLO), and prints one JSON object with what
+the node answered. `check_vectors.py` checks the encoders and decoders here against
+`protocol/vectors/`.
 """
 
 import asyncio
@@ -18,9 +21,6 @@ import json
 import ssl
 import struct
 import sys
-
-from aioquic.asyncio import connect
-from aioquic.quic.configuration import QuicConfiguration
 
 ALPN = "equilibrium/1"
 HELLO, QUOTE, EVENT_BATCH, PRODUCER_BATCH = 0x01, 0x02, 0x04, 0x10
@@ -128,6 +128,10 @@ async def request(reader, writer, kind, request_id, body):
 
 
 async def main(host, port, token, cafile, zone_hex):
+    # Imported here so that check_vectors.py can use the codecs without aioquic.
+    from aioquic.asyncio import connect
+    from aioquic.quic.configuration import QuicConfiguration
+
     config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], server_name="localhost")
     config.load_verify_locations(cafile)
     config.verify_mode = ssl.CERT_REQUIRED
@@ -135,6 +139,10 @@ async def main(host, port, token, cafile, zone_hex):
     out = {}
     async with connect(host, int(port), configuration=config) as client:
         reader, writer = await client.create_stream()
+        # Before HELLO: a reply kind is unknown_kind (3) whatever its body; a client_name over
+        # 64 bytes is invalid_value (25) and authenticates nothing.
+        out["reply_kind"] = await request(reader, writer, WELCOME, 20, b"\x01\x02\x03")
+        out["long_name"] = await request(reader, writer, HELLO, 21, hello_body(token.encode(), b"n" * 65))
         out["hello"] = await request(reader, writer, HELLO, 1, hello_body(token.encode(), b"python"))
         events = [(9001, zone, 0, 4), (9002, zone, 0, 4)]
         out["events"] = await request(reader, writer, EVENT_BATCH, 2, event_batch_body(events))
@@ -148,6 +156,10 @@ async def main(host, port, token, cafile, zone_hex):
         out["old_epoch"] = await request(reader, writer, PRODUCER_BATCH, 9, old.body(numbered))
         out["quote"] = await request(reader, writer, QUOTE, 4, quote_body(zone=zone, distance_m=5000, duration_s=900))
         out["bad_latitude"] = await request(reader, writer, QUOTE, 5, quote_body(lat=95.0, origin=1))
+        out["bad_origin"] = await request(reader, writer, QUOTE, 22, quote_body(zone=zone, origin=2))
+        # A second HELLO: the same token is welcomed again, another one forbidden (12).
+        out["hello_again"] = await request(reader, writer, HELLO, 23, hello_body(token.encode(), b"python"))
+        out["hello_other"] = await request(reader, writer, HELLO, 24, hello_body(b"not-this-one", b"python"))
     print(json.dumps(out))
 
 
