@@ -5,7 +5,7 @@ It proves the protocol is plain QUIC (aioquic talks to the Rust node) and that t
 enough to implement it: frames and rkyv bodies are built and parsed here with `struct`, byte
 by byte as the spec describes. Usage:
 
-    eq_client.py HOST PORT TOKEN CAFILE ZONE_HEX
+    eq_client.py HOST PORT TOKEN CAFILE ZONE_HEX [CLUSTER_KEY_HEX]
 
 It authenticates, sends two rider-demand events (twice: the resend must come back as
 duplicates), sends two more as an idempotent producer (numbered per zone; resent, and then
@@ -17,6 +17,8 @@ the node answered. `check_vectors.py` checks the encoders and decoders here agai
 """
 
 import asyncio
+import hashlib
+import hmac
 import json
 import ssl
 import struct
@@ -127,7 +129,15 @@ async def request(reader, writer, kind, request_id, body):
     return parse(rkind, await reader.readexactly(length - 12))
 
 
-async def main(host, port, token, cafile, zone_hex):
+def token_tag_ok(token_hex, cluster_key_hex):
+    """Section 7: the tag (bytes 96..112) is the first 16 bytes of HMAC-SHA256 over bytes
+    0..96, keyed with the bytes `cluster_key_hex` decodes to."""
+    token = bytes.fromhex(token_hex)
+    key = bytes.fromhex(cluster_key_hex.strip())
+    return hmac.new(key, token[:96], hashlib.sha256).digest()[:16] == token[96:]
+
+
+async def main(host, port, token, cafile, zone_hex, cluster_key_hex=None):
     # Imported here so that check_vectors.py can use the codecs without aioquic.
     from aioquic.asyncio import connect
     from aioquic.quic.configuration import QuicConfiguration
@@ -160,8 +170,10 @@ async def main(host, port, token, cafile, zone_hex):
         # A second HELLO: the same token is welcomed again, another one forbidden (12).
         out["hello_again"] = await request(reader, writer, HELLO, 23, hello_body(token.encode(), b"python"))
         out["hello_other"] = await request(reader, writer, HELLO, 24, hello_body(b"not-this-one", b"python"))
+    if cluster_key_hex and out["quote"].get("token"):
+        out["tag_ok"] = token_tag_ok(out["quote"]["token"], cluster_key_hex)
     print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:6]))
+    asyncio.run(main(*sys.argv[1:7]))

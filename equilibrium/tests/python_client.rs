@@ -30,6 +30,7 @@ fn a_python_client_built_from_the_spec_authenticates_sends_events_and_quotes() {
         .args(["127.0.0.1", &node.addr.port().to_string(), PREMIUM])
         .arg(node.dir.join("cert.pem"))
         .arg(ZONE)
+        .arg(support::cluster_key_hex())
         .output()
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -70,6 +71,9 @@ fn a_python_client_built_from_the_spec_authenticates_sends_events_and_quotes() {
         stdout.contains(r#""bad_latitude": {"kind": "error", "code": 21"#),
         "{stdout}"
     );
+    // The token's tag is what §7 says: HMAC-SHA256 keyed with cluster_key_hex's bytes,
+    // its first 16 bytes (checked by the Python client with its own hmac).
+    assert!(stdout.contains(r#""tag_ok": true"#), "{stdout}");
     // The rules of PROTOCOL.md §2 and §6, as a client from the spec sees them: a reply kind
     // sent as a request (3), a client_name over 64 bytes (25), origin 2 (5), a second HELLO
     // with the same token (WELCOME) and with another (12).

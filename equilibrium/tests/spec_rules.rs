@@ -247,3 +247,43 @@ async fn a_client_offering_no_alpn_is_refused_and_datagrams_and_unidirectional_s
         "the node allows no unidirectional stream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_roles_are_as_documented_and_fare_set_creates_a_zone() {
+    let node = TestNode::start("");
+    let client = node.client(SHARED).await;
+    let reader = node.client(READER).await;
+    let admin = node.client(ADMIN).await;
+    // CLUSTER: any role, `client` included.
+    assert!(client.cluster().await.is_ok());
+    // ZONE_HISTORY (like the other reads): `read` or `admin`, not `client`.
+    let refused = client.zone_history(ZONE).await.expect_err("client role");
+    assert_eq!(refused.code(), Some(ErrorCode::Forbidden));
+    assert!(reader.zone_history(ZONE).await.is_ok());
+    // FARE_SET: `admin` only; on a zone the node does not hold yet it creates the zone.
+    let fare = msg::WireFare {
+        version: 7,
+        base_minor: 300,
+        per_km_minor: 100,
+        per_min_minor: 20,
+        minimum_minor: 600,
+        surge_cap_milli: 2500,
+        currency: *b"EUR",
+    };
+    let refused = reader.fare_set(ZONE, fare).await.expect_err("read role");
+    assert_eq!(refused.code(), Some(ErrorCode::Forbidden));
+    assert_eq!(
+        reader
+            .zone_state(ZONE)
+            .await
+            .expect_err("no zone yet")
+            .code(),
+        Some(ErrorCode::UnknownZone)
+    );
+    assert_eq!(admin.fare_set(ZONE, fare).await.expect("admin"), 7);
+    assert_eq!(reader.fare_get(ZONE).await.expect("created"), fare);
+    assert!(
+        reader.zone_state(ZONE).await.is_ok(),
+        "the zone is live now"
+    );
+}
