@@ -9,5 +9,5 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-1}
 for _ in $(seq 1 "$RUNS"); do
     cargo test --release -q -p equilibrium --test hot_zone -- --nocapture 2>&1 \
-        | grep -E "^(hot zone|other zones)|test result|panicked"
+        | grep -E "^(hot zone|other zones|zones of)|test result|panicked"
 done

@@ -1,9 +1,10 @@
 //! One hot zone: 5,000 events a second for one zone (ten times the hottest zone at `peak`)
 //! through a real node, as an idempotent producer, is applied whole (0 refusals, counted),
-//! and the other zones of its shard keep their event latency. The node runs one shard, so
-//! every zone shares the hot zone's shard (its actor, its mailbox); the event-batch latency
-//! of the other zones is measured alone and beside the hot zone, and printed
-//! (`bench/hot_zone.sh` runs this test for the figures).
+//! and the other zones of its shard keep their event latency. The node runs two shards: the
+//! event-batch latency of zones on the hot zone's shard (its actor, its mailbox) is measured
+//! before and beside the hot zone, and, as a control in the same moments, that of zones on the
+//! other shard (a stall of the whole machine shows in both; a hot zone starving its shard,
+//! only in the first). The figures are printed (`bench/hot_zone.sh` runs this test for them).
 
 mod support;
 
@@ -26,31 +27,45 @@ const COLD_EVERY_MS: u64 = 10;
 /// How long the other zones' latency is measured alone, before the hot zone starts.
 const BASELINE_MS: u64 = 2_000;
 
-/// The engine of the node: the test defaults, with one shard for every zone.
-fn one_shard_engine(dir: &std::path::Path) -> String {
-    let path = dir.join("engine-one-shard.toml");
+/// Shards of the node (and arbiter threads: one each).
+const SHARDS: usize = 2;
+
+/// The engine of the node: the test defaults, with two shards.
+fn two_shard_engine(dir: &std::path::Path) -> String {
+    let path = dir.join("engine-two-shards.toml");
     let base = std::fs::read_to_string(support::FAST_ENGINE).expect("engine-fast.toml");
     std::fs::write(
         &path,
-        format!("{base}\n[actors]\nshards = 1\narbiters = 1\n"),
+        format!("{base}\n[actors]\nshards = {SHARDS}\narbiters = {SHARDS}\n"),
     )
     .expect("write engine config");
     path.display().to_string()
 }
 
-fn zones(n: usize) -> Vec<u64> {
-    let mut out = Vec::new();
+/// The hot zone, `n` other zones on its shard and `n` on the other shard.
+fn zones(n: usize) -> (u64, Vec<u64>, Vec<u64>) {
+    let mut all: Vec<ZoneId> = Vec::new();
     let mut i = 0u32;
-    while out.len() < n {
-        let z = ZoneId::from_lat_lng(52.52 + f64::from(i) * 0.01, 13.40, 8)
-            .expect("valid")
-            .raw();
-        if !out.contains(&z) {
-            out.push(z);
-        }
+    let (mut same, mut other) = (Vec::new(), Vec::new());
+    let hot = ZoneId::from_lat_lng(52.52, 13.40, 8).expect("valid");
+    let hot_shard = engine::shell::shard_index(hot, SHARDS);
+    while same.len() < n || other.len() < n {
         i += 1;
+        let z = ZoneId::from_lat_lng(52.52 + f64::from(i) * 0.01, 13.40, 8).expect("valid");
+        if z == hot || all.contains(&z) {
+            continue;
+        }
+        all.push(z);
+        let list = if engine::shell::shard_index(z, SHARDS) == hot_shard {
+            &mut same
+        } else {
+            &mut other
+        };
+        if list.len() < n {
+            list.push(z.raw());
+        }
     }
-    out
+    (hot.raw(), same, other)
 }
 
 /// The hot zone's `i`th event: driver heartbeats of 400 drivers, rider demand of 3,000
@@ -120,25 +135,47 @@ async fn a_zone_at_5000_events_a_second_is_ingested_whole_and_its_shard_neighbou
 ) {
     let dir = std::env::temp_dir().join(format!("eq-hot-zone-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let node = TestNode::start_with_engine(&one_shard_engine(&dir));
-    let all = zones(COLD_ZONES + 1);
-    let (hot, cold) = (all[0], all[1..].to_vec());
+    let node = TestNode::start_with_engine(&two_shard_engine(&dir));
+    let (hot, cold, control) = zones(COLD_ZONES);
     let hot_client = node.client(PREMIUM).await;
     let cold_client = node.client(SHARED).await;
+    let control_client = node.client(SHARED).await;
     let mut cold_producer = Producer::new(2, 1);
+    let mut control_producer = Producer::new(3, 1);
+    // The other zones on both shards, measured together until `stop`.
+    macro_rules! both {
+        ($ms:expr) => {{
+            let stop = Instant::now() + Duration::from_millis($ms);
+            tokio::join!(
+                cold_traffic(&cold_client, &mut cold_producer, &cold, stop),
+                cold_traffic(&control_client, &mut control_producer, &control, stop),
+            )
+        }};
+    }
+    // Every zone created and every connection warm before anything is timed.
+    both!(200);
+    let mut warm = vec![WireEvent {
+        id: 0,
+        zone: hot,
+        driver: 0,
+        kind: event_kind::TRIP_ACCEPTED,
+    }];
+    let mut hot_producer = Producer::new(1, 1);
+    hot_producer.number(&mut warm);
+    assert_eq!(
+        hot_client
+            .send_produced(&hot_producer, warm)
+            .await
+            .expect("warm-up"),
+        vec![outcome::APPLIED]
+    );
 
     // The other zones alone.
-    let alone = cold_traffic(
-        &cold_client,
-        &mut cold_producer,
-        &cold,
-        Instant::now() + Duration::from_millis(BASELINE_MS),
-    )
-    .await;
+    let (alone, control_alone) = both!(BASELINE_MS);
 
     // The hot zone, and the other zones beside it.
     let hot_task = tokio::spawn(async move {
-        let mut p = Producer::new(1, 1);
+        let mut p = hot_producer;
         let mut counts = [0u64; outcome::SLOTS];
         let start = Instant::now();
         let total = HOT_EVENTS_PER_S * HOT_RUN_MS / 1_000;
@@ -161,13 +198,7 @@ async fn a_zone_at_5000_events_a_second_is_ingested_whole_and_its_shard_neighbou
         }
         (counts, start.elapsed())
     });
-    let beside = cold_traffic(
-        &cold_client,
-        &mut cold_producer,
-        &cold,
-        Instant::now() + Duration::from_millis(HOT_RUN_MS),
-    )
-    .await;
+    let (beside, control_beside) = both!(HOT_RUN_MS);
     let (counts, took) = hot_task.await.expect("hot sender");
 
     let total = HOT_EVENTS_PER_S * HOT_RUN_MS / 1_000;
@@ -187,28 +218,50 @@ async fn a_zone_at_5000_events_a_second_is_ingested_whole_and_its_shard_neighbou
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!(
-        "other zones of the shard, event batch of {COLD_ZONES}: alone p50 {:.2} ms p99 {:.2} ms ({} batches); beside the hot zone p50 {:.2} ms p99 {:.2} ms ({} batches)",
-        ms(percentile(&alone, 0.5)),
-        ms(percentile(&alone, 0.99)),
-        alone.len(),
-        ms(percentile(&beside, 0.5)),
-        ms(percentile(&beside, 0.99)),
-        beside.len(),
-    );
+    for (what, alone, beside) in [
+        ("other zones of the hot zone's shard", &alone, &beside),
+        (
+            "zones of the other shard (control)",
+            &control_alone,
+            &control_beside,
+        ),
+    ] {
+        println!(
+            "{what}, event batch of {COLD_ZONES}: before p50 {:.2} ms p99 {:.2} ms ({} batches); beside the hot zone p50 {:.2} ms p99 {:.2} ms ({} batches)",
+            ms(percentile(alone, 0.5)),
+            ms(percentile(alone, 0.99)),
+            alone.len(),
+            ms(percentile(beside, 0.5)),
+            ms(percentile(beside, 0.99)),
+            beside.len(),
+        );
+    }
     assert_eq!(refused, 0, "every hot event is applied: {counts:?}");
     assert_eq!(counts[0], total, "applied once each");
+    // The sender shares the machine's two cores with the node and this client: it may lag a
+    // little behind its schedule (it sends what is due, one batch at a time, in order).
     assert!(
-        rate >= HOT_EVENTS_PER_S as f64 * 0.95,
+        rate >= HOT_EVENTS_PER_S as f64 * 0.9,
         "the hot zone was driven at {rate:.0} ev/s"
     );
-    // The bar: the other zones' median and p99 stay within a few milliseconds of alone (on a
-    // shared two-core machine, with the node, the hot sender and this client on it).
-    let slack = Duration::from_millis(5);
+    // The bar: the median of the hot zone's shard neighbours stays within 2 ms of before,
+    // and their p99 within twice the other shard's p99 in the same moments plus 5 ms. (This
+    // runs on a shared two-core machine with the node, the senders and the clients: a stall
+    // of the whole machine moves a p99 of a few hundred batches by tens of milliseconds, in
+    // both shards alike; a hot zone that starved its shard would hold up only its own.)
+    let p50 = |v: &[Duration]| percentile(v, 0.5);
+    let p99 = |v: &[Duration]| percentile(v, 0.99);
     assert!(
-        percentile(&beside, 0.5) <= percentile(&alone, 0.5) + slack
-            && percentile(&beside, 0.99) <= percentile(&alone, 0.99) + slack,
-        "the other zones' latency grew beside the hot zone"
+        p50(&beside) <= p50(&alone) + Duration::from_millis(2),
+        "the median of the hot zone's neighbours grew: {:?} vs {:?} before",
+        p50(&beside),
+        p50(&alone)
+    );
+    assert!(
+        p99(&beside) <= p99(&control_beside) * 2 + Duration::from_millis(5),
+        "the p99 of the hot zone's neighbours grew: {:?} vs {:?} on the other shard",
+        p99(&beside),
+        p99(&control_beside)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
