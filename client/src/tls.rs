@@ -111,7 +111,12 @@ pub fn quic_client_config(trust: &Trust, alpn: &[u8]) -> Result<quinn::ClientCon
             }))
             .with_no_client_auth(),
     };
-    tls.alpn_protocols = vec![alpn.to_vec()];
+    // An empty `alpn` offers none (tests of what a node does with such a client).
+    tls.alpn_protocols = if alpn.is_empty() {
+        Vec::new()
+    } else {
+        vec![alpn.to_vec()]
+    };
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     Ok(quinn::ClientConfig::new(Arc::new(crypto)))

@@ -5,22 +5,24 @@ It proves the protocol is plain QUIC (aioquic talks to the Rust node) and that t
 enough to implement it: frames and rkyv bodies are built and parsed here with `struct`, byte
 by byte as the spec describes. Usage:
 
-    eq_client.py HOST PORT TOKEN CAFILE ZONE_HEX
+    eq_client.py HOST PORT TOKEN CAFILE ZONE_HEX [CLUSTER_KEY_HEX]
 
 It authenticates, sends two rider-demand events (twice: the resend must come back as
 duplicates), sends two more as an idempotent producer (numbered per zone; resent, and then
 once more from an older epoch, which is fenced), quotes a trip from ZONE_HEX and a trip from
-an invalid latitude, and prints one JSON object with what the node answered.
+an invalid latitude, tries the rules of PROTOCOL.md §6 (a reply kind sent as a request, a bad
+`origin`, a `client_name` over 64 bytes, a second HELLO), and prints one JSON object with what
+the node answered. `check_vectors.py` checks the encoders and decoders here against
+`protocol/vectors/`.
 """
 
 import asyncio
+import hashlib
+import hmac
 import json
 import ssl
 import struct
 import sys
-
-from aioquic.asyncio import connect
-from aioquic.quic.configuration import QuicConfiguration
 
 ALPN = "equilibrium/1"
 HELLO, QUOTE, EVENT_BATCH, PRODUCER_BATCH = 0x01, 0x02, 0x04, 0x10
@@ -127,7 +129,19 @@ async def request(reader, writer, kind, request_id, body):
     return parse(rkind, await reader.readexactly(length - 12))
 
 
-async def main(host, port, token, cafile, zone_hex):
+def token_tag_ok(token_hex, cluster_key_hex):
+    """Section 7: the tag (bytes 96..112) is the first 16 bytes of HMAC-SHA256 over bytes
+    0..96, keyed with the bytes `cluster_key_hex` decodes to."""
+    token = bytes.fromhex(token_hex)
+    key = bytes.fromhex(cluster_key_hex.strip())
+    return hmac.new(key, token[:96], hashlib.sha256).digest()[:16] == token[96:]
+
+
+async def main(host, port, token, cafile, zone_hex, cluster_key_hex=None):
+    # Imported here so that check_vectors.py can use the codecs without aioquic.
+    from aioquic.asyncio import connect
+    from aioquic.quic.configuration import QuicConfiguration
+
     config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], server_name="localhost")
     config.load_verify_locations(cafile)
     config.verify_mode = ssl.CERT_REQUIRED
@@ -135,6 +149,10 @@ async def main(host, port, token, cafile, zone_hex):
     out = {}
     async with connect(host, int(port), configuration=config) as client:
         reader, writer = await client.create_stream()
+        # Before HELLO: a reply kind is unknown_kind (3) whatever its body; a client_name over
+        # 64 bytes is invalid_value (25) and authenticates nothing.
+        out["reply_kind"] = await request(reader, writer, WELCOME, 20, b"\x01\x02\x03")
+        out["long_name"] = await request(reader, writer, HELLO, 21, hello_body(token.encode(), b"n" * 65))
         out["hello"] = await request(reader, writer, HELLO, 1, hello_body(token.encode(), b"python"))
         events = [(9001, zone, 0, 4), (9002, zone, 0, 4)]
         out["events"] = await request(reader, writer, EVENT_BATCH, 2, event_batch_body(events))
@@ -148,8 +166,14 @@ async def main(host, port, token, cafile, zone_hex):
         out["old_epoch"] = await request(reader, writer, PRODUCER_BATCH, 9, old.body(numbered))
         out["quote"] = await request(reader, writer, QUOTE, 4, quote_body(zone=zone, distance_m=5000, duration_s=900))
         out["bad_latitude"] = await request(reader, writer, QUOTE, 5, quote_body(lat=95.0, origin=1))
+        out["bad_origin"] = await request(reader, writer, QUOTE, 22, quote_body(zone=zone, origin=2))
+        # A second HELLO: the same token is welcomed again, another one forbidden (12).
+        out["hello_again"] = await request(reader, writer, HELLO, 23, hello_body(token.encode(), b"python"))
+        out["hello_other"] = await request(reader, writer, HELLO, 24, hello_body(b"not-this-one", b"python"))
+    if cluster_key_hex and out["quote"].get("token"):
+        out["tag_ok"] = token_tag_ok(out["quote"]["token"], cluster_key_hex)
     print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:6]))
+    asyncio.run(main(*sys.argv[1:7]))

@@ -500,7 +500,7 @@ impl Engine {
     }
 
     fn shard_of(&self, zone: ZoneId) -> usize {
-        ((zone.raw().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % self.shards.len() as u64) as usize
+        shard_index(zone, self.shards.len())
     }
 
     fn send(&self, shard: usize, cmd: Command) -> Result<(), ShellError> {
@@ -796,4 +796,12 @@ pub enum PolicyChangeError {
     /// A shard could not take it.
     #[error(transparent)]
     Shell(#[from] ShellError),
+}
+
+/// The shard (of `shards`) that owns `zone`: a multiplicative hash of its id, so the zones of
+/// a city spread evenly. Public so that tests and benchmarks can pick zones that share a
+/// shard (or do not).
+pub fn shard_index(zone: ZoneId, shards: usize) -> usize {
+    assert!(shards > 0, "at least one shard");
+    ((zone.raw().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % shards as u64) as usize
 }

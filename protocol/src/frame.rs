@@ -70,8 +70,8 @@ pub enum FrameError {
         /// The limit.
         max: u32,
     },
-    /// The kind byte names no message (or the wrong direction).
-    #[error("unknown message kind {0:#04x}")]
+    /// The kind byte names no message (or, from [`decode_request`], no request).
+    #[error("unknown request kind {0:#04x}")]
     UnknownKind(u8),
     /// The body is not a valid archive of the kind's message type.
     #[error("invalid {kind:?} body: {reason}")]
@@ -281,6 +281,17 @@ pub fn decode(header: &Header, body: &[u8]) -> Result<Message, FrameError> {
         Kind::ExplainOk => Message::ExplainOk(unarchive::<msg::ExplainReply>(kind, body)?),
         Kind::Error => Message::Error(unarchive::<msg::ErrorReply>(kind, body)?),
     })
+}
+
+/// Decodes a frame a node received as a request: a kind byte that names no request (an
+/// unknown byte, or a reply kind such as `WELCOME` sent to a node) is [`FrameError::UnknownKind`]
+/// before the body is looked at, so the answer does not depend on whether the body happens to
+/// validate (PROTOCOL.md §6, "The order of checks").
+pub fn decode_request(header: &Header, body: &[u8]) -> Result<Message, FrameError> {
+    match Kind::from_byte(header.kind) {
+        Some(kind) if kind.is_request() => decode(header, body),
+        _ => Err(FrameError::UnknownKind(header.kind)),
+    }
 }
 
 /// Decodes one whole frame from the start of `bytes`: the header, then the body. Returns the

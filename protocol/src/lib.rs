@@ -29,7 +29,9 @@ pub mod frame;
 pub mod msg;
 
 pub use error::ErrorCode;
-pub use frame::{decode, decode_frame, encode, FrameError, Header, Limits, HEADER_LEN};
+pub use frame::{
+    decode, decode_frame, decode_request, encode, FrameError, Header, Limits, HEADER_LEN,
+};
 pub use msg::{Kind, Message};
 
 /// The ALPN protocol id of this protocol version. A client offering anything else is refused

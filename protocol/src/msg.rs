@@ -128,6 +128,9 @@ impl Kind {
     }
 }
 
+/// The longest `Hello::client_name`, bytes: a longer one is refused `invalid_value`.
+pub const CLIENT_NAME_LEN_MAX: usize = 64;
+
 /// Authenticates a connection. The node answers [`Welcome`] or closes the connection with
 /// `bad_credentials`.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

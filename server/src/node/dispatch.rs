@@ -15,7 +15,9 @@ pub(super) async fn answer(
     out: &mut Vec<u8>,
 ) -> After {
     let id = header.request_id;
-    let message = match protocol::decode(header, body) {
+    // The order of checks is PROTOCOL.md §6's: kind, body, authentication, role, then the
+    // operation's own.
+    let message = match protocol::decode_request(header, body) {
         Ok(m) => m,
         Err(e) => {
             error_frame(&shared.metrics, id, e.code(), e.to_string(), out);
@@ -109,7 +111,10 @@ pub(super) async fn answer_forwarded(shared: &Shared, m: Message) -> Message {
 /// an unknown token, or a shared-tier token on the premium endpoint, closes the connection.
 /// From an address backed off after failed `HELLO`s, the token is not even looked at; when
 /// `connections_max` connections are authenticated already, the `HELLO` is answered
-/// `overloaded` and the connection closed.
+/// `overloaded` and the connection closed. A `client_name` over `CLIENT_NAME_LEN_MAX` bytes
+/// is `invalid_value` (nothing else happens). On a connection authenticated already, the same
+/// token is answered `WELCOME` again and any other `forbidden`: a connection's credential
+/// never changes (PROTOCOL.md §2).
 fn hello(
     shared: &Shared,
     state: &Connection,
@@ -132,6 +137,30 @@ fn hello(
             out,
         );
         return After::CloseConnection(ErrorCode::BadCredentials);
+    }
+    if hello.client_name.len() > msg::CLIENT_NAME_LEN_MAX {
+        let text = format!(
+            "client_name is {} bytes, longer than the {} allowed",
+            hello.client_name.len(),
+            msg::CLIENT_NAME_LEN_MAX
+        );
+        error_frame(&shared.metrics, id, ErrorCode::InvalidValue, text, out);
+        return After::Continue;
+    }
+    if let Some(session) = state.session() {
+        match shared.clients.get(&hello.client_token) {
+            Some(c) if c.index == session.credential => {
+                protocol::encode(id, &Message::Welcome(welcome(shared, c.tier)), out);
+            }
+            _ => error_frame(
+                &shared.metrics,
+                id,
+                ErrorCode::Forbidden,
+                "this connection is authenticated already with another token; a connection's credential never changes: open a new connection for another",
+                out,
+            ),
+        }
+        return After::Continue;
     }
     match shared.clients.get(&hello.client_token) {
         Some(c) if c.tier == Tier::Shared && state.premium_only => {
@@ -179,17 +208,7 @@ fn hello(
             })));
             state.authenticated.notify_one();
             debug!(client = %c.name, tier = ?c.tier, "authenticated");
-            let cfg = shared.engine.config();
-            let welcome = msg::Welcome {
-                quote_ttl_ms: cfg.quotes.ttl_ms,
-                frame_len_max: shared.limits.frame_len_max,
-                batch_len_max: shared.limits.batch_len_max,
-                in_flight_max: shared.limits.in_flight_per_connection_max,
-                node_id: shared.node_id,
-                tier: c.tier.wire(),
-                resolution: cfg.resolution,
-            };
-            protocol::encode(id, &Message::Welcome(welcome), out);
+            protocol::encode(id, &Message::Welcome(welcome(shared, c.tier)), out);
             After::Authenticated
         }
         None => {
@@ -203,5 +222,19 @@ fn hello(
             );
             After::CloseConnection(ErrorCode::BadCredentials)
         }
+    }
+}
+
+/// What `WELCOME` tells a client of `tier`.
+fn welcome(shared: &Shared, tier: Tier) -> msg::Welcome {
+    let cfg = shared.engine.config();
+    msg::Welcome {
+        quote_ttl_ms: cfg.quotes.ttl_ms,
+        frame_len_max: shared.limits.frame_len_max,
+        batch_len_max: shared.limits.batch_len_max,
+        in_flight_max: shared.limits.in_flight_per_connection_max,
+        node_id: shared.node_id,
+        tier: tier.wire(),
+        resolution: cfg.resolution,
     }
 }

@@ -34,8 +34,9 @@ impl Held {
     /// One more admitted request of `credential`.
     fn hold(&mut self, shared: &Shared, state: &Connection, credential: usize) {
         if self.n > 0 && self.credential != credential {
-            // Re-authenticated as another credential mid-chunk: what was admitted for the
-            // old one is answered already.
+            // Another credential mid-chunk: what was admitted for the old one is answered
+            // already. (A connection's credential never changes since a second HELLO keeps
+            // it, so this is a guard: a release is never counted against the wrong one.)
             self.release(shared, state);
         }
         self.credential = credential;
