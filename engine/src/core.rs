@@ -129,7 +129,9 @@ struct Published {
 pub struct ZoneCore {
     zone: ZoneId,
     fare: FareTable,
-    fare_history: Vec<FareTable>,
+    /// Previous fare tables, oldest first: a boxed slice, exactly as long as it is (fare
+    /// changes are rare; the hot state has a budget per zone).
+    fare_history: Box<[FareTable]>,
     drivers: ExpiringSet,
     dedupe: ExpiringSet,
     /// Rider sessions seen within `rider_session_ttl_ms` (a rider counts once per session).
@@ -139,9 +141,9 @@ pub struct ZoneCore {
     /// The producers that numbered events for this zone (boxed and made on the first, for
     /// the same budget).
     producers: Option<Box<Producers>>,
-    /// Which credential holds how much of the dedupe log, drivers and producers (boxed and
-    /// made on the first event with a credential; dropped when nobody holds anything).
-    holders: Option<Box<Holders>>,
+    /// Which credential holds how much of the dedupe log, drivers and producers (nothing
+    /// allocated until an event with a credential; freed when nobody holds anything).
+    holders: Holders,
     /// Demand, quotes and accepted trips, decaying.
     rates: Rates,
     policy: PolicyState,
@@ -251,12 +253,12 @@ impl ZoneCore {
         Self {
             zone,
             fare,
-            fare_history: Vec::new(),
+            fare_history: Box::default(),
             drivers: ExpiringSet::default(),
             dedupe: ExpiringSet::default(),
             riders: None,
             producers: None,
-            holders: None,
+            holders: Holders::default(),
             rates: Rates::new(now_ms),
             policy: PolicyState::new(now_ms),
             version: 0,
@@ -369,10 +371,9 @@ impl ZoneCore {
 
     /// Whether `credential` may take one more place of `cap` (always, without one).
     fn may_take(&self, credential: Option<CredentialId>, cap: Capacity, l: &ZoneLimits) -> bool {
-        match (credential, &self.holders) {
-            (Some(c), Some(h)) => h.may_take(c, cap, l.share(cap)),
-            (Some(_), None) => l.share(cap) > 0,
-            (None, _) => true,
+        match credential {
+            Some(c) => self.holders.may_take(c, cap, l.share(cap)),
+            None => true,
         }
     }
 
@@ -380,7 +381,7 @@ impl ZoneCore {
     /// holder to store with it (nobody, without a credential).
     fn take(&mut self, credential: Option<CredentialId>, cap: Capacity) -> Holder {
         match credential {
-            Some(c) => self.holders.get_or_insert_with(Box::default).take(c, cap),
+            Some(c) => self.holders.take(c, cap),
             None => 0,
         }
     }
@@ -458,10 +459,12 @@ impl ZoneCore {
             });
         }
         if limits.fare_history_max > 0 {
-            if self.fare_history.len() >= limits.fare_history_max {
-                self.fare_history.remove(0);
+            let mut h = std::mem::take(&mut self.fare_history).into_vec();
+            if h.len() >= limits.fare_history_max {
+                h.remove(0);
             }
-            self.fare_history.push(self.fare);
+            h.push(self.fare);
+            self.fare_history = h.into_boxed_slice();
         }
         self.fare = fare;
         Ok(())
@@ -505,9 +508,7 @@ impl ZoneCore {
                 release(holders, h, Capacity::Producers)
             });
         }
-        if self.holders.as_ref().is_some_and(|h| h.is_empty()) {
-            self.holders = None;
-        }
+        self.holders.shrink();
         if let Some(riders) = &mut self.riders {
             riders.expire(now_ms, limits.rider_session_ttl_ms);
             if riders.is_empty() {
@@ -590,7 +591,7 @@ impl ZoneCore {
 
     /// How much of this zone's capacities `credential` holds.
     pub fn holdings(&self, credential: CredentialId) -> Holdings {
-        let held = |cap| self.holders.as_ref().map_or(0, |h| h.held(credential, cap));
+        let held = |cap| self.holders.held(credential, cap);
         Holdings {
             dedupe_ids: held(Capacity::DedupeIds),
             drivers: held(Capacity::Drivers),
@@ -604,7 +605,7 @@ impl ZoneCore {
         ZoneExport {
             zone: self.zone,
             fare: self.fare,
-            fare_history: self.fare_history.clone(),
+            fare_history: self.fare_history.to_vec(),
             drivers: self.drivers.entries(),
             dedupe: self.dedupe.entries(),
             riders: self.riders.as_ref().map_or_else(Vec::new, |r| r.entries()),
@@ -666,14 +667,14 @@ impl ZoneCore {
         Ok(Self {
             zone: e.zone,
             fare,
-            fare_history: e.fare_history,
+            fare_history: e.fare_history.into_boxed_slice(),
             drivers: ExpiringSet::from_entries(&e.drivers),
             dedupe: ExpiringSet::from_entries(&e.dedupe),
             riders: (!e.riders.is_empty()).then(|| Box::new(ExpiringSet::from_entries(&e.riders))),
             producers: (!e.producers.is_empty())
                 .then(|| Box::new(Producers::from_states(e.producers))),
             // Who held what is not persisted: restored entries are held by nobody.
-            holders: None,
+            holders: Holders::default(),
             rates,
             policy: p,
             version: e.version,
@@ -701,25 +702,16 @@ impl ZoneCore {
                 .producers
                 .as_ref()
                 .map_or(0, |p| std::mem::size_of::<Producers>() + p.heap_bytes())
-            + self
-                .holders
-                .as_ref()
-                .map_or(0, |h| std::mem::size_of::<Holders>() + h.heap_bytes())
-            + self.fare_history.capacity() * std::mem::size_of::<FareTable>();
+            + self.holders.heap_bytes()
+            + self.fare_history.len() * std::mem::size_of::<FareTable>();
         (hot, self.dedupe.heap_bytes())
     }
 }
 
 /// An entry held by `holder` left the zone: it no longer counts towards its credential's
 /// share.
-fn release(holders: &mut Option<Box<Holders>>, holder: Holder, cap: Capacity) {
-    if holder == 0 {
-        return;
-    }
-    holders
-        .as_mut()
-        .expect("an entry with a holder has a holder table")
-        .release(holder, cap);
+fn release(holders: &mut Holders, holder: Holder, cap: Capacity) {
+    holders.release(holder, cap);
 }
 
 /// A decaying count as a whole number, for snapshots and admin views.
@@ -1119,9 +1111,7 @@ mod tests {
                 } else {
                     proptest::prop_assert_eq!(held, total);
                 }
-                if let Some(h) = &z.holders {
-                    proptest::prop_assert!(h.slots() <= total.0 + total.1 + total.2 + 3);
-                }
+                proptest::prop_assert!(z.holders.slots() <= total.0 + total.1 + total.2 + 3);
             }
         }
     }

@@ -48,17 +48,22 @@ const CAPACITIES: usize = 3;
 /// The most slots a zone's table has: holders are 16-bit, and 0 is nobody.
 const SLOTS_MAX: usize = Holder::MAX as usize;
 
+/// The most entries of one table a credential may hold, whatever the share: counts are
+/// 16-bit, to keep a slot at 16 bytes.
+pub const SHARE_ENTRIES_MAX: usize = u16::MAX as usize;
+
 /// The most entries of a capacity of `max` one credential may hold at `percent` (at least
-/// one, so that every credential can send something).
+/// one, so that every credential can send something; at most [`SHARE_ENTRIES_MAX`]).
 pub fn share_max(max: usize, percent: u8) -> usize {
-    (max.saturating_mul(usize::from(percent)) / 100).max(1)
+    (max.saturating_mul(usize::from(percent)) / 100).clamp(1, SHARE_ENTRIES_MAX)
 }
 
-/// One credential's holdings in a zone. Free when it holds nothing.
+/// One credential's holdings in a zone. Free when it holds nothing. 16 bytes: a zone's hot
+/// state has a budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Slot {
     credential: CredentialId,
-    held: [u32; CAPACITIES],
+    held: [u16; CAPACITIES],
 }
 
 impl Slot {
@@ -70,8 +75,10 @@ impl Slot {
 /// The credentials holding a zone's capacities, and how much each holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Holders {
-    /// Slot `i` is holder `i + 1`.
-    slots: Vec<Slot>,
+    /// Slot `i` is holder `i + 1`. A boxed slice, exactly as long as the most credentials
+    /// that held something in the zone at once (nothing allocated for none): 16 bytes in the
+    /// zone, 16 a slot on the heap.
+    slots: Box<[Slot]>,
 }
 
 impl Holders {
@@ -114,10 +121,14 @@ impl Holders {
                         self.slots.len() < SLOTS_MAX,
                         "holder table full: may_take first"
                     );
-                    self.slots.push(Slot {
+                    // Rare (a credential new to the zone while every slot is taken): the
+                    // slice grows by one, exactly.
+                    let mut v = std::mem::take(&mut self.slots).into_vec();
+                    v.push(Slot {
                         credential,
                         held: [0; CAPACITIES],
                     });
+                    self.slots = v.into_boxed_slice();
                     self.slots.len() - 1
                 }
             },
@@ -146,14 +157,22 @@ impl Holders {
             .map_or(0, |i| self.slots[i].held[cap as usize] as usize)
     }
 
-    /// True when nobody holds anything (the table may be dropped).
+    /// Frees the table's memory when nobody holds anything.
+    pub(crate) fn shrink(&mut self) {
+        if !self.slots.is_empty() && self.slots.iter().all(Slot::is_free) {
+            self.slots = Box::default();
+        }
+    }
+
+    /// True when nobody holds anything.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.slots.iter().all(Slot::is_free)
     }
 
     /// Heap bytes held.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot>()
+        self.slots.len() * std::mem::size_of::<Slot>()
     }
 
     /// Slots in the table, free ones included (the bound on its memory).
@@ -176,6 +195,8 @@ mod tests {
         assert_eq!(share_max(64, 25), 16);
         assert_eq!(share_max(3, 25), 1);
         assert_eq!(share_max(2_048, 100), 2_048);
+        assert_eq!(share_max(1_000_000, 50), SHARE_ENTRIES_MAX);
+        assert_eq!(std::mem::size_of::<Slot>(), 16);
     }
 
     #[test]
