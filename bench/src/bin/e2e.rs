@@ -402,7 +402,7 @@ fn start_node(bin: &PathBuf, cert_pem: &str, key_pem: &str) -> anyhow::Result<No
     std::fs::write(
         dir.join("node.toml"),
         format!(
-            "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nengine_config = \"{}\"\ncluster_key_hex = \"{}\"\n[tls]\ncert_path = \"cert.pem\"\nkey_path = \"key.pem\"\n[limits]\nin_flight_per_connection_max = 1024\nzones_new_per_credential_burst = 100000\n[[clients]]\ntoken = \"{TOKEN}\"\ntier = \"premium\"\nname = \"e2e\"\n",
+            "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nengine_config = \"{}\"\ncluster_key_hex = \"{}\"\n[tls]\ncert_path = \"cert.pem\"\nkey_path = \"key.pem\"\n[limits]\nin_flight_per_connection_max = 1024\nzones_new_per_credential_burst = 100000\nzone_share_per_credential_percent = 100\n[[clients]]\ntoken = \"{TOKEN}\"\ntier = \"premium\"\nname = \"e2e\"\n",
             engine.display(),
             "ab".repeat(32)
         ),
