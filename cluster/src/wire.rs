@@ -8,6 +8,9 @@
 //! exact length before it allocates, and every zone id and currency, so a decoded value is
 //! always valid; a snapshot is sealed again on receipt (its checksum covers what arrived).
 //! Sans-IO: bytes in, values out.
+//!
+//! A forwarded request (bidirectional streams) starts with a [`ForwardHeader`], whose
+//! first byte names its layout the same way, followed by an ordinary client frame.
 
 use engine::snapshot::SnapshotFields;
 use engine::{Currency, FareTable, PriceSnapshot, ZoneId};
@@ -23,6 +26,14 @@ pub const KIND_QUOTE_COUNTS_V1: u8 = 2;
 /// knows it has everything that member serves (see `crate::warmup`). A node of an earlier
 /// version drops it as an unknown kind.
 pub const KIND_REPLICATION_FULL_V1: u8 = 3;
+
+/// First byte of a forwarded request's header in layout 2: the role, then the credential.
+/// (In layout 1 the first byte is the role itself, 0..=2, and no credential follows.)
+pub const FORWARD_HEADER_V2: u8 = 3;
+/// Encoded size of a layout-2 forward header: kind, role, credential.
+pub const FORWARD_HEADER_V2_BYTES: usize = 1 + 1 + 8;
+/// The highest role byte: 0 client, 1 read, 2 admin (PROTOCOL.md section 9).
+pub const ROLE_MAX: u8 = 2;
 
 /// Encoded size of one replicated snapshot.
 pub const SNAPSHOT_BYTES: usize = 8 + 8 + 4 + 4 + 24 + 3 + 4 + 2 + 4 * 4 + 8;
@@ -57,6 +68,19 @@ pub struct QuoteCounts {
     pub from: NodeId,
     /// Zone and number of quotes.
     pub counts: Vec<(ZoneId, u32)>,
+}
+
+/// Whose request a forwarded request is (it precedes the request's frame on the stream): the
+/// role of the client credential that made it, which the receiver checks, and the
+/// credential's id, which the receiver holds to its share of a zone's capacities
+/// (`engine::share`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardHeader {
+    /// The credential's role byte: 0 client, 1 read, 2 admin.
+    pub role: u8,
+    /// The credential's id; `None` for a request the forwarding node makes itself, or one
+    /// from a node that sends layout 1.
+    pub credential: Option<u64>,
 }
 
 /// A decoded peer message.
@@ -101,6 +125,55 @@ pub enum DecodeError {
     /// A fare table's currency is not three ASCII capitals.
     #[error("invalid currency {0:?}")]
     Currency([u8; 3]),
+    /// A forwarded request's header names no known layout or role.
+    #[error("forwarded request: unknown header byte or role {0}")]
+    ForwardHeader(u8),
+}
+
+/// Appends a forwarded request's header: layout 2 with a credential, layout 1 without.
+pub fn encode_forward_header(h: ForwardHeader, out: &mut Vec<u8>) {
+    assert!(h.role <= ROLE_MAX, "role byte {} out of range", h.role);
+    match h.credential {
+        Some(c) => {
+            out.push(FORWARD_HEADER_V2);
+            out.push(h.role);
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        None => out.push(h.role),
+    }
+}
+
+/// Decodes a forwarded request's header; the rest of the bytes is the request's frame.
+pub fn decode_forward_header(b: &[u8]) -> Result<(ForwardHeader, &[u8]), DecodeError> {
+    match b.first() {
+        None => Err(DecodeError::Empty),
+        Some(&role) if role <= ROLE_MAX => Ok((
+            ForwardHeader {
+                role,
+                credential: None,
+            },
+            &b[1..],
+        )),
+        Some(&FORWARD_HEADER_V2) => {
+            if b.len() < FORWARD_HEADER_V2_BYTES {
+                return Err(DecodeError::Truncated {
+                    kind: FORWARD_HEADER_V2,
+                    len: b.len(),
+                });
+            }
+            let mut r = Reader(&b[1..FORWARD_HEADER_V2_BYTES]);
+            let role = r.take::<1>()[0];
+            if role > ROLE_MAX {
+                return Err(DecodeError::ForwardHeader(role));
+            }
+            let credential = Some(r.u64());
+            Ok((
+                ForwardHeader { role, credential },
+                &b[FORWARD_HEADER_V2_BYTES..],
+            ))
+        }
+        Some(&k) => Err(DecodeError::ForwardHeader(k)),
+    }
 }
 
 /// Encodes a [`Replication`] message (one tick's new snapshots).
@@ -366,6 +439,50 @@ mod tests {
         bad[REPLICATION_HEADER_BYTES..REPLICATION_HEADER_BYTES + 8]
             .copy_from_slice(&0u64.to_le_bytes());
         assert_eq!(decode(&bad), Err(DecodeError::Zone(0)));
+    }
+
+    #[test]
+    fn forward_headers_round_trip_in_both_layouts_and_bad_ones_are_refused() {
+        for h in [
+            ForwardHeader {
+                role: 0,
+                credential: Some(0x0123_4567_89ab_cdef),
+            },
+            ForwardHeader {
+                role: 2,
+                credential: None,
+            },
+        ] {
+            let mut b = Vec::new();
+            encode_forward_header(h, &mut b);
+            b.extend_from_slice(b"frame");
+            assert_eq!(decode_forward_header(&b), Ok((h, &b"frame"[..])));
+        }
+        let mut b = Vec::new();
+        encode_forward_header(
+            ForwardHeader {
+                role: 1,
+                credential: Some(7),
+            },
+            &mut b,
+        );
+        assert_eq!(b.len(), FORWARD_HEADER_V2_BYTES);
+        for cut in 1..b.len() {
+            assert!(
+                decode_forward_header(&b[..cut]).is_err(),
+                "truncated at {cut}"
+            );
+        }
+        b[1] = 3;
+        assert_eq!(
+            decode_forward_header(&b),
+            Err(DecodeError::ForwardHeader(3))
+        );
+        assert_eq!(
+            decode_forward_header(&[9]),
+            Err(DecodeError::ForwardHeader(9))
+        );
+        assert_eq!(decode_forward_header(&[]), Err(DecodeError::Empty));
     }
 
     #[test]

@@ -235,6 +235,12 @@ impl EngineConfig {
                 "must be at least 1",
             ));
         }
+        if z.credential_share_percent == 0 || z.credential_share_percent > 100 {
+            return Err(invalid(
+                "zone.credential_share_percent",
+                "must be within 1..=100 (percent)",
+            ));
+        }
         if self.quotes.ttl_ms == 0 {
             return Err(invalid("quotes.ttl_ms", "must be at least 1"));
         }

@@ -3,11 +3,12 @@
 
 use serde::Deserialize;
 
-use crate::event::{Event, EventKind, EventOutcome, Producer, RejectReason};
-use crate::expiring::{ExpiringSet, Full};
+use crate::event::{Event, EventKind, EventOutcome, Origin, Producer, RejectReason};
+use crate::expiring::ExpiringSet;
 use crate::fare::{FareTable, MILLI};
 use crate::policy::{PolicyInput, PolicyState, SurgePolicy};
 use crate::producer::{ProducerState, Producers, Sequence, Verdict};
+use crate::share::{share_max, Capacity, CredentialId, Holder, Holders};
 use crate::snapshot::{PriceSnapshot, SnapshotFields};
 use crate::window::{Counter, Rates};
 use crate::zone::ZoneId;
@@ -47,6 +48,16 @@ pub struct ZoneLimits {
     /// Previous fare tables kept per zone so `explain` can show the table a quote used.
     /// Default 4.
     pub fare_history_max: usize,
+    /// The most of each of a zone's dedupe log, drivers and producers one credential may
+    /// hold, percent of its bound (at least one entry; `crate::share`). Set by the node from
+    /// its `[limits] zone_share_per_credential_percent`, not in the engine's file: credentials
+    /// are the node's. Default 25.
+    #[serde(skip, default = "credential_share_percent_default")]
+    pub credential_share_percent: u8,
+}
+
+fn credential_share_percent_default() -> u8 {
+    25
 }
 
 impl Default for ZoneLimits {
@@ -62,6 +73,7 @@ impl Default for ZoneLimits {
             producers_max: 64,
             producer_idle_ms: 900_000,
             fare_history_max: 4,
+            credential_share_percent: credential_share_percent_default(),
         }
     }
 }
@@ -69,6 +81,16 @@ impl Default for ZoneLimits {
 impl ZoneLimits {
     fn half_life_ms(&self) -> u64 {
         (u64::from(self.demand_half_life_s) * 1000).max(1)
+    }
+
+    /// The most entries of a capacity one credential may hold.
+    fn share(&self, cap: Capacity) -> usize {
+        let max = match cap {
+            Capacity::DedupeIds => self.dedupe_ids_max,
+            Capacity::Drivers => self.drivers_max,
+            Capacity::Producers => self.producers_max,
+        };
+        share_max(max, self.credential_share_percent)
     }
 }
 
@@ -107,7 +129,9 @@ struct Published {
 pub struct ZoneCore {
     zone: ZoneId,
     fare: FareTable,
-    fare_history: Vec<FareTable>,
+    /// Previous fare tables, oldest first: a boxed slice, exactly as long as it is (fare
+    /// changes are rare; the hot state has a budget per zone).
+    fare_history: Box<[FareTable]>,
     drivers: ExpiringSet,
     dedupe: ExpiringSet,
     /// Rider sessions seen within `rider_session_ttl_ms` (a rider counts once per session).
@@ -117,6 +141,9 @@ pub struct ZoneCore {
     /// The producers that numbered events for this zone (boxed and made on the first, for
     /// the same budget).
     producers: Option<Box<Producers>>,
+    /// Which credential holds how much of the dedupe log, drivers and producers (nothing
+    /// allocated until an event with a credential; freed when nobody holds anything).
+    holders: Holders,
     /// Demand, quotes and accepted trips, decaying.
     rates: Rates,
     policy: PolicyState,
@@ -180,6 +207,17 @@ pub enum ImportError {
     Rates([f64; 3]),
 }
 
+/// How much of a zone's bounded capacities one credential holds ([`crate::share`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Holdings {
+    /// Event ids of its in the dedupe log.
+    pub dedupe_ids: usize,
+    /// Available drivers it reported first.
+    pub drivers: usize,
+    /// Producers it brought to the zone.
+    pub producers: usize,
+}
+
 /// A read-only view of a zone's hot state, for admins and tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HotState {
@@ -215,11 +253,12 @@ impl ZoneCore {
         Self {
             zone,
             fare,
-            fare_history: Vec::new(),
+            fare_history: Box::default(),
             drivers: ExpiringSet::default(),
             dedupe: ExpiringSet::default(),
             riders: None,
             producers: None,
+            holders: Holders::default(),
             rates: Rates::new(now_ms),
             policy: PolicyState::new(now_ms),
             version: 0,
@@ -249,19 +288,41 @@ impl ZoneCore {
         now_ms: u64,
         limits: &ZoneLimits,
     ) -> EventOutcome {
+        self.apply_as(producer.into(), ev, now_ms, limits)
+    }
+
+    /// [`apply_from`](Self::apply_from) for an event from `origin`: a new place the event
+    /// takes in the dedupe log, the drivers or the producers counts towards its credential's
+    /// share ([`crate::share`]), and is refused `share_full` beyond it.
+    pub fn apply_as(
+        &mut self,
+        origin: Origin,
+        ev: &Event,
+        now_ms: u64,
+        limits: &ZoneLimits,
+    ) -> EventOutcome {
         assert_eq!(ev.zone, self.zone, "event routed to the wrong zone");
-        let Some(p) = producer else {
-            self.dedupe.expire(now_ms, limits.dedupe_window_ms);
+        let credential = origin.credential;
+        let Some(p) = origin.producer else {
+            let holders = &mut self.holders;
+            self.dedupe
+                .expire_with(now_ms, limits.dedupe_window_ms, |h| {
+                    release(holders, h, Capacity::DedupeIds)
+                });
             if self.dedupe.contains(ev.id) {
                 return EventOutcome::Duplicate;
+            }
+            if !self.may_take(credential, Capacity::DedupeIds, limits) {
+                return EventOutcome::Rejected(RejectReason::ShareFull);
             }
             if self.dedupe.len() >= limits.dedupe_ids_max {
                 return EventOutcome::Rejected(RejectReason::DedupeFull);
             }
-            let outcome = self.apply_kind(ev, now_ms, limits);
+            let outcome = self.apply_kind(credential, ev, now_ms, limits);
             if outcome == EventOutcome::Applied {
+                let holder = self.take(credential, Capacity::DedupeIds);
                 // Room was checked above and the id is new, so this cannot fail.
-                let _ = self.dedupe.touch(ev.id, now_ms, usize::MAX);
+                let _ = self.dedupe.touch_as(ev.id, now_ms, usize::MAX, holder);
             }
             return outcome;
         };
@@ -271,35 +332,92 @@ impl ZoneCore {
             seq: ev.id,
         };
         let producers = self.producers.get_or_insert_with(Box::default);
-        producers.expire(now_ms, limits.producer_idle_ms);
+        let holders = &mut self.holders;
+        producers.expire_with(now_ms, limits.producer_idle_ms, |h| {
+            release(holders, h, Capacity::Producers)
+        });
+        let known = producers.contains(p.id);
         match producers.check(seq, limits.producers_max) {
             Verdict::New => {}
             Verdict::Duplicate => return EventOutcome::Duplicate,
             Verdict::Fenced => return EventOutcome::Rejected(RejectReason::ProducerFenced),
             Verdict::TooOld => return EventOutcome::Rejected(RejectReason::SequenceTooOld),
-            Verdict::Full => return EventOutcome::Rejected(RejectReason::ProducersFull),
+            Verdict::Full => {
+                return EventOutcome::Rejected(
+                    if self.may_take(credential, Capacity::Producers, limits) {
+                        RejectReason::ProducersFull
+                    } else {
+                        RejectReason::ShareFull
+                    },
+                );
+            }
         }
-        let outcome = self.apply_kind(ev, now_ms, limits);
+        if !known && !self.may_take(credential, Capacity::Producers, limits) {
+            return EventOutcome::Rejected(RejectReason::ShareFull);
+        }
+        let outcome = self.apply_kind(credential, ev, now_ms, limits);
         if outcome == EventOutcome::Applied {
+            let holder = if known {
+                0
+            } else {
+                self.take(credential, Capacity::Producers)
+            };
             if let Some(producers) = self.producers.as_mut() {
-                producers.record(seq, now_ms);
+                producers.record_as(seq, now_ms, holder);
             }
         }
         outcome
     }
 
+    /// Whether `credential` may take one more place of `cap` (always, without one).
+    fn may_take(&self, credential: Option<CredentialId>, cap: Capacity, l: &ZoneLimits) -> bool {
+        match credential {
+            Some(c) => self.holders.may_take(c, cap, l.share(cap)),
+            None => true,
+        }
+    }
+
+    /// Counts a place of `cap` for `credential` (after [`may_take`](Self::may_take)); the
+    /// holder to store with it (nobody, without a credential).
+    fn take(&mut self, credential: Option<CredentialId>, cap: Capacity) -> Holder {
+        match credential {
+            Some(c) => self.holders.take(c, cap),
+            None => 0,
+        }
+    }
+
     /// What an event does to the zone, once it is known to be new.
-    fn apply_kind(&mut self, ev: &Event, now_ms: u64, limits: &ZoneLimits) -> EventOutcome {
+    fn apply_kind(
+        &mut self,
+        credential: Option<CredentialId>,
+        ev: &Event,
+        now_ms: u64,
+        limits: &ZoneLimits,
+    ) -> EventOutcome {
         let h = limits.half_life_ms();
         match ev.kind {
             EventKind::DriverAvailable { driver } => {
-                self.drivers.expire(now_ms, limits.driver_ttl_ms);
-                if self.drivers.touch(driver, now_ms, limits.drivers_max) == Err(Full) {
-                    return EventOutcome::Rejected(RejectReason::DriversFull);
+                let holders = &mut self.holders;
+                self.drivers.expire_with(now_ms, limits.driver_ttl_ms, |h| {
+                    release(holders, h, Capacity::Drivers)
+                });
+                let mut holder = 0;
+                if !self.drivers.contains(driver) {
+                    if !self.may_take(credential, Capacity::Drivers, limits) {
+                        return EventOutcome::Rejected(RejectReason::ShareFull);
+                    }
+                    if self.drivers.len() >= limits.drivers_max {
+                        return EventOutcome::Rejected(RejectReason::DriversFull);
+                    }
+                    holder = self.take(credential, Capacity::Drivers);
                 }
+                // Room was checked above for a new driver; a known one keeps its holder.
+                let _ = self.drivers.touch_as(driver, now_ms, usize::MAX, holder);
             }
             EventKind::DriverBusy { driver } | EventKind::DriverOffline { driver } => {
-                self.drivers.remove(driver);
+                if let Some(holder) = self.drivers.take(driver) {
+                    release(&mut self.holders, holder, Capacity::Drivers);
+                }
             }
             EventKind::RiderDemand { rider } | EventKind::TripRequested { rider } => {
                 if self.new_session(rider, now_ms, limits) {
@@ -341,10 +459,12 @@ impl ZoneCore {
             });
         }
         if limits.fare_history_max > 0 {
-            if self.fare_history.len() >= limits.fare_history_max {
-                self.fare_history.remove(0);
+            let mut h = std::mem::take(&mut self.fare_history).into_vec();
+            if h.len() >= limits.fare_history_max {
+                h.remove(0);
             }
-            self.fare_history.push(self.fare);
+            h.push(self.fare);
+            self.fare_history = h.into_boxed_slice();
         }
         self.fare = fare;
         Ok(())
@@ -375,8 +495,20 @@ impl ZoneCore {
         neighbour_mean_milli: Option<u32>,
     ) -> Option<PriceSnapshot> {
         let h = limits.half_life_ms();
-        self.drivers.expire(now_ms, limits.driver_ttl_ms);
-        self.dedupe.expire(now_ms, limits.dedupe_window_ms);
+        let holders = &mut self.holders;
+        self.drivers.expire_with(now_ms, limits.driver_ttl_ms, |h| {
+            release(holders, h, Capacity::Drivers)
+        });
+        self.dedupe
+            .expire_with(now_ms, limits.dedupe_window_ms, |h| {
+                release(holders, h, Capacity::DedupeIds)
+            });
+        if let Some(p) = &mut self.producers {
+            p.expire_with(now_ms, limits.producer_idle_ms, |h| {
+                release(holders, h, Capacity::Producers)
+            });
+        }
+        self.holders.shrink();
         if let Some(riders) = &mut self.riders {
             riders.expire(now_ms, limits.rider_session_ttl_ms);
             if riders.is_empty() {
@@ -457,13 +589,23 @@ impl ZoneCore {
         }
     }
 
+    /// How much of this zone's capacities `credential` holds.
+    pub fn holdings(&self, credential: CredentialId) -> Holdings {
+        let held = |cap| self.holders.held(credential, cap);
+        Holdings {
+            dedupe_ids: held(Capacity::DedupeIds),
+            drivers: held(Capacity::Drivers),
+            producers: held(Capacity::Producers),
+        }
+    }
+
     /// Everything this zone holds, for persistence.
     pub fn export(&self) -> ZoneExport {
         let (rates_at_ms, rates) = self.rates.parts();
         ZoneExport {
             zone: self.zone,
             fare: self.fare,
-            fare_history: self.fare_history.clone(),
+            fare_history: self.fare_history.to_vec(),
             drivers: self.drivers.entries(),
             dedupe: self.dedupe.entries(),
             riders: self.riders.as_ref().map_or_else(Vec::new, |r| r.entries()),
@@ -525,12 +667,14 @@ impl ZoneCore {
         Ok(Self {
             zone: e.zone,
             fare,
-            fare_history: e.fare_history,
+            fare_history: e.fare_history.into_boxed_slice(),
             drivers: ExpiringSet::from_entries(&e.drivers),
             dedupe: ExpiringSet::from_entries(&e.dedupe),
             riders: (!e.riders.is_empty()).then(|| Box::new(ExpiringSet::from_entries(&e.riders))),
             producers: (!e.producers.is_empty())
                 .then(|| Box::new(Producers::from_states(e.producers))),
+            // Who held what is not persisted: restored entries are held by nobody.
+            holders: Holders::default(),
             rates,
             policy: p,
             version: e.version,
@@ -558,9 +702,16 @@ impl ZoneCore {
                 .producers
                 .as_ref()
                 .map_or(0, |p| std::mem::size_of::<Producers>() + p.heap_bytes())
-            + self.fare_history.capacity() * std::mem::size_of::<FareTable>();
+            + self.holders.heap_bytes()
+            + self.fare_history.len() * std::mem::size_of::<FareTable>();
         (hot, self.dedupe.heap_bytes())
     }
+}
+
+/// An entry held by `holder` left the zone: it no longer counts towards its credential's
+/// share.
+fn release(holders: &mut Holders, holder: Holder, cap: Capacity) {
+    holders.release(holder, cap);
 }
 
 /// A decaying count as a whole number, for snapshots and admin views.
@@ -758,5 +909,210 @@ mod tests {
         assert!(z.tick(250, &p, &l, 0, None).is_none());
         z.apply(&ev(1, EventKind::RiderDemand { rider: 0 }), 300, &l);
         assert_eq!(z.tick(500, &p, &l, 0, None).map(|s| s.version), Some(2));
+    }
+
+    fn from(credential: u64, producer: Option<u64>) -> Origin {
+        Origin {
+            credential: Some(CredentialId(credential)),
+            producer: producer.map(|id| Producer { id, epoch: 1 }),
+        }
+    }
+
+    #[test]
+    fn one_credential_filling_a_zone_gets_share_full_while_another_is_still_applied() {
+        let l = ZoneLimits::default();
+        let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
+        let share = EventOutcome::Rejected(RejectReason::ShareFull);
+        // The plain path: 8,192 ids from one credential; it holds a quarter of the log.
+        let mut applied = 0;
+        for id in 1..=8_192 {
+            match z.apply_as(from(1, None), &ev(id, EventKind::TripAccepted), 0, &l) {
+                EventOutcome::Applied => applied += 1,
+                o => assert_eq!(o, share),
+            }
+        }
+        assert_eq!(applied, 2_048);
+        assert_eq!(z.holdings(CredentialId(1)).dedupe_ids, 2_048);
+        // Drivers and producers alike.
+        for d in 1..=2_048 {
+            let e = ev(100_000 + d, EventKind::DriverAvailable { driver: d });
+            z.apply_as(from(1, Some(7)), &e, 0, &l);
+        }
+        for p in 1..=64 {
+            z.apply_as(
+                from(1, Some(1_000 + p)),
+                &ev(1, EventKind::TripAccepted),
+                0,
+                &l,
+            );
+        }
+        let held = z.holdings(CredentialId(1));
+        assert_eq!((held.drivers, held.producers), (512, 16));
+        // A second credential is applied everywhere, up to its own share.
+        for id in 0..512 {
+            let o = z.apply_as(
+                from(2, None),
+                &ev(50_000 + id, EventKind::TripAccepted),
+                0,
+                &l,
+            );
+            assert_eq!(o, EventOutcome::Applied);
+            let d = EventKind::DriverAvailable { driver: 9_000 + id };
+            assert_eq!(
+                z.apply_as(from(2, Some(8)), &ev(id + 1, d), 0, &l),
+                EventOutcome::Applied
+            );
+        }
+        // Its producer 8 and 15 more: its 16.
+        for p in 1..=15 {
+            let o = z.apply_as(
+                from(2, Some(2_000 + p)),
+                &ev(1, EventKind::TripAccepted),
+                0,
+                &l,
+            );
+            assert_eq!(o, EventOutcome::Applied);
+        }
+        // A heartbeat for a driver it holds is applied; its drivers leaving make room.
+        let hb = ev(200_000, EventKind::DriverAvailable { driver: 1 });
+        assert_eq!(
+            z.apply_as(from(1, None), &hb, 1, &l),
+            share,
+            "a new id: the log share"
+        );
+        let hb = ev(1_000_000, EventKind::DriverAvailable { driver: 1 });
+        assert_eq!(
+            z.apply_as(from(1, Some(7)), &hb, 1, &l),
+            EventOutcome::Applied
+        );
+        let off = ev(1_000_001, EventKind::DriverOffline { driver: 2 });
+        assert_eq!(
+            z.apply_as(from(1, Some(7)), &off, 1, &l),
+            EventOutcome::Applied
+        );
+        let new = ev(1_000_002, EventKind::DriverAvailable { driver: 5_000 });
+        assert_eq!(
+            z.apply_as(from(1, Some(7)), &new, 1, &l),
+            EventOutcome::Applied
+        );
+        // After the window slides, its ids are released.
+        z.tick(l.dedupe_window_ms, &SurgePolicy::default(), &l, 0, None);
+        assert_eq!(z.holdings(CredentialId(1)).dedupe_ids, 0);
+        assert_eq!(
+            z.apply_as(
+                from(1, None),
+                &ev(300_000, EventKind::TripAccepted),
+                l.dedupe_window_ms,
+                &l
+            ),
+            EventOutcome::Applied
+        );
+    }
+
+    #[test]
+    fn restored_entries_are_held_by_nobody() {
+        let l = ZoneLimits {
+            drivers_max: 4,
+            ..ZoneLimits::default()
+        };
+        let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
+        let d = |id| ev(id, EventKind::DriverAvailable { driver: id });
+        assert_eq!(
+            z.apply_as(from(1, None), &d(1), 0, &l),
+            EventOutcome::Applied
+        );
+        let mut r = ZoneCore::import(z.export(), &l).expect("imports");
+        assert_eq!(r.holdings(CredentialId(1)), Holdings::default());
+        assert_eq!(
+            r.apply_as(from(1, None), &d(2), 0, &l),
+            EventOutcome::Applied
+        );
+        // Driver 1 leaving releases nobody's count.
+        r.apply_as(
+            from(1, None),
+            &ev(3, EventKind::DriverBusy { driver: 1 }),
+            0,
+            &l,
+        );
+        assert_eq!(r.holdings(CredentialId(1)).drivers, 1);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Any history of events from three credentials (and some without one): no credential
+        /// ever holds more than its share of a capacity; what the credentials hold adds up to
+        /// what the zone holds for them, entry by entry, as entries come and go; a credential
+        /// is refused `share_full` only when it holds its share.
+        #[test]
+        fn holdings_stay_within_the_share_and_account_for_every_entry(
+            ops in proptest::collection::vec(
+                (0u64..4, 0u8..6, 0u64..40, 0u64..6, 0u64..3_000), 1..600),
+            percent in 10u8..=100,
+        ) {
+            let l = ZoneLimits {
+                drivers_max: 12,
+                dedupe_ids_max: 16,
+                producers_max: 6,
+                driver_ttl_ms: 5_000,
+                dedupe_window_ms: 4_000,
+                producer_idle_ms: 9_000,
+                credential_share_percent: percent,
+                ..ZoneLimits::default()
+            };
+            let mut z = ZoneCore::new(zone(), fare(1), 0, &l);
+            let (mut now, mut id, mut seq) = (0u64, 0u64, 0u64);
+            let creds = [CredentialId(11), CredentialId(22), CredentialId(33)];
+            let mut anonymous = false;
+            for (c, kind, x, p, dt) in ops {
+                now += dt / 10;
+                id += 1;
+                seq += 1;
+                let credential = creds.get(c as usize).copied();
+                anonymous |= credential.is_none();
+                let kind = match kind {
+                    0 | 1 => EventKind::DriverAvailable { driver: x },
+                    2 => EventKind::DriverOffline { driver: x },
+                    3 => EventKind::RiderDemand { rider: x },
+                    _ => EventKind::TripAccepted,
+                };
+                // Half the events come from producers (0..6), half on the plain path.
+                let producer = (p < 6 && x % 2 == 0).then_some(Producer { id: p + 1, epoch: 1 });
+                let e = Event { id: if producer.is_some() { seq } else { id }, zone: zone(), kind };
+                let before = credential.map(|c| z.holdings(c));
+                let o = z.apply_as(Origin { credential, producer }, &e, now, &l);
+                if o == EventOutcome::Rejected(RejectReason::ShareFull) {
+                    let h = before.expect("only a credential is refused its share");
+                    proptest::prop_assert!(
+                        h.dedupe_ids >= l.share(Capacity::DedupeIds)
+                            || h.drivers >= l.share(Capacity::Drivers)
+                            || h.producers >= l.share(Capacity::Producers),
+                        "refused at {:?}", h
+                    );
+                }
+                if now % 7 == 0 {
+                    z.tick(now, &SurgePolicy::default(), &l, 0, None);
+                }
+                let mut sum = Holdings::default();
+                for c in creds {
+                    let h = z.holdings(c);
+                    proptest::prop_assert!(h.dedupe_ids <= l.share(Capacity::DedupeIds));
+                    proptest::prop_assert!(h.drivers <= l.share(Capacity::Drivers));
+                    proptest::prop_assert!(h.producers <= l.share(Capacity::Producers));
+                    sum.dedupe_ids += h.dedupe_ids;
+                    sum.drivers += h.drivers;
+                    sum.producers += h.producers;
+                }
+                let hot = z.hot_state();
+                let total = (hot.dedupe_ids, hot.drivers, hot.producers);
+                let held = (sum.dedupe_ids, sum.drivers, sum.producers);
+                if anonymous {
+                    proptest::prop_assert!(held.0 <= total.0 && held.1 <= total.1 && held.2 <= total.2);
+                } else {
+                    proptest::prop_assert_eq!(held, total);
+                }
+                proptest::prop_assert!(z.holders.slots() <= total.0 + total.1 + total.2 + 3);
+            }
+        }
     }
 }

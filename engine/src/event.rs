@@ -1,5 +1,6 @@
 //! Events that change a zone's hot state, and what became of each.
 
+use crate::share::CredentialId;
 use crate::zone::ZoneId;
 
 /// One event from a driver or rider app. `id` makes resends idempotent. From a [`Producer`]
@@ -25,6 +26,26 @@ pub struct Producer {
     pub id: u64,
     /// Its incarnation, higher after every restart (e.g. its start time in seconds).
     pub epoch: u32,
+}
+
+/// Who sent a batch of events: the credential (its share of each zone's capacities,
+/// `crate::share`) and the producer numbering them, each when there is one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The sender's credential; `None` (the engine's own callers) is limited by the zones'
+    /// bounds only.
+    pub credential: Option<CredentialId>,
+    /// The producer numbering the events; `None`: ids deduplicated in the dedupe window.
+    pub producer: Option<Producer>,
+}
+
+impl From<Option<Producer>> for Origin {
+    fn from(producer: Option<Producer>) -> Self {
+        Self {
+            credential: None,
+            producer,
+        }
+    }
 }
 
 /// What happened in a zone.
@@ -96,6 +117,10 @@ pub enum RejectReason {
     SequenceTooOld,
     /// A producer new to the zone, which remembers `producers_max` producers already.
     ProducersFull,
+    /// The sender's credential holds its share (`credential_share_percent`) of the zone's
+    /// dedupe log, drivers or producers, whichever the event needed a new place in; other
+    /// credentials still have room. Retry after some of its entries left the zone.
+    ShareFull,
 }
 
 impl RejectReason {
@@ -111,6 +136,7 @@ impl RejectReason {
             Self::ProducerFenced => "producer_fenced",
             Self::SequenceTooOld => "sequence_too_old",
             Self::ProducersFull => "producers_full",
+            Self::ShareFull => "share_full",
         }
     }
 }

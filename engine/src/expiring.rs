@@ -1,5 +1,7 @@
 //! A bounded map from ids to the time they were last seen, with exact expiry and amortised
-//! sweeping. Used for the set of available drivers and for event-id dedupe.
+//! sweeping. Used for the set of available drivers, for event-id dedupe and for rider
+//! sessions. Each entry also names its [`Holder`] (the credential whose event made it,
+//! `crate::share`), in the same word as its time, so holding costs no memory.
 
 use std::collections::VecDeque;
 
@@ -17,9 +19,41 @@ use crate::FixedMap as HashMap;
 /// entry may then live a little longer than `ttl_ms`, never shorter.
 #[derive(Clone, Debug)]
 pub(crate) struct ExpiringSet {
-    /// id -> last seen.
-    seen: HashMap<u64, u64>,
+    /// id -> last seen and holder.
+    seen: HashMap<u64, Stamp>,
     sweep: Sweep,
+}
+
+/// Who holds an entry: 0 nobody (restored from a snapshot, or sent without a credential),
+/// else a zone's holder slot plus one (`crate::share::Holders`).
+pub(crate) type Holder = u16;
+
+/// Bits of a [`Stamp`] that hold the time.
+const AT_BITS: u32 = 48;
+/// The latest time a set stores, ms: engine time is ms since the Unix epoch, so 2^48 - 1 is
+/// the year 10889; a later time is stored as this one (an entry then lives longer, never
+/// shorter).
+pub(crate) const AT_MS_MAX: u64 = (1 << AT_BITS) - 1;
+
+/// An entry's last-seen time (low 48 bits) and its holder (high 16) in one word: the driver
+/// set and the dedupe log are a zone's largest structures, and its hot state has a budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp(u64);
+
+impl Stamp {
+    fn new(at_ms: u64, holder: Holder) -> Self {
+        Self(at_ms.min(AT_MS_MAX) | (u64::from(holder) << AT_BITS))
+    }
+    fn at_ms(self) -> u64 {
+        self.0 & AT_MS_MAX
+    }
+    fn holder(self) -> Holder {
+        (self.0 >> AT_BITS) as Holder
+    }
+    /// The same holder, seen at `at_ms`.
+    fn at(self, at_ms: u64) -> Self {
+        Self::new(at_ms, self.holder())
+    }
 }
 
 /// How a set finds its expired entries. 16 bytes: a zone holds two sets, and its hot state
@@ -43,8 +77,8 @@ struct Touches(VecDeque<(u64, u64)>);
 
 impl Touches {
     /// The live entries, in time order.
-    fn of(seen: &HashMap<u64, u64>) -> Self {
-        let mut live: Vec<(u64, u64)> = seen.iter().map(|(&id, &t)| (t, id)).collect();
+    fn of(seen: &HashMap<u64, Stamp>) -> Self {
+        let mut live: Vec<(u64, u64)> = seen.iter().map(|(&id, t)| (t.at_ms(), id)).collect();
         live.sort_unstable();
         Self(live.into())
     }
@@ -73,16 +107,29 @@ const ORDER_SLACK: usize = 64;
 impl ExpiringSet {
     /// Removes entries last seen `ttl_ms` or more before `now_ms`.
     pub(crate) fn expire(&mut self, now_ms: u64, ttl_ms: u64) {
+        self.expire_with(now_ms, ttl_ms, |_| {});
+    }
+
+    /// [`expire`](Self::expire), telling `released` the holder of every entry removed.
+    pub(crate) fn expire_with(
+        &mut self,
+        now_ms: u64,
+        ttl_ms: u64,
+        mut released: impl FnMut(Holder),
+    ) {
+        let now_ms = now_ms.min(AT_MS_MAX);
         match &mut self.sweep {
             Sweep::Full { oldest_ms } => {
                 if self.seen.is_empty() || oldest_ms.saturating_add(ttl_ms) > now_ms {
                     return;
                 }
                 let mut oldest = u64::MAX;
-                self.seen.retain(|_, &mut t| {
-                    let keep = t.saturating_add(ttl_ms) > now_ms;
+                self.seen.retain(|_, t| {
+                    let keep = t.at_ms().saturating_add(ttl_ms) > now_ms;
                     if keep {
-                        oldest = oldest.min(t);
+                        oldest = oldest.min(t.at_ms());
+                    } else {
+                        released(t.holder());
                     }
                     keep
                 });
@@ -95,15 +142,16 @@ impl ExpiringSet {
                         break;
                     }
                     q.0.pop_front();
-                    if self.seen.get(&id) == Some(&t) {
+                    if let Some(s) = self.seen.get(&id).copied().filter(|s| s.at_ms() == t) {
                         self.seen.remove(&id);
+                        released(s.holder());
                     }
                 }
                 if q.0.len() == before {
                     return;
                 }
                 if self.seen.len() < SWEEP_BELOW {
-                    let oldest_ms = self.seen.values().copied().min().unwrap_or(0);
+                    let oldest_ms = self.seen.values().map(|s| s.at_ms()).min().unwrap_or(0);
                     self.sweep = Sweep::Full { oldest_ms };
                 } else if q.0.capacity() > 4 * q.0.len().max(4) {
                     q.0.shrink_to_fit();
@@ -122,6 +170,19 @@ impl ExpiringSet {
 
     /// Records `id` as seen at `now_ms`, refusing a new id when `len_max` are present.
     pub(crate) fn touch(&mut self, id: u64, now_ms: u64, len_max: usize) -> Result<(), Full> {
+        self.touch_as(id, now_ms, len_max, 0).map(|_| ())
+    }
+
+    /// [`touch`](Self::touch), a new entry held by `holder` (a known one keeps its holder).
+    /// True when the entry is new.
+    pub(crate) fn touch_as(
+        &mut self,
+        id: u64,
+        now_ms: u64,
+        len_max: usize,
+        holder: Holder,
+    ) -> Result<bool, Full> {
+        let now_ms = now_ms.min(AT_MS_MAX);
         let len = self.seen.len();
         match &mut self.sweep {
             Sweep::Full { oldest_ms } => {
@@ -129,39 +190,51 @@ impl ExpiringSet {
                     *oldest_ms = now_ms;
                 }
                 match self.seen.get_mut(&id) {
-                    Some(t) => *t = (*t).max(now_ms),
+                    Some(t) => *t = t.at(t.at_ms().max(now_ms)),
                     None if len >= len_max => return Err(Full),
                     None => {
-                        self.seen.insert(id, now_ms);
+                        self.seen.insert(id, Stamp::new(now_ms, holder));
                         *oldest_ms = (*oldest_ms).min(now_ms);
                         if len + 1 >= QUEUE_FROM {
                             self.sweep = Sweep::Queue(Box::new(Touches::of(&self.seen)));
                         }
+                        return Ok(true);
                     }
                 }
             }
             Sweep::Queue(q) => {
                 let now = q.0.back().map_or(now_ms, |&(t, _)| t.max(now_ms));
-                match self.seen.get_mut(&id) {
-                    Some(t) if *t == now => return Ok(()),
-                    Some(t) => *t = now,
+                let new = match self.seen.get_mut(&id) {
+                    Some(t) if t.at_ms() == now => return Ok(false),
+                    Some(t) => {
+                        *t = t.at(now);
+                        false
+                    }
                     None if len >= len_max => return Err(Full),
                     None => {
-                        self.seen.insert(id, now);
+                        self.seen.insert(id, Stamp::new(now, holder));
+                        true
                     }
-                }
+                };
                 q.0.push_back((now, id));
                 if q.0.len() > 2 * self.seen.len() + ORDER_SLACK {
                     **q = Touches::of(&self.seen);
                 }
+                return Ok(new);
             }
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Forgets `id`; its holder if it was present.
+    pub(crate) fn take(&mut self, id: u64) -> Option<Holder> {
+        self.seen.remove(&id).map(Stamp::holder)
     }
 
     /// Forgets `id`; true if it was present.
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, id: u64) -> bool {
-        self.seen.remove(&id).is_some()
+        self.take(id).is_some()
     }
 
     /// Number of live entries (as of the last expiry).
@@ -176,22 +249,23 @@ impl ExpiringSet {
 
     /// Every entry (id, last seen), sorted by id (for export).
     pub(crate) fn entries(&self) -> Vec<(u64, u64)> {
-        let mut v: Vec<(u64, u64)> = self.seen.iter().map(|(&k, &t)| (k, t)).collect();
+        let mut v: Vec<(u64, u64)> = self.seen.iter().map(|(&k, t)| (k, t.at_ms())).collect();
         v.sort_unstable();
         v
     }
 
-    /// A set holding exactly `entries`.
+    /// A set holding exactly `entries`, held by nobody (times beyond [`AT_MS_MAX`] stored as
+    /// it).
     pub(crate) fn from_entries(entries: &[(u64, u64)]) -> Self {
         let mut seen = HashMap::default();
         for &(id, t) in entries {
-            seen.insert(id, t);
+            seen.insert(id, Stamp::new(t, 0));
         }
         let sweep = if seen.len() >= QUEUE_FROM {
             Sweep::Queue(Box::new(Touches::of(&seen)))
         } else {
             Sweep::Full {
-                oldest_ms: entries.iter().map(|e| e.1).min().unwrap_or(0),
+                oldest_ms: seen.values().map(|s| s.at_ms()).min().unwrap_or(0),
             }
         };
         Self { seen, sweep }

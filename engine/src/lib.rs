@@ -12,7 +12,8 @@
 //! - [`fare`]: fare tables, trips, the fare formula and its rounding rule.
 //! - [`policy`]: the surge policy, a pure function.
 //! - [`core`]: one zone's state machine (drivers, rider sessions, decaying demand, dedupe,
-//!   ticks); [`window`]: the decaying counters.
+//!   ticks); [`window`]: the decaying counters; [`producer`]: idempotent producers;
+//!   [`share`]: each credential's share of a zone's bounded capacities.
 //! - [`snapshot`]: price snapshots and the lock-free table.
 //! - [`quote`]: the quote path and signed tokens; [`explain`]: the inputs behind a price.
 //! - [`shard`]: the zones one actor owns, as a plain struct.
@@ -40,6 +41,7 @@ pub mod policy;
 pub mod producer;
 pub mod quote;
 pub mod shard;
+pub mod share;
 pub mod shell;
 pub mod snapshot;
 pub mod window;
@@ -47,12 +49,13 @@ pub mod zone;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::config::EngineConfig;
-pub use crate::core::{HotState, ImportError, ZoneCore, ZoneExport, ZoneLimits};
-pub use crate::event::{Event, EventKind, EventOutcome, Producer, RejectReason};
+pub use crate::core::{Holdings, HotState, ImportError, ZoneCore, ZoneExport, ZoneLimits};
+pub use crate::event::{Event, EventKind, EventOutcome, Origin, Producer, RejectReason};
 pub use crate::explain::Explanation;
 pub use crate::fare::{Currency, FareTable, Trip};
 pub use crate::policy::{PolicyInput, PolicyState, SurgePolicy};
 pub use crate::quote::{Price, QuoteError, QuoteKey, QuoteKeys, QuoteToken, Quoter, TOKEN_LEN};
+pub use crate::share::CredentialId;
 pub use crate::shell::Engine;
 pub use crate::snapshot::{PriceSnapshot, SnapshotTable};
 pub use crate::zone::ZoneId;

@@ -24,6 +24,8 @@
 //!
 //! Pure: time is an argument.
 
+use crate::share::Holder;
+
 /// How many sequences at and below a producer's highest a zone remembers, one bit each.
 pub const WINDOW: u64 = 128;
 
@@ -72,6 +74,8 @@ pub struct ProducerState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Producers {
     entries: Vec<ProducerState>,
+    /// Who holds each entry (`crate::share`), parallel to `entries`.
+    holders: Vec<Holder>,
     /// A lower bound on every entry's `last_ms` (`u64::MAX` when empty): nothing can have
     /// expired before this plus the idle time, so expiring is free until then.
     oldest_ms: u64,
@@ -81,6 +85,7 @@ impl Default for Producers {
     fn default() -> Self {
         Self {
             entries: Vec::new(),
+            holders: Vec::new(),
             oldest_ms: u64::MAX,
         }
     }
@@ -94,6 +99,7 @@ impl Producers {
         states.dedup_by_key(|s| s.producer);
         let oldest_ms = states.iter().map(|s| s.last_ms).min().unwrap_or(u64::MAX);
         Self {
+            holders: vec![0; states.len()],
             entries: states,
             oldest_ms,
         }
@@ -117,15 +123,44 @@ impl Producers {
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<ProducerState>()
+            + self.holders.capacity() * std::mem::size_of::<Holder>()
+    }
+
+    /// Whether `producer` is remembered (a new one takes a place of `producers_max`).
+    pub fn contains(&self, producer: u64) -> bool {
+        self.entries
+            .binary_search_by_key(&producer, |e| e.producer)
+            .is_ok()
     }
 
     /// Forgets producers idle for `idle_ms` or longer. Free while none can have expired.
     pub fn expire(&mut self, now_ms: u64, idle_ms: u64) {
+        self.expire_with(now_ms, idle_ms, |_| {});
+    }
+
+    /// [`expire`](Self::expire), telling `released` the holder of every producer forgotten.
+    pub(crate) fn expire_with(
+        &mut self,
+        now_ms: u64,
+        idle_ms: u64,
+        mut released: impl FnMut(Holder),
+    ) {
         if now_ms.saturating_sub(self.oldest_ms) < idle_ms {
             return;
         }
-        self.entries
-            .retain(|e| now_ms.saturating_sub(e.last_ms) < idle_ms);
+        // Kept entries move down in order, with their holders.
+        let mut kept = 0;
+        for i in 0..self.entries.len() {
+            if now_ms.saturating_sub(self.entries[i].last_ms) < idle_ms {
+                self.entries.swap(kept, i);
+                self.holders.swap(kept, i);
+                kept += 1;
+            } else {
+                released(self.holders[i]);
+            }
+        }
+        self.entries.truncate(kept);
+        self.holders.truncate(kept);
         self.oldest_ms = self
             .entries
             .iter()
@@ -166,6 +201,11 @@ impl Producers {
     /// Remembers `s` as applied at `now_ms`. Call only after [`check`](Self::check) said
     /// [`Verdict::New`] (with nothing recorded in between).
     pub fn record(&mut self, s: Sequence, now_ms: u64) {
+        self.record_as(s, now_ms, 0);
+    }
+
+    /// [`record`](Self::record); a producer new to the zone is held by `holder`.
+    pub(crate) fn record_as(&mut self, s: Sequence, now_ms: u64, holder: Holder) {
         let i = match self
             .entries
             .binary_search_by_key(&s.producer, |e| e.producer)
@@ -183,6 +223,7 @@ impl Producers {
                         last_ms: now_ms,
                     },
                 );
+                self.holders.insert(i, holder);
                 i
             }
         };

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::core::{FareChangeError, HotState, ZoneCore, ZoneExport, ZoneLimits};
-use crate::event::{Event, EventOutcome, Producer, RejectReason};
+use crate::event::{Event, EventOutcome, Origin, Producer, RejectReason};
 use crate::fare::FareTable;
 use crate::policy::SurgePolicy;
 use crate::snapshot::{PriceSnapshot, SlotIdx, SnapshotTable};
@@ -325,12 +325,24 @@ impl Shard {
         now_ms: u64,
         out: &mut Vec<EventOutcome>,
     ) {
+        self.apply_as(producer.into(), events, now_ms, out);
+    }
+
+    /// [`apply_from`](Self::apply_from) for a batch from `origin` (its credential held to
+    /// its share of each zone's capacities, [`crate::share`]).
+    pub fn apply_as(
+        &mut self,
+        origin: Origin,
+        events: &[Event],
+        now_ms: u64,
+        out: &mut Vec<EventOutcome>,
+    ) {
         out.reserve(events.len());
         let settings = Arc::clone(&self.settings);
         for ev in events {
             let outcome = match self.entry(ev.zone, now_ms) {
                 Ok(e) => {
-                    let o = e.core.apply_from(producer, ev, now_ms, &settings.limits);
+                    let o = e.core.apply_as(origin, ev, now_ms, &settings.limits);
                     e.dirty |= o == EventOutcome::Applied;
                     o
                 }

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use crate::clock::Clock;
 use crate::config::{ConfigError, EngineConfig};
 use crate::core::{HotState, ZoneCore, ZoneExport};
-use crate::event::{Event, EventOutcome, Producer, RejectReason};
+use crate::event::{Event, EventOutcome, Origin, Producer, RejectReason};
 use crate::explain::Explanation;
 use crate::fare::FareTable;
 use crate::policy::{PolicyError, SurgePolicy};
@@ -141,7 +141,7 @@ struct ShellStats {
 
 enum Command {
     Apply {
-        producer: Option<Producer>,
+        origin: Origin,
         events: Vec<Event>,
         reply: oneshot::Sender<Vec<EventOutcome>>,
     },
@@ -237,12 +237,12 @@ impl Handler<Command> for ShardActor {
         // A dropped receiver means the caller gave up; nothing to do about it.
         match cmd {
             Command::Apply {
-                producer,
+                origin,
                 events,
                 reply,
             } => {
                 let mut out = Vec::with_capacity(events.len());
-                self.shard.apply_from(producer, &events, now, &mut out);
+                self.shard.apply_as(origin, &events, now, &mut out);
                 let _ = reply.send(out);
             }
             Command::Tick { reply } => {
@@ -540,6 +540,16 @@ impl Engine {
         producer: Option<Producer>,
         events: Vec<Event>,
     ) -> Result<Vec<EventOutcome>, IngestError> {
+        self.apply_batch_as(producer.into(), events).await
+    }
+
+    /// [`apply_batch_from`](Self::apply_batch_from) for a batch from `origin`: its credential,
+    /// when it has one, is held to its share of each zone's capacities ([`crate::share`]).
+    pub async fn apply_batch_as(
+        &self,
+        origin: Origin,
+        events: Vec<Event>,
+    ) -> Result<Vec<EventOutcome>, IngestError> {
         let max = self.config.actors.batch_events_max;
         if events.len() > max {
             return Err(IngestError::BatchTooLarge {
@@ -569,7 +579,7 @@ impl Engine {
             match self.send(
                 shard,
                 Command::Apply {
-                    producer,
+                    origin,
                     events: evs,
                     reply: tx,
                 },

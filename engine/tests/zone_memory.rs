@@ -1,7 +1,8 @@
 //! Bytes of hot state per zone, measured with 100,000 live zones under a counting allocator.
 //!
-//! Workload per zone: 8 distinct available drivers and 16 rider-demand events (24 event ids
-//! in the dedupe log), then one tick. The measurement is deterministic (allocation sizes do not
+//! Workload per zone: 8 distinct available drivers from one credential (a driver gateway) and
+//! 16 rider-demand events from another (a rider app's backend): 24 event ids in the dedupe
+//! log, two credentials holding shares of the zone (`engine::share`), then one tick. The measurement is deterministic (allocation sizes do not
 //! depend on the machine), so the budget is asserted: the zone's state plus its share of the
 //! snapshot table fit in 1 KiB. The dedupe log grows with the event rate, not the zone count,
 //! and is reported per remembered event id instead.
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use engine::config::EngineConfig;
 use engine::shard::{Shard, ShardSettings};
 use engine::snapshot::SnapshotTable;
-use engine::{Event, EventKind, ZoneId};
+use engine::{CredentialId, Event, EventKind, Origin, ZoneId};
 
 #[global_allocator]
 static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
@@ -59,7 +60,11 @@ fn hot_state_fits_in_one_kibibyte_per_zone_with_100k_zones() {
     );
     let mut out = Vec::new();
     let mut id = 0u64;
-    let mut batch = Vec::with_capacity(24);
+    let mut batch = Vec::with_capacity(16);
+    let from = |c| Origin {
+        credential: Some(CredentialId(c)),
+        producer: None,
+    };
     for z in &ids {
         batch.clear();
         for d in 0..8 {
@@ -72,6 +77,9 @@ fn hot_state_fits_in_one_kibibyte_per_zone_with_100k_zones() {
                 },
             });
         }
+        out.clear();
+        shard.apply_as(from(0xd81e), &batch, 1_000, &mut out);
+        batch.clear();
         for _ in 0..16 {
             id += 1;
             batch.push(Event {
@@ -81,7 +89,8 @@ fn hot_state_fits_in_one_kibibyte_per_zone_with_100k_zones() {
             });
         }
         out.clear();
-        shard.apply(&batch, 1_000, &mut out);
+        shard.apply_as(from(0x71de), &batch, 1_000, &mut out);
+        assert!(out.iter().all(|o| *o == engine::EventOutcome::Applied));
     }
     shard.tick(1_250);
     drop(out);

@@ -48,8 +48,9 @@ async fn the_event_batcher_flushes_on_size_and_on_time_and_reports_each_outcome(
     cfg.event_flush_ms = 10;
     let c = Client::connect(node.addr, cfg).await.expect("connects");
     let b = c.event_batcher();
-    // Size: 2,500 events at once leave in full batches of 100.
-    let sends: Vec<_> = (0..2_500u64)
+    // Size: 2,000 events at once leave in full batches of 100 (within one credential's share
+    // of the zone's dedupe window, 2,048 ids).
+    let sends: Vec<_> = (0..2_000u64)
         .map(|i| {
             let b = b.clone();
             tokio::spawn(async move {
@@ -242,16 +243,22 @@ async fn a_producer_sends_more_events_to_one_zone_than_the_dedupe_log_holds_each
         driver: rider,
         kind: event_kind::RIDER_DEMAND,
     };
-    // The plain path, for contrast: ids beyond the dedupe log are refused.
+    // The plain path, for contrast: ids beyond the credential's share of the dedupe log (a
+    // quarter of its 64 ids, `zone_share_per_credential_percent`) are refused.
     let plain: Vec<msg::WireEvent> = (1..=200u64)
         .map(|i| msg::WireEvent { id: i, ..ev(i) })
         .collect();
     let outcomes = c.send_events(plain).await.expect("plain batch");
+    let applied = outcomes.iter().filter(|&&o| o == outcome::APPLIED).count();
     let refused = outcomes
         .iter()
-        .filter(|&&o| o == outcome::DEDUPE_FULL)
+        .filter(|&&o| o == outcome::SHARE_FULL)
         .count();
-    assert_eq!(refused, 200 - 64, "the dedupe log holds 64 ids");
+    assert_eq!(
+        (applied, refused),
+        (16, 200 - 16),
+        "a credential holds a quarter of the dedupe log's 64 ids"
+    );
 
     let mut p = client::Producer::new(0xfeed, 1);
     let mut sent = Vec::new();

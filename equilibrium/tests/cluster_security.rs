@@ -1,6 +1,7 @@
 //! A node's peers and its Redis, against real node processes and a real `redis-server`: a
 //! peer claiming another node's id is refused (counted, logged with its address); a forwarded
-//! request is checked against the role it carries; a Redis password never reaches a log line.
+//! request is checked against the role it carries, and its credential held by the owner to
+//! its share of a zone; a Redis password never reaches a log line.
 
 // The harness serves several test files; this one uses part of it.
 #[allow(dead_code)]
@@ -289,4 +290,65 @@ fn bad_bytes_in_a_groups_snapshot_hash_cost_one_zone_and_a_bad_lease_is_reported
     assert_eq!(lines, 1, "rate-limited to one line:\n{log}");
     assert_eq!(metric(&c.nodes[0], "equilibrium_redis_up"), 1.0);
     assert!(metric(&c.nodes[0], bad) >= 3.0);
+}
+
+#[test]
+fn a_credential_is_held_to_its_share_of_a_zone_by_the_owner_when_another_node_forwards_its_events()
+{
+    let _g = lock();
+    let c = TestCluster::start(2);
+    let zones: Vec<u64> = city_zones().into_iter().take(200).collect();
+    runtime().block_on(async {
+        let cc = c.cluster_client(PREMIUM).await;
+        seed_zones(&cc, &zones).await;
+        c.settle(zones.len() as u32).await;
+        let d = client::ClusterClient::discover(&[c.nodes[0].addr], c.client_cfg(PREMIUM))
+            .await
+            .expect("discover");
+        // A zone node 2 owns; both credentials send to node 1, which forwards.
+        let zone = *zones
+            .iter()
+            .find(|&&z| d.owner_of(z).map(|i| d.addrs()[i]) == Some(c.nodes[1].addr))
+            .expect("node 2 owns a zone");
+        let greedy = client::Client::connect(c.nodes[0].addr, c.client_cfg(ADMIN))
+            .await
+            .expect("client");
+        let other = client::Client::connect(c.nodes[0].addr, c.client_cfg(PREMIUM))
+            .await
+            .expect("client");
+        let ev = |id: u64| msg::WireEvent {
+            id,
+            zone,
+            driver: 0,
+            kind: msg::event_kind::TRIP_ACCEPTED,
+        };
+        let mut flood = Vec::new();
+        for b in 0..2u64 {
+            let batch = (0..4_096).map(|i| ev(10_000_000 + b * 4_096 + i)).collect();
+            flood.extend(greedy.send_events(batch).await.expect("answered"));
+        }
+        let theirs = other
+            .send_events((0..500).map(|i| ev(20_000_000 + i)).collect())
+            .await
+            .expect("answered");
+        let count = |v: &[u8], o: u8| v.iter().filter(|&&x| x == o).count();
+        let share = "equilibrium_events_rejected_total{reason=\"share_full\"}";
+        println!(
+            "forwarded share: the flooding credential {} applied, {} share_full of {}; the other {} applied of {}; \
+             share_full counted by the owner {}",
+            count(&flood, msg::outcome::APPLIED),
+            count(&flood, msg::outcome::SHARE_FULL),
+            flood.len(),
+            count(&theirs, msg::outcome::APPLIED),
+            theirs.len(),
+            metric(&c.nodes[1], share),
+        );
+        assert_eq!(count(&flood, msg::outcome::APPLIED), 2_048);
+        assert_eq!(count(&flood, msg::outcome::SHARE_FULL), 8_192 - 2_048);
+        assert_eq!(count(&theirs, msg::outcome::APPLIED), 500, "{theirs:?}");
+        // The owner refused them: it knew whose events the forwarded batches were.
+        assert_eq!(metric(&c.nodes[1], share), (8_192 - 2_048) as f64);
+        d.close().await;
+        cc.close().await;
+    });
 }

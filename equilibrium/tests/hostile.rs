@@ -8,7 +8,7 @@
 //! started with small limits (SECURITY.md, "Client-facing limits"): Initials never
 //! completed, handshakes that never send `HELLO`, big partial frames before `HELLO`,
 //! connections that never read their replies, a bad-token `HELLO` flood, one credential
-//! creating zones fast. During each, every probe succeeds (a premium quote, an admin
+//! creating zones fast, one credential filling one zone's dedupe window, drivers and producers. During each, every probe succeeds (a premium quote, an admin
 //! `status`, a quote on a new premium connection: `support/attack.rs`); the node never exits;
 //! afterwards it has recovered. The assertions count, they do not time.
 
@@ -679,4 +679,146 @@ async fn one_credential_creating_zones_fast_is_held_to_its_quota_and_others_are_
         "recovered: {again:?}"
     );
     assert!(node.running(), "the node never exits");
+}
+
+/// Tallies outcomes: (applied, share_full, any other outcome).
+fn tally(outcomes: &[u8]) -> (usize, usize, usize) {
+    let applied = outcomes
+        .iter()
+        .filter(|&&o| o == msg::outcome::APPLIED)
+        .count();
+    let share = outcomes
+        .iter()
+        .filter(|&&o| o == msg::outcome::SHARE_FULL)
+        .count();
+    (applied, share, outcomes.len() - applied - share)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_credential_filling_a_zone_is_held_to_its_share_and_another_credentials_events_there_are_applied(
+) {
+    // The node's defaults: dedupe_ids_max 8,192, drivers_max 2,048, producers_max 64 per zone,
+    // and each credential's share of them zone_share_per_credential_percent = 25 %.
+    let mut node = TestNode::start(&small_limits(&[]));
+    let probes = Probes::connect(&node).await;
+    let greedy = node.client(support::SHARED).await;
+    let other = node.client(PREMIUM).await;
+    let zone = fresh_zones(1, 44.0)[0];
+    let event = |id: u64, driver: u64, kind: u8| msg::WireEvent {
+        id,
+        zone,
+        driver,
+        kind,
+    };
+    let (mut greedy_got, mut greedy_other) = ((0, 0), 0);
+    let mut count = |o: &[u8]| {
+        let (a, s, x) = tally(o);
+        greedy_got.0 += a;
+        greedy_got.1 += s;
+        greedy_other += x;
+        (a, s)
+    };
+    // The compatibility path: 8,192 event ids (the zone's whole dedupe window), in two batches.
+    let mut plain = (0, 0);
+    for b in 0..2u64 {
+        let batch = (0..4_096)
+            .map(|i| event(b * 4_096 + i + 1, 0, msg::event_kind::TRIP_ACCEPTED))
+            .collect();
+        let (a, s) = count(&greedy.send_events(batch).await.expect("answered"));
+        plain = (plain.0 + a, plain.1 + s);
+    }
+    // 2,048 new drivers (the zone's whole driver table), numbered by one producer.
+    let mut p = client::Producer::new(7, 1);
+    let mut batch: Vec<_> = (0..2_048)
+        .map(|d| event(0, 1_000_000 + d, msg::event_kind::DRIVER_AVAILABLE))
+        .collect();
+    p.number(&mut batch);
+    let drivers = count(&greedy.send_produced(&p, batch).await.expect("answered"));
+    // 64 producers new to the zone (its whole producer table), one event each.
+    let mut producers = (0, 0);
+    for id in 100..164 {
+        let mut p = client::Producer::new(id, 1);
+        let mut batch = vec![event(0, 0, msg::event_kind::TRIP_ACCEPTED)];
+        p.number(&mut batch);
+        let (a, s) = count(&greedy.send_produced(&p, batch).await.expect("answered"));
+        producers = (producers.0 + a, producers.1 + s);
+    }
+    // Meanwhile another credential's events to the same zone: new ids, new drivers, new
+    // producers, each below its own share.
+    let mut theirs = Vec::new();
+    let batch = (0..1_000)
+        .map(|i| event(500_000 + i, 0, msg::event_kind::RIDER_DEMAND))
+        .collect();
+    theirs.extend(other.send_events(batch).await.expect("answered"));
+    let batch = (0..500)
+        .map(|d| {
+            event(
+                600_000 + d,
+                2_000_000 + d,
+                msg::event_kind::DRIVER_AVAILABLE,
+            )
+        })
+        .collect();
+    theirs.extend(other.send_events(batch).await.expect("answered"));
+    for id in 200..215 {
+        let mut p = client::Producer::new(id, 1);
+        let mut batch = vec![event(0, 0, msg::event_kind::TRIP_ACCEPTED)];
+        p.number(&mut batch);
+        theirs.extend(other.send_produced(&p, batch).await.expect("answered"));
+    }
+    let during = probes.run(PROBES, PROBE_EVERY).await;
+    let counted = metric(
+        &node,
+        "equilibrium_events_rejected_total{reason=\"share_full\"}",
+    );
+    let admin = node.client(support::ADMIN).await;
+    let state = admin.zone_state(zone).await.expect("zone state");
+    let (their_applied, their_share, their_other) = tally(&theirs);
+    println!(
+        "zone share: the greedy credential's plain ids {plain:?}, drivers {drivers:?}, producers {producers:?} \
+         (applied, share_full); {greedy_other} other outcomes; counted {counted}; the other credential: \
+         {their_applied} applied, {their_share} share_full, {their_other} other; probes {during:?}"
+    );
+    assert_eq!(
+        plain,
+        (2_048, 8_192 - 2_048),
+        "a quarter of the dedupe window"
+    );
+    assert_eq!(drivers, (512, 2_048 - 512), "a quarter of the drivers");
+    // Its driver producer (7) is one of its 16.
+    assert_eq!(producers, (15, 64 - 15), "a quarter of the producers");
+    assert_eq!(greedy_other, 0);
+    assert_eq!(counted, greedy_got.1 as f64);
+    assert_eq!(
+        (their_share, their_other),
+        (0, 0),
+        "another credential's events are applied: {theirs:?}"
+    );
+    assert_eq!(their_applied, 1_515);
+    assert!(during.all_ok(), "{during:?}");
+    assert_eq!(state.drivers, 512 + 500, "{state:?}");
+    // What it holds is still its own: a heartbeat of a driver it reported is applied.
+    let mut hb = vec![event(0, 1_000_000, msg::event_kind::DRIVER_AVAILABLE)];
+    p.number(&mut hb);
+    let again = greedy.send_produced(&p, hb).await.expect("answered");
+    assert_eq!(again, vec![msg::outcome::APPLIED]);
+    assert!(node.running(), "the node never exits");
+    // The control: without a share (100 %), the same flood locks the other credential out.
+    let node = TestNode::start(&small_limits(&[("zone_share_per_credential_percent", 100)]));
+    let (greedy, other) = (
+        node.client(support::SHARED).await,
+        node.client(PREMIUM).await,
+    );
+    for b in 0..2u64 {
+        let batch = (0..4_096)
+            .map(|i| event(b * 4_096 + i + 1, 0, msg::event_kind::TRIP_ACCEPTED))
+            .collect();
+        greedy.send_events(batch).await.expect("answered");
+    }
+    let batch = (0..100)
+        .map(|i| event(500_000 + i, 0, msg::event_kind::RIDER_DEMAND))
+        .collect();
+    let locked_out = other.send_events(batch).await.expect("answered");
+    println!("without a share: the other credential's 100 events: {locked_out:?}");
+    assert!(locked_out.iter().all(|&o| o == msg::outcome::DEDUPE_FULL));
 }

@@ -1,7 +1,11 @@
 //! The node's secrets, checked before it starts: the samples shipped in this repository are
 //! refused outside development mode, bad key text is a clear error, private key files open
 //! to group or others are refused; and `cluster-credentials` writes private keys 0600, the CA
-//! key apart from node material, one certificate per node naming its id.
+//! key apart from node material, one certificate per node naming its id. And key rotation
+//! with real nodes: several key ids loaded, the newest signs, every one verifies; a node
+//! without a token's key refuses it.
+
+mod support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -230,4 +234,82 @@ fn cluster_credentials_writes_keys_0600_the_ca_apart_and_one_certificate_per_nod
         Some(4)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A quote token from `node` for a zone it prices (created by one event first).
+async fn quote_token(node: &support::TestNode) -> [u8; engine::TOKEN_LEN] {
+    let c = node.client(support::PREMIUM).await;
+    let zone = engine::ZoneId::from_lat_lng(48.8584, 2.2945, 8)
+        .expect("zone")
+        .raw();
+    let ev = protocol::msg::WireEvent {
+        id: 1,
+        zone,
+        driver: 0,
+        kind: protocol::msg::event_kind::RIDER_DEMAND,
+    };
+    c.send_events(vec![ev]).await.expect("event");
+    c.quote_zone(zone, 3_000, 600).await.expect("quote").token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_node_signs_with_the_newest_key_verifies_the_old_and_a_node_without_the_old_key_refuses_it(
+) {
+    let key1 = support::cluster_key_hex();
+    let key2 = server::secrets::random_hex(32);
+    // Before the rotation: key 1 only (SECURITY.md, "Rotating the cluster key").
+    let before = support::TestNode::start_with_keys(&format!("cluster_key_hex = \"{key1}\""));
+    let old = quote_token(&before).await;
+    let info = before
+        .client(support::PREMIUM)
+        .await
+        .verify(old)
+        .await
+        .expect("its own token");
+    assert_eq!(info.key_id, 1);
+    drop(before);
+    // Switched: keys 1 and 2 loaded, no signing_key_id, so the newest (2) signs.
+    let rotated = support::TestNode::start_with_keys(&format!(
+        "cluster_key_hex = \"{key1}\"\ncluster_keys = [{{ id = 2, hex = \"{key2}\" }}]"
+    ));
+    let c = rotated.client(support::PREMIUM).await;
+    let verified = c
+        .verify(old)
+        .await
+        .expect("a token signed with key 1 verifies");
+    assert_eq!(verified.key_id, 1);
+    let new = quote_token(&rotated).await;
+    let verified = c.verify(new).await.expect("its own token");
+    assert_eq!(verified.key_id, 2, "the newest key signs");
+    assert_eq!(
+        u16::from_le_bytes([new[94], new[95]]),
+        2,
+        "key id in bytes 94-95"
+    );
+    // Staged: keys 1 and 2 loaded, still signing with 1.
+    let staged = support::TestNode::start_with_keys(&format!(
+        "cluster_key_hex = \"{key1}\"\ncluster_keys = [{{ id = 2, hex = \"{key2}\" }}]\nsigning_key_id = 1"
+    ));
+    let staged_token = quote_token(&staged).await;
+    assert_eq!(u16::from_le_bytes([staged_token[94], staged_token[95]]), 1);
+    let c = staged.client(support::PREMIUM).await;
+    assert_eq!(c.verify(new).await.expect("key 2 verifies").key_id, 2);
+    // Retired: key 2 only. Key 1's tokens are refused, saying why; key 2's verify.
+    let retired = support::TestNode::start_with_keys(&format!(
+        "cluster_key_hex = \"\"\ncluster_keys = [{{ id = 2, hex = \"{key2}\" }}]"
+    ));
+    let c = retired.client(support::PREMIUM).await;
+    let e = c.verify(old).await.expect_err("key 1 is retired");
+    assert_eq!(e.code(), Some(protocol::ErrorCode::InvalidToken), "{e}");
+    assert!(e.to_string().contains("unknown key id 1"), "{e}");
+    assert_eq!(c.verify(new).await.expect("key 2 verifies").key_id, 2);
+    let e = c.verify(staged_token).await.expect_err("signed with key 1");
+    assert!(e.to_string().contains("unknown key id 1"), "{e}");
+    assert_eq!(
+        u16::from_le_bytes({
+            let t = quote_token(&retired).await;
+            [t[94], t[95]]
+        }),
+        2
+    );
 }

@@ -349,10 +349,14 @@ pub mod outcome {
     pub const SEQUENCE_TOO_OLD: u8 = 11;
     /// Rejected: the zone remembers its maximum number of producers; retry later.
     pub const PRODUCERS_FULL: u8 = 12;
+    /// Rejected: the sender's credential holds its share of the zone's dedupe window,
+    /// drivers or producers (`zone_share_per_credential_percent`); other credentials still
+    /// have room. Retry later, after some of its entries left the zone.
+    pub const SHARE_FULL: u8 = 13;
 
     /// Stable snake_case names (CLI output, reports), indexed by code, then `other` for a
     /// code this version does not know.
-    pub const NAMES: [&str; 14] = [
+    pub const NAMES: [&str; 15] = [
         "applied",
         "duplicate",
         "invalid_zone",
@@ -366,6 +370,7 @@ pub mod outcome {
         "producer_fenced",
         "sequence_too_old",
         "producers_full",
+        "share_full",
         "other",
     ];
 

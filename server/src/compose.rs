@@ -53,10 +53,12 @@ pub struct StartedEngine {
 /// ([`crate::secrets::check`]).
 pub fn start_engine(
     cfg: &NodeConfig,
-    engine_cfg: EngineConfig,
+    mut engine_cfg: EngineConfig,
     key: impl Into<QuoteKeys>,
 ) -> Result<StartedEngine, ComposeError> {
     crate::secrets::check(cfg)?;
+    // Credentials are the node's: so is their share of a zone (`engine::share`).
+    engine_cfg.zone.credential_share_percent = cfg.limits.zone_share_per_credential_percent;
     let clock = Arc::new(engine::SystemClock);
     let Some(c) = &cfg.cluster else {
         let engine = Engine::start(engine_cfg, key, clock)?;

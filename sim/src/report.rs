@@ -841,7 +841,7 @@ mod tests {
             OUTCOMES[outcome_slot(outcome::SEQUENCE_TOO_OLD)],
             "sequence_too_old"
         );
-        assert_eq!(OUTCOMES[outcome_slot(outcome::PRODUCERS_FULL + 1)], "other");
+        assert_eq!(OUTCOMES[outcome_slot(outcome::SHARE_FULL + 1)], "other");
         assert_eq!(OUTCOMES[outcome_slot(u8::MAX)], "other");
     }
 }

@@ -523,7 +523,7 @@ mod tests {
             .latency(Op::Quote, TierLabel::Shared)
             .observe(Duration::from_micros(70));
         m.events
-            .add_outcomes(&[5, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+            .add_outcomes(&[5, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]);
         let text = m.render();
         let mut families = std::collections::HashSet::new();
         for line in text.lines() {
@@ -560,7 +560,7 @@ mod tests {
             outcome::UNKNOWN_KIND,
             outcome::NOT_SERVING,
             outcome::NOT_SERVING,
-            outcome::PRODUCERS_FULL + 1,
+            outcome::SHARE_FULL + 1,
         ];
         m.events.count_outcomes(&codes);
         let text = m.render();

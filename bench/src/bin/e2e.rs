@@ -55,7 +55,7 @@ fn args() -> anyhow::Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "e2e [--seconds N (per phase, default 5)] [--in-flight N (default 64)] [--node-bin PATH]\n    \
-                     [--compat (a node built before producers: no producer phase, no zone quota key)]"
+                     [--compat (a node built before producers: no producer phase, no zone quota or share keys)]"
                 );
                 std::process::exit(0);
             }
@@ -453,7 +453,7 @@ fn start_node(
             "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nengine_config = \"{}\"\ncluster_key_hex = \"{}\"\n[tls]\ncert_path = \"cert.pem\"\nkey_path = \"key.pem\"\n[limits]\nin_flight_per_connection_max = 1024\n{}[[clients]]\ntoken = \"{TOKEN}\"\ntier = \"premium\"\nname = \"e2e\"\n",
             engine.display(),
             "ab".repeat(32),
-            if compat { "" } else { "zones_new_per_credential_burst = 100000\n" }
+            if compat { "" } else { "zones_new_per_credential_burst = 100000\nzone_share_per_credential_percent = 100\n" }
         ),
     )?;
     let mut child = Command::new(bin)

@@ -87,6 +87,7 @@ impl TestNode {
             ck.cert.pem(),
             ck.signing_key.serialize_pem(),
             ck.cert.der().to_vec(),
+            None,
         )
     }
 
@@ -101,6 +102,7 @@ impl TestNode {
             ck.cert.pem(),
             ck.signing_key.serialize_pem(),
             ck.cert.der().to_vec(),
+            None,
         )
     }
 
@@ -115,6 +117,7 @@ impl TestNode {
             ck.cert.pem(),
             ck.signing_key.serialize_pem(),
             ck.cert.der().to_vec(),
+            None,
         )
     }
 
@@ -123,7 +126,31 @@ impl TestNode {
         let (cert_pem, key_pem) = SAVED
             .with(|s| s.borrow().get(&cert_der).cloned())
             .expect("certificate of an earlier node");
-        Self::start_inner(listen, limits, FAST_ENGINE, cert_pem, key_pem, cert_der)
+        Self::start_inner(
+            listen,
+            limits,
+            FAST_ENGINE,
+            cert_pem,
+            key_pem,
+            cert_der,
+            None,
+        )
+    }
+
+    /// Starts a node whose quote-token keys are `keys` (TOML lines: `cluster_key_hex`,
+    /// `cluster_keys`, `signing_key_id`) instead of the tests' one cluster key.
+    pub(crate) fn start_with_keys(keys: &str) -> Self {
+        let ck =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        Self::start_inner(
+            "127.0.0.1:0",
+            "",
+            FAST_ENGINE,
+            ck.cert.pem(),
+            ck.signing_key.serialize_pem(),
+            ck.cert.der().to_vec(),
+            Some(keys),
+        )
     }
 
     fn start_inner(
@@ -133,6 +160,7 @@ impl TestNode {
         cert_pem: String,
         key_pem: String,
         cert_der: Vec<u8>,
+        keys: Option<&str>,
     ) -> Self {
         SAVED.with(|s| {
             s.borrow_mut()
@@ -144,14 +172,17 @@ impl TestNode {
         std::fs::write(dir.join("cert.pem"), &cert_pem).expect("write cert");
         server::secrets::write_private(&dir.join("key.pem"), key_pem.as_bytes())
             .expect("write key");
-        let key = cluster_key_hex();
+        let keys = match keys {
+            Some(k) => k.to_owned(),
+            None => format!("cluster_key_hex = \"{}\"", cluster_key_hex()),
+        };
         std::fs::write(
             dir.join("node.toml"),
             format!(
                 r#"listen = "{listen}"
 engine_config = "{engine}"
 metrics_listen = "127.0.0.1:0"
-cluster_key_hex = "{key}"
+{keys}
 [tls]
 cert_path = "cert.pem"
 key_path = "key.pem"

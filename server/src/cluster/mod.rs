@@ -44,7 +44,7 @@ mod replicator;
 
 use credentials::peer_configs;
 pub use credentials::{node_id_of, node_name, write_credentials, WrittenCredentials};
-pub use peer::FORWARDING_ROLE;
+pub use peer::{Forwarding, FORWARDING};
 use peer::{Noisy, Peers, NOISE_KINDS};
 use persister::{write_chunks, WriteFailure};
 
@@ -163,8 +163,13 @@ pub struct ViewState {
     pub peers: Vec<Peer>,
 }
 
-/// A request forwarded by a peer, for the node to answer locally (never forwarded again).
-pub type Forwarded = (Message, tokio::sync::oneshot::Sender<Message>);
+/// A request forwarded by a peer, for the node to answer locally (never forwarded again):
+/// the request, the id of the client credential that made it, and where the reply goes.
+pub type Forwarded = (
+    Message,
+    Option<engine::CredentialId>,
+    tokio::sync::oneshot::Sender<Message>,
+);
 
 /// Creates the engine's tick sink and the channel the replicator reads.
 pub fn tick_channel(capacity: usize) -> (TickSink, TickReceiver) {

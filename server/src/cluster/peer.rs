@@ -184,9 +184,10 @@ impl Cluster {
         }
     }
 
-    /// One request a peer forwarded on a bidirectional stream: the original credential's
-    /// role byte, then the frame; refused when the role does not allow it; answered by the
-    /// node's own dispatch through `forwards`.
+    /// One request a peer forwarded on a bidirectional stream: a header naming the original
+    /// credential's role and id (`cluster::wire::ForwardHeader`), then the frame; refused
+    /// when the role does not allow it; answered by the node's own dispatch through
+    /// `forwards`, for that credential.
     async fn serve_forward(
         self: Arc<Self>,
         mut send: quinn::SendStream,
@@ -209,22 +210,25 @@ impl Cluster {
         let limits = protocol::Limits {
             frame_len_max: max as u32,
         };
-        // A forwarded request: the original credential's role, then the frame.
-        let decoded = match bytes.split_first() {
-            Some((&role, frame)) => role_of_wire(role)
-                .ok_or_else(|| Refusal::new(ErrorCode::InvalidBody, format!("unknown role {role}")))
-                .and_then(|role| {
-                    protocol::decode_frame(frame, limits)
-                        .map(|(_, m, _)| (role, m))
-                        .map_err(|e| Refusal::new(e.code(), e.to_string()))
-                }),
-            None => Err(Refusal::new(
+        // A forwarded request: whose it is (role, credential), then the frame.
+        let decoded = match cluster::wire::decode_forward_header(&bytes) {
+            Ok((h, frame)) => protocol::decode_frame(frame, limits)
+                .map(|(_, m, _)| {
+                    (
+                        role_of_wire(h.role),
+                        h.credential.map(engine::CredentialId),
+                        m,
+                    )
+                })
+                .map_err(|e| Refusal::new(e.code(), e.to_string())),
+            Err(cluster::wire::DecodeError::Empty) => Err(Refusal::new(
                 ErrorCode::MalformedFrame,
                 "empty forwarded request",
             )),
+            Err(e) => Err(Refusal::new(ErrorCode::InvalidBody, e.to_string())),
         };
         let reply = match decoded {
-            Ok((role, m)) if !role.allows(m.kind()) => {
+            Ok((role, _, m)) if !role.allows(m.kind()) => {
                 this.metrics.cluster.peer_refused_role.inc();
                 if let Some(n) = this.noise[NOISE_ROLE].allow(mono_ms()) {
                     warn!(%remote, node = peer, ?role, kind = ?m.kind(), suppressed = n,
@@ -239,9 +243,9 @@ impl Cluster {
                 )
                 .into_message()
             }
-            Ok((_, m)) => {
+            Ok((_, credential, m)) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                if forwards.try_send((m, tx)).is_err() {
+                if forwards.try_send((m, credential, tx)).is_err() {
                     Refusal::new(ErrorCode::Overloaded, "peer request queue full").into_message()
                 } else {
                     rx.await.unwrap_or_else(|_| {
@@ -280,15 +284,21 @@ impl Cluster {
             }
             return None;
         }
-        // The role of the credential whose request this is (set by the request path); a
-        // request the node makes on its own behalf is an admin's.
-        let role = FORWARDING_ROLE
-            .try_with(|r| *r)
-            .unwrap_or(crate::config::Role::Admin);
+        // The credential whose request this is (set by the request path); a request the node
+        // makes on its own behalf is an admin's, of no credential.
+        let whose = FORWARDING.try_with(|f| *f).unwrap_or(Forwarding {
+            role: crate::config::Role::Admin,
+            credential: None,
+        });
         let max = self.forward_len_max();
         let fut = async {
             let (mut send, mut recv) = conn.open_bi().await.ok()?;
-            let mut out = vec![role_wire(role)];
+            let mut out = Vec::new();
+            let header = cluster::wire::ForwardHeader {
+                role: role_wire(whose.role),
+                credential: whose.credential.map(|c| c.0),
+            };
+            cluster::wire::encode_forward_header(header, &mut out);
             protocol::encode(0, m, &mut out);
             send.write_all(&out).await.ok()?;
             send.finish().ok()?;
@@ -340,11 +350,21 @@ impl Cluster {
     }
 }
 
+/// The client credential whose request the current task is answering: what a request
+/// forwarded to a peer carries, so the owner checks the original credential's role (not the
+/// forwarder's) and holds the credential to its share of a zone (`engine::share`).
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarding {
+    /// The credential's role.
+    pub role: crate::config::Role,
+    /// The credential's id.
+    pub credential: Option<engine::CredentialId>,
+}
+
 tokio::task_local! {
-    /// The role of the client credential whose request the current task is answering: the
-    /// request path sets it (`server::node`'s dispatch), and a request forwarded to a peer
-    /// carries it, so the owner checks the original credential's role, not the forwarder's.
-    pub static FORWARDING_ROLE: crate::config::Role;
+    /// The credential whose request the current task is answering: the request path sets it
+    /// (`server::node`'s dispatch).
+    pub static FORWARDING: Forwarding;
 }
 
 /// A role as its byte in a forwarded request (PROTOCOL.md section 12).
@@ -357,13 +377,14 @@ fn role_wire(r: crate::config::Role) -> u8 {
     }
 }
 
-fn role_of_wire(b: u8) -> Option<crate::config::Role> {
+/// A role byte `cluster::wire::decode_forward_header` accepted (0..=2).
+fn role_of_wire(b: u8) -> crate::config::Role {
     use crate::config::Role;
     match b {
-        0 => Some(Role::Client),
-        1 => Some(Role::Read),
-        2 => Some(Role::Admin),
-        _ => None,
+        2 => Role::Admin,
+        1 => Role::Read,
+        // 0, and (never decoded) anything else: the least the request may do.
+        _ => Role::Client,
     }
 }
 
@@ -459,10 +480,10 @@ impl Cluster {
         }
     }
 
-    /// The longest forwarded request or reply read (role byte, frame header, the largest
+    /// The longest forwarded request or reply read (its header, frame header, the largest
     /// batch of events the engine takes, 40 bytes each).
     pub(super) fn forward_len_max(&self) -> usize {
         let events = self.engine.config().actors.batch_events_max;
-        1 + 64 + 40 * events.max(1_024)
+        cluster::wire::FORWARD_HEADER_V2_BYTES + 64 + 40 * events.max(1_024)
     }
 }

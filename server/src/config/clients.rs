@@ -18,6 +18,19 @@ pub struct ClientEntry {
     pub role: Role,
 }
 
+impl ClientEntry {
+    /// The credential's id: the first 8 bytes of SHA-256 of its token. The same on every
+    /// node holding the token, so it travels with forwarded events (the owner holds the
+    /// credential to its share of a zone, `engine::share`) without the token itself.
+    pub fn credential_id(&self) -> engine::CredentialId {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(self.token.as_bytes());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&d[..8]);
+        engine::CredentialId(u64::from_le_bytes(b))
+    }
+}
+
 /// What a credential may do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]

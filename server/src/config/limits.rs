@@ -90,6 +90,12 @@ pub struct LimitsConfig {
     pub zones_new_per_credential_per_s: u32,
     /// Zones one credential may create in a burst above that rate. Default 20,000.
     pub zones_new_per_credential_burst: u32,
+    /// The most of each of one zone's bounded capacities (its dedupe window,
+    /// `dedupe_ids_max`; its drivers, `drivers_max`; its producers, `producers_max`) one
+    /// credential may hold, percent of the bound (at least one entry): beyond, event outcome
+    /// 13, `share_full`, while other credentials' events still find room. 100 turns the
+    /// share off. Default 25 %.
+    pub zone_share_per_credential_percent: u8,
     /// Failed HELLOs (unknown token) from one IP address before it is backed off: its new
     /// connections are refused and its HELLOs answered `bad_credentials` unread. Default 5.
     pub hello_failures_before_backoff: u32,
@@ -140,6 +146,7 @@ impl Default for LimitsConfig {
             in_flight_per_credential_max: 2_048,
             zones_new_per_credential_per_s: 2_000,
             zones_new_per_credential_burst: 20_000,
+            zone_share_per_credential_percent: 25,
             hello_failures_before_backoff: 5,
             hello_backoff_initial_ms: 1_000,
             hello_backoff_max_ms: 60_000,
@@ -245,6 +252,12 @@ fn validate_defences(l: &LimitsConfig) -> Result<(), NodeConfigError> {
         if v == 0 {
             return Err(invalid(field, "must be at least 1"));
         }
+    }
+    if l.zone_share_per_credential_percent == 0 || l.zone_share_per_credential_percent > 100 {
+        return Err(invalid(
+            "limits.zone_share_per_credential_percent",
+            "must be within 1..=100 (percent)",
+        ));
     }
     if l.handshakes_before_retry > l.handshakes_max {
         return Err(invalid(

@@ -43,10 +43,18 @@ pub(super) async fn answer(
         error_frame(&shared.metrics, id, ErrorCode::Forbidden, text, out);
         return After::Continue;
     }
-    // What this request forwards to a peer carries its credential's role (the owner checks it).
-    let role = session.role;
-    let reply = crate::cluster::FORWARDING_ROLE
-        .scope(role, async move {
+    // What this request forwards to a peer carries its credential's role (the owner checks
+    // it) and id (the owner holds it to its share of a zone).
+    let forwarding = crate::cluster::Forwarding {
+        role: session.role,
+        credential: Some(session.credential_id),
+    };
+    let from = Sender::Client {
+        index: session.credential,
+        id: session.credential_id,
+    };
+    let reply = crate::cluster::FORWARDING
+        .scope(forwarding, async move {
             match message {
                 Message::Quote(q) => quote(shared, &q, now).map(Message::QuoteOk),
                 Message::ZoneState(z) => zone_state(shared, z.zone).await.map(Message::ZoneStateOk),
@@ -61,10 +69,10 @@ pub(super) async fn answer(
                 Message::ZoneHistory(z) => zone_history(shared, z.zone).map(Message::ZoneHistoryOk),
                 Message::Drain(d) => drain(shared, d.node_id, false).await.map(Message::DrainOk),
                 Message::QuoteBatch(b) => quote_batch(shared, &b, now).map(Message::QuoteBatchOk),
-                Message::EventBatch(b) => events(shared, None, b.events, Some(session.credential))
+                Message::EventBatch(b) => events(shared, None, b.events, from)
                     .await
                     .map(Message::EventBatchOk),
-                Message::ProducerBatch(b) => produced(shared, b, Some(session.credential))
+                Message::ProducerBatch(b) => produced(shared, b, from)
                     .await
                     .map(Message::ProducerBatchOk),
                 Message::Verify(t) => verify(shared, &t, now).map(Message::VerifyOk),
@@ -85,13 +93,19 @@ pub(super) async fn answer(
 
 pub(super) type Answer<T> = Result<T, Refusal>;
 
-/// Answers a request a peer forwarded (events or a fare change for a zone this node owns).
-pub(super) async fn answer_forwarded(shared: &Shared, m: Message) -> Message {
+/// Answers a request a peer forwarded (events or a fare change for a zone this node owns),
+/// made by `credential` (as the forwarding node said).
+pub(super) async fn answer_forwarded(
+    shared: &Shared,
+    m: Message,
+    credential: Option<engine::CredentialId>,
+) -> Message {
+    let from = Sender::Peer { credential };
     let r = match m {
-        Message::EventBatch(b) => events(shared, None, b.events, None)
+        Message::EventBatch(b) => events(shared, None, b.events, from)
             .await
             .map(Message::EventBatchOk),
-        Message::ProducerBatch(b) => produced(shared, b, None)
+        Message::ProducerBatch(b) => produced(shared, b, from)
             .await
             .map(Message::ProducerBatchOk),
         Message::FareSet(f) => fare_set(shared, &f, true).await.map(Message::FareSetOk),
@@ -205,6 +219,7 @@ fn hello(
                 tier: c.tier,
                 role: c.role,
                 credential: c.index,
+                credential_id: c.id,
             })));
             state.authenticated.notify_one();
             debug!(client = %c.name, tier = ?c.tier, "authenticated");

@@ -134,6 +134,8 @@ struct Credential {
     name: String,
     /// Its position in the configuration's client list: the key of its quotas.
     index: usize,
+    /// Its id across the cluster (its share of each zone, `engine::share`).
+    id: engine::CredentialId,
 }
 
 /// What a successful `HELLO` established for a connection.
@@ -143,6 +145,8 @@ struct Session {
     role: Role,
     /// The credential's index (its quotas).
     credential: usize,
+    /// The credential's id across the cluster.
+    credential_id: engine::CredentialId,
 }
 
 impl Session {
@@ -298,6 +302,7 @@ impl Node {
                     role: c.role,
                     name: c.name.clone(),
                     index,
+                    id: c.credential_id(),
                 };
                 (c.token.as_bytes().to_vec(), credential)
             })
@@ -448,10 +453,10 @@ impl Node {
 
 /// Answers the requests peers forward to this node, each in a task of its own.
 async fn serve_forwarded(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Forwarded>) {
-    while let Some((m, reply)) = rx.recv().await {
+    while let Some((m, credential, reply)) = rx.recv().await {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let _ = reply.send(answer_forwarded(&shared, m).await);
+            let _ = reply.send(answer_forwarded(&shared, m, credential).await);
         });
     }
 }

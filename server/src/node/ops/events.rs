@@ -33,17 +33,36 @@ pub(in crate::node) fn outcome_of(o: EventOutcome) -> u8 {
             RejectReason::ProducerFenced => outcome::PRODUCER_FENCED,
             RejectReason::SequenceTooOld => outcome::SEQUENCE_TOO_OLD,
             RejectReason::ProducersFull => outcome::PRODUCERS_FULL,
+            RejectReason::ShareFull => outcome::SHARE_FULL,
             RejectReason::Overloaded => outcome::OVERLOADED,
             RejectReason::Stopped => outcome::STOPPED,
         },
     }
 }
 
+/// Whose events a batch holds.
+#[derive(Clone, Copy, Debug)]
+pub(in crate::node) enum Sender {
+    /// A client connected to this node.
+    Client {
+        /// Its credential's index here (its quota of new zones).
+        index: usize,
+        /// Its credential's id (its share of each zone).
+        id: engine::CredentialId,
+    },
+    /// A peer forwarding a batch a client sent it (already charged there for new zones).
+    Peer {
+        /// The client's credential id, as the peer said (`None` from a peer that does not
+        /// say, PROTOCOL.md section 12).
+        credential: Option<engine::CredentialId>,
+    },
+}
+
 /// `PRODUCER_BATCH`: events numbered by their producer (see `engine::producer`).
 pub(in crate::node) async fn produced(
     shared: &Shared,
     b: msg::ProducerBatch,
-    credential: Option<usize>,
+    from: Sender,
 ) -> Answer<msg::EventBatchReply> {
     if b.producer == 0 {
         return Err(Refusal::new(
@@ -55,20 +74,27 @@ pub(in crate::node) async fn produced(
         id: b.producer,
         epoch: b.epoch,
     };
-    events(shared, Some(producer), b.events, credential).await
+    events(shared, Some(producer), b.events, from).await
 }
 
-/// Events, from a producer or without one. `credential` is the sender's (its new zones are
-/// charged to its quota); `None` for a batch a peer forwarded (charged where it entered the
-/// cluster).
+/// Events, from a producer or without one. A client's new zones are charged to its
+/// credential's quota (a forwarded batch was charged where it entered the cluster); the
+/// credential, either way, is held to its share of each zone by the engine.
 pub(in crate::node) async fn events(
     shared: &Shared,
     producer: Option<Producer>,
     events: Vec<msg::WireEvent>,
-    credential: Option<usize>,
+    from: Sender,
 ) -> Answer<msg::EventBatchReply> {
     let b = msg::EventBatch { events };
-    let forwarded = credential.is_none();
+    let (forwarded, credential) = match from {
+        Sender::Client { id, .. } => (false, Some(id)),
+        Sender::Peer { credential } => (true, credential),
+    };
+    let origin = engine::Origin {
+        credential,
+        producer,
+    };
     let max =
         (shared.limits.batch_len_max as usize).min(shared.engine.config().actors.batch_events_max);
     if b.events.len() > max {
@@ -91,11 +117,11 @@ pub(in crate::node) async fn events(
             Err(code) => outcomes[i] = code,
         }
     }
-    if let Some(credential) = credential {
-        crate::node::quota::charge_new_zones(shared, credential, &mut valid, &mut outcomes);
+    if let Sender::Client { index, .. } = from {
+        crate::node::quota::charge_new_zones(shared, index, &mut valid, &mut outcomes);
     }
     let apply = async |evs: Vec<Event>| -> Answer<Vec<u8>> {
-        let applied = shared.engine.apply_batch_from(producer, evs).await?;
+        let applied = shared.engine.apply_batch_as(origin, evs).await?;
         Ok(applied.into_iter().map(outcome_of).collect())
     };
     if let Some(c) = &shared.cluster {
