@@ -652,6 +652,27 @@ fn admin_cli_ownership_fares_and_drain_match_the_cluster() {
         }
     }
 
+    // A drain needs node 2 in node 1's view: after the restart above its new incarnation may
+    // own zones (from the leases) a moment before every view has it back. Wait for all
+    // three views to agree (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let z = c.cli_json(0, &["zones"]);
+        let nodes = z["nodes"].as_array().cloned().unwrap_or_default();
+        if nodes.len() == 3
+            && nodes
+                .iter()
+                .all(|n| n["view_checksum"] == nodes[0]["view_checksum"])
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the views never agreed on 3 nodes: {z}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // `drain`: under quote load, no quote fails and the drained node ends with no zone.
     let load = rt.block_on(async { Load::start(Arc::clone(&cc), Arc::clone(&zones)) });
     std::thread::sleep(Duration::from_secs(1));
