@@ -2,26 +2,13 @@
 //! test binary: the allocator's live bytes are process-wide).
 
 use engine::config::EngineConfig;
-use engine::{Event, EventKind, ZoneId};
+use engine::{Event, EventKind};
+
+mod support;
+use support::zones;
 
 #[global_allocator]
 static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
-
-fn zones(n: usize) -> Vec<ZoneId> {
-    let mut out = Vec::with_capacity(n);
-    let mut seen = std::collections::HashSet::new();
-    let mut i = 0u32;
-    while out.len() < n {
-        let lat = 30.0 + f64::from(i % 400) * 0.004;
-        let lng = 10.0 + f64::from(i / 400) * 0.005;
-        i += 1;
-        let z = ZoneId::from_lat_lng(lat, lng, 8).expect("valid");
-        if seen.insert(z) {
-            out.push(z);
-        }
-    }
-    out
-}
 
 /// Bytes a zone holds per idempotent producer it remembers (`engine::producer`): measured
 /// with the counting allocator over 1,000 zones, for 1, 8 and 64 producers per zone (each

@@ -13,30 +13,16 @@ use std::sync::Arc;
 use engine::config::EngineConfig;
 use engine::shard::{Shard, ShardSettings};
 use engine::snapshot::SnapshotTable;
-use engine::{CredentialId, Event, EventKind, Origin, ZoneId};
+use engine::{CredentialId, Event, EventKind, Origin};
+
+mod support;
+use support::zones;
 
 #[global_allocator]
 static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
 const ZONES: usize = 100_000;
 const HOT_BYTES_PER_ZONE_MAX: usize = 1024;
-
-fn zones(n: usize) -> Vec<ZoneId> {
-    // A contiguous block of resolution-8 cells: children of resolution-3 cells around a city.
-    let mut out = Vec::with_capacity(n);
-    let mut seen = std::collections::HashSet::new();
-    let mut i = 0u32;
-    while out.len() < n {
-        let lat = 30.0 + f64::from(i % 400) * 0.004;
-        let lng = 10.0 + f64::from(i / 400) * 0.005;
-        i += 1;
-        let z = ZoneId::from_lat_lng(lat, lng, 8).expect("valid");
-        if seen.insert(z) {
-            out.push(z);
-        }
-    }
-    out
-}
 
 #[test]
 fn hot_state_fits_in_one_kibibyte_per_zone_with_100k_zones() {

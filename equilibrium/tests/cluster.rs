@@ -195,21 +195,15 @@ fn kill_9_under_load_loses_no_quote_and_at_most_a_snapshot_interval_of_events() 
         // Probe: when does every zone of the dead node accept events again?
         let survivor = c.admin(0).await;
         let mut next = ids();
-        let mut pending = victim_zones.clone();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !pending.is_empty() {
-            assert!(Instant::now() < deadline, "{} zones still not served", pending.len());
-            let evs: Vec<msg::WireEvent> = pending.iter().map(|&z| event(next(), z)).collect();
-            if let Ok(out) = survivor.send_events(evs).await {
-                pending = pending
-                    .iter()
-                    .zip(out)
-                    .filter(|(_, o)| *o != outcome::APPLIED)
-                    .map(|(z, _)| *z)
-                    .collect();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_each_zone_applies(
+            &victim_zones,
+            &mut next,
+            Duration::from_millis(20),
+            Duration::from_secs(20),
+            "still not served",
+            async |evs| survivor.send_events(evs).await,
+        )
+        .await;
         let takeover_ms = killed_at.elapsed().as_millis();
         let (detected, restored_ms) = watch.await.expect("admin watch");
         tokio::time::sleep(Duration::from_secs(2)).await;

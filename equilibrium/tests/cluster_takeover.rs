@@ -78,26 +78,15 @@ fn quote_versions(
 /// Sends one event per zone until every zone applied one (bounded): with restores held,
 /// the first events meet groups not served yet, answered `not serving`.
 async fn seed_all(cc: &ClusterClient, zones: &[u64]) {
-    let mut next = ids();
-    let mut pending: Vec<u64> = zones.to_vec();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pending.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{} zones never took an event",
-            pending.len()
-        );
-        let evs: Vec<msg::WireEvent> = pending.iter().map(|&z| event(next(), z)).collect();
-        if let Ok(out) = cc.send_events(evs).await {
-            pending = pending
-                .iter()
-                .zip(out)
-                .filter(|(_, o)| *o != outcome::APPLIED)
-                .map(|(z, _)| *z)
-                .collect();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_each_zone_applies(
+        zones,
+        &mut ids(),
+        Duration::from_millis(100),
+        Duration::from_secs(30),
+        "never took an event",
+        async |evs| cc.send_events(evs).await,
+    )
+    .await;
 }
 
 /// A metric's value in a `/metrics` text (0 when absent).
@@ -265,22 +254,16 @@ fn redis_restarted_empty_then_the_owner_killed_loses_no_acknowledged_event() {
         c.nodes[victim].kill9();
         let killed_at = Instant::now();
         let survivor = c.admin(0).await;
-        let mut pending = victim_zones.clone();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !pending.is_empty() {
-            assert!(Instant::now() < deadline, "{} zones still not served", pending.len());
-            // Probe events of their own (not audited): which zones accept events again.
-            let evs: Vec<msg::WireEvent> = pending.iter().map(|&z| event(next(), z)).collect();
-            if let Ok(out) = survivor.send_events(evs).await {
-                pending = pending
-                    .iter()
-                    .zip(out)
-                    .filter(|(_, o)| *o != outcome::APPLIED)
-                    .map(|(z, _)| *z)
-                    .collect();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Probe events of their own (not audited): which zones accept events again.
+        until_each_zone_applies(
+            &victim_zones,
+            &mut next,
+            Duration::from_millis(20),
+            Duration::from_secs(20),
+            "still not served",
+            async |evs| survivor.send_events(evs).await,
+        )
+        .await;
         let takeover_ms = killed_at.elapsed().as_millis();
         stop.store(true, Ordering::Relaxed);
         vq.await.expect("quotes");

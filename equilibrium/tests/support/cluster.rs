@@ -454,6 +454,34 @@ pub(crate) fn quote_req(zone: u64) -> msg::QuoteRequest {
     msg::QuoteRequest::from_zone(zone, 4_000, 600)
 }
 
+/// Sends an event of its own (ids from `next`) to each of `zones` through `send`, every
+/// `every`, until each zone has had one applied; panics after `within` naming what was
+/// awaited. Probes when zones accept events again (after a kill, with restores held).
+pub(crate) async fn until_each_zone_applies<E>(
+    zones: &[u64],
+    next: &mut impl FnMut() -> u64,
+    every: Duration,
+    within: Duration,
+    what: &str,
+    send: impl AsyncFn(Vec<msg::WireEvent>) -> Result<Vec<u8>, E>,
+) {
+    let mut pending = zones.to_vec();
+    let deadline = Instant::now() + within;
+    while !pending.is_empty() {
+        assert!(Instant::now() < deadline, "{} zones {what}", pending.len());
+        let evs: Vec<msg::WireEvent> = pending.iter().map(|&z| event(next(), z)).collect();
+        if let Ok(out) = send(evs).await {
+            pending = pending
+                .iter()
+                .zip(out)
+                .filter(|(_, o)| *o != outcome::APPLIED)
+                .map(|(z, _)| *z)
+                .collect();
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 pub(crate) fn ids() -> impl FnMut() -> u64 {
     let base = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -143,9 +143,10 @@ impl Cluster {
         *left = left.saturating_add(refill).min(cap);
         *at = now;
         let mut clamped = false;
-        let counts_asked: u64 = counts.iter().map(|c| u64::from(c.1)).sum();
-        let largest = counts.iter().map(|c| c.1).max().unwrap_or(0);
+        let (mut counts_asked, mut largest) = (0u64, 0u32);
         for (_, n) in &mut counts {
+            counts_asked += u64::from(*n);
+            largest = largest.max(*n);
             let take = u64::from(*n).min(*left);
             if take < u64::from(*n) {
                 clamped = true;
